@@ -1,0 +1,309 @@
+//! Element types and array specs, shared by the runtime and the builder.
+//!
+//! [`DType`] names every element type xlayer moves between host and device;
+//! [`NativeType`] ties each to the Rust type that holds it on the host;
+//! [`ArraySpec`] is a dtype plus dimensions (JAX's `ShapeDtypeStruct`).
+
+use std::fmt;
+
+use half::{bf16, f16};
+
+/// An element type, named as in XLA (`f32`, `bf16`, `s8`, `u32`, `pred`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DType {
+    /// Booleans (XLA `PRED`, StableHLO `i1`).
+    Bool,
+    /// Signed 8-bit integers.
+    I8,
+    /// Signed 16-bit integers.
+    I16,
+    /// Signed 32-bit integers.
+    I32,
+    /// Signed 64-bit integers.
+    I64,
+    /// Unsigned 8-bit integers.
+    U8,
+    /// Unsigned 16-bit integers.
+    U16,
+    /// Unsigned 32-bit integers.
+    U32,
+    /// Unsigned 64-bit integers.
+    U64,
+    /// IEEE half precision ([`half::f16`]).
+    F16,
+    /// bfloat16 ([`half::bf16`]).
+    BF16,
+    /// IEEE single precision.
+    F32,
+    /// IEEE double precision.
+    F64,
+}
+
+impl DType {
+    /// Every dtype, in a stable order.
+    pub const ALL: [DType; 13] = [
+        DType::Bool,
+        DType::I8,
+        DType::I16,
+        DType::I32,
+        DType::I64,
+        DType::U8,
+        DType::U16,
+        DType::U32,
+        DType::U64,
+        DType::F16,
+        DType::BF16,
+        DType::F32,
+        DType::F64,
+    ];
+
+    /// Size of one element in bytes.
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            DType::Bool | DType::I8 | DType::U8 => 1,
+            DType::I16 | DType::U16 | DType::F16 | DType::BF16 => 2,
+            DType::I32 | DType::U32 | DType::F32 => 4,
+            DType::I64 | DType::U64 | DType::F64 => 8,
+        }
+    }
+
+    /// Size of one element in bits.
+    pub fn bit_width(self) -> usize {
+        if self == DType::Bool {
+            1
+        } else {
+            self.size_in_bytes() * 8
+        }
+    }
+
+    /// True for f16, bf16, f32, f64.
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F16 | DType::BF16 | DType::F32 | DType::F64)
+    }
+
+    /// True for the signed and unsigned integer types (not bool).
+    pub fn is_int(self) -> bool {
+        self.is_signed_int() || self.is_unsigned_int()
+    }
+
+    /// True for i8..i64.
+    pub fn is_signed_int(self) -> bool {
+        matches!(self, DType::I8 | DType::I16 | DType::I32 | DType::I64)
+    }
+
+    /// True for u8..u64.
+    pub fn is_unsigned_int(self) -> bool {
+        matches!(self, DType::U8 | DType::U16 | DType::U32 | DType::U64)
+    }
+
+    /// The element type as StableHLO writes it (`f32`, `bf16`, `i32`, `ui8`, `i1`).
+    pub fn mlir_name(self) -> &'static str {
+        match self {
+            DType::Bool => "i1",
+            DType::I8 => "i8",
+            DType::I16 => "i16",
+            DType::I32 => "i32",
+            DType::I64 => "i64",
+            DType::U8 => "ui8",
+            DType::U16 => "ui16",
+            DType::U32 => "ui32",
+            DType::U64 => "ui64",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+        }
+    }
+
+    /// Parses a StableHLO element type name; `None` for types xlayer does not hold.
+    pub fn from_mlir_name(name: &str) -> Option<DType> {
+        DType::ALL.into_iter().find(|d| d.mlir_name() == name)
+    }
+
+    /// The name used in safetensors headers (`F32`, `BF16`, `BOOL`, ...).
+    pub fn safetensors_name(self) -> &'static str {
+        match self {
+            DType::Bool => "BOOL",
+            DType::I8 => "I8",
+            DType::I16 => "I16",
+            DType::I32 => "I32",
+            DType::I64 => "I64",
+            DType::U8 => "U8",
+            DType::U16 => "U16",
+            DType::U32 => "U32",
+            DType::U64 => "U64",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::F32 => "F32",
+            DType::F64 => "F64",
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            DType::Bool => "bool",
+            DType::I8 => "i8",
+            DType::I16 => "i16",
+            DType::I32 => "i32",
+            DType::I64 => "i64",
+            DType::U8 => "u8",
+            DType::U16 => "u16",
+            DType::U32 => "u32",
+            DType::U64 => "u64",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+        };
+        f.write_str(s)
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A Rust type whose values are elements of a [`DType`], laid out in memory
+/// exactly as XLA expects (so host slices can be uploaded as they are).
+pub trait NativeType: sealed::Sealed + Copy + Send + Sync + PartialEq + fmt::Debug + 'static {
+    /// The dtype this Rust type holds.
+    const DTYPE: DType;
+    /// The zero value.
+    fn zero() -> Self;
+}
+
+macro_rules! native {
+    ($($t:ty => $d:ident, $z:expr;)*) => {$(
+        impl sealed::Sealed for $t {}
+        impl NativeType for $t {
+            const DTYPE: DType = DType::$d;
+            fn zero() -> Self { $z }
+        }
+    )*};
+}
+
+native! {
+    bool => Bool, false;
+    i8 => I8, 0;
+    i16 => I16, 0;
+    i32 => I32, 0;
+    i64 => I64, 0;
+    u8 => U8, 0;
+    u16 => U16, 0;
+    u32 => U32, 0;
+    u64 => U64, 0;
+    f16 => F16, f16::ZERO;
+    bf16 => BF16, bf16::ZERO;
+    f32 => F32, 0.0;
+    f64 => F64, 0.0;
+}
+
+/// A dtype and dimensions: the type of an array, without its data.
+///
+/// Displays as `f32[2,3]` (a scalar as `f32[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ArraySpec {
+    /// Element type.
+    pub dtype: DType,
+    /// Dimensions, outermost first.
+    pub dims: Vec<usize>,
+}
+
+impl ArraySpec {
+    /// A spec from a dtype and dimensions.
+    pub fn new(dtype: DType, dims: impl Into<Vec<usize>>) -> Self {
+        ArraySpec { dtype, dims: dims.into() }
+    }
+
+    /// The spec of a `T` array with these dimensions.
+    pub fn of<T: NativeType>(dims: impl Into<Vec<usize>>) -> Self {
+        ArraySpec::new(T::DTYPE, dims)
+    }
+
+    /// Number of elements (1 for a scalar).
+    pub fn element_count(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    /// Size of the data in bytes.
+    pub fn size_in_bytes(&self) -> usize {
+        self.element_count() * self.dtype.size_in_bytes()
+    }
+
+    /// Number of dimensions.
+    pub fn rank(&self) -> usize {
+        self.dims.len()
+    }
+
+    /// The StableHLO tensor type, e.g. `tensor<2x3xf32>`.
+    pub fn mlir_type(&self) -> String {
+        let mut s = String::from("tensor<");
+        for d in &self.dims {
+            s.push_str(&d.to_string());
+            s.push('x');
+        }
+        s.push_str(self.dtype.mlir_name());
+        s.push('>');
+        s
+    }
+}
+
+impl fmt::Display for ArraySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[", self.dtype)?;
+        for (i, d) in self.dims.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{d}")?;
+        }
+        f.write_str("]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mlir_names_round_trip() {
+        for d in DType::ALL {
+            assert_eq!(DType::from_mlir_name(d.mlir_name()), Some(d));
+        }
+        assert_eq!(DType::from_mlir_name("c64"), None);
+    }
+
+    #[test]
+    fn spec_display_and_type() {
+        let s = ArraySpec::of::<f32>([2, 3]);
+        assert_eq!(s.to_string(), "f32[2,3]");
+        assert_eq!(s.mlir_type(), "tensor<2x3xf32>");
+        assert_eq!(s.size_in_bytes(), 24);
+        let scalar = ArraySpec::of::<u8>([]);
+        assert_eq!(scalar.to_string(), "u8[]");
+        assert_eq!(scalar.mlir_type(), "tensor<ui8>");
+        assert_eq!(scalar.element_count(), 1);
+    }
+
+    #[test]
+    fn native_sizes_match_dtypes() {
+        fn check<T: NativeType>() {
+            assert_eq!(std::mem::size_of::<T>(), T::DTYPE.size_in_bytes(), "{}", T::DTYPE);
+        }
+        check::<bool>();
+        check::<i8>();
+        check::<i16>();
+        check::<i32>();
+        check::<i64>();
+        check::<u8>();
+        check::<u16>();
+        check::<u32>();
+        check::<u64>();
+        check::<f16>();
+        check::<bf16>();
+        check::<f32>();
+        check::<f64>();
+    }
+}

@@ -1,0 +1,257 @@
+//! The crate's one error type.
+//!
+//! Every variant names what is at fault: the plugin file, the PJRT function,
+//! the argument index, the op, the tensor path, with the shapes and dtypes
+//! involved. Errors reported by the plugin keep its code and message.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::dtype::{ArraySpec, DType};
+
+/// A PJRT error code (the absl status codes the C API reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The operation was cancelled.
+    Cancelled,
+    /// Unknown error.
+    Unknown,
+    /// The caller passed something invalid.
+    InvalidArgument,
+    /// A deadline expired.
+    DeadlineExceeded,
+    /// Something was not found.
+    NotFound,
+    /// Something already exists.
+    AlreadyExists,
+    /// Permission denied.
+    PermissionDenied,
+    /// Out of memory or another resource.
+    ResourceExhausted,
+    /// The system is not in a state the operation needs.
+    FailedPrecondition,
+    /// The operation was aborted.
+    Aborted,
+    /// Out of range.
+    OutOfRange,
+    /// Not implemented by this plugin.
+    Unimplemented,
+    /// Internal error of the plugin.
+    Internal,
+    /// Unavailable.
+    Unavailable,
+    /// Data loss.
+    DataLoss,
+    /// Unauthenticated.
+    Unauthenticated,
+    /// A code this version of xlayer does not know.
+    Other(u32),
+}
+
+impl ErrorCode {
+    /// Maps the C API's numeric code.
+    pub fn from_raw(code: u32) -> ErrorCode {
+        use ErrorCode::*;
+        match code {
+            1 => Cancelled,
+            2 => Unknown,
+            3 => InvalidArgument,
+            4 => DeadlineExceeded,
+            5 => NotFound,
+            6 => AlreadyExists,
+            7 => PermissionDenied,
+            8 => ResourceExhausted,
+            9 => FailedPrecondition,
+            10 => Aborted,
+            11 => OutOfRange,
+            12 => Unimplemented,
+            13 => Internal,
+            14 => Unavailable,
+            15 => DataLoss,
+            16 => Unauthenticated,
+            other => Other(other),
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorCode::Other(c) => write!(f, "code {c}"),
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
+/// Everything that can go wrong in xlayer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Finding or downloading a plugin failed.
+    #[error(transparent)]
+    Provision(#[from] xla_build::Error),
+
+    /// `dlopen` refused the file.
+    #[error("cannot load PJRT plugin {}: {reason}", path.display())]
+    PluginLoad {
+        /// The file.
+        path: PathBuf,
+        /// What the loader said.
+        reason: String,
+    },
+
+    /// The file loads but is not a PJRT plugin.
+    #[error("{} is not a PJRT plugin: {reason}", path.display())]
+    NotAPlugin {
+        /// The file.
+        path: PathBuf,
+        /// Why not.
+        reason: String,
+    },
+
+    /// The plugin speaks a C API version xlayer cannot use.
+    #[error("PJRT plugin {} implements C API {major}.{minor}; xlayer needs {need_major}.{need_minor} or a later minor version", path.display())]
+    ApiVersion {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's major version.
+        major: i32,
+        /// The plugin's minor version.
+        minor: i32,
+        /// The major version xlayer was built for.
+        need_major: i32,
+        /// The oldest minor version xlayer accepts.
+        need_minor: i32,
+    },
+
+    /// The plugin does not provide a C API function xlayer needs for this call.
+    #[error("the PJRT plugin does not implement {function}")]
+    Unsupported {
+        /// The C API function.
+        function: &'static str,
+    },
+
+    /// A PJRT call returned an error.
+    #[error("{function} failed ({code}): {message}")]
+    Pjrt {
+        /// The C API function that failed.
+        function: &'static str,
+        /// The plugin's error code.
+        code: ErrorCode,
+        /// The plugin's message.
+        message: String,
+    },
+
+    /// A program's entry signature could not be read.
+    #[error("cannot read the signature of the program's @main function: {0}")]
+    Signature(String),
+
+    /// An executable got the wrong number of arguments.
+    #[error("executable `{program}` takes {expected} argument(s), got {actual}")]
+    ArgumentCount {
+        /// The executable's name.
+        program: String,
+        /// Parameters of `@main`.
+        expected: usize,
+        /// Buffers passed.
+        actual: usize,
+    },
+
+    /// An argument's dtype or shape differs from the parameter.
+    #[error("argument {index} of `{program}`: expected {expected}, got {actual}")]
+    ArgumentType {
+        /// The executable's name.
+        program: String,
+        /// Position of the argument.
+        index: usize,
+        /// The parameter's type.
+        expected: ArraySpec,
+        /// The buffer's type.
+        actual: ArraySpec,
+    },
+
+    /// An argument lives on another device than the executable.
+    #[error("argument {index} of `{program}` is on device {actual}, but the executable runs on device {expected}; copy it with Buffer::copy_to_device")]
+    ArgumentDevice {
+        /// The executable's name.
+        program: String,
+        /// Position of the argument.
+        index: usize,
+        /// The executable's device.
+        expected: String,
+        /// The buffer's device.
+        actual: String,
+    },
+
+    /// A buffer or device from one client was passed to another client.
+    #[error("{what} belongs to another PJRT client ({other}) than the one used here ({this})")]
+    ForeignClient {
+        /// What was passed, e.g. "argument 1 of `main`".
+        what: String,
+        /// The client it belongs to.
+        other: String,
+        /// The client used.
+        this: String,
+    },
+
+    /// Host data does not fit the shape it was given.
+    #[error("host data for {spec} needs {expected} elements, got {actual}")]
+    HostDataSize {
+        /// The intended array type.
+        spec: ArraySpec,
+        /// Elements the shape needs.
+        expected: usize,
+        /// Elements provided.
+        actual: usize,
+    },
+
+    /// A buffer was read as the wrong element type.
+    #[error("{context}: buffer holds {actual}, not {expected}")]
+    DType {
+        /// What was being done.
+        context: String,
+        /// The type asked for.
+        expected: DType,
+        /// The buffer's type.
+        actual: DType,
+    },
+
+    /// A device index or id that does not exist.
+    #[error("no addressable device {index} (the client has {count})")]
+    NoSuchDevice {
+        /// The index asked for.
+        index: usize,
+        /// How many there are.
+        count: usize,
+    },
+
+    /// The plugin returned something xlayer cannot represent.
+    #[error("unsupported by xlayer: {0}")]
+    NotSupported(String),
+
+    /// An invalid value was given to an xlayer function.
+    #[error("{0}")]
+    Invalid(String),
+
+    /// A builder op was misused (wrong rank, dtype, dimensions...).
+    #[error("{op}: {message}")]
+    Op {
+        /// The op, e.g. `dot_general`.
+        op: &'static str,
+        /// What is wrong, with the shapes involved.
+        message: String,
+    },
+
+    /// A file could not be read or written.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// The result type of xlayer.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,40 @@
+//! # xlayer
+//!
+//! Rust closures traced into XLA computations, compiled through PJRT plugins
+//! (CPU, CUDA, TPU) the way JAX compiles them, and run with their data held
+//! as device buffers.
+//!
+//! The layers, bottom up (see `docs/architecture.md`):
+//! - [`pjrt`]: the FFI boundary: plugins, clients, buffers, executables.
+//! - [`program`]: StableHLO programs and their entry signatures.
+//! - [`dtype`]: element types and array specs shared by every layer.
+//!
+//! ```no_run
+//! use xlayer::{Client, Program};
+//! let client = Client::cpu()?; // fetches the CPU plugin on first use
+//! let exe = client.compile(&Program::mlir_text(r#"
+//! func.func public @main(%x: tensor<2x2xf32>) -> tensor<2x2xf32> {
+//!   %0 = stablehlo.multiply %x, %x : tensor<2x2xf32>
+//!   return %0 : tensor<2x2xf32>
+//! }"#)?)?;
+//! let x = client.buffer_from_host(&[1f32, 2.0, 3.0, 4.0], &[2, 2])?;
+//! assert_eq!(exe.execute(&[&x])?[0].to_vec::<f32>()?, vec![1.0, 4.0, 9.0, 16.0]);
+//! # Ok::<(), xlayer::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod dtype;
+pub mod error;
+pub mod pjrt;
+pub mod program;
+
+pub use dtype::{ArraySpec, DType, NativeType};
+pub use error::{Error, ErrorCode, Result};
+pub use pjrt::buffer::Buffer;
+pub use pjrt::client::{Client, ClientOptions, Device};
+pub use pjrt::compile_options::{CompileOptions, XlaFlag};
+pub use pjrt::executable::{Arg, Executable};
+pub use pjrt::plugin::{NamedValue, Plugin};
+pub use program::{Program, ProgramFormat, Signature};
+
+pub use half::{bf16, f16};

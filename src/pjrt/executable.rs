@@ -1,0 +1,350 @@
+//! `Executable`: a compiled program, loaded on one device, run on buffers.
+
+use std::fmt;
+
+use super::buffer::{from_pjrt_type, Buffer};
+use super::client::{Client, Device};
+use super::compile_options::CompileOptions;
+use super::plugin::{pjrt_call, Args};
+use super::sys;
+use crate::dtype::ArraySpec;
+use crate::error::{Error, Result};
+use crate::program::{Program, ProgramFormat, Signature};
+
+/// One argument of [`Executable::execute_args`]: a borrowed buffer, or an
+/// owned one whose device memory the executable may reuse (donation).
+#[derive(Debug)]
+pub enum Arg<'a> {
+    /// Read only; the buffer stays valid.
+    Borrowed(&'a Buffer),
+    /// Given to the executable. If the program declares the parameter a
+    /// donor, its memory may be reused for an output and the buffer is gone.
+    Donated(Buffer),
+}
+
+impl<'a> From<&'a Buffer> for Arg<'a> {
+    fn from(b: &'a Buffer) -> Self {
+        Arg::Borrowed(b)
+    }
+}
+
+impl From<Buffer> for Arg<'_> {
+    fn from(b: Buffer) -> Self {
+        Arg::Donated(b)
+    }
+}
+
+impl Arg<'_> {
+    fn buffer(&self) -> &Buffer {
+        match self {
+            Arg::Borrowed(b) => b,
+            Arg::Donated(b) => b,
+        }
+    }
+}
+
+/// A compiled program, ready to run on its device. `Send + Sync`: one
+/// executable may run from many threads at once.
+///
+/// ```no_run
+/// use xlayer::{Client, Program};
+/// let client = Client::cpu()?;
+/// let exe = client.compile(&Program::mlir_text(r#"
+/// func.func public @main(%a: tensor<3xf32>, %b: tensor<3xf32>) -> tensor<3xf32> {
+///   %0 = stablehlo.add %a, %b : tensor<3xf32>
+///   return %0 : tensor<3xf32>
+/// }"#)?)?;
+/// let a = client.buffer_from_host(&[1f32, 2.0, 3.0], &[3])?;
+/// let out = exe.execute(&[&a, &a])?;
+/// assert_eq!(out[0].to_vec::<f32>()?, vec![2.0, 4.0, 6.0]);
+/// # Ok::<(), xlayer::Error>(())
+/// ```
+pub struct Executable {
+    raw: *mut sys::PJRT_LoadedExecutable,
+    client: Client,
+    name: String,
+    signature: Signature,
+    device: Device,
+    portable: bool,
+    /// Indices of donor parameters, passed as non-donatable when borrowed.
+    donor_indices: Vec<i64>,
+}
+
+// SAFETY: PJRT loaded executables are thread-safe: Execute may be called
+// concurrently from several threads. Rust-side fields are immutable.
+unsafe impl Send for Executable {}
+// SAFETY: as above.
+unsafe impl Sync for Executable {}
+
+impl fmt::Debug for Executable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Executable({} {} on {})", self.name, self.signature, self.device)
+    }
+}
+
+impl Drop for Executable {
+    fn drop(&mut self) {
+        let mut a = sys::PJRT_LoadedExecutable_Destroy_Args::new();
+        a.executable = self.raw;
+        let _ = pjrt_call!(&self.client.inner.plugin, PJRT_LoadedExecutable_Destroy, &mut a);
+    }
+}
+
+/// An unloaded `PJRT_Executable` (from `GetExecutable`), destroyed on drop.
+struct UnloadedExecutable<'a> {
+    raw: *mut sys::PJRT_Executable,
+    client: &'a Client,
+}
+
+impl Drop for UnloadedExecutable<'_> {
+    fn drop(&mut self) {
+        let mut a = sys::PJRT_Executable_Destroy_Args::new();
+        a.executable = self.raw;
+        let _ = pjrt_call!(&self.client.inner.plugin, PJRT_Executable_Destroy, &mut a);
+    }
+}
+
+impl Client {
+    /// Compiles `program` for the default device with default options.
+    ///
+    /// Errors: the compiler's own message ([`Error::Pjrt`]) for a program
+    /// it rejects (parse errors name the line and column).
+    pub fn compile(&self, program: &Program) -> Result<Executable> {
+        self.compile_with(program, &CompileOptions::new())
+    }
+
+    /// Compiles `program` with `options` (target device, XLA flags).
+    pub fn compile_with(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
+        let device = match options.device_index {
+            Some(i) => self.device(i)?.clone(),
+            None => self.default_device().clone(),
+        };
+        let format = b"mlir";
+        let mut p = sys::PJRT_Program::new();
+        // The C API takes a mutable pointer but does not write through it.
+        p.code = program.code().as_ptr() as *mut std::ffi::c_char;
+        p.code_size = program.code().len();
+        p.format = format.as_ptr().cast();
+        p.format_size = format.len();
+        let opts = options.to_bytes();
+        let mut a = sys::PJRT_Client_Compile_Args::new();
+        a.client = self.inner.raw;
+        a.program = &p;
+        a.compile_options = opts.as_ptr().cast();
+        a.compile_options_size = opts.len();
+        pjrt_call!(&self.inner.plugin, PJRT_Client_Compile, &mut a)?;
+        let mut exe = Executable {
+            raw: a.executable,
+            client: self.clone(),
+            name: program.name().to_string(),
+            signature: program.signature().clone(),
+            device,
+            portable: options.device_index.is_some(),
+            donor_indices: Vec::new(),
+        };
+        exe.finish_load(program.format())?;
+        Ok(exe)
+    }
+
+    /// Loads an executable serialized by [`Executable::serialize`] with the
+    /// same plugin build. `signature` is the program's, as it was compiled.
+    pub fn deserialize_executable(&self, bytes: &[u8], name: &str, signature: Signature) -> Result<Executable> {
+        let mut a = sys::PJRT_Executable_DeserializeAndLoad_Args::new();
+        a.client = self.inner.raw;
+        a.serialized_executable = bytes.as_ptr().cast();
+        a.serialized_executable_size = bytes.len();
+        pjrt_call!(&self.inner.plugin, PJRT_Executable_DeserializeAndLoad, &mut a)?;
+        let mut exe = Executable {
+            raw: a.loaded_executable,
+            client: self.clone(),
+            name: name.to_string(),
+            signature,
+            device: self.default_device().clone(),
+            portable: false,
+            donor_indices: Vec::new(),
+        };
+        exe.finish_load(ProgramFormat::MlirText)?;
+        Ok(exe)
+    }
+}
+
+impl Executable {
+    /// Reads the output types from the compiled executable and checks them
+    /// against the program's signature.
+    fn finish_load(&mut self, format: ProgramFormat) -> Result<()> {
+        let outputs = self.compiled_output_specs()?;
+        if format == ProgramFormat::MlirText && outputs != self.signature.outputs {
+            return Err(Error::Signature(format!(
+                "the compiled executable returns ({}), but @main declares ({})",
+                outputs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
+                self.signature.outputs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        self.signature.outputs = outputs;
+        self.donor_indices = self.signature.donors.iter().enumerate().filter(|(_, d)| **d).map(|(i, _)| i as i64).collect();
+        Ok(())
+    }
+
+    fn with_unloaded<T>(&self, f: impl FnOnce(*mut sys::PJRT_Executable) -> Result<T>) -> Result<T> {
+        let mut g = sys::PJRT_LoadedExecutable_GetExecutable_Args::new();
+        g.loaded_executable = self.raw;
+        pjrt_call!(&self.client.inner.plugin, PJRT_LoadedExecutable_GetExecutable, &mut g)?;
+        let unloaded = UnloadedExecutable { raw: g.executable, client: &self.client };
+        f(unloaded.raw)
+    }
+
+    fn compiled_output_specs(&self) -> Result<Vec<ArraySpec>> {
+        let plugin = &self.client.inner.plugin;
+        self.with_unloaded(|raw| {
+            let mut t = sys::PJRT_Executable_OutputElementTypes_Args::new();
+            t.executable = raw;
+            pjrt_call!(plugin, PJRT_Executable_OutputElementTypes, &mut t)?;
+            let mut d = sys::PJRT_Executable_OutputDimensions_Args::new();
+            d.executable = raw;
+            pjrt_call!(plugin, PJRT_Executable_OutputDimensions, &mut d)?;
+            let n = t.num_output_types;
+            if d.num_outputs != n {
+                return Err(Error::NotSupported(format!("executable reports {n} output types but {} output shapes", d.num_outputs)));
+            }
+            if n == 0 {
+                return Ok(Vec::new());
+            }
+            // SAFETY: the plugin returned arrays of `n` types, `n` ranks, and
+            // sum(ranks) dimensions, owned by the executable alive here.
+            let (types, ranks) = unsafe { (std::slice::from_raw_parts(t.output_types, n), std::slice::from_raw_parts(d.dim_sizes, n)) };
+            let total: usize = ranks.iter().sum();
+            // SAFETY: as above; `dims` holds `total` entries.
+            let dims = if total == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(d.dims, total) } };
+            let mut out = Vec::with_capacity(n);
+            let mut at = 0;
+            for (ty, &rank) in types.iter().zip(ranks) {
+                let dtype = from_pjrt_type(*ty)?;
+                out.push(ArraySpec::new(dtype, dims[at..at + rank].iter().map(|&x| x as usize).collect::<Vec<_>>()));
+                at += rank;
+            }
+            Ok(out)
+        })
+    }
+
+    /// Serializes the compiled executable (valid only for the same plugin build).
+    pub fn serialize(&self) -> Result<Vec<u8>> {
+        let plugin = &self.client.inner.plugin;
+        self.with_unloaded(|raw| {
+            let mut s = sys::PJRT_Executable_Serialize_Args::new();
+            s.executable = raw;
+            pjrt_call!(plugin, PJRT_Executable_Serialize, &mut s)?;
+            let bytes = if s.serialized_bytes.is_null() {
+                Vec::new()
+            } else {
+                // SAFETY: the plugin returned `serialized_bytes_size` bytes owned
+                // by `serialized_executable`, freed just below.
+                unsafe { std::slice::from_raw_parts(s.serialized_bytes.cast::<u8>(), s.serialized_bytes_size) }.to_vec()
+            };
+            if let Some(deleter) = s.serialized_executable_deleter {
+                // SAFETY: the deleter the plugin gave for this object, called once.
+                unsafe { deleter(s.serialized_executable) };
+            }
+            Ok(bytes)
+        })
+    }
+
+    /// The module name of the program.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Parameter and result types.
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The client it was compiled by.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs the program on borrowed buffers and returns its outputs.
+    ///
+    /// Every argument is checked first: count, dtype, shape, client and
+    /// device ([`Error::ArgumentCount`], [`Error::ArgumentType`],
+    /// [`Error::ForeignClient`], [`Error::ArgumentDevice`]). Execution is
+    /// asynchronous: reading an output waits for it.
+    pub fn execute(&self, args: &[&Buffer]) -> Result<Vec<Buffer>> {
+        self.validate(args.len(), |i| args[i])?;
+        let raws: Vec<*mut sys::PJRT_Buffer> = args.iter().map(|b| b.raw()).collect();
+        self.launch(&raws, &self.donor_indices)
+    }
+
+    /// Runs the program on a mix of borrowed and donated buffers.
+    ///
+    /// A donated buffer whose parameter the program declares a donor may be
+    /// reused for an output; it is consumed either way.
+    pub fn execute_args(&self, args: Vec<Arg<'_>>) -> Result<Vec<Buffer>> {
+        self.validate(args.len(), |i| args[i].buffer())?;
+        let raws: Vec<*mut sys::PJRT_Buffer> = args.iter().map(|a| a.buffer().raw()).collect();
+        let keep: Vec<i64> = self.donor_indices.iter().copied().filter(|&i| matches!(args[i as usize], Arg::Borrowed(_))).collect();
+        let out = self.launch(&raws, &keep);
+        drop(args);
+        out
+    }
+
+    fn validate<'b>(&self, count: usize, arg: impl Fn(usize) -> &'b Buffer) -> Result<()> {
+        let inputs = &self.signature.inputs;
+        if count != inputs.len() {
+            return Err(Error::ArgumentCount { program: self.name.clone(), expected: inputs.len(), actual: count });
+        }
+        for (index, expected) in inputs.iter().enumerate() {
+            let b = arg(index);
+            if b.client().id() != self.client.id() {
+                return Err(Error::ForeignClient {
+                    what: format!("argument {index} of `{}`", self.name),
+                    other: b.client().describe(),
+                    this: self.client.describe(),
+                });
+            }
+            if b.spec() != expected {
+                return Err(Error::ArgumentType { program: self.name.clone(), index, expected: expected.clone(), actual: b.spec().clone() });
+            }
+            if *b.device() != self.device {
+                return Err(Error::ArgumentDevice {
+                    program: self.name.clone(),
+                    index,
+                    expected: self.device.to_string(),
+                    actual: b.device().to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn launch(&self, args: &[*mut sys::PJRT_Buffer], non_donatable: &[i64]) -> Result<Vec<Buffer>> {
+        let n_out = self.signature.outputs.len();
+        let mut outputs: Vec<*mut sys::PJRT_Buffer> = vec![std::ptr::null_mut(); n_out];
+        let arg_list: *const *mut sys::PJRT_Buffer = args.as_ptr();
+        let out_list: *mut *mut sys::PJRT_Buffer = outputs.as_mut_ptr();
+        let mut options = sys::PJRT_ExecuteOptions::new();
+        options.non_donatable_input_indices = non_donatable.as_ptr();
+        options.num_non_donatable_input_indices = non_donatable.len();
+        let mut a = sys::PJRT_LoadedExecutable_Execute_Args::new();
+        a.executable = self.raw;
+        a.options = &mut options;
+        a.argument_lists = &arg_list;
+        a.num_devices = 1;
+        a.num_args = args.len();
+        a.output_lists = &out_list;
+        if self.portable {
+            a.execute_device = self.device.raw;
+        }
+        pjrt_call!(&self.client.inner.plugin, PJRT_LoadedExecutable_Execute, &mut a)?;
+        Ok(outputs
+            .into_iter()
+            .zip(&self.signature.outputs)
+            .map(|(raw, spec)| Buffer::from_raw(self.client.clone(), raw, spec.clone(), self.device.clone()))
+            .collect())
+    }
+}

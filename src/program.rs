@@ -1,0 +1,309 @@
+//! Programs handed to the compiler: StableHLO text or bytecode, and the
+//! entry signature read from them.
+//!
+//! The signature of `@main` (parameter and result types, donated
+//! parameters) is what lets [`crate::Executable::execute`] validate every
+//! argument in Rust before anything reaches the plugin.
+
+use std::fmt;
+use std::path::Path;
+
+use crate::dtype::{ArraySpec, DType};
+use crate::error::{Error, Result};
+
+/// The types of an entry function: parameters, results, and which
+/// parameters the program allows to be donated.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Signature {
+    /// Parameter types, in order.
+    pub inputs: Vec<ArraySpec>,
+    /// Result types, in order.
+    pub outputs: Vec<ArraySpec>,
+    /// For each parameter: may its buffer be donated (`jax.buffer_donor`
+    /// or `tf.aliasing_output` attribute)?
+    pub donors: Vec<bool>,
+}
+
+impl fmt::Display for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |v: &[ArraySpec]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ");
+        write!(f, "({}) -> ({})", list(&self.inputs), list(&self.outputs))
+    }
+}
+
+/// How the program's code is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramFormat {
+    /// StableHLO (MLIR) text.
+    MlirText,
+    /// MLIR bytecode (e.g. a StableHLO portable artifact).
+    MlirBytecode,
+}
+
+/// A program to compile: its code and its entry signature.
+///
+/// ```
+/// let p = xlayer::Program::mlir_text(
+///     "func.func public @main(%a: tensor<2xf32>) -> tensor<2xf32> {\n  return %a : tensor<2xf32>\n}",
+/// )?;
+/// assert_eq!(p.signature().to_string(), "(f32[2]) -> (f32[2])");
+/// # Ok::<(), xlayer::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Program {
+    code: Vec<u8>,
+    format: ProgramFormat,
+    name: String,
+    signature: Signature,
+}
+
+/// The magic bytes that start MLIR bytecode.
+const MLIR_BYTECODE_MAGIC: &[u8] = b"ML\xefR";
+
+impl Program {
+    /// A StableHLO text program; its `@main` signature is read from the text.
+    ///
+    /// Errors: [`Error::Signature`] if `@main` cannot be found or has a type
+    /// xlayer cannot hold (dynamic dimensions, complex numbers, tuples).
+    pub fn mlir_text(text: impl Into<String>) -> Result<Program> {
+        let text = text.into();
+        let signature = parse_signature(&text)?;
+        let name = module_name(&text).unwrap_or_else(|| "main".to_string());
+        Ok(Program { code: text.into_bytes(), format: ProgramFormat::MlirText, name, signature })
+    }
+
+    /// An MLIR bytecode program. Bytecode cannot be read here, so the
+    /// caller states the signature of `@main` (outputs may be left empty:
+    /// the compiled executable reports them).
+    ///
+    /// Errors: [`Error::Invalid`] if `bytes` does not start with MLIR's magic.
+    pub fn mlir_bytecode(bytes: impl Into<Vec<u8>>, signature: Signature) -> Result<Program> {
+        let code = bytes.into();
+        if !code.starts_with(MLIR_BYTECODE_MAGIC) {
+            return Err(Error::Invalid("MLIR bytecode must start with the bytes `ML\\xefR`".into()));
+        }
+        let mut signature = signature;
+        if signature.donors.len() != signature.inputs.len() {
+            signature.donors = vec![false; signature.inputs.len()];
+        }
+        Ok(Program { code, format: ProgramFormat::MlirBytecode, name: "main".into(), signature })
+    }
+
+    /// Reads a StableHLO text file (`.mlir`), as `jax.jit(f).lower(...).as_text()` writes.
+    pub fn from_text_file(path: impl AsRef<Path>) -> Result<Program> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { what: "cannot read program", path: path.to_path_buf(), source })?;
+        Program::mlir_text(text).map_err(|e| match e {
+            Error::Signature(m) => Error::Signature(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// The code bytes handed to the plugin.
+    pub fn code(&self) -> &[u8] {
+        &self.code
+    }
+
+    /// Text or bytecode.
+    pub fn format(&self) -> ProgramFormat {
+        self.format
+    }
+
+    /// The module's name (`@jit_f` gives `jit_f`), or `main`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The entry signature.
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+}
+
+fn module_name(text: &str) -> Option<String> {
+    let rest = text.trim_start().strip_prefix("module @")?;
+    let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.' || c == '$' || c == '-'))?;
+    Some(rest[..end].to_string())
+}
+
+/// Splits `s` at top-level commas (outside `<>`, `()`, `[]`, `{}` and strings).
+fn split_top_level(s: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut depth = 0i32;
+    let mut in_str = false;
+    let mut start = 0;
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if in_str {
+            if c == b'\\' {
+                i += 1;
+            } else if c == b'"' {
+                in_str = false;
+            }
+        } else {
+            match c {
+                b'"' => in_str = true,
+                b'<' | b'(' | b'[' | b'{' => depth += 1,
+                b'>' | b')' | b']' | b'}' => depth -= 1,
+                b',' if depth == 0 => {
+                    parts.push(s[start..i].trim());
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    let last = s[start..].trim();
+    if !last.is_empty() {
+        parts.push(last);
+    }
+    parts
+}
+
+/// Finds the byte index of the bracket closing the one at `open`.
+fn matching(s: &str, open: usize) -> Option<usize> {
+    let bytes = s.as_bytes();
+    let (o, c) = (bytes[open], match bytes[open] {
+        b'(' => b')',
+        b'{' => b'}',
+        b'<' => b'>',
+        b'[' => b']',
+        _ => return None,
+    });
+    let mut depth = 0;
+    let mut in_str = false;
+    let mut i = open;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_str {
+            if b == b'\\' {
+                i += 1;
+            } else if b == b'"' {
+                in_str = false;
+            }
+        } else if b == b'"' {
+            in_str = true;
+        } else if b == o {
+            depth += 1;
+        } else if b == c {
+            depth -= 1;
+            if depth == 0 {
+                return Some(i);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Parses a `tensor<AxBxT>` type.
+pub(crate) fn parse_tensor_type(t: &str) -> Result<ArraySpec> {
+    let t = t.trim();
+    let inner = t
+        .strip_prefix("tensor<")
+        .and_then(|r| r.strip_suffix('>'))
+        .ok_or_else(|| Error::Signature(format!("`{t}` is not a ranked tensor type")))?;
+    let inner = inner.split(',').next().unwrap_or(inner).trim();
+    let mut parts: Vec<&str> = inner.split('x').collect();
+    let elem = parts.pop().unwrap_or_default();
+    let dtype = DType::from_mlir_name(elem).ok_or_else(|| Error::Signature(format!("element type `{elem}` of `{t}` is not supported")))?;
+    let dims = parts
+        .iter()
+        .map(|d| {
+            d.parse::<usize>()
+                .map_err(|_| Error::Signature(format!("dimension `{d}` of `{t}` is not static (dynamic shapes are not supported)")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ArraySpec::new(dtype, dims))
+}
+
+/// Splits an argument or result entry into its type and attribute dictionary.
+fn type_and_attrs(entry: &str) -> (&str, &str) {
+    let entry = entry.trim();
+    let ty_start = match entry.find(':') {
+        Some(i) if entry.starts_with('%') => i + 1,
+        _ => 0,
+    };
+    let rest = entry[ty_start..].trim();
+    match rest.find('{') {
+        Some(i) => (rest[..i].trim(), rest[i..].trim()),
+        None => (rest, ""),
+    }
+}
+
+/// Reads the signature of `func.func @main` from StableHLO text.
+pub fn parse_signature(text: &str) -> Result<Signature> {
+    let at = text
+        .match_indices("@main(")
+        .map(|(i, _)| i)
+        .find(|&i| text[..i].trim_end().ends_with("func.func") || text[..i].trim_end().ends_with("public") || text[..i].trim_end().ends_with("private"))
+        .ok_or_else(|| Error::Signature("no `func.func @main(...)` in the program".into()))?;
+    let open = at + "@main".len();
+    let close = matching(text, open).ok_or_else(|| Error::Signature("unbalanced parameter list of @main".into()))?;
+    let mut sig = Signature::default();
+    for entry in split_top_level(&text[open + 1..close]) {
+        let (ty, attrs) = type_and_attrs(entry);
+        sig.inputs.push(parse_tensor_type(ty)?);
+        sig.donors.push(attrs.contains("jax.buffer_donor = true") || attrs.contains("tf.aliasing_output"));
+    }
+    let after = text[close + 1..].trim_start();
+    let Some(results) = after.strip_prefix("->") else {
+        return Ok(sig);
+    };
+    let results = results.trim_start();
+    let offset = text.len() - results.len();
+    if results.starts_with('(') {
+        let rclose = matching(text, offset).ok_or_else(|| Error::Signature("unbalanced result list of @main".into()))?;
+        for entry in split_top_level(&text[offset + 1..rclose]) {
+            let (ty, _) = type_and_attrs(entry);
+            sig.outputs.push(parse_tensor_type(ty)?);
+        }
+    } else {
+        let end = results.find('{').unwrap_or(results.len());
+        let single = results[..end].trim();
+        let single = single.strip_suffix("attributes").map(str::trim).unwrap_or(single);
+        sig.outputs.push(parse_tensor_type(single)?);
+    }
+    Ok(sig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JAX_TEXT: &str = r#"module @jit_f attributes {mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32} {
+  func.func public @main(%arg0: tensor<2x3xf32> {jax.buffer_donor = true}, %arg1: tensor<3x4xf32>) -> (tensor<2x4xf32> {jax.result_info = "result[0]"}, tensor<i32>) {
+    %0 = stablehlo.dot_general %arg0, %arg1, contracting_dims = [1] x [0] : (tensor<2x3xf32>, tensor<3x4xf32>) -> tensor<2x4xf32>
+    return %0 : tensor<2x4xf32>
+  }
+}"#;
+
+    #[test]
+    fn reads_jax_style_signature() {
+        let sig = parse_signature(JAX_TEXT).unwrap();
+        assert_eq!(sig.inputs, vec![ArraySpec::of::<f32>([2, 3]), ArraySpec::of::<f32>([3, 4])]);
+        assert_eq!(sig.outputs, vec![ArraySpec::of::<f32>([2, 4]), ArraySpec::of::<i32>([])]);
+        assert_eq!(sig.donors, vec![true, false]);
+        assert_eq!(module_name(JAX_TEXT).as_deref(), Some("jit_f"));
+    }
+
+    #[test]
+    fn single_unparenthesised_result_and_unsigned() {
+        let sig = parse_signature("func.func @main(%a: tensor<4xui8>, %b: tensor<i1>) -> tensor<4xui8> {\n return %a : tensor<4xui8>\n}").unwrap();
+        assert_eq!(sig.inputs, vec![ArraySpec::of::<u8>([4]), ArraySpec::of::<bool>([])]);
+        assert_eq!(sig.outputs, vec![ArraySpec::of::<u8>([4])]);
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_hold() {
+        let e = parse_signature("func.func @main(%a: tensor<?x4xf32>) -> tensor<f32> {}").unwrap_err().to_string();
+        assert!(e.contains("`?`") && e.contains("not static"), "{e}");
+        let e = parse_signature("func.func @main(%a: tensor<4xcomplex<f32>>) -> tensor<f32> {}").unwrap_err().to_string();
+        assert!(e.contains("not supported"), "{e}");
+        let e = parse_signature("func.func @other(%a: tensor<f32>) {}").unwrap_err().to_string();
+        assert!(e.contains("@main"), "{e}");
+    }
+}

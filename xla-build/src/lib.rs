@@ -1,0 +1,539 @@
+//! Provisioning of XLA PJRT plugins.
+//!
+//! XLA reaches this machine as PJRT plugins shipped inside Python wheels on
+//! PyPI. This crate knows, for each [`Target`], which wheel carries the plugin
+//! (pinned by version and sha256), downloads it with the machine's
+//! `python3 -m pip download --no-deps` (the only network path assumed),
+//! verifies the digest, unpacks the shared library atomically into a cache
+//! outside `target/`, and returns its path.
+//!
+//! The cache lives in `$XLAYER_HOME` (default `$XDG_CACHE_HOME/xlayer`, then
+//! `~/.cache/xlayer`). A killed download never leaves a half-written plugin:
+//! everything is unpacked into a private temporary folder of the cache and
+//! renamed into place only once complete.
+//!
+//! Environment overrides:
+//! - `XLAYER_PJRT_PLUGIN=/path/to/plugin.so`: the default plugin (what
+//!   [`default_plugin`] returns), used as is.
+//! - `XLAYER_PJRT_PLUGIN_CPU`, `XLAYER_PJRT_PLUGIN_CUDA12`,
+//!   `XLAYER_PJRT_PLUGIN_TPU`: the plugin for that one target.
+//! - `XLAYER_PYTHON`: the Python used to run pip (default `python3`).
+//!
+//! ```no_run
+//! let path = xla_build::ensure(xla_build::Target::Cpu)?;
+//! println!("CPU plugin at {}", path.display());
+//! # Ok::<(), xla_build::Error>(())
+//! ```
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+
+use sha2::{Digest, Sha256};
+
+/// Everything that can go wrong while finding or provisioning a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The name is not one of the known targets.
+    #[error("unknown PJRT target `{0}` (known: cpu, cuda12, tpu)")]
+    UnknownTarget(String),
+    /// The recipe has no wheel for this operating system or processor.
+    #[error("no {target} plugin is published for {os}/{arch}; set {env} to a plugin built for this machine")]
+    UnsupportedPlatform {
+        /// The target asked for.
+        target: Target,
+        /// `std::env::consts::OS`.
+        os: &'static str,
+        /// `std::env::consts::ARCH`.
+        arch: &'static str,
+        /// The environment variable that overrides this target.
+        env: &'static str,
+    },
+    /// An override variable names a file that does not exist.
+    #[error("{var} is set to `{}`, which is not a file", path.display())]
+    OverrideMissing {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        path: PathBuf,
+    },
+    /// No cache folder can be determined.
+    #[error("cannot find a cache folder: set XLAYER_HOME (neither XDG_CACHE_HOME nor HOME is set)")]
+    NoHome,
+    /// pip could not be started at all.
+    #[error("cannot run `{python} -m pip` to download {package}=={version}: {source}. Install Python 3 with pip, or set XLAYER_PYTHON, or set {env} to an existing plugin")]
+    NoPython {
+        /// The interpreter tried.
+        python: String,
+        /// The package being fetched.
+        package: &'static str,
+        /// Its version.
+        version: &'static str,
+        /// The override variable for the target.
+        env: &'static str,
+        /// The spawn error.
+        source: io::Error,
+    },
+    /// pip ran and failed (typically: no network).
+    #[error("downloading {package}=={version} with pip failed (offline, or the registry is unreachable?).\n\
+             The plugin cache {} is empty for this target. When online, run\n    \
+             cargo run -p xla-build -- fetch {target}\n\
+             or set {env} to an existing plugin file.\npip said:\n{stderr}", cache.display())]
+    Download {
+        /// The package being fetched.
+        package: &'static str,
+        /// Its version.
+        version: &'static str,
+        /// The target it is for.
+        target: Target,
+        /// The cache folder.
+        cache: PathBuf,
+        /// The override variable for the target.
+        env: &'static str,
+        /// The tail of pip's standard error.
+        stderr: String,
+    },
+    /// The downloaded wheel is not the pinned one.
+    #[error("sha256 mismatch for {}: expected {expected}, got {actual}; the file was deleted", file.display())]
+    Checksum {
+        /// The downloaded file.
+        file: PathBuf,
+        /// The pinned digest.
+        expected: &'static str,
+        /// What the file hashed to.
+        actual: String,
+    },
+    /// The wheel does not contain the file the recipe expects.
+    #[error("wheel {} has no member `{member}`", wheel.display())]
+    MissingMember {
+        /// The wheel.
+        wheel: PathBuf,
+        /// The member path inside it.
+        member: &'static str,
+    },
+    /// A zip archive could not be read.
+    #[error("cannot read wheel {}: {source}", wheel.display())]
+    Zip {
+        /// The wheel.
+        wheel: PathBuf,
+        /// The zip error.
+        source: zip::result::ZipError,
+    },
+    /// A file-system operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+}
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io { what, path: path.to_path_buf(), source }
+}
+
+/// A kind of accelerator a PJRT plugin drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// The XLA CPU backend (`xla-cpu-pjrt`).
+    Cpu,
+    /// NVIDIA GPUs with CUDA 12 (`jax-cuda12-pjrt`).
+    Cuda12,
+    /// Google TPUs (`libtpu`).
+    Tpu,
+}
+
+impl Target {
+    /// Every known target.
+    pub const ALL: [Target; 3] = [Target::Cpu, Target::Cuda12, Target::Tpu];
+
+    /// The short name used on the command line and in cache folders.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Cpu => "cpu",
+            Target::Cuda12 => "cuda12",
+            Target::Tpu => "tpu",
+        }
+    }
+
+    /// The environment variable that points this target at an existing plugin.
+    pub fn env_var(self) -> &'static str {
+        match self {
+            Target::Cpu => "XLAYER_PJRT_PLUGIN_CPU",
+            Target::Cuda12 => "XLAYER_PJRT_PLUGIN_CUDA12",
+            Target::Tpu => "XLAYER_PJRT_PLUGIN_TPU",
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Target {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Target::ALL
+            .into_iter()
+            .find(|t| t.name() == s.to_ascii_lowercase())
+            .ok_or_else(|| Error::UnknownTarget(s.to_string()))
+    }
+}
+
+/// One pinned wheel and the plugin file inside it.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipe {
+    /// The target this recipe provisions.
+    pub target: Target,
+    /// PyPI package name.
+    pub package: &'static str,
+    /// Exact version.
+    pub version: &'static str,
+    /// The wheel's file name, as pip saves it.
+    pub wheel: &'static str,
+    /// sha256 of the wheel, lowercase hex.
+    pub sha256: &'static str,
+    /// Extra `pip download` arguments selecting the wheel's platform tags.
+    pub pip_args: &'static [&'static str],
+    /// Path of the plugin inside the wheel.
+    pub member: &'static str,
+    /// What else the plugin needs at run time, shown by `doctor` and in errors.
+    pub runtime_note: &'static str,
+}
+
+impl Recipe {
+    /// The file name of the unpacked plugin.
+    pub fn plugin_file_name(&self) -> &'static str {
+        self.member.rsplit('/').next().unwrap_or(self.member)
+    }
+}
+
+const CPU: Recipe = Recipe {
+    target: Target::Cpu,
+    package: "xla-cpu-pjrt",
+    version: "0.0.1",
+    wheel: "xla_cpu_pjrt-0.0.1-py3-none-manylinux_2_27_x86_64.whl",
+    sha256: "55837b6b7b47daa717f2d9a5a03563ea0ceaa338d06a81a1e2d3f060d960decc",
+    pip_args: &["--platform", "manylinux_2_27_x86_64"],
+    member: "xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so",
+    runtime_note: "none: the CPU plugin is self-contained",
+};
+
+const CUDA12: Recipe = Recipe {
+    target: Target::Cuda12,
+    package: "jax-cuda12-pjrt",
+    version: "0.10.2",
+    wheel: "jax_cuda12_pjrt-0.10.2-py3-none-manylinux_2_27_x86_64.whl",
+    sha256: "806d1fd29038b6acf5a2b289dd62192abea977ee26aef60ea295b1d28a23acf8",
+    pip_args: &["--platform", "manylinux_2_27_x86_64"],
+    member: "jax_plugins/xla_cuda12/xla_cuda_plugin.so",
+    runtime_note: "an NVIDIA driver and the CUDA 12 runtime libraries (cudart, cublas, cublasLt, \
+                   cufft, cusolver, cusparse, cudnn 9, nccl, nvjitlink) on the loader path: a CUDA \
+                   12 install, or the nvidia-*-cu12 wheels that `pip install \"jax[cuda12]\"` brings, \
+                   with their lib folders in LD_LIBRARY_PATH",
+};
+
+const TPU: Recipe = Recipe {
+    target: Target::Tpu,
+    package: "libtpu",
+    version: "0.0.52",
+    wheel: "libtpu-0.0.52-cp311-cp311-manylinux_2_31_x86_64.whl",
+    sha256: "f5e2e596eaea9357fbb5a6755a7a9007c6ab75bfde4a55191b03eff402971140",
+    pip_args: &[
+        "--platform",
+        "manylinux_2_31_x86_64",
+        "--python-version",
+        "3.11",
+        "--implementation",
+        "cp",
+    ],
+    member: "libtpu/libtpu.so",
+    runtime_note: "a Cloud TPU VM (the plugin finds its chips through /dev/accel* or /dev/vfio)",
+};
+
+/// The pinned recipe for a target.
+pub fn recipe(target: Target) -> &'static Recipe {
+    match target {
+        Target::Cpu => &CPU,
+        Target::Cuda12 => &CUDA12,
+        Target::Tpu => &TPU,
+    }
+}
+
+/// The cache folder: `$XLAYER_HOME`, else `$XDG_CACHE_HOME/xlayer`, else
+/// `$HOME/.cache/xlayer`. Returns [`Error::NoHome`] when none is set.
+pub fn home() -> Result<PathBuf> {
+    let nonempty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(h) = nonempty("XLAYER_HOME") {
+        return Ok(h);
+    }
+    if let Some(x) = nonempty("XDG_CACHE_HOME") {
+        return Ok(x.join("xlayer"));
+    }
+    nonempty("HOME").map(|h| h.join(".cache").join("xlayer")).ok_or(Error::NoHome)
+}
+
+/// Where the unpacked plugin of `target` lives (or will live) in the cache.
+pub fn cache_path(target: Target) -> Result<PathBuf> {
+    let r = recipe(target);
+    Ok(plugin_dir(&home()?, r).join(r.plugin_file_name()))
+}
+
+fn plugin_dir(home: &Path, r: &Recipe) -> PathBuf {
+    home.join("plugins").join(format!("{}-{}-{}", r.target, r.package, r.version))
+}
+
+fn override_path(var: &'static str) -> Result<Option<PathBuf>> {
+    match std::env::var_os(var).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(p) => {
+            let p = PathBuf::from(p);
+            if p.is_file() {
+                Ok(Some(p))
+            } else {
+                Err(Error::OverrideMissing { var, path: p })
+            }
+        }
+    }
+}
+
+/// Where the plugin of `target` is already available, without downloading:
+/// the target's override variable, else the cache. `Ok(None)` when neither.
+pub fn find(target: Target) -> Result<Option<PathBuf>> {
+    if let Some(p) = override_path(target.env_var())? {
+        return Ok(Some(p));
+    }
+    let p = cache_path(target)?;
+    Ok(p.is_file().then_some(p))
+}
+
+/// The plugin of `target`, provisioned if it is not there yet.
+///
+/// Returns the path of the shared library. Errors say what to run when the
+/// download fails (offline), and never leave a partial file in the cache.
+pub fn ensure(target: Target) -> Result<PathBuf> {
+    match find(target)? {
+        Some(p) => Ok(p),
+        None => provision(target),
+    }
+}
+
+/// The default plugin: `XLAYER_PJRT_PLUGIN` if set, else the CPU plugin
+/// (provisioned if needed).
+pub fn default_plugin() -> Result<PathBuf> {
+    match override_path("XLAYER_PJRT_PLUGIN")? {
+        Some(p) => Ok(p),
+        None => ensure(Target::Cpu),
+    }
+}
+
+fn check_platform(r: &Recipe) -> Result<()> {
+    use std::env::consts::{ARCH, OS};
+    if OS == "linux" && ARCH == "x86_64" {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedPlatform { target: r.target, os: OS, arch: ARCH, env: r.target.env_var() })
+    }
+}
+
+/// Downloads, verifies and unpacks the plugin of `target` into the cache,
+/// even if present, and returns its path.
+///
+/// Concurrent callers (threads or processes) serialise on a lock file; the
+/// plugin appears in the cache by an atomic rename once complete.
+pub fn provision(target: Target) -> Result<PathBuf> {
+    let r = recipe(target);
+    check_platform(r)?;
+    let home = home()?;
+    let final_dir = plugin_dir(&home, r);
+    let plugin = final_dir.join(r.plugin_file_name());
+    let locks = home.join("locks");
+    fs::create_dir_all(&locks).map_err(io_err("cannot create", &locks))?;
+    let lock_path = locks.join(format!("{target}.lock"));
+    let lock = fs::File::create(&lock_path).map_err(io_err("cannot create", &lock_path))?;
+    lock.lock().map_err(io_err("cannot lock", &lock_path))?;
+    // Another process may have finished while we waited for the lock.
+    if plugin.is_file() {
+        return Ok(plugin);
+    }
+    let tmp_root = home.join("tmp");
+    fs::create_dir_all(&tmp_root).map_err(io_err("cannot create", &tmp_root))?;
+    let tmp = tmp_root.join(format!("{target}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let result = download_and_unpack(r, &home, &tmp).and_then(|staged| {
+        if let Some(parent) = final_dir.parent() {
+            fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+        }
+        let _ = fs::remove_dir_all(&final_dir);
+        fs::rename(&staged, &final_dir).map_err(io_err("cannot move into place", &final_dir))?;
+        Ok(plugin.clone())
+    });
+    let _ = fs::remove_dir_all(&tmp);
+    result
+}
+
+fn download_and_unpack(r: &Recipe, home: &Path, tmp: &Path) -> Result<PathBuf> {
+    let wheels = tmp.join("wheels");
+    fs::create_dir_all(&wheels).map_err(io_err("cannot create", &wheels))?;
+    pip_download(r, home, &wheels)?;
+    let wheel = wheels.join(r.wheel);
+    verify_sha256(&wheel, r.sha256)?;
+    let staged = tmp.join("plugin");
+    fs::create_dir_all(&staged).map_err(io_err("cannot create", &staged))?;
+    extract_member(&wheel, r.member, &staged.join(r.plugin_file_name()))?;
+    let manifest = staged.join("MANIFEST");
+    fs::write(
+        &manifest,
+        format!("package={}\nversion={}\nwheel={}\nsha256={}\n", r.package, r.version, r.wheel, r.sha256),
+    )
+    .map_err(io_err("cannot write", &manifest))?;
+    Ok(staged)
+}
+
+fn pip_download(r: &Recipe, home: &Path, dest: &Path) -> Result<()> {
+    let python = std::env::var("XLAYER_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let spec = format!("{}=={}", r.package, r.version);
+    eprintln!("xla-build: downloading {spec} (the {} PJRT plugin) with pip ...", r.target);
+    let child = Command::new(&python)
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"])
+        .args(r.pip_args)
+        .arg("-d")
+        .arg(dest)
+        .arg(&spec)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    let out = child.map_err(|source| Error::NoPython {
+        python: python.clone(),
+        package: r.package,
+        version: r.version,
+        env: r.target.env_var(),
+        source,
+    })?;
+    if out.status.success() && dest.join(r.wheel).is_file() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = text.lines().rev().take(12).collect();
+    let mut stderr = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+    if out.status.success() {
+        stderr = format!("pip succeeded but did not save {}\n{stderr}", r.wheel);
+    }
+    Err(Error::Download {
+        package: r.package,
+        version: r.version,
+        target: r.target,
+        cache: home.to_path_buf(),
+        env: r.target.env_var(),
+        stderr,
+    })
+}
+
+/// Computes the sha256 of a file, as lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = fs::File::open(path).map_err(io_err("cannot open", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err("cannot read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Checks a file against a pinned sha256, deleting it on mismatch.
+pub fn verify_sha256(path: &Path, expected: &'static str) -> Result<()> {
+    let actual = sha256_file(path)?;
+    if actual == expected {
+        Ok(())
+    } else {
+        let _ = fs::remove_file(path);
+        Err(Error::Checksum { file: path.to_path_buf(), expected, actual })
+    }
+}
+
+fn extract_member(wheel: &Path, member: &'static str, out: &Path) -> Result<()> {
+    let zip_err = |source| Error::Zip { wheel: wheel.to_path_buf(), source };
+    let f = fs::File::open(wheel).map_err(io_err("cannot open", wheel))?;
+    let mut archive = zip::ZipArchive::new(f).map_err(zip_err)?;
+    let mut entry = match archive.by_name(member) {
+        Ok(e) => e,
+        Err(zip::result::ZipError::FileNotFound) => {
+            return Err(Error::MissingMember { wheel: wheel.to_path_buf(), member })
+        }
+        Err(e) => return Err(zip_err(e)),
+    };
+    let mut file = fs::File::create(out).map_err(io_err("cannot create", out))?;
+    io::copy(&mut entry, &mut file).map_err(io_err("cannot write", out))?;
+    file.flush().map_err(io_err("cannot write", out))?;
+    file.sync_all().map_err(io_err("cannot sync", out))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_names_round_trip() {
+        for t in Target::ALL {
+            assert_eq!(t.name().parse::<Target>().unwrap(), t);
+        }
+        let err = "rocm".parse::<Target>().unwrap_err().to_string();
+        assert!(err.contains("rocm") && err.contains("cuda12"), "{err}");
+    }
+
+    #[test]
+    fn recipes_are_pinned() {
+        for t in Target::ALL {
+            let r = recipe(t);
+            assert_eq!(r.target, t);
+            assert_eq!(r.sha256.len(), 64, "{t}");
+            assert!(r.sha256.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+            assert!(r.wheel.ends_with(".whl") && r.member.ends_with(".so"), "{t}");
+        }
+    }
+
+    #[test]
+    fn checksum_mismatch_deletes_the_file() {
+        let dir = std::env::temp_dir().join(format!("xla-build-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("fake.whl");
+        fs::write(&f, b"not the wheel").unwrap();
+        let err = verify_sha256(&f, CPU.sha256).unwrap_err().to_string();
+        assert!(err.contains("sha256 mismatch") && err.contains("fake.whl"), "{err}");
+        assert!(!f.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_member_is_named() {
+        let dir = std::env::temp_dir().join(format!("xla-build-zip-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let wheel = dir.join("empty.whl");
+        {
+            let mut z = zip::ZipWriter::new(fs::File::create(&wheel).unwrap());
+            z.start_file::<_, ()>("other.txt", Default::default()).unwrap();
+            z.write_all(b"x").unwrap();
+            z.finish().unwrap();
+        }
+        let err = extract_member(&wheel, CPU.member, &dir.join("out.so")).unwrap_err().to_string();
+        assert!(err.contains("xla_cpu_pjrt.so") && err.contains("empty.whl"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
