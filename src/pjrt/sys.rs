@@ -1379,7 +1379,8 @@ const _: () = {
         extension_start
     )
         - 8usize];
-    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_TransferData_Args::transfer_manager"] [:: core :: mem :: offset_of ! (PJRT_AsyncHostToDeviceTransferManager_TransferData_Args , transfer_manager) - 16usize] ;
+    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_TransferData_Args::transfer_manager"]
+        [::core::mem::offset_of!(PJRT_AsyncHostToDeviceTransferManager_TransferData_Args, transfer_manager) - 16usize];
     ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_TransferData_Args::buffer_index"][::core::mem::offset_of!(
         PJRT_AsyncHostToDeviceTransferManager_TransferData_Args,
         buffer_index
@@ -1399,8 +1400,12 @@ const _: () = {
         transfer_size
     )
         - 48usize];
-    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_TransferData_Args::is_last_transfer"] [:: core :: mem :: offset_of ! (PJRT_AsyncHostToDeviceTransferManager_TransferData_Args , is_last_transfer) - 56usize] ;
-    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_TransferData_Args::done_with_h2d_transfer"] [:: core :: mem :: offset_of ! (PJRT_AsyncHostToDeviceTransferManager_TransferData_Args , done_with_h2d_transfer) - 64usize] ;
+    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_TransferData_Args::is_last_transfer"]
+        [::core::mem::offset_of!(PJRT_AsyncHostToDeviceTransferManager_TransferData_Args, is_last_transfer) - 56usize];
+    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_TransferData_Args::done_with_h2d_transfer"][::core::mem::offset_of!(
+        PJRT_AsyncHostToDeviceTransferManager_TransferData_Args,
+        done_with_h2d_transfer
+    ) - 64usize];
 };
 pub const PJRT_AsyncHostToDeviceTransferManager_TransferData_Args_STRUCT_SIZE: _bindgen_ty_36 =
     _bindgen_ty_36(72);
@@ -1434,8 +1439,12 @@ const _: () = {
         struct_size
     )
         - 0usize];
-    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer_Args::extension_start"] [:: core :: mem :: offset_of ! (PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer_Args , extension_start) - 8usize] ;
-    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer_Args::transfer_manager"] [:: core :: mem :: offset_of ! (PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer_Args , transfer_manager) - 16usize] ;
+    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer_Args::extension_start"]
+        [::core::mem::offset_of!(PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer_Args, extension_start) - 8usize];
+    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer_Args::transfer_manager"][::core::mem::offset_of!(
+        PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer_Args,
+        transfer_manager
+    ) - 16usize];
     ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer_Args::buffer_index"][::core::mem::offset_of!(
         PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer_Args,
         buffer_index
@@ -1622,8 +1631,12 @@ const _: () = {
         struct_size
     )
         - 0usize];
-    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args::extension_start"] [:: core :: mem :: offset_of ! (PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args , extension_start) - 8usize] ;
-    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args::transfer_manager"] [:: core :: mem :: offset_of ! (PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args , transfer_manager) - 16usize] ;
+    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args::extension_start"]
+        [::core::mem::offset_of!(PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args, extension_start) - 8usize];
+    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args::transfer_manager"][::core::mem::offset_of!(
+        PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args,
+        transfer_manager
+    ) - 16usize];
     ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args::buffer_index"][::core::mem::offset_of!(
         PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args,
         buffer_index
@@ -1639,7 +1652,10 @@ const _: () = {
         error_message
     )
         - 32usize];
-    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args::error_message_size"] [:: core :: mem :: offset_of ! (PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args , error_message_size) - 40usize] ;
+    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args::error_message_size"][::core::mem::offset_of!(
+        PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args,
+        error_message_size
+    ) - 40usize];
 };
 pub const PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args_STRUCT_SIZE: _bindgen_ty_41 =
     _bindgen_ty_41(48);
@@ -1683,7 +1699,8 @@ const _: () = {
         transfer_manager
     )
         - 16usize];
-    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_AddMetadata_Args::transfer_metadata"] [:: core :: mem :: offset_of ! (PJRT_AsyncHostToDeviceTransferManager_AddMetadata_Args , transfer_metadata) - 24usize] ;
+    ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_AddMetadata_Args::transfer_metadata"]
+        [::core::mem::offset_of!(PJRT_AsyncHostToDeviceTransferManager_AddMetadata_Args, transfer_metadata) - 24usize];
     ["Offset of field: PJRT_AsyncHostToDeviceTransferManager_AddMetadata_Args::num_metadata"][::core::mem::offset_of!(
         PJRT_AsyncHostToDeviceTransferManager_AddMetadata_Args,
         num_metadata
@@ -3106,8 +3123,15 @@ const _: () = {
         serialized_bytes_size
     )
         - 32usize];
-    ["Offset of field: PJRT_LoadedExecutable_GetDeviceAssignment_Args::serialized_device_assignment"] [:: core :: mem :: offset_of ! (PJRT_LoadedExecutable_GetDeviceAssignment_Args , serialized_device_assignment) - 40usize] ;
-    ["Offset of field: PJRT_LoadedExecutable_GetDeviceAssignment_Args::serialized_device_assignment_deleter"] [:: core :: mem :: offset_of ! (PJRT_LoadedExecutable_GetDeviceAssignment_Args , serialized_device_assignment_deleter) - 48usize] ;
+    ["Offset of field: PJRT_LoadedExecutable_GetDeviceAssignment_Args::serialized_device_assignment"][::core::mem::offset_of!(
+        PJRT_LoadedExecutable_GetDeviceAssignment_Args,
+        serialized_device_assignment
+    ) - 40usize];
+    ["Offset of field: PJRT_LoadedExecutable_GetDeviceAssignment_Args::serialized_device_assignment_deleter"][::core::mem::offset_of!(
+        PJRT_LoadedExecutable_GetDeviceAssignment_Args,
+        serialized_device_assignment_deleter
+    )
+        - 48usize];
 };
 pub const PJRT_LoadedExecutable_GetDeviceAssignment_Args_STRUCT_SIZE: _bindgen_ty_76 =
     _bindgen_ty_76(56);
@@ -3720,7 +3744,8 @@ const _: () = {
         PJRT_Executable_GetCompiledMemoryStats_Args,
         executable
     ) - 16usize];
-    ["Offset of field: PJRT_Executable_GetCompiledMemoryStats_Args::generated_code_size_in_bytes"] [:: core :: mem :: offset_of ! (PJRT_Executable_GetCompiledMemoryStats_Args , generated_code_size_in_bytes) - 24usize] ;
+    ["Offset of field: PJRT_Executable_GetCompiledMemoryStats_Args::generated_code_size_in_bytes"]
+        [::core::mem::offset_of!(PJRT_Executable_GetCompiledMemoryStats_Args, generated_code_size_in_bytes) - 24usize];
     ["Offset of field: PJRT_Executable_GetCompiledMemoryStats_Args::argument_size_in_bytes"][::core::mem::offset_of!(
         PJRT_Executable_GetCompiledMemoryStats_Args,
         argument_size_in_bytes
@@ -3741,7 +3766,10 @@ const _: () = {
         temp_size_in_bytes
     )
         - 56usize];
-    ["Offset of field: PJRT_Executable_GetCompiledMemoryStats_Args::host_generated_code_size_in_bytes"] [:: core :: mem :: offset_of ! (PJRT_Executable_GetCompiledMemoryStats_Args , host_generated_code_size_in_bytes) - 64usize] ;
+    ["Offset of field: PJRT_Executable_GetCompiledMemoryStats_Args::host_generated_code_size_in_bytes"][::core::mem::offset_of!(
+        PJRT_Executable_GetCompiledMemoryStats_Args,
+        host_generated_code_size_in_bytes
+    ) - 64usize];
     ["Offset of field: PJRT_Executable_GetCompiledMemoryStats_Args::host_argument_size_in_bytes"][::core::mem::offset_of!(
         PJRT_Executable_GetCompiledMemoryStats_Args,
         host_argument_size_in_bytes
@@ -3974,8 +4002,15 @@ const _: () = {
         PJRT_Executable_DeserializeAndLoad_Args,
         loaded_executable
     ) - 40usize];
-    ["Offset of field: PJRT_Executable_DeserializeAndLoad_Args::overridden_serialized_compile_options"] [:: core :: mem :: offset_of ! (PJRT_Executable_DeserializeAndLoad_Args , overridden_serialized_compile_options) - 48usize] ;
-    ["Offset of field: PJRT_Executable_DeserializeAndLoad_Args::overridden_serialized_compile_options_size"] [:: core :: mem :: offset_of ! (PJRT_Executable_DeserializeAndLoad_Args , overridden_serialized_compile_options_size) - 56usize] ;
+    ["Offset of field: PJRT_Executable_DeserializeAndLoad_Args::overridden_serialized_compile_options"][::core::mem::offset_of!(
+        PJRT_Executable_DeserializeAndLoad_Args,
+        overridden_serialized_compile_options
+    ) - 48usize];
+    ["Offset of field: PJRT_Executable_DeserializeAndLoad_Args::overridden_serialized_compile_options_size"][::core::mem::offset_of!(
+        PJRT_Executable_DeserializeAndLoad_Args,
+        overridden_serialized_compile_options_size
+    )
+        - 56usize];
 };
 pub const PJRT_Executable_DeserializeAndLoad_Args_STRUCT_SIZE: _bindgen_ty_97 = _bindgen_ty_97(64);
 #[repr(transparent)]

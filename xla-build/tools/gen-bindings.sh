@@ -10,4 +10,5 @@ bindgen "$header" \
   --allowlist-type 'PJRT_.*' --allowlist-var 'PJRT_.*' \
   --default-enum-style newtype --no-doc-comments --use-core \
   -o "$out"
+rustfmt --edition 2021 "$out"
 echo "wrote $out"
