@@ -174,6 +174,8 @@ pub trait NativeType:
     const DTYPE: DType;
     /// The zero value.
     fn zero() -> Self;
+    /// Appends the value's little-endian bytes (XLA's host layout) to `out`.
+    fn extend_le_bytes(self, out: &mut Vec<u8>);
 }
 
 macro_rules! native {
@@ -182,12 +184,25 @@ macro_rules! native {
         impl NativeType for $t {
             const DTYPE: DType = DType::$d;
             fn zero() -> Self { $z }
+            fn extend_le_bytes(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
         }
     )*};
 }
 
+impl sealed::Sealed for bool {}
+impl NativeType for bool {
+    const DTYPE: DType = DType::Bool;
+    fn zero() -> Self {
+        false
+    }
+    fn extend_le_bytes(self, out: &mut Vec<u8>) {
+        out.push(self as u8);
+    }
+}
+
 native! {
-    bool => Bool, false;
     i8 => I8, 0;
     i16 => I16, 0;
     i32 => I32, 0;

@@ -23,6 +23,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod builder;
 pub mod dtype;
 pub mod error;
 pub mod pjrt;

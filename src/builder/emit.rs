@@ -1,0 +1,413 @@
+//! StableHLO emission: a [`Graph`] to MLIR text in the generic op form
+//! (`%v3 = "stablehlo.add"(%v1, %v2) : (...) -> ...`), which the pinned
+//! plugin parses for every op, regions included.
+
+use std::fmt::Write;
+
+use crate::dtype::{ArraySpec, DType};
+
+use super::graph::{Graph, NodeId, RegionId, ValueId};
+use super::op::{ConvAttrs, Op};
+
+/// The SSA name of a value.
+fn vref(g: &Graph, v: ValueId) -> String {
+    let n = &g.nodes[v.node];
+    match n.op {
+        Op::RegionArgs => format!("%v{}_{}", v.node, v.output),
+        _ if n.outputs.len() == 1 => format!("%v{}", v.node),
+        _ => format!("%v{}#{}", v.node, v.output),
+    }
+}
+
+fn i64_array(xs: impl IntoIterator<Item = i64>) -> String {
+    let items: Vec<String> = xs.into_iter().map(|x| x.to_string()).collect();
+    if items.is_empty() {
+        "array<i64>".to_string()
+    } else {
+        format!("array<i64: {}>", items.join(", "))
+    }
+}
+
+fn usize_array(xs: &[usize]) -> String {
+    i64_array(xs.iter().map(|&x| x as i64))
+}
+
+fn list(xs: &[usize]) -> String {
+    format!(
+        "[{}]",
+        xs.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+fn padding_attr(p: &[(i64, i64)]) -> String {
+    let rows: Vec<String> = p.iter().map(|(l, h)| format!("[{l}, {h}]")).collect();
+    format!("dense<[{}]> : tensor<{}x2xi64>", rows.join(", "), p.len())
+}
+
+fn types(specs: &[ArraySpec]) -> String {
+    specs
+        .iter()
+        .map(|s| s.mlir_type())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn result_types(specs: &[ArraySpec]) -> String {
+    if specs.len() == 1 {
+        specs[0].mlir_type()
+    } else {
+        format!("({})", types(specs))
+    }
+}
+
+/// A dense literal for a constant's bytes.
+fn dense_literal(bytes: &[u8], spec: &ArraySpec) -> String {
+    let size = spec.dtype.size_in_bytes();
+    if spec.dtype == DType::Bool {
+        let vals: Vec<&str> = bytes
+            .iter()
+            .map(|&b| if b != 0 { "true" } else { "false" })
+            .collect();
+        if vals.len() == 1 {
+            return format!("dense<{}>", vals[0]);
+        }
+        return format!("dense<{}>", nested(&vals, &spec.dims));
+    }
+    if bytes.len() == size || spec.element_count() == 0 {
+        // One element: a splat. Zero elements: an empty literal.
+        if spec.element_count() == 0 {
+            return "dense<>".to_string();
+        }
+    }
+    let mut hex = String::with_capacity(bytes.len() * 2 + 4);
+    hex.push_str("\"0x");
+    for b in bytes {
+        let _ = write!(hex, "{b:02X}");
+    }
+    hex.push('"');
+    format!("dense<{hex}>")
+}
+
+/// Nests a flat list of literals by `dims` (`[[a, b], [c, d]]`).
+fn nested(vals: &[&str], dims: &[usize]) -> String {
+    match dims.split_first() {
+        None => vals.first().copied().unwrap_or("false").to_string(),
+        Some((&n, rest)) => {
+            let chunk = rest.iter().product::<usize>().max(1);
+            let parts: Vec<String> = (0..n)
+                .map(|i| nested(&vals[i * chunk..(i + 1) * chunk], rest))
+                .collect();
+            format!("[{}]", parts.join(", "))
+        }
+    }
+}
+
+fn conv_dims(c: &ConvAttrs, out_rank: usize) -> String {
+    let d = &c.dims;
+    let layout = |rank: usize, batch: (usize, &str), feature: (usize, &str), spatial: &[usize]| {
+        let mut v = vec![String::new(); rank];
+        v[batch.0] = batch.1.to_string();
+        v[feature.0] = feature.1.to_string();
+        for (i, &s) in spatial.iter().enumerate() {
+            v[s] = i.to_string();
+        }
+        format!("[{}]", v.join(", "))
+    };
+    let rank = d.input_spatial.len() + 2;
+    format!(
+        "#stablehlo.conv<{}x{}->{}>",
+        layout(
+            rank,
+            (d.input_batch, "b"),
+            (d.input_feature, "f"),
+            &d.input_spatial
+        ),
+        layout(
+            rank,
+            (d.kernel_input_feature, "i"),
+            (d.kernel_output_feature, "o"),
+            &d.kernel_spatial
+        ),
+        layout(
+            out_rank,
+            (d.output_batch, "b"),
+            (d.output_feature, "f"),
+            &d.output_spatial
+        ),
+    )
+}
+
+/// The attribute dictionary of a node (without braces), or empty.
+fn attributes(g: &Graph, node: NodeId) -> String {
+    let n = &g.nodes[node];
+    match &n.op {
+        Op::Constant { bytes } => format!("value = {} : {}", dense_literal(bytes, &n.outputs[0]), n.outputs[0].mlir_type()),
+        Op::Iota { dim } => format!("iota_dimension = {dim} : i64"),
+        Op::Compare(dir) => {
+            let ty = match g.spec(n.operands[0]).dtype {
+                d if d.is_float() => "FLOAT",
+                d if d.is_unsigned_int() || d == DType::Bool => "UNSIGNED",
+                _ => "SIGNED",
+            };
+            format!(
+                "comparison_direction = #stablehlo<comparison_direction {}>, compare_type = #stablehlo<comparison_type {ty}>",
+                dir.mlir_name()
+            )
+        }
+        Op::BroadcastInDim { dims } => format!("broadcast_dimensions = {}", usize_array(dims)),
+        Op::Transpose { perm } => format!("permutation = {}", usize_array(perm)),
+        Op::Slice { start, limit, strides } => format!(
+            "start_indices = {}, limit_indices = {}, strides = {}",
+            usize_array(start),
+            usize_array(limit),
+            usize_array(strides)
+        ),
+        Op::DynamicSlice { sizes } => format!("slice_sizes = {}", usize_array(sizes)),
+        Op::Concatenate { dim } => format!("dimension = {dim} : i64"),
+        Op::Pad { low, high, interior } => format!(
+            "edge_padding_low = {}, edge_padding_high = {}, interior_padding = {}",
+            i64_array(low.iter().copied()),
+            i64_array(high.iter().copied()),
+            usize_array(interior)
+        ),
+        Op::Reverse { dims } => format!("dimensions = {}", usize_array(dims)),
+        Op::DotGeneral(d) => {
+            let mut fields = Vec::new();
+            for (name, v) in [
+                ("lhs_batching_dimensions", &d.lhs_batch),
+                ("rhs_batching_dimensions", &d.rhs_batch),
+                ("lhs_contracting_dimensions", &d.lhs_contract),
+                ("rhs_contracting_dimensions", &d.rhs_contract),
+            ] {
+                if !v.is_empty() {
+                    fields.push(format!("{name} = {}", list(v)));
+                }
+            }
+            format!("dot_dimension_numbers = #stablehlo.dot<{}>", fields.join(", "))
+        }
+        Op::Convolution(c) => format!(
+            "batch_group_count = {} : i64, dimension_numbers = {}, feature_group_count = {} : i64, lhs_dilation = {}, padding = {}, rhs_dilation = {}, window_strides = {}",
+            c.batch_group_count,
+            conv_dims(c, n.outputs[0].rank()),
+            c.feature_group_count,
+            usize_array(&c.lhs_dilation),
+            padding_attr(&c.padding),
+            usize_array(&c.rhs_dilation),
+            usize_array(&c.strides)
+        ),
+        Op::Reduce { dims, .. } => format!("dimensions = {}", usize_array(dims)),
+        Op::ReduceWindow { window: w, .. } => format!(
+            "base_dilations = {}, padding = {}, window_dilations = {}, window_dimensions = {}, window_strides = {}",
+            usize_array(&w.base_dilation),
+            padding_attr(&w.padding),
+            usize_array(&w.window_dilation),
+            usize_array(&w.dims),
+            usize_array(&w.strides)
+        ),
+        Op::Gather { dims, slice_sizes } => format!(
+            "dimension_numbers = #stablehlo.gather<offset_dims = {}, collapsed_slice_dims = {}, start_index_map = {}, index_vector_dim = {}>, indices_are_sorted = false, slice_sizes = {}",
+            list(&dims.offset_dims),
+            list(&dims.collapsed_slice_dims),
+            list(&dims.start_index_map),
+            dims.index_vector_dim,
+            usize_array(slice_sizes)
+        ),
+        Op::Scatter { dims, .. } => format!(
+            "indices_are_sorted = false, scatter_dimension_numbers = #stablehlo.scatter<update_window_dims = {}, inserted_window_dims = {}, scatter_dims_to_operand_dims = {}, index_vector_dim = {}>, unique_indices = false",
+            list(&dims.update_window_dims),
+            list(&dims.inserted_window_dims),
+            list(&dims.scatter_dims_to_operand_dims),
+            dims.index_vector_dim
+        ),
+        Op::Sort { dim, stable, .. } => format!("dimension = {dim} : i64, is_stable = {stable}"),
+        Op::TopK { k } => format!("k = {k} : i64"),
+        Op::Parameter { .. }
+        | Op::RegionArgs
+        | Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Select
+        | Op::Clamp
+        | Op::Convert
+        | Op::BitcastConvert
+        | Op::Reshape
+        | Op::DynamicUpdateSlice
+        | Op::While { .. }
+        | Op::Case { .. } => String::new(),
+    }
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Parameter { .. } | Op::RegionArgs => "",
+        Op::Constant { .. } => "stablehlo.constant",
+        Op::Iota { .. } => "stablehlo.iota",
+        Op::Unary(u) => u.mlir_name(),
+        Op::Binary(b) => b.mlir_name(),
+        Op::Compare(_) => "stablehlo.compare",
+        Op::Select => "stablehlo.select",
+        Op::Clamp => "stablehlo.clamp",
+        Op::Convert => "stablehlo.convert",
+        Op::BitcastConvert => "stablehlo.bitcast_convert",
+        Op::BroadcastInDim { .. } => "stablehlo.broadcast_in_dim",
+        Op::Reshape => "stablehlo.reshape",
+        Op::Transpose { .. } => "stablehlo.transpose",
+        Op::Slice { .. } => "stablehlo.slice",
+        Op::DynamicSlice { .. } => "stablehlo.dynamic_slice",
+        Op::DynamicUpdateSlice => "stablehlo.dynamic_update_slice",
+        Op::Concatenate { .. } => "stablehlo.concatenate",
+        Op::Pad { .. } => "stablehlo.pad",
+        Op::Reverse { .. } => "stablehlo.reverse",
+        Op::DotGeneral(_) => "stablehlo.dot_general",
+        Op::Convolution(_) => "stablehlo.convolution",
+        Op::Reduce { .. } => "stablehlo.reduce",
+        Op::ReduceWindow { .. } => "stablehlo.reduce_window",
+        Op::Gather { .. } => "stablehlo.gather",
+        Op::Scatter { .. } => "stablehlo.scatter",
+        Op::Sort { .. } => "stablehlo.sort",
+        Op::TopK { .. } => "chlo.top_k",
+        Op::While { .. } => "stablehlo.while",
+        Op::Case { .. } => "stablehlo.case",
+    }
+}
+
+fn regions_of(op: &Op) -> Vec<RegionId> {
+    match op {
+        Op::Reduce { body, .. } | Op::ReduceWindow { body, .. } | Op::Scatter { body, .. } => {
+            vec![*body]
+        }
+        Op::Sort { comparator, .. } => vec![*comparator],
+        Op::While { cond, body } => vec![*cond, *body],
+        Op::Case { branches } => branches.clone(),
+        _ => Vec::new(),
+    }
+}
+
+struct Emitter<'g> {
+    g: &'g Graph,
+    out: String,
+}
+
+impl Emitter<'_> {
+    fn node(&mut self, node: NodeId, indent: usize) {
+        let g = self.g;
+        let n = &g.nodes[node];
+        if matches!(n.op, Op::Parameter { .. } | Op::RegionArgs) {
+            return;
+        }
+        let pad = " ".repeat(indent);
+        let results = if n.outputs.len() == 1 {
+            format!("%v{node}")
+        } else {
+            format!("%v{node}:{}", n.outputs.len())
+        };
+        let operands: Vec<String> = n.operands.iter().map(|&v| vref(g, v)).collect();
+        let operand_types: Vec<ArraySpec> = n.operands.iter().map(|&v| g.spec(v).clone()).collect();
+        let _ = write!(
+            self.out,
+            "{pad}{results} = \"{}\"({})",
+            op_name(&n.op),
+            operands.join(", ")
+        );
+        let regions = regions_of(&n.op);
+        if !regions.is_empty() {
+            self.out.push_str(" (");
+            for (i, r) in regions.iter().enumerate() {
+                if i > 0 {
+                    self.out.push_str(", ");
+                }
+                self.region(*r, indent + 2);
+                let _ = write!(self.out, "{pad}}}");
+            }
+            self.out.push(')');
+        }
+        let attrs = attributes(g, node);
+        if !attrs.is_empty() {
+            let _ = write!(self.out, " {{{attrs}}}");
+        }
+        let _ = writeln!(
+            self.out,
+            " : ({}) -> {}",
+            types(&operand_types),
+            result_types(&n.outputs)
+        );
+    }
+
+    /// Writes `{ ^bb0(args): body... return` (the closing brace is the caller's).
+    fn region(&mut self, r: RegionId, indent: usize) {
+        let g = self.g;
+        let region = &g.regions[r.0];
+        let args = &g.nodes[region.args_node];
+        let params: Vec<String> = args
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("%v{}_{i}: {}", region.args_node, s.mlir_type()))
+            .collect();
+        let pad = " ".repeat(indent);
+        let _ = writeln!(self.out, "{{\n{pad}^bb0({}):", params.join(", "));
+        for &n in &region.nodes {
+            self.node(n, indent + 2);
+        }
+        let results: Vec<String> = region.results.iter().map(|&v| vref(g, v)).collect();
+        let result_specs: Vec<ArraySpec> =
+            region.results.iter().map(|&v| g.spec(v).clone()).collect();
+        let _ = writeln!(
+            self.out,
+            "{pad}  \"stablehlo.return\"({}) : ({}) -> ()",
+            results.join(", "),
+            types(&result_specs)
+        );
+    }
+}
+
+/// Emits the whole module: `@main` takes the graph's parameters (donors
+/// marked `jax.buffer_donor`) and returns `outputs`.
+pub fn emit_module(g: &Graph, name: &str, outputs: &[ValueId], donors: &[bool]) -> String {
+    let mut e = Emitter {
+        g,
+        out: String::new(),
+    };
+    let params: Vec<String> = g
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| {
+            let donor = if donors.get(i).copied().unwrap_or(false) {
+                " {jax.buffer_donor = true}"
+            } else {
+                ""
+            };
+            format!("%v{p}: {}{donor}", g.nodes[p].outputs[0].mlir_type())
+        })
+        .collect();
+    let out_specs: Vec<ArraySpec> = outputs.iter().map(|&v| g.spec(v).clone()).collect();
+    let _ = writeln!(
+        e.out,
+        "module @{name} attributes {{mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32}} {{"
+    );
+    let _ = writeln!(
+        e.out,
+        "  func.func public @main({}) -> ({}) {{",
+        params.join(", "),
+        types(&out_specs)
+    );
+    for &n in &g.main_nodes {
+        e.node(n, 4);
+    }
+    let refs: Vec<String> = outputs.iter().map(|&v| vref(g, v)).collect();
+    if refs.is_empty() {
+        e.out.push_str("    return\n");
+    } else {
+        let _ = writeln!(
+            e.out,
+            "    return {} : {}",
+            refs.join(", "),
+            types(&out_specs)
+        );
+    }
+    e.out.push_str("  }\n}\n");
+    e.out
+}

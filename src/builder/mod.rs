@@ -1,0 +1,49 @@
+//! The tracing builder: Rust closures → a graph of ops → StableHLO.
+//!
+//! A closure receives symbolic [`Value`]s (dtype + shape, no data), calls
+//! ops on them, and returns symbolic outputs. Every op checks shapes and
+//! dtypes as it is recorded and fails with [`crate::Error::Op`] naming the
+//! op and the shapes. The graph is kept as data ([`Graph`], a closed [`Op`]
+//! enum) so later passes (reverse-mode autodiff) can walk it; emission to
+//! StableHLO text is one such pass.
+//!
+//! - [`Builder`], [`Value`]: recording, constants, parameters.
+//! - [`trace`], [`jit`], [`Computation`]: closure → program → executable.
+//! - [`Tree`]: JAX-style pytrees with stable flatten order and paths.
+//!
+//! ```
+//! use xlayer::{builder::jit, ArraySpec, Client};
+//! let client = Client::cpu()?;
+//! let exe = jit(&client, &[ArraySpec::of::<f32>([2, 3]), ArraySpec::of::<f32>([3])], |_b, a| {
+//!     let y = a[0].matmul(&a[1])?;          // f32[2]
+//!     Ok(vec![(y + 1.0)?.tanh()?])
+//! })?;
+//! let x = client.buffer_from_host(&[1f32, 0.0, 0.0, 0.0, 1.0, 0.0], &[2, 3])?;
+//! let v = client.buffer_from_host(&[0.5f32, -1.0, 2.0], &[3])?;
+//! let out = exe.execute(&[&x, &v])?[0].to_vec::<f32>()?;
+//! assert!((out[0] - 1.5f32.tanh()).abs() < 1e-6 && (out[1] - 0.0).abs() < 1e-6);
+//! # Ok::<(), xlayer::Error>(())
+//! ```
+
+mod core;
+mod emit;
+pub mod graph;
+pub mod op;
+mod ops_elementwise;
+mod ops_linalg;
+mod ops_reduce;
+mod ops_shape;
+mod trace;
+mod tree;
+
+pub use self::core::{Builder, Value};
+pub use emit::emit_module;
+pub use graph::{Graph, Node, NodeId, Region, RegionId, ValueId};
+pub use op::{
+    BinaryOp, CompareDir, ConvAttrs, ConvDims, DotDims, GatherDims, Op, ScatterDims, UnaryOp,
+    WindowAttrs,
+};
+pub use ops_elementwise::{broadcast_shapes, promote_types};
+pub use ops_reduce::Padding;
+pub use trace::{jit, trace, Computation};
+pub use tree::Tree;

@@ -1,0 +1,531 @@
+//! Reductions: generic `reduce` with a body closure, sum/prod/max/min/all/any,
+//! argmax/argmin, `reduce_window` pooling, cumulative sums and maxima.
+
+use crate::dtype::{ArraySpec, DType};
+use crate::error::Result;
+
+use super::core::{op_err, scalar_bytes, Builder, Value};
+use super::op::{BinaryOp, Op, WindowAttrs};
+
+/// The identity of a reduction for a dtype: the value `x op identity == x`.
+pub(crate) fn identity_value(op: BinaryOp, dtype: DType) -> Vec<u8> {
+    let (lowest, highest) = match dtype {
+        DType::Bool => (0.0, 1.0),
+        d if d.is_float() => (f64::NEG_INFINITY, f64::INFINITY),
+        DType::I8 => (i8::MIN as f64, i8::MAX as f64),
+        DType::I16 => (i16::MIN as f64, i16::MAX as f64),
+        DType::I32 => (i32::MIN as f64, i32::MAX as f64),
+        DType::I64 => return int64_identity(op),
+        DType::U8 => (0.0, u8::MAX as f64),
+        DType::U16 => (0.0, u16::MAX as f64),
+        DType::U32 => (0.0, u32::MAX as f64),
+        DType::U64 => return uint64_identity(op),
+        _ => (0.0, 0.0),
+    };
+    let v = match op {
+        BinaryOp::Add | BinaryOp::Or | BinaryOp::Xor => 0.0,
+        BinaryOp::Mul | BinaryOp::And if dtype == DType::Bool => 1.0,
+        BinaryOp::And => return vec![0xff; dtype.size_in_bytes()],
+        BinaryOp::Mul => 1.0,
+        BinaryOp::Max => lowest,
+        BinaryOp::Min => highest,
+        _ => 0.0,
+    };
+    scalar_bytes(v, dtype)
+}
+
+fn int64_identity(op: BinaryOp) -> Vec<u8> {
+    match op {
+        BinaryOp::Max => i64::MIN.to_le_bytes().to_vec(),
+        BinaryOp::Min => i64::MAX.to_le_bytes().to_vec(),
+        BinaryOp::Mul => 1i64.to_le_bytes().to_vec(),
+        BinaryOp::And => (-1i64).to_le_bytes().to_vec(),
+        _ => 0i64.to_le_bytes().to_vec(),
+    }
+}
+
+fn uint64_identity(op: BinaryOp) -> Vec<u8> {
+    match op {
+        BinaryOp::Min | BinaryOp::And => u64::MAX.to_le_bytes().to_vec(),
+        BinaryOp::Mul => 1u64.to_le_bytes().to_vec(),
+        _ => 0u64.to_le_bytes().to_vec(),
+    }
+}
+
+/// Padding of a window or convolution: `VALID`, `SAME` (as XLA/JAX
+/// compute it: extra padding goes high), or explicit `(low, high)` pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Padding {
+    /// No padding.
+    Valid,
+    /// Output size `ceil(input / stride)`.
+    Same,
+    /// Explicit `(low, high)` per dimension.
+    Explicit(Vec<(i64, i64)>),
+}
+
+impl Padding {
+    /// Resolves to explicit pairs for `input` sizes, window sizes and strides
+    /// (window sizes already dilated).
+    pub fn resolve(&self, input: &[usize], window: &[usize], strides: &[usize]) -> Vec<(i64, i64)> {
+        match self {
+            Padding::Valid => vec![(0, 0); input.len()],
+            Padding::Explicit(p) => p.clone(),
+            Padding::Same => input
+                .iter()
+                .zip(window)
+                .zip(strides)
+                .map(|((&i, &w), &s)| {
+                    let out = i.div_ceil(s.max(1));
+                    let total = ((out.saturating_sub(1)) * s + w).saturating_sub(i) as i64;
+                    (total / 2, total - total / 2)
+                })
+                .collect(),
+        }
+    }
+}
+
+fn normalize_axes(op: &'static str, v: &Value, axes: &[usize]) -> Result<Vec<usize>> {
+    let mut a = axes.to_vec();
+    a.sort_unstable();
+    a.dedup();
+    if a.len() != axes.len() || a.iter().any(|&x| x >= v.rank()) {
+        return Err(op_err(
+            op,
+            format!("axes {axes:?} out of range or repeated for {}", v.spec),
+        ));
+    }
+    Ok(a)
+}
+
+impl Builder {
+    /// Generic variadic reduction (`lax.reduce`): reduces `inputs` over
+    /// `axes` starting from the scalar `inits`, combining with `body`, which
+    /// receives `(acc_0.., x_0..)` scalars and returns the new accumulators.
+    pub fn reduce(
+        &self,
+        inputs: &[Value],
+        inits: &[Value],
+        axes: &[usize],
+        body: impl FnOnce(&[Value]) -> Result<Vec<Value>>,
+    ) -> Result<Vec<Value>> {
+        let first = inputs
+            .first()
+            .ok_or_else(|| op_err("reduce", "needs at least one input"))?;
+        if inits.len() != inputs.len() {
+            return Err(op_err(
+                "reduce",
+                format!("{} inputs but {} init values", inputs.len(), inits.len()),
+            ));
+        }
+        for (x, i) in inputs.iter().zip(inits) {
+            if x.dims() != first.dims() || i.rank() != 0 || i.dtype() != x.dtype() {
+                return Err(op_err("reduce", format!("input {} / init {} do not match (inputs share a shape; inits are scalars of their dtype)", x.spec, i.spec)));
+            }
+        }
+        let axes = normalize_axes("reduce", first, axes)?;
+        let scalars: Vec<ArraySpec> = inputs
+            .iter()
+            .map(|x| ArraySpec::new(x.dtype(), []))
+            .collect();
+        let mut arg_specs = scalars.clone();
+        arg_specs.extend(scalars.iter().cloned());
+        let (body, results) = self.region("reduce", &arg_specs, body)?;
+        if results != scalars {
+            return Err(op_err(
+                "reduce",
+                format!("the body must return scalars {scalars:?}, returned {results:?}"),
+            ));
+        }
+        let dims: Vec<usize> = (0..first.rank())
+            .filter(|d| !axes.contains(d))
+            .map(|d| first.dims()[d])
+            .collect();
+        let outs = inputs
+            .iter()
+            .map(|x| ArraySpec::new(x.dtype(), dims.clone()))
+            .collect();
+        let mut operands: Vec<&Value> = inputs.iter().collect();
+        operands.extend(inits.iter());
+        self.push(Op::Reduce { dims: axes, body }, &operands, outs)
+    }
+
+    /// Generic windowed reduction (`lax.reduce_window`).
+    pub fn reduce_window(
+        &self,
+        inputs: &[Value],
+        inits: &[Value],
+        window: &WindowAttrs,
+        body: impl FnOnce(&[Value]) -> Result<Vec<Value>>,
+    ) -> Result<Vec<Value>> {
+        let first = inputs
+            .first()
+            .ok_or_else(|| op_err("reduce_window", "needs at least one input"))?;
+        let r = first.rank();
+        let w = window;
+        if [
+            w.dims.len(),
+            w.strides.len(),
+            w.base_dilation.len(),
+            w.window_dilation.len(),
+            w.padding.len(),
+        ]
+        .iter()
+        .any(|&l| l != r)
+        {
+            return Err(op_err(
+                "reduce_window",
+                format!("window {w:?} does not match rank of {}", first.spec),
+            ));
+        }
+        if inits.len() != inputs.len()
+            || inputs
+                .iter()
+                .zip(inits)
+                .any(|(x, i)| x.dims() != first.dims() || i.rank() != 0 || i.dtype() != x.dtype())
+        {
+            return Err(op_err(
+                "reduce_window",
+                "inputs must share a shape; inits must be scalars of their dtypes",
+            ));
+        }
+        let mut dims = Vec::with_capacity(r);
+        for i in 0..r {
+            if w.strides[i] == 0
+                || w.base_dilation[i] == 0
+                || w.window_dilation[i] == 0
+                || w.dims[i] == 0
+            {
+                return Err(op_err(
+                    "reduce_window",
+                    format!("dimension {i}: window sizes, strides and dilations must be positive"),
+                ));
+            }
+            let s = first.dims()[i] as i64;
+            let dilated = if s == 0 {
+                0
+            } else {
+                (s - 1) * w.base_dilation[i] as i64 + 1
+            };
+            let padded = dilated + w.padding[i].0 + w.padding[i].1;
+            let wd = (w.dims[i] as i64 - 1) * w.window_dilation[i] as i64 + 1;
+            dims.push(if padded < wd {
+                0
+            } else {
+                ((padded - wd) / w.strides[i] as i64 + 1) as usize
+            });
+        }
+        let scalars: Vec<ArraySpec> = inputs
+            .iter()
+            .map(|x| ArraySpec::new(x.dtype(), []))
+            .collect();
+        let mut arg_specs = scalars.clone();
+        arg_specs.extend(scalars.iter().cloned());
+        let (body, results) = self.region("reduce_window", &arg_specs, body)?;
+        if results != scalars {
+            return Err(op_err(
+                "reduce_window",
+                format!("the body must return scalars {scalars:?}"),
+            ));
+        }
+        let outs = inputs
+            .iter()
+            .map(|x| ArraySpec::new(x.dtype(), dims.clone()))
+            .collect();
+        let mut operands: Vec<&Value> = inputs.iter().collect();
+        operands.extend(inits.iter());
+        self.push(
+            Op::ReduceWindow {
+                window: w.clone(),
+                body,
+            },
+            &operands,
+            outs,
+        )
+    }
+}
+
+impl Value {
+    fn monoid_reduce(&self, op: BinaryOp, axes: &[usize], keepdims: bool) -> Result<Value> {
+        let b = &self.builder;
+        let init = b.constant_bytes(
+            identity_value(op, self.dtype()),
+            ArraySpec::new(self.dtype(), []),
+        )?;
+        let axes_n = normalize_axes(op_name(op), self, axes)?;
+        let out = b
+            .reduce(&[self.clone()], &[init], &axes_n, |args| {
+                Ok(vec![args[0].binary(op, &args[1])?])
+            })?
+            .remove(0);
+        if keepdims {
+            let dims: Vec<usize> = (0..self.rank())
+                .map(|d| {
+                    if axes_n.contains(&d) {
+                        1
+                    } else {
+                        self.dims()[d]
+                    }
+                })
+                .collect();
+            out.reshape(&dims)
+        } else {
+            Ok(out)
+        }
+    }
+
+    /// Sum over `axes` (all axes: pass `&[0, 1, ...]`), optionally keeping them as size 1.
+    pub fn sum(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
+        if self.dtype() == DType::Bool {
+            return Err(op_err(
+                "sum",
+                format!("convert bool {} to a number first", self.spec),
+            ));
+        }
+        self.monoid_reduce(BinaryOp::Add, axes, keepdims)
+    }
+    /// Product over `axes`.
+    pub fn prod(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
+        if self.dtype() == DType::Bool {
+            return Err(op_err(
+                "prod",
+                format!("convert bool {} to a number first", self.spec),
+            ));
+        }
+        self.monoid_reduce(BinaryOp::Mul, axes, keepdims)
+    }
+    /// Maximum over `axes`.
+    pub fn max(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
+        self.monoid_reduce(BinaryOp::Max, axes, keepdims)
+    }
+    /// Minimum over `axes`.
+    pub fn min(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
+        self.monoid_reduce(BinaryOp::Min, axes, keepdims)
+    }
+    /// Logical and over `axes` (bool).
+    pub fn all(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
+        self.bool_only("all")?
+            .monoid_reduce(BinaryOp::And, axes, keepdims)
+    }
+    /// Logical or over `axes` (bool).
+    pub fn any(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
+        self.bool_only("any")?
+            .monoid_reduce(BinaryOp::Or, axes, keepdims)
+    }
+    /// Mean over `axes` (floats).
+    pub fn mean(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
+        if !self.dtype().is_float() {
+            return Err(op_err("mean", format!("needs floats, got {}", self.spec)));
+        }
+        let n: usize = normalize_axes("mean", self, axes)?
+            .iter()
+            .map(|&a| self.dims()[a])
+            .product();
+        self.sum(axes, keepdims)? / n as f64
+    }
+
+    fn bool_only(&self, op: &'static str) -> Result<&Value> {
+        if self.dtype() != DType::Bool {
+            return Err(op_err(op, format!("needs bool, got {}", self.spec)));
+        }
+        Ok(self)
+    }
+
+    fn arg_reduce(
+        &self,
+        op: &'static str,
+        axis: usize,
+        index_dtype: DType,
+        greater: bool,
+    ) -> Result<Value> {
+        if axis >= self.rank() {
+            return Err(op_err(
+                op,
+                format!("axis {axis} out of range for {}", self.spec),
+            ));
+        }
+        if !index_dtype.is_int() {
+            return Err(op_err(
+                op,
+                format!("index dtype must be an integer type, got {index_dtype}"),
+            ));
+        }
+        let b = &self.builder;
+        let idx = b.iota(index_dtype, self.dims(), axis)?;
+        let init_v = b.constant_bytes(
+            identity_value(
+                if greater {
+                    BinaryOp::Max
+                } else {
+                    BinaryOp::Min
+                },
+                self.dtype(),
+            ),
+            ArraySpec::new(self.dtype(), []),
+        )?;
+        let init_i = b.constant_bytes(
+            scalar_bytes(0.0, index_dtype),
+            ArraySpec::new(index_dtype, []),
+        )?;
+        let is_float = self.dtype().is_float();
+        let outs = b.reduce(&[self.clone(), idx], &[init_v, init_i], &[axis], |a| {
+            let (acc_v, acc_i, x_v, x_i) = (&a[0], &a[1], &a[2], &a[3]);
+            // Take x if it is strictly better, or NaN (NaN wins, as in JAX);
+            // on ties take the lower index.
+            let better = if greater {
+                x_v.gt(acc_v)?
+            } else {
+                x_v.lt(acc_v)?
+            };
+            let pick_v = if is_float {
+                better.or(&x_v.ne(x_v)?)?
+            } else {
+                better
+            };
+            let tie = x_v.eq(acc_v)?.and(&x_i.lt(acc_i)?)?;
+            let pick_i = pick_v.or(&tie)?;
+            Ok(vec![pick_v.select(x_v, acc_v)?, pick_i.select(x_i, acc_i)?])
+        })?;
+        Ok(outs.into_iter().nth(1).expect("two outputs"))
+    }
+
+    /// Index of the maximum along `axis` (first on ties; NaN counts as maximal).
+    pub fn argmax(&self, axis: usize, index_dtype: DType) -> Result<Value> {
+        self.arg_reduce("argmax", axis, index_dtype, true)
+    }
+
+    /// Index of the minimum along `axis` (first on ties; NaN counts as minimal).
+    pub fn argmin(&self, axis: usize, index_dtype: DType) -> Result<Value> {
+        self.arg_reduce("argmin", axis, index_dtype, false)
+    }
+
+    fn pool(
+        &self,
+        op: &'static str,
+        reducer: BinaryOp,
+        window: &[usize],
+        strides: &[usize],
+        padding: &Padding,
+    ) -> Result<Value> {
+        if window.len() != self.rank() || strides.len() != self.rank() {
+            return Err(op_err(
+                op,
+                format!(
+                    "window {window:?} and strides {strides:?} need one entry per dimension of {}",
+                    self.spec
+                ),
+            ));
+        }
+        let attrs = WindowAttrs {
+            dims: window.to_vec(),
+            strides: strides.to_vec(),
+            base_dilation: vec![1; self.rank()],
+            window_dilation: vec![1; self.rank()],
+            padding: padding.resolve(self.dims(), window, strides),
+        };
+        let b = &self.builder;
+        let init = b.constant_bytes(
+            identity_value(reducer, self.dtype()),
+            ArraySpec::new(self.dtype(), []),
+        )?;
+        Ok(b.reduce_window(&[self.clone()], &[init], &attrs, |a| {
+            Ok(vec![a[0].binary(reducer, &a[1])?])
+        })?
+        .remove(0))
+    }
+
+    /// Max pooling over a window of every dimension (use 1 for batch and features).
+    pub fn max_pool(
+        &self,
+        window: &[usize],
+        strides: &[usize],
+        padding: &Padding,
+    ) -> Result<Value> {
+        self.pool("max_pool", BinaryOp::Max, window, strides, padding)
+    }
+
+    /// Min pooling.
+    pub fn min_pool(
+        &self,
+        window: &[usize],
+        strides: &[usize],
+        padding: &Padding,
+    ) -> Result<Value> {
+        self.pool("min_pool", BinaryOp::Min, window, strides, padding)
+    }
+
+    /// Sum pooling.
+    pub fn sum_pool(
+        &self,
+        window: &[usize],
+        strides: &[usize],
+        padding: &Padding,
+    ) -> Result<Value> {
+        self.pool("sum_pool", BinaryOp::Add, window, strides, padding)
+    }
+
+    /// Average pooling; padded positions count in the divisor (Flax's
+    /// `avg_pool` default, `count_include_pad=True`).
+    pub fn avg_pool(
+        &self,
+        window: &[usize],
+        strides: &[usize],
+        padding: &Padding,
+    ) -> Result<Value> {
+        let n: usize = window.iter().product();
+        self.sum_pool(window, strides, padding)? / n as f64
+    }
+
+    fn cumulative(
+        &self,
+        op: &'static str,
+        reducer: BinaryOp,
+        axis: usize,
+        reverse: bool,
+    ) -> Result<Value> {
+        if axis >= self.rank() {
+            return Err(op_err(
+                op,
+                format!("axis {axis} out of range for {}", self.spec),
+            ));
+        }
+        let n = self.dims()[axis];
+        let mut window = vec![1; self.rank()];
+        window[axis] = n.max(1);
+        let mut padding = vec![(0, 0); self.rank()];
+        padding[axis] = if reverse {
+            (0, n.saturating_sub(1) as i64)
+        } else {
+            (n.saturating_sub(1) as i64, 0)
+        };
+        self.pool(
+            op,
+            reducer,
+            &window,
+            &vec![1; self.rank()],
+            &Padding::Explicit(padding),
+        )
+    }
+
+    /// Running sum along `axis` (`jnp.cumsum`); `reverse` accumulates from the end.
+    pub fn cumsum(&self, axis: usize, reverse: bool) -> Result<Value> {
+        self.cumulative("cumsum", BinaryOp::Add, axis, reverse)
+    }
+
+    /// Running maximum along `axis` (`lax.cummax`).
+    pub fn cummax(&self, axis: usize, reverse: bool) -> Result<Value> {
+        self.cumulative("cummax", BinaryOp::Max, axis, reverse)
+    }
+}
+
+fn op_name(op: BinaryOp) -> &'static str {
+    match op {
+        BinaryOp::Add => "sum",
+        BinaryOp::Mul => "prod",
+        BinaryOp::Max => "max",
+        BinaryOp::Min => "min",
+        BinaryOp::And => "all",
+        BinaryOp::Or => "any",
+        other => other.name(),
+    }
+}
