@@ -279,7 +279,7 @@ impl Value {
                 "input features {in_f} != kernel input features {k_in} x feature_group_count {g}"
             )));
         }
-        if k_out % g != 0 || k_out % bg != 0 || batch % bg != 0 {
+        if !k_out.is_multiple_of(g) || !k_out.is_multiple_of(bg) || !batch.is_multiple_of(bg) {
             return Err(err(format!("output features {k_out} / batch {batch} not divisible by the group counts ({g}, {bg})")));
         }
         let mut out = vec![0usize; n + 2];

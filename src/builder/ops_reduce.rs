@@ -254,7 +254,7 @@ impl Value {
         )?;
         let axes_n = normalize_axes(op_name(op), self, axes)?;
         let out = b
-            .reduce(&[self.clone()], &[init], &axes_n, |args| {
+            .reduce(std::slice::from_ref(self), &[init], &axes_n, |args| {
                 Ok(vec![args[0].binary(op, &args[1])?])
             })?
             .remove(0);
@@ -428,10 +428,12 @@ impl Value {
             identity_value(reducer, self.dtype()),
             ArraySpec::new(self.dtype(), []),
         )?;
-        Ok(b.reduce_window(&[self.clone()], &[init], &attrs, |a| {
-            Ok(vec![a[0].binary(reducer, &a[1])?])
-        })?
-        .remove(0))
+        Ok(
+            b.reduce_window(std::slice::from_ref(self), &[init], &attrs, |a| {
+                Ok(vec![a[0].binary(reducer, &a[1])?])
+            })?
+            .remove(0),
+        )
     }
 
     /// Max pooling over a window of every dimension (use 1 for batch and features).

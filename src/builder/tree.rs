@@ -71,7 +71,7 @@ impl<T> Tree<T> {
     }
 
     fn visit<'a>(&'a self, path: &mut String, f: &mut dyn FnMut(&str, &'a T)) {
-        let mut child =
+        let child =
             |path: &mut String, key: &str, t: &'a Tree<T>, f: &mut dyn FnMut(&str, &'a T)| {
                 let len = path.len();
                 if !path.is_empty() {
