@@ -29,7 +29,9 @@ mod core;
 mod emit;
 pub mod graph;
 pub mod op;
+mod ops_control;
 mod ops_elementwise;
+mod ops_index;
 mod ops_linalg;
 mod ops_reduce;
 mod ops_shape;
@@ -44,6 +46,7 @@ pub use op::{
     WindowAttrs,
 };
 pub use ops_elementwise::{broadcast_shapes, promote_types};
+pub use ops_index::ScatterMode;
 pub use ops_reduce::Padding;
 pub use trace::{jit, trace, Computation};
 pub use tree::Tree;
