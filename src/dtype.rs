@@ -167,7 +167,9 @@ mod sealed {
 
 /// A Rust type whose values are elements of a [`DType`], laid out in memory
 /// exactly as XLA expects (so host slices can be uploaded as they are).
-pub trait NativeType: sealed::Sealed + Copy + Send + Sync + PartialEq + fmt::Debug + 'static {
+pub trait NativeType:
+    sealed::Sealed + Copy + Send + Sync + PartialEq + fmt::Debug + 'static
+{
     /// The dtype this Rust type holds.
     const DTYPE: DType;
     /// The zero value.
@@ -214,7 +216,10 @@ pub struct ArraySpec {
 impl ArraySpec {
     /// A spec from a dtype and dimensions.
     pub fn new(dtype: DType, dims: impl Into<Vec<usize>>) -> Self {
-        ArraySpec { dtype, dims: dims.into() }
+        ArraySpec {
+            dtype,
+            dims: dims.into(),
+        }
     }
 
     /// The spec of a `T` array with these dimensions.
@@ -290,7 +295,12 @@ mod tests {
     #[test]
     fn native_sizes_match_dtypes() {
         fn check<T: NativeType>() {
-            assert_eq!(std::mem::size_of::<T>(), T::DTYPE.size_in_bytes(), "{}", T::DTYPE);
+            assert_eq!(
+                std::mem::size_of::<T>(),
+                T::DTYPE.size_in_bytes(),
+                "{}",
+                T::DTYPE
+            );
         }
         check::<bool>();
         check::<i8>();

@@ -30,6 +30,7 @@ pub mod program;
 
 pub use dtype::{ArraySpec, DType, NativeType};
 pub use error::{Error, ErrorCode, Result};
+pub use pjrt::analysis::{CompiledMemoryStats, CostAnalysis, OptimizedProgram};
 pub use pjrt::buffer::Buffer;
 pub use pjrt::client::{Client, ClientOptions, Device};
 pub use pjrt::compile_options::{CompileOptions, XlaFlag};

@@ -26,7 +26,12 @@ pub struct Signature {
 
 impl fmt::Display for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list = |v: &[ArraySpec]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ");
+        let list = |v: &[ArraySpec]| {
+            v.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         write!(f, "({}) -> ({})", list(&self.inputs), list(&self.outputs))
     }
 }
@@ -69,7 +74,12 @@ impl Program {
         let text = text.into();
         let signature = parse_signature(&text)?;
         let name = module_name(&text).unwrap_or_else(|| "main".to_string());
-        Ok(Program { code: text.into_bytes(), format: ProgramFormat::MlirText, name, signature })
+        Ok(Program {
+            code: text.into_bytes(),
+            format: ProgramFormat::MlirText,
+            name,
+            signature,
+        })
     }
 
     /// An MLIR bytecode program. Bytecode cannot be read here, so the
@@ -80,19 +90,30 @@ impl Program {
     pub fn mlir_bytecode(bytes: impl Into<Vec<u8>>, signature: Signature) -> Result<Program> {
         let code = bytes.into();
         if !code.starts_with(MLIR_BYTECODE_MAGIC) {
-            return Err(Error::Invalid("MLIR bytecode must start with the bytes `ML\\xefR`".into()));
+            return Err(Error::Invalid(
+                "MLIR bytecode must start with the bytes `ML\\xefR`".into(),
+            ));
         }
         let mut signature = signature;
         if signature.donors.len() != signature.inputs.len() {
             signature.donors = vec![false; signature.inputs.len()];
         }
-        Ok(Program { code, format: ProgramFormat::MlirBytecode, name: "main".into(), signature })
+        Ok(Program {
+            code,
+            format: ProgramFormat::MlirBytecode,
+            name: "main".into(),
+            signature,
+        })
     }
 
     /// Reads a StableHLO text file (`.mlir`), as `jax.jit(f).lower(...).as_text()` writes.
     pub fn from_text_file(path: impl AsRef<Path>) -> Result<Program> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { what: "cannot read program", path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            what: "cannot read program",
+            path: path.to_path_buf(),
+            source,
+        })?;
         Program::mlir_text(text).map_err(|e| match e {
             Error::Signature(m) => Error::Signature(format!("{}: {m}", path.display())),
             other => other,
@@ -122,7 +143,8 @@ impl Program {
 
 fn module_name(text: &str) -> Option<String> {
     let rest = text.trim_start().strip_prefix("module @")?;
-    let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.' || c == '$' || c == '-'))?;
+    let end = rest
+        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.' || c == '$' || c == '-'))?;
     Some(rest[..end].to_string())
 }
 
@@ -166,13 +188,16 @@ fn split_top_level(s: &str) -> Vec<&str> {
 /// Finds the byte index of the bracket closing the one at `open`.
 fn matching(s: &str, open: usize) -> Option<usize> {
     let bytes = s.as_bytes();
-    let (o, c) = (bytes[open], match bytes[open] {
-        b'(' => b')',
-        b'{' => b'}',
-        b'<' => b'>',
-        b'[' => b']',
-        _ => return None,
-    });
+    let (o, c) = (
+        bytes[open],
+        match bytes[open] {
+            b'(' => b')',
+            b'{' => b'}',
+            b'<' => b'>',
+            b'[' => b']',
+            _ => return None,
+        },
+    );
     let mut depth = 0;
     let mut in_str = false;
     let mut i = open;
@@ -209,12 +234,17 @@ pub(crate) fn parse_tensor_type(t: &str) -> Result<ArraySpec> {
     let inner = inner.split(',').next().unwrap_or(inner).trim();
     let mut parts: Vec<&str> = inner.split('x').collect();
     let elem = parts.pop().unwrap_or_default();
-    let dtype = DType::from_mlir_name(elem).ok_or_else(|| Error::Signature(format!("element type `{elem}` of `{t}` is not supported")))?;
+    let dtype = DType::from_mlir_name(elem).ok_or_else(|| {
+        Error::Signature(format!("element type `{elem}` of `{t}` is not supported"))
+    })?;
     let dims = parts
         .iter()
         .map(|d| {
-            d.parse::<usize>()
-                .map_err(|_| Error::Signature(format!("dimension `{d}` of `{t}` is not static (dynamic shapes are not supported)")))
+            d.parse::<usize>().map_err(|_| {
+                Error::Signature(format!(
+                    "dimension `{d}` of `{t}` is not static (dynamic shapes are not supported)"
+                ))
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(ArraySpec::new(dtype, dims))
@@ -239,15 +269,22 @@ pub fn parse_signature(text: &str) -> Result<Signature> {
     let at = text
         .match_indices("@main(")
         .map(|(i, _)| i)
-        .find(|&i| text[..i].trim_end().ends_with("func.func") || text[..i].trim_end().ends_with("public") || text[..i].trim_end().ends_with("private"))
+        .find(|&i| {
+            text[..i].trim_end().ends_with("func.func")
+                || text[..i].trim_end().ends_with("public")
+                || text[..i].trim_end().ends_with("private")
+        })
         .ok_or_else(|| Error::Signature("no `func.func @main(...)` in the program".into()))?;
     let open = at + "@main".len();
-    let close = matching(text, open).ok_or_else(|| Error::Signature("unbalanced parameter list of @main".into()))?;
+    let close = matching(text, open)
+        .ok_or_else(|| Error::Signature("unbalanced parameter list of @main".into()))?;
     let mut sig = Signature::default();
     for entry in split_top_level(&text[open + 1..close]) {
         let (ty, attrs) = type_and_attrs(entry);
         sig.inputs.push(parse_tensor_type(ty)?);
-        sig.donors.push(attrs.contains("jax.buffer_donor = true") || attrs.contains("tf.aliasing_output"));
+        sig.donors.push(
+            attrs.contains("jax.buffer_donor = true") || attrs.contains("tf.aliasing_output"),
+        );
     }
     let after = text[close + 1..].trim_start();
     let Some(results) = after.strip_prefix("->") else {
@@ -256,7 +293,8 @@ pub fn parse_signature(text: &str) -> Result<Signature> {
     let results = results.trim_start();
     let offset = text.len() - results.len();
     if results.starts_with('(') {
-        let rclose = matching(text, offset).ok_or_else(|| Error::Signature("unbalanced result list of @main".into()))?;
+        let rclose = matching(text, offset)
+            .ok_or_else(|| Error::Signature("unbalanced result list of @main".into()))?;
         for entry in split_top_level(&text[offset + 1..rclose]) {
             let (ty, _) = type_and_attrs(entry);
             sig.outputs.push(parse_tensor_type(ty)?);
@@ -264,7 +302,10 @@ pub fn parse_signature(text: &str) -> Result<Signature> {
     } else {
         let end = results.find('{').unwrap_or(results.len());
         let single = results[..end].trim();
-        let single = single.strip_suffix("attributes").map(str::trim).unwrap_or(single);
+        let single = single
+            .strip_suffix("attributes")
+            .map(str::trim)
+            .unwrap_or(single);
         sig.outputs.push(parse_tensor_type(single)?);
     }
     Ok(sig)
@@ -284,8 +325,14 @@ mod tests {
     #[test]
     fn reads_jax_style_signature() {
         let sig = parse_signature(JAX_TEXT).unwrap();
-        assert_eq!(sig.inputs, vec![ArraySpec::of::<f32>([2, 3]), ArraySpec::of::<f32>([3, 4])]);
-        assert_eq!(sig.outputs, vec![ArraySpec::of::<f32>([2, 4]), ArraySpec::of::<i32>([])]);
+        assert_eq!(
+            sig.inputs,
+            vec![ArraySpec::of::<f32>([2, 3]), ArraySpec::of::<f32>([3, 4])]
+        );
+        assert_eq!(
+            sig.outputs,
+            vec![ArraySpec::of::<f32>([2, 4]), ArraySpec::of::<i32>([])]
+        );
         assert_eq!(sig.donors, vec![true, false]);
         assert_eq!(module_name(JAX_TEXT).as_deref(), Some("jit_f"));
     }
@@ -293,17 +340,26 @@ mod tests {
     #[test]
     fn single_unparenthesised_result_and_unsigned() {
         let sig = parse_signature("func.func @main(%a: tensor<4xui8>, %b: tensor<i1>) -> tensor<4xui8> {\n return %a : tensor<4xui8>\n}").unwrap();
-        assert_eq!(sig.inputs, vec![ArraySpec::of::<u8>([4]), ArraySpec::of::<bool>([])]);
+        assert_eq!(
+            sig.inputs,
+            vec![ArraySpec::of::<u8>([4]), ArraySpec::of::<bool>([])]
+        );
         assert_eq!(sig.outputs, vec![ArraySpec::of::<u8>([4])]);
     }
 
     #[test]
     fn rejects_what_it_cannot_hold() {
-        let e = parse_signature("func.func @main(%a: tensor<?x4xf32>) -> tensor<f32> {}").unwrap_err().to_string();
+        let e = parse_signature("func.func @main(%a: tensor<?x4xf32>) -> tensor<f32> {}")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`?`") && e.contains("not static"), "{e}");
-        let e = parse_signature("func.func @main(%a: tensor<4xcomplex<f32>>) -> tensor<f32> {}").unwrap_err().to_string();
+        let e = parse_signature("func.func @main(%a: tensor<4xcomplex<f32>>) -> tensor<f32> {}")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not supported"), "{e}");
-        let e = parse_signature("func.func @other(%a: tensor<f32>) {}").unwrap_err().to_string();
+        let e = parse_signature("func.func @other(%a: tensor<f32>) {}")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("@main"), "{e}");
     }
 }

@@ -52,10 +52,20 @@ fn doctor() -> Result<()> {
         println!("attribute:    {k} = {v}");
     }
     let client = Client::new(&plugin, &xlayer::ClientOptions::new())?;
-    println!("platform:     {} ({})", client.platform_name(), client.platform_version());
+    println!(
+        "platform:     {} ({})",
+        client.platform_name(),
+        client.platform_version()
+    );
     println!("devices:      {}", client.devices().len());
     for d in client.devices() {
-        println!("  [{}] id={} kind={} {}", d.index(), d.id(), d.kind(), d.description());
+        println!(
+            "  [{}] id={} kind={} {}",
+            d.index(),
+            d.id(),
+            d.kind(),
+            d.description()
+        );
     }
     Ok(())
 }

@@ -71,8 +71,18 @@ impl Drop for Buffer {
 }
 
 impl Buffer {
-    pub(crate) fn from_raw(client: Client, raw: *mut sys::PJRT_Buffer, spec: ArraySpec, device: Device) -> Buffer {
-        Buffer { raw, client, spec, device }
+    pub(crate) fn from_raw(
+        client: Client,
+        raw: *mut sys::PJRT_Buffer,
+        spec: ArraySpec,
+        device: Device,
+    ) -> Buffer {
+        Buffer {
+            raw,
+            client,
+            spec,
+            device,
+        }
     }
 
     pub(crate) fn raw(&self) -> *mut sys::PJRT_Buffer {
@@ -138,7 +148,11 @@ impl Buffer {
     /// ```
     pub fn to_vec<T: NativeType>(&self) -> Result<Vec<T>> {
         if T::DTYPE != self.spec.dtype {
-            return Err(Error::DType { context: format!("reading {self:?} to the host"), expected: T::DTYPE, actual: self.spec.dtype });
+            return Err(Error::DType {
+                context: format!("reading {self:?} to the host"),
+                expected: T::DTYPE,
+                actual: self.spec.dtype,
+            });
         }
         let n = self.spec.element_count();
         let mut out = vec![T::zero(); n];
@@ -150,7 +164,10 @@ impl Buffer {
     pub fn to_scalar<T: NativeType>(&self) -> Result<T> {
         let v = self.to_vec::<T>()?;
         if v.len() != 1 {
-            return Err(Error::Invalid(format!("to_scalar on {self:?}, which has {} elements", v.len())));
+            return Err(Error::Invalid(format!(
+                "to_scalar on {self:?}, which has {} elements",
+                v.len()
+            )));
         }
         Ok(v[0])
     }
@@ -173,11 +190,17 @@ impl Buffer {
     ///
     /// Errors: [`Error::ForeignClient`] if `device` belongs to another client.
     pub fn copy_to_device(&self, device: &Device) -> Result<Buffer> {
-        self.client.check_device(device, "the target device of a copy")?;
+        self.client
+            .check_device(device, "the target device of a copy")?;
         let mut a = sys::PJRT_Buffer_CopyToDevice_Args::new();
         a.buffer = self.raw;
         a.dst_device = device.raw;
         pjrt_call!(&self.client.inner.plugin, PJRT_Buffer_CopyToDevice, &mut a)?;
-        Ok(Buffer::from_raw(self.client.clone(), a.dst_buffer, self.spec.clone(), device.clone()))
+        Ok(Buffer::from_raw(
+            self.client.clone(),
+            a.dst_buffer,
+            self.spec.clone(),
+            device.clone(),
+        ))
     }
 }

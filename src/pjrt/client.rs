@@ -146,7 +146,13 @@ pub struct Client {
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Client({} {}, {} devices)", self.platform_name(), self.platform_version(), self.devices().len())
+        write!(
+            f,
+            "Client({} {}, {} devices)",
+            self.platform_name(),
+            self.platform_version(),
+            self.devices().len()
+        )
     }
 }
 
@@ -208,15 +214,23 @@ impl Client {
         } else {
             // SAFETY: the plugin returned an array of `num_addressable_devices`
             // device pointers owned by the client.
-            unsafe { std::slice::from_raw_parts(d.addressable_devices, d.num_addressable_devices) }.to_vec()
+            unsafe { std::slice::from_raw_parts(d.addressable_devices, d.num_addressable_devices) }
+                .to_vec()
         };
         for (index, raw_dev) in raws.into_iter().enumerate() {
-            inner.devices.push(describe_device(plugin, raw_dev, index, inner.id)?);
+            inner
+                .devices
+                .push(describe_device(plugin, raw_dev, index, inner.id)?);
         }
         if inner.devices.is_empty() {
-            return Err(Error::NotSupported(format!("the {} client has no addressable device", inner.platform_name)));
+            return Err(Error::NotSupported(format!(
+                "the {} client has no addressable device",
+                inner.platform_name
+            )));
         }
-        Ok(Client { inner: Arc::new(inner) })
+        Ok(Client {
+            inner: Arc::new(inner),
+        })
     }
 
     /// The plugin this client runs on.
@@ -241,7 +255,10 @@ impl Client {
 
     /// The device at `index`, or [`Error::NoSuchDevice`].
     pub fn device(&self, index: usize) -> Result<&Device> {
-        self.inner.devices.get(index).ok_or(Error::NoSuchDevice { index, count: self.inner.devices.len() })
+        self.inner.devices.get(index).ok_or(Error::NoSuchDevice {
+            index,
+            count: self.inner.devices.len(),
+        })
     }
 
     /// The device buffers and executables use unless told otherwise (the first).
@@ -278,15 +295,26 @@ impl Client {
     }
 
     /// Uploads `data` as an array of shape `dims` to `device`.
-    pub fn buffer_from_host_on<T: NativeType>(&self, data: &[T], dims: &[usize], device: &Device) -> Result<Buffer> {
+    pub fn buffer_from_host_on<T: NativeType>(
+        &self,
+        data: &[T],
+        dims: &[usize],
+        device: &Device,
+    ) -> Result<Buffer> {
         let spec = ArraySpec::new(T::DTYPE, dims);
         let expected = spec.element_count();
         if data.len() != expected {
-            return Err(Error::HostDataSize { spec, expected, actual: data.len() });
+            return Err(Error::HostDataSize {
+                spec,
+                expected,
+                actual: data.len(),
+            });
         }
         // SAFETY: T is a plain-old-data NativeType with no padding
         // and no invalid bit patterns for its own reads; we only read bytes.
-        let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) };
+        let bytes = unsafe {
+            std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data))
+        };
         self.upload(bytes, spec, device)
     }
 
@@ -294,7 +322,12 @@ impl Client {
     ///
     /// Errors: [`Error::HostDataSize`] when the byte count does not match
     /// `spec`; [`Error::Invalid`] for a `bool` array holding bytes other than 0 and 1.
-    pub fn buffer_from_bytes(&self, bytes: &[u8], spec: &ArraySpec, device: &Device) -> Result<Buffer> {
+    pub fn buffer_from_bytes(
+        &self,
+        bytes: &[u8],
+        spec: &ArraySpec,
+        device: &Device,
+    ) -> Result<Buffer> {
         let expected = spec.size_in_bytes();
         if bytes.len() != expected {
             return Err(Error::HostDataSize {
@@ -304,7 +337,9 @@ impl Client {
             });
         }
         if spec.dtype == crate::DType::Bool && bytes.iter().any(|&b| b > 1) {
-            return Err(Error::Invalid(format!("bool data for {spec} holds bytes other than 0 and 1")));
+            return Err(Error::Invalid(format!(
+                "bool data for {spec} holds bytes other than 0 and 1"
+            )));
         }
         self.upload(bytes, spec.clone(), device)
     }
@@ -334,7 +369,12 @@ impl Client {
     }
 }
 
-fn describe_device(plugin: &Arc<Plugin>, raw: *mut sys::PJRT_Device, index: usize, client_id: u64) -> Result<Device> {
+fn describe_device(
+    plugin: &Arc<Plugin>,
+    raw: *mut sys::PJRT_Device,
+    index: usize,
+    client_id: u64,
+) -> Result<Device> {
     let mut g = sys::PJRT_Device_GetDescription_Args::new();
     g.device = raw;
     pjrt_call!(plugin, PJRT_Device_GetDescription, &mut g)?;

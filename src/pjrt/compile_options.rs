@@ -167,11 +167,17 @@ mod tests {
 
     #[test]
     fn flags_and_device_are_encoded() {
-        let bytes = CompileOptions::new().device(2).xla_flag("f", true).to_bytes();
+        let bytes = CompileOptions::new()
+            .device(2)
+            .xla_flag("f", true)
+            .to_bytes();
         // executable_build_options with device_ordinal 2, portable, one override f=true
         assert_eq!(
             bytes,
-            vec![0x1a, 0x06, 0x08, 0x02, 0x20, 0x01, 0x28, 0x01, 0x20, 0x01, 0x3a, 0x07, 0x0a, 0x01, b'f', 0x12, 0x02, 0x10, 0x01]
+            vec![
+                0x1a, 0x06, 0x08, 0x02, 0x20, 0x01, 0x28, 0x01, 0x20, 0x01, 0x3a, 0x07, 0x0a, 0x01,
+                b'f', 0x12, 0x02, 0x10, 0x01
+            ]
         );
     }
 }

@@ -15,7 +15,10 @@ pub(crate) struct Event {
 impl Event {
     /// Wraps an event returned by the plugin; `None` when it returned none.
     pub(crate) fn from_raw(plugin: &Arc<Plugin>, raw: *mut sys::PJRT_Event) -> Option<Event> {
-        (!raw.is_null()).then(|| Event { raw, plugin: plugin.clone() })
+        (!raw.is_null()).then(|| Event {
+            raw,
+            plugin: plugin.clone(),
+        })
     }
 
     /// Blocks until the event is ready; returns the error it carries, if any.

@@ -78,7 +78,11 @@ unsafe impl Sync for Executable {}
 
 impl fmt::Debug for Executable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Executable({} {} on {})", self.name, self.signature, self.device)
+        write!(
+            f,
+            "Executable({} {} on {})",
+            self.name, self.signature, self.device
+        )
     }
 }
 
@@ -86,7 +90,11 @@ impl Drop for Executable {
     fn drop(&mut self) {
         let mut a = sys::PJRT_LoadedExecutable_Destroy_Args::new();
         a.executable = self.raw;
-        let _ = pjrt_call!(&self.client.inner.plugin, PJRT_LoadedExecutable_Destroy, &mut a);
+        let _ = pjrt_call!(
+            &self.client.inner.plugin,
+            PJRT_LoadedExecutable_Destroy,
+            &mut a
+        );
     }
 }
 
@@ -148,12 +156,21 @@ impl Client {
 
     /// Loads an executable serialized by [`Executable::serialize`] with the
     /// same plugin build. `signature` is the program's, as it was compiled.
-    pub fn deserialize_executable(&self, bytes: &[u8], name: &str, signature: Signature) -> Result<Executable> {
+    pub fn deserialize_executable(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        signature: Signature,
+    ) -> Result<Executable> {
         let mut a = sys::PJRT_Executable_DeserializeAndLoad_Args::new();
         a.client = self.inner.raw;
         a.serialized_executable = bytes.as_ptr().cast();
         a.serialized_executable_size = bytes.len();
-        pjrt_call!(&self.inner.plugin, PJRT_Executable_DeserializeAndLoad, &mut a)?;
+        pjrt_call!(
+            &self.inner.plugin,
+            PJRT_Executable_DeserializeAndLoad,
+            &mut a
+        )?;
         let mut exe = Executable {
             raw: a.loaded_executable,
             client: self.clone(),
@@ -176,20 +193,52 @@ impl Executable {
         if format == ProgramFormat::MlirText && outputs != self.signature.outputs {
             return Err(Error::Signature(format!(
                 "the compiled executable returns ({}), but @main declares ({})",
-                outputs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
-                self.signature.outputs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+                outputs
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.signature
+                    .outputs
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         self.signature.outputs = outputs;
-        self.donor_indices = self.signature.donors.iter().enumerate().filter(|(_, d)| **d).map(|(i, _)| i as i64).collect();
+        self.donor_indices = self
+            .signature
+            .donors
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d)
+            .map(|(i, _)| i as i64)
+            .collect();
         Ok(())
     }
 
-    fn with_unloaded<T>(&self, f: impl FnOnce(*mut sys::PJRT_Executable) -> Result<T>) -> Result<T> {
+    /// The raw loaded executable (valid while `self` lives).
+    pub(super) fn raw_loaded(&self) -> *mut sys::PJRT_LoadedExecutable {
+        self.raw
+    }
+
+    /// Runs `f` on the unloaded executable, destroyed afterwards.
+    pub(super) fn with_unloaded<T>(
+        &self,
+        f: impl FnOnce(*mut sys::PJRT_Executable) -> Result<T>,
+    ) -> Result<T> {
         let mut g = sys::PJRT_LoadedExecutable_GetExecutable_Args::new();
         g.loaded_executable = self.raw;
-        pjrt_call!(&self.client.inner.plugin, PJRT_LoadedExecutable_GetExecutable, &mut g)?;
-        let unloaded = UnloadedExecutable { raw: g.executable, client: &self.client };
+        pjrt_call!(
+            &self.client.inner.plugin,
+            PJRT_LoadedExecutable_GetExecutable,
+            &mut g
+        )?;
+        let unloaded = UnloadedExecutable {
+            raw: g.executable,
+            client: &self.client,
+        };
         f(unloaded.raw)
     }
 
@@ -204,22 +253,40 @@ impl Executable {
             pjrt_call!(plugin, PJRT_Executable_OutputDimensions, &mut d)?;
             let n = t.num_output_types;
             if d.num_outputs != n {
-                return Err(Error::NotSupported(format!("executable reports {n} output types but {} output shapes", d.num_outputs)));
+                return Err(Error::NotSupported(format!(
+                    "executable reports {n} output types but {} output shapes",
+                    d.num_outputs
+                )));
             }
             if n == 0 {
                 return Ok(Vec::new());
             }
             // SAFETY: the plugin returned arrays of `n` types, `n` ranks, and
             // sum(ranks) dimensions, owned by the executable alive here.
-            let (types, ranks) = unsafe { (std::slice::from_raw_parts(t.output_types, n), std::slice::from_raw_parts(d.dim_sizes, n)) };
+            let (types, ranks) = unsafe {
+                (
+                    std::slice::from_raw_parts(t.output_types, n),
+                    std::slice::from_raw_parts(d.dim_sizes, n),
+                )
+            };
             let total: usize = ranks.iter().sum();
             // SAFETY: as above; `dims` holds `total` entries.
-            let dims = if total == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(d.dims, total) } };
+            let dims = if total == 0 {
+                &[][..]
+            } else {
+                unsafe { std::slice::from_raw_parts(d.dims, total) }
+            };
             let mut out = Vec::with_capacity(n);
             let mut at = 0;
             for (ty, &rank) in types.iter().zip(ranks) {
                 let dtype = from_pjrt_type(*ty)?;
-                out.push(ArraySpec::new(dtype, dims[at..at + rank].iter().map(|&x| x as usize).collect::<Vec<_>>()));
+                out.push(ArraySpec::new(
+                    dtype,
+                    dims[at..at + rank]
+                        .iter()
+                        .map(|&x| x as usize)
+                        .collect::<Vec<_>>(),
+                ));
                 at += rank;
             }
             Ok(out)
@@ -238,7 +305,13 @@ impl Executable {
             } else {
                 // SAFETY: the plugin returned `serialized_bytes_size` bytes owned
                 // by `serialized_executable`, freed just below.
-                unsafe { std::slice::from_raw_parts(s.serialized_bytes.cast::<u8>(), s.serialized_bytes_size) }.to_vec()
+                unsafe {
+                    std::slice::from_raw_parts(
+                        s.serialized_bytes.cast::<u8>(),
+                        s.serialized_bytes_size,
+                    )
+                }
+                .to_vec()
             };
             if let Some(deleter) = s.serialized_executable_deleter {
                 // SAFETY: the deleter the plugin gave for this object, called once.
@@ -287,7 +360,12 @@ impl Executable {
     pub fn execute_args(&self, args: Vec<Arg<'_>>) -> Result<Vec<Buffer>> {
         self.validate(args.len(), |i| args[i].buffer())?;
         let raws: Vec<*mut sys::PJRT_Buffer> = args.iter().map(|a| a.buffer().raw()).collect();
-        let keep: Vec<i64> = self.donor_indices.iter().copied().filter(|&i| matches!(args[i as usize], Arg::Borrowed(_))).collect();
+        let keep: Vec<i64> = self
+            .donor_indices
+            .iter()
+            .copied()
+            .filter(|&i| matches!(args[i as usize], Arg::Borrowed(_)))
+            .collect();
         let out = self.launch(&raws, &keep);
         drop(args);
         out
@@ -296,7 +374,11 @@ impl Executable {
     fn validate<'b>(&self, count: usize, arg: impl Fn(usize) -> &'b Buffer) -> Result<()> {
         let inputs = &self.signature.inputs;
         if count != inputs.len() {
-            return Err(Error::ArgumentCount { program: self.name.clone(), expected: inputs.len(), actual: count });
+            return Err(Error::ArgumentCount {
+                program: self.name.clone(),
+                expected: inputs.len(),
+                actual: count,
+            });
         }
         for (index, expected) in inputs.iter().enumerate() {
             let b = arg(index);
@@ -308,7 +390,12 @@ impl Executable {
                 });
             }
             if b.spec() != expected {
-                return Err(Error::ArgumentType { program: self.name.clone(), index, expected: expected.clone(), actual: b.spec().clone() });
+                return Err(Error::ArgumentType {
+                    program: self.name.clone(),
+                    index,
+                    expected: expected.clone(),
+                    actual: b.spec().clone(),
+                });
             }
             if *b.device() != self.device {
                 return Err(Error::ArgumentDevice {
@@ -340,11 +427,17 @@ impl Executable {
         if self.portable {
             a.execute_device = self.device.raw;
         }
-        pjrt_call!(&self.client.inner.plugin, PJRT_LoadedExecutable_Execute, &mut a)?;
+        pjrt_call!(
+            &self.client.inner.plugin,
+            PJRT_LoadedExecutable_Execute,
+            &mut a
+        )?;
         Ok(outputs
             .into_iter()
             .zip(&self.signature.outputs)
-            .map(|(raw, spec)| Buffer::from_raw(self.client.clone(), raw, spec.clone(), self.device.clone()))
+            .map(|(raw, spec)| {
+                Buffer::from_raw(self.client.clone(), raw, spec.clone(), self.device.clone())
+            })
             .collect())
     }
 }

@@ -105,7 +105,12 @@ impl RawNamedValues {
             names.push(name_bytes);
             values.push(v);
         }
-        RawNamedValues { _names: names, _strings: strings, _lists: lists, values }
+        RawNamedValues {
+            _names: names,
+            _strings: strings,
+            _lists: lists,
+            values,
+        }
     }
 }
 
@@ -113,7 +118,10 @@ impl RawNamedValues {
 ///
 /// # Safety
 /// `ptr` must point to `len` valid `PJRT_NamedValue`s (or be null with len 0).
-pub(crate) unsafe fn read_named_values(ptr: *const sys::PJRT_NamedValue, len: usize) -> Vec<(String, NamedValue)> {
+pub(crate) unsafe fn read_named_values(
+    ptr: *const sys::PJRT_NamedValue,
+    len: usize,
+) -> Vec<(String, NamedValue)> {
     if ptr.is_null() || len == 0 {
         return Vec::new();
     }
@@ -125,21 +133,39 @@ pub(crate) unsafe fn read_named_values(ptr: *const sys::PJRT_NamedValue, len: us
             // are valid for the lifetime the plugin documents (at least the
             // duration of this call).
             unsafe {
-                let name = String::from_utf8_lossy(std::slice::from_raw_parts(v.name.cast::<u8>(), v.name_size)).into_owned();
+                let name = String::from_utf8_lossy(std::slice::from_raw_parts(
+                    v.name.cast::<u8>(),
+                    v.name_size,
+                ))
+                .into_owned();
                 let value = match v.type_ {
                     sys::PJRT_NamedValue_Type::PJRT_NamedValue_kString => {
                         let p = v.__bindgen_anon_1.string_value.cast::<u8>();
-                        let s = if p.is_null() { &[][..] } else { std::slice::from_raw_parts(p, v.value_size) };
+                        let s = if p.is_null() {
+                            &[][..]
+                        } else {
+                            std::slice::from_raw_parts(p, v.value_size)
+                        };
                         NamedValue::String(String::from_utf8_lossy(s).into_owned())
                     }
-                    sys::PJRT_NamedValue_Type::PJRT_NamedValue_kInt64 => NamedValue::Int64(v.__bindgen_anon_1.int64_value),
+                    sys::PJRT_NamedValue_Type::PJRT_NamedValue_kInt64 => {
+                        NamedValue::Int64(v.__bindgen_anon_1.int64_value)
+                    }
                     sys::PJRT_NamedValue_Type::PJRT_NamedValue_kInt64List => {
                         let p = v.__bindgen_anon_1.int64_array_value;
-                        let s = if p.is_null() { &[][..] } else { std::slice::from_raw_parts(p, v.value_size) };
+                        let s = if p.is_null() {
+                            &[][..]
+                        } else {
+                            std::slice::from_raw_parts(p, v.value_size)
+                        };
                         NamedValue::Int64List(s.to_vec())
                     }
-                    sys::PJRT_NamedValue_Type::PJRT_NamedValue_kFloat => NamedValue::Float(v.__bindgen_anon_1.float_value),
-                    sys::PJRT_NamedValue_Type::PJRT_NamedValue_kBool => NamedValue::Bool(v.__bindgen_anon_1.bool_value),
+                    sys::PJRT_NamedValue_Type::PJRT_NamedValue_kFloat => {
+                        NamedValue::Float(v.__bindgen_anon_1.float_value)
+                    }
+                    sys::PJRT_NamedValue_Type::PJRT_NamedValue_kBool => {
+                        NamedValue::Bool(v.__bindgen_anon_1.bool_value)
+                    }
                     _ => return None,
                 };
                 Some((name, value))
@@ -208,6 +234,11 @@ impl_args! {
     PJRT_Buffer_CopyToDevice_Args => PJRT_Buffer_CopyToDevice_Args_STRUCT_SIZE,
     PJRT_Buffer_ReadyEvent_Args => PJRT_Buffer_ReadyEvent_Args_STRUCT_SIZE,
     PJRT_Buffer_IsDeleted_Args => PJRT_Buffer_IsDeleted_Args_STRUCT_SIZE,
+    PJRT_Executable_GetCostAnalysis_Args => PJRT_Executable_GetCostAnalysis_Args_STRUCT_SIZE,
+    PJRT_Executable_OptimizedProgram_Args => PJRT_Executable_OptimizedProgram_Args_STRUCT_SIZE,
+    PJRT_Executable_Fingerprint_Args => PJRT_Executable_Fingerprint_Args_STRUCT_SIZE,
+    PJRT_LoadedExecutable_Fingerprint_Args => PJRT_LoadedExecutable_Fingerprint_Args_STRUCT_SIZE,
+    PJRT_Executable_GetCompiledMemoryStats_Args => PJRT_Executable_GetCompiledMemoryStats_Args_STRUCT_SIZE,
 }
 
 /// Calls a C API function of a [`Plugin`] with an argument struct, turning a
@@ -219,9 +250,13 @@ macro_rules! pjrt_call {
     ($plugin:expr, $func:ident, $args:expr) => {{
         let plugin: &$crate::pjrt::plugin::Plugin = $plugin;
         match plugin.has(::std::mem::offset_of!($crate::pjrt::sys::PJRT_Api, $func)) {
-            false => Err($crate::error::Error::Unsupported { function: stringify!($func) }),
+            false => Err($crate::error::Error::Unsupported {
+                function: stringify!($func),
+            }),
             true => match plugin.api().$func {
-                None => Err($crate::error::Error::Unsupported { function: stringify!($func) }),
+                None => Err($crate::error::Error::Unsupported {
+                    function: stringify!($func),
+                }),
                 Some(f) => {
                     let args = $args;
                     // SAFETY: `f` comes from the plugin's own table (checked to
@@ -256,7 +291,10 @@ unsafe impl Sync for Plugin {}
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin").field("path", &self.path).field("version", &self.version).finish()
+        f.debug_struct("Plugin")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .finish()
     }
 }
 
@@ -275,9 +313,15 @@ impl Plugin {
     pub fn load(path: impl AsRef<Path>) -> Result<Arc<Plugin>> {
         let path = path.as_ref();
         if !path.is_file() {
-            return Err(Error::PluginLoad { path: path.to_path_buf(), reason: "no such file".into() });
+            return Err(Error::PluginLoad {
+                path: path.to_path_buf(),
+                reason: "no such file".into(),
+            });
         }
-        let key = path.canonicalize().map_err(|e| Error::PluginLoad { path: path.to_path_buf(), reason: e.to_string() })?;
+        let key = path.canonicalize().map_err(|e| Error::PluginLoad {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         let mut loaded = registry().lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = loaded.get(&key) {
             return Ok(p.clone());
@@ -300,27 +344,42 @@ impl Plugin {
 
     fn open(path: &Path) -> Result<Plugin> {
         use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
-        let load_err = |e: libloading::Error| Error::PluginLoad { path: path.to_path_buf(), reason: e.to_string() };
+        let load_err = |e: libloading::Error| Error::PluginLoad {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
         // SAFETY: loading a shared library runs its initialisers; the file is
         // one the user (or our provisioning) designated as a PJRT plugin.
         let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }.map_err(load_err)?;
         type GetApi = unsafe extern "C" fn() -> *const sys::PJRT_Api;
         // SAFETY: `GetPjrtApi` has this signature in every PJRT plugin.
-        let get_api = unsafe { lib.get::<GetApi>(b"GetPjrtApi\0") }
-            .map_err(|_| Error::NotAPlugin { path: path.to_path_buf(), reason: "it exports no `GetPjrtApi` symbol".into() })?;
+        let get_api =
+            unsafe { lib.get::<GetApi>(b"GetPjrtApi\0") }.map_err(|_| Error::NotAPlugin {
+                path: path.to_path_buf(),
+                reason: "it exports no `GetPjrtApi` symbol".into(),
+            })?;
         // SAFETY: calling the plugin's entry point; it takes no arguments.
         let api_ptr = unsafe { get_api() };
         // The library stays loaded for the life of the process: PJRT objects
         // may outlive any handle we hold, and plugins do not support unloading.
         std::mem::forget(lib);
         if api_ptr.is_null() {
-            return Err(Error::NotAPlugin { path: path.to_path_buf(), reason: "GetPjrtApi returned null".into() });
+            return Err(Error::NotAPlugin {
+                path: path.to_path_buf(),
+                reason: "GetPjrtApi returned null".into(),
+            });
         }
         // SAFETY: non-null pointer to the plugin's static API table, valid for
         // the life of the process (the library is never closed).
         let api: &'static sys::PJRT_Api = unsafe { &*api_ptr };
-        let version = (api.pjrt_api_version.major_version, api.pjrt_api_version.minor_version);
-        if version.0 != API_MAJOR || version.1 < MIN_API_MINOR || api.struct_size < std::mem::offset_of!(sys::PJRT_Api, PJRT_Plugin_Attributes) {
+        let version = (
+            api.pjrt_api_version.major_version,
+            api.pjrt_api_version.minor_version,
+        );
+        if version.0 != API_MAJOR
+            || version.1 < MIN_API_MINOR
+            || api.struct_size < std::mem::offset_of!(sys::PJRT_Api, PJRT_Plugin_Attributes)
+        {
             return Err(Error::ApiVersion {
                 path: path.to_path_buf(),
                 major: version.0,
@@ -329,8 +388,17 @@ impl Plugin {
                 need_minor: MIN_API_MINOR,
             });
         }
-        let mut plugin = Plugin { path: path.to_path_buf(), api, version, attributes: Vec::new() };
-        pjrt_call!(&plugin, PJRT_Plugin_Initialize, &mut sys::PJRT_Plugin_Initialize_Args::new())?;
+        let mut plugin = Plugin {
+            path: path.to_path_buf(),
+            api,
+            version,
+            attributes: Vec::new(),
+        };
+        pjrt_call!(
+            &plugin,
+            PJRT_Plugin_Initialize,
+            &mut sys::PJRT_Plugin_Initialize_Args::new()
+        )?;
         let mut args = sys::PJRT_Plugin_Attributes_Args::new();
         if pjrt_call!(&plugin, PJRT_Plugin_Attributes, &mut args).is_ok() {
             // SAFETY: the plugin returned `num_attributes` values that live as
@@ -357,7 +425,10 @@ impl Plugin {
 
     /// One attribute by name.
     pub fn attribute(&self, name: &str) -> Option<&NamedValue> {
-        self.attributes.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
     }
 
     pub(crate) fn api(&self) -> &'static sys::PJRT_Api {
@@ -383,7 +454,8 @@ impl Plugin {
             if !a.message.is_null() {
                 // SAFETY: message/message_size describe a buffer owned by `err`,
                 // which is still alive here.
-                let bytes = unsafe { std::slice::from_raw_parts(a.message.cast::<u8>(), a.message_size) };
+                let bytes =
+                    unsafe { std::slice::from_raw_parts(a.message.cast::<u8>(), a.message_size) };
                 message = String::from_utf8_lossy(bytes).into_owned();
             }
         }
@@ -400,7 +472,11 @@ impl Plugin {
             }
         }
         self.destroy_error(err);
-        Err(Error::Pjrt { function, code, message })
+        Err(Error::Pjrt {
+            function,
+            code,
+            message,
+        })
     }
 
     fn destroy_error(&self, err: *mut sys::PJRT_Error) {

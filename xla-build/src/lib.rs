@@ -61,7 +61,9 @@ pub enum Error {
         path: PathBuf,
     },
     /// No cache folder can be determined.
-    #[error("cannot find a cache folder: set XLAYER_HOME (neither XDG_CACHE_HOME nor HOME is set)")]
+    #[error(
+        "cannot find a cache folder: set XLAYER_HOME (neither XDG_CACHE_HOME nor HOME is set)"
+    )]
     NoHome,
     /// pip could not be started at all.
     #[error("cannot run `{python} -m pip` to download {package}=={version}: {source}. Install Python 3 with pip, or set XLAYER_PYTHON, or set {env} to an existing plugin")]
@@ -138,7 +140,11 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io { what, path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A kind of accelerator a PJRT plugin drives.
@@ -274,14 +280,20 @@ pub fn recipe(target: Target) -> &'static Recipe {
 /// The cache folder: `$XLAYER_HOME`, else `$XDG_CACHE_HOME/xlayer`, else
 /// `$HOME/.cache/xlayer`. Returns [`Error::NoHome`] when none is set.
 pub fn home() -> Result<PathBuf> {
-    let nonempty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let nonempty = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(h) = nonempty("XLAYER_HOME") {
         return Ok(h);
     }
     if let Some(x) = nonempty("XDG_CACHE_HOME") {
         return Ok(x.join("xlayer"));
     }
-    nonempty("HOME").map(|h| h.join(".cache").join("xlayer")).ok_or(Error::NoHome)
+    nonempty("HOME")
+        .map(|h| h.join(".cache").join("xlayer"))
+        .ok_or(Error::NoHome)
 }
 
 /// Where the unpacked plugin of `target` lives (or will live) in the cache.
@@ -291,7 +303,8 @@ pub fn cache_path(target: Target) -> Result<PathBuf> {
 }
 
 fn plugin_dir(home: &Path, r: &Recipe) -> PathBuf {
-    home.join("plugins").join(format!("{}-{}-{}", r.target, r.package, r.version))
+    home.join("plugins")
+        .join(format!("{}-{}-{}", r.target, r.package, r.version))
 }
 
 fn override_path(var: &'static str) -> Result<Option<PathBuf>> {
@@ -343,7 +356,12 @@ fn check_platform(r: &Recipe) -> Result<()> {
     if OS == "linux" && ARCH == "x86_64" {
         Ok(())
     } else {
-        Err(Error::UnsupportedPlatform { target: r.target, os: OS, arch: ARCH, env: r.target.env_var() })
+        Err(Error::UnsupportedPlatform {
+            target: r.target,
+            os: OS,
+            arch: ARCH,
+            env: r.target.env_var(),
+        })
     }
 }
 
@@ -395,7 +413,10 @@ fn download_and_unpack(r: &Recipe, home: &Path, tmp: &Path) -> Result<PathBuf> {
     let manifest = staged.join("MANIFEST");
     fs::write(
         &manifest,
-        format!("package={}\nversion={}\nwheel={}\nsha256={}\n", r.package, r.version, r.wheel, r.sha256),
+        format!(
+            "package={}\nversion={}\nwheel={}\nsha256={}\n",
+            r.package, r.version, r.wheel, r.sha256
+        ),
     )
     .map_err(io_err("cannot write", &manifest))?;
     Ok(staged)
@@ -404,9 +425,19 @@ fn download_and_unpack(r: &Recipe, home: &Path, tmp: &Path) -> Result<PathBuf> {
 fn pip_download(r: &Recipe, home: &Path, dest: &Path) -> Result<()> {
     let python = std::env::var("XLAYER_PYTHON").unwrap_or_else(|_| "python3".to_string());
     let spec = format!("{}=={}", r.package, r.version);
-    eprintln!("xla-build: downloading {spec} (the {} PJRT plugin) with pip ...", r.target);
+    eprintln!(
+        "xla-build: downloading {spec} (the {} PJRT plugin) with pip ...",
+        r.target
+    );
     let child = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+        ])
         .args(r.pip_args)
         .arg("-d")
         .arg(dest)
@@ -453,7 +484,11 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Checks a file against a pinned sha256, deleting it on mismatch.
@@ -463,18 +498,28 @@ pub fn verify_sha256(path: &Path, expected: &'static str) -> Result<()> {
         Ok(())
     } else {
         let _ = fs::remove_file(path);
-        Err(Error::Checksum { file: path.to_path_buf(), expected, actual })
+        Err(Error::Checksum {
+            file: path.to_path_buf(),
+            expected,
+            actual,
+        })
     }
 }
 
 fn extract_member(wheel: &Path, member: &'static str, out: &Path) -> Result<()> {
-    let zip_err = |source| Error::Zip { wheel: wheel.to_path_buf(), source };
+    let zip_err = |source| Error::Zip {
+        wheel: wheel.to_path_buf(),
+        source,
+    };
     let f = fs::File::open(wheel).map_err(io_err("cannot open", wheel))?;
     let mut archive = zip::ZipArchive::new(f).map_err(zip_err)?;
     let mut entry = match archive.by_name(member) {
         Ok(e) => e,
         Err(zip::result::ZipError::FileNotFound) => {
-            return Err(Error::MissingMember { wheel: wheel.to_path_buf(), member })
+            return Err(Error::MissingMember {
+                wheel: wheel.to_path_buf(),
+                member,
+            })
         }
         Err(e) => return Err(zip_err(e)),
     };
@@ -504,8 +549,14 @@ mod tests {
             let r = recipe(t);
             assert_eq!(r.target, t);
             assert_eq!(r.sha256.len(), 64, "{t}");
-            assert!(r.sha256.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
-            assert!(r.wheel.ends_with(".whl") && r.member.ends_with(".so"), "{t}");
+            assert!(r
+                .sha256
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+            assert!(
+                r.wheel.ends_with(".whl") && r.member.ends_with(".so"),
+                "{t}"
+            );
         }
     }
 
@@ -516,7 +567,10 @@ mod tests {
         let f = dir.join("fake.whl");
         fs::write(&f, b"not the wheel").unwrap();
         let err = verify_sha256(&f, CPU.sha256).unwrap_err().to_string();
-        assert!(err.contains("sha256 mismatch") && err.contains("fake.whl"), "{err}");
+        assert!(
+            err.contains("sha256 mismatch") && err.contains("fake.whl"),
+            "{err}"
+        );
         assert!(!f.exists());
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -528,12 +582,18 @@ mod tests {
         let wheel = dir.join("empty.whl");
         {
             let mut z = zip::ZipWriter::new(fs::File::create(&wheel).unwrap());
-            z.start_file::<_, ()>("other.txt", Default::default()).unwrap();
+            z.start_file::<_, ()>("other.txt", Default::default())
+                .unwrap();
             z.write_all(b"x").unwrap();
             z.finish().unwrap();
         }
-        let err = extract_member(&wheel, CPU.member, &dir.join("out.so")).unwrap_err().to_string();
-        assert!(err.contains("xla_cpu_pjrt.so") && err.contains("empty.whl"), "{err}");
+        let err = extract_member(&wheel, CPU.member, &dir.join("out.so"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("xla_cpu_pjrt.so") && err.contains("empty.whl"),
+            "{err}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -43,7 +43,10 @@ fn run(args: &[String]) -> Result<(), xla_build::Error> {
             let target = target_arg(args)?;
             let path = provision(target)?;
             println!("{}", path.display());
-            eprintln!("note: at run time the {target} plugin needs {}", recipe(target).runtime_note);
+            eprintln!(
+                "note: at run time the {target} plugin needs {}",
+                recipe(target).runtime_note
+            );
         }
         Some("path") => println!("{}", ensure(target_arg(args)?)?.display()),
         Some("status") => {
@@ -54,7 +57,12 @@ fn run(args: &[String]) -> Result<(), xla_build::Error> {
                     Some(p) => format!("found at {}", p.display()),
                     None => "not fetched".to_string(),
                 };
-                println!("{t:7} {}=={} sha256:{}… {state}", r.package, r.version, &r.sha256[..12]);
+                println!(
+                    "{t:7} {}=={} sha256:{}… {state}",
+                    r.package,
+                    r.version,
+                    &r.sha256[..12]
+                );
             }
         }
         Some("-h" | "--help" | "help") | None => println!("{USAGE}"),

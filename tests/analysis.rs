@@ -1,0 +1,84 @@
+//! Cost analysis, optimized program, fingerprint and memory stats of
+//! compiled executables, on the CPU plugin.
+
+use xlayer::{Client, CompileOptions, Program};
+
+fn matmul(m: usize, k: usize, n: usize, bias: bool) -> Program {
+    let body = if bias {
+        format!(
+            "  %1 = stablehlo.constant dense<1.0> : tensor<{m}x{n}xf32>\n  %2 = stablehlo.add %0, %1 : tensor<{m}x{n}xf32>\n  return %2 : tensor<{m}x{n}xf32>"
+        )
+    } else {
+        format!("  return %0 : tensor<{m}x{n}xf32>")
+    };
+    Program::mlir_text(format!(
+        "func.func public @main(%a: tensor<{m}x{k}xf32>, %b: tensor<{k}x{n}xf32>) -> tensor<{m}x{n}xf32> {{\n  %0 = stablehlo.dot_general %a, %b, contracting_dims = [1] x [0] : (tensor<{m}x{k}xf32>, tensor<{k}x{n}xf32>) -> tensor<{m}x{n}xf32>\n{body}\n}}"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn matmul_cost_is_two_mnk_flops_and_bias_adds_mn() {
+    let client = Client::cpu().unwrap();
+    let (m, k, n) = (16, 32, 8);
+    let cost = client
+        .compile(&matmul(m, k, n, false))
+        .unwrap()
+        .cost_analysis()
+        .unwrap();
+    assert_eq!(cost.flops(), Some((2 * m * n * k) as f64), "{cost}");
+    // operands and result, f32: (m·k + k·n + m·n) · 4 bytes
+    assert_eq!(
+        cost.bytes_accessed(),
+        Some(((m * k + k * n + m * n) * 4) as f64),
+        "{cost}"
+    );
+    assert_eq!(cost.transcendentals().unwrap_or(0.0), 0.0);
+    // The bias add costs one flop per output element on top of the matmul.
+    let cost = client
+        .compile(&matmul(m, k, n, true))
+        .unwrap()
+        .cost_analysis()
+        .unwrap();
+    assert_eq!(cost.flops(), Some((2 * m * n * k + m * n) as f64), "{cost}");
+}
+
+#[test]
+fn optimized_hlo_fingerprint_and_memory_stats() {
+    let client = Client::cpu().unwrap();
+    let exe = client.compile(&matmul(4, 8, 2, true)).unwrap();
+    let hlo = exe.optimized_hlo().unwrap();
+    // The CPU plugin returns a binary HloModuleProtoWithConfig, not text.
+    assert_eq!(hlo.format, "hlo_with_config");
+    assert!(!hlo.bytes.is_empty());
+    assert!(hlo.text().is_none());
+    let fp = exe.fingerprint().unwrap();
+    assert!(!fp.is_empty());
+    let again = client.compile(&matmul(4, 8, 2, true)).unwrap();
+    assert_eq!(
+        again.fingerprint().unwrap(),
+        fp,
+        "same program, same options: same fingerprint"
+    );
+    let other = client.compile(&matmul(4, 8, 2, false)).unwrap();
+    assert_ne!(other.fingerprint().unwrap(), fp);
+    let mem = exe.compiled_memory_stats().unwrap();
+    assert_eq!(mem.argument_size_in_bytes, ((4 * 8 + 8 * 2) * 4) as i64);
+    assert_eq!(mem.output_size_in_bytes, (4 * 2 * 4) as i64);
+}
+
+#[test]
+fn compiler_dumps_optimized_hlo_text() {
+    let client = Client::cpu().unwrap();
+    let (exe, text) = client
+        .compile_with_hlo_text(&matmul(4, 8, 2, true), &CompileOptions::new())
+        .unwrap();
+    assert!(text.starts_with("HloModule"), "{text}");
+    assert!(text.contains("dot("), "{text}");
+    let a = client.buffer_from_host(&[1f32; 32], &[4, 8]).unwrap();
+    let b = client.buffer_from_host(&[0.5f32; 16], &[8, 2]).unwrap();
+    assert_eq!(
+        exe.execute(&[&a, &b]).unwrap()[0].to_vec::<f32>().unwrap(),
+        vec![5.0; 8]
+    );
+}
