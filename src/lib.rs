@@ -8,6 +8,7 @@
 //! - [`pjrt`]: the FFI boundary: plugins, clients, buffers, executables.
 //! - [`program`]: StableHLO programs and their entry signatures.
 //! - [`dtype`]: element types and array specs shared by every layer.
+//! - [`bench`]: timing executables against a roofline.
 //!
 //! ```no_run
 //! use xlayer::{Client, Program};
@@ -23,6 +24,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod dtype;
 pub mod error;
 pub mod pjrt;

@@ -82,3 +82,31 @@ fn compiler_dumps_optimized_hlo_text() {
         vec![5.0; 8]
     );
 }
+
+#[test]
+fn bench_times_and_rates_a_matmul() {
+    use xlayer::bench::{bench, random_inputs, BenchOptions, Roofline};
+    let client = Client::cpu().unwrap();
+    let exe = client.compile(&matmul(64, 64, 64, false)).unwrap();
+    let inputs = random_inputs(&client, &exe.signature().inputs, 7).unwrap();
+    let args: Vec<_> = inputs.iter().collect();
+    let opts = BenchOptions::new()
+        .warmup(1)
+        .iters(5)
+        .roofline(Roofline::new(100.0, 10.0).unwrap());
+    let r = bench(&exe, &args, &opts).unwrap();
+    assert_eq!(r.times.len(), 5);
+    assert!(r.min <= r.median && r.median <= r.max);
+    assert_eq!(r.flops, Some((2 * 64 * 64 * 64) as f64));
+    assert!(r.gflops().unwrap() > 0.0 && r.roofline_fraction().unwrap() > 0.0);
+    assert!(bench(&exe, &args, &BenchOptions::new().iters(0)).is_err());
+    // wrong arguments are refused before anything runs
+    assert!(bench(&exe, &args[..1], &opts).is_err());
+}
+
+#[test]
+fn measured_roofline_is_positive() {
+    let client = Client::cpu().unwrap();
+    let r = xlayer::bench::Roofline::measure(&client).unwrap();
+    assert!(r.peak_gflops > 0.1 && r.peak_gbps > 0.1, "{r:?}");
+}
