@@ -7,6 +7,8 @@
 //! The layers, bottom up (see `docs/architecture.md`):
 //! - [`pjrt`]: the FFI boundary: plugins, clients, buffers, executables.
 //! - [`program`]: StableHLO programs and their entry signatures.
+//! - [`export`]: serialized `jax.export` artifacts.
+//! - [`io`]: safetensors files as program inputs and outputs.
 //! - [`dtype`]: element types and array specs shared by every layer.
 //! - [`bench`]: timing executables against a roofline.
 //!
@@ -27,6 +29,8 @@
 pub mod bench;
 pub mod dtype;
 pub mod error;
+pub mod export;
+pub mod io;
 pub mod pjrt;
 pub mod program;
 

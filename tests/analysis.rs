@@ -110,3 +110,17 @@ fn measured_roofline_is_positive() {
     let r = xlayer::bench::Roofline::measure(&client).unwrap();
     assert!(r.peak_gflops > 0.1 && r.peak_gbps > 0.1, "{r:?}");
 }
+
+#[test]
+fn parameter_specs_come_from_the_hlo_proto() {
+    let client = Client::cpu().unwrap();
+    let p = Program::mlir_text(
+        "func.func public @main(%a: tensor<2x3xbf16>, %b: tensor<i32>, %c: tensor<4xi1>) -> tensor<i32> {\n  return %b : tensor<i32>\n}",
+    )
+    .unwrap();
+    let exe = client.compile(&p).unwrap();
+    assert_eq!(
+        exe.optimized_hlo().unwrap().parameter_specs().unwrap(),
+        p.signature().inputs
+    );
+}

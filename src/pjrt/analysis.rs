@@ -345,3 +345,91 @@ fn read_after_optimizations(dir: &Path) -> Result<String> {
         source,
     })
 }
+
+/// The few fields of `xla.HloModuleProtoWithConfig` xlayer reads: the entry
+/// computation's parameter and result shapes (`host_program_shape`).
+mod hlo_proto {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct HloModuleProtoWithConfig {
+        #[prost(message, optional, tag = "1")]
+        pub hlo_module: Option<HloModuleProto>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct HloModuleProto {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, optional, tag = "4")]
+        pub host_program_shape: Option<ProgramShapeProto>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ProgramShapeProto {
+        #[prost(message, repeated, tag = "1")]
+        pub parameters: Vec<ShapeProto>,
+        #[prost(message, optional, tag = "2")]
+        pub result: Option<ShapeProto>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ShapeProto {
+        #[prost(int32, tag = "2")]
+        pub element_type: i32,
+        #[prost(int64, repeated, tag = "3")]
+        pub dimensions: Vec<i64>,
+        #[prost(message, repeated, tag = "4")]
+        pub tuple_shapes: Vec<ShapeProto>,
+    }
+}
+
+/// XLA's `PrimitiveType` numbering (xla_data.proto), for the dtypes xlayer holds.
+fn dtype_from_primitive(t: i32) -> Option<crate::DType> {
+    use crate::DType::*;
+    Some(match t {
+        1 => Bool,
+        2 => I8,
+        3 => I16,
+        4 => I32,
+        5 => I64,
+        6 => U8,
+        7 => U16,
+        8 => U32,
+        9 => U64,
+        10 => F16,
+        11 => F32,
+        12 => F64,
+        16 => BF16,
+        _ => return None,
+    })
+}
+
+impl OptimizedProgram {
+    /// The entry computation's parameter types, read from the HLO proto
+    /// (`host_program_shape`); `None` when the format is not an HLO proto or
+    /// a parameter has a type xlayer cannot hold.
+    pub fn parameter_specs(&self) -> Option<Vec<crate::ArraySpec>> {
+        use prost::Message;
+        let module = match self.format.as_str() {
+            "hlo_with_config" => {
+                hlo_proto::HloModuleProtoWithConfig::decode(self.bytes.as_slice())
+                    .ok()?
+                    .hlo_module?
+            }
+            "hlo" => hlo_proto::HloModuleProto::decode(self.bytes.as_slice()).ok()?,
+            _ => return None,
+        };
+        module
+            .host_program_shape?
+            .parameters
+            .iter()
+            .map(|p| {
+                let dims = p
+                    .dimensions
+                    .iter()
+                    .map(|&d| usize::try_from(d).ok())
+                    .collect::<Option<Vec<_>>>()?;
+                Some(crate::ArraySpec::new(
+                    dtype_from_primitive(p.element_type)?,
+                    dims,
+                ))
+            })
+            .collect()
+    }
+}
