@@ -241,6 +241,35 @@ pub enum Error {
         message: String,
     },
 
+    /// A program file could not be used (not text, bytecode or an export
+    /// artifact; bytecode without a signature).
+    #[error("program file {}: {reason}", path.display())]
+    ProgramFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A safetensors file is invalid or holds what xlayer cannot use.
+    #[error("safetensors file {}: {reason}", path.display())]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// Host inputs do not fit a program: missing, extra, or of the wrong
+    /// dtype or shape (the message names the tensor and both types).
+    #[error("inputs: {0}")]
+    Input(String),
+
+    /// A `jax.export` artifact is malformed or asks for what xlayer cannot
+    /// honour (platform, calling convention, symbolic shapes, effects).
+    #[error("jax.export artifact: {0}")]
+    Export(String),
+
     /// A file could not be read or written.
     #[error("{what} {}: {source}", path.display())]
     Io {

@@ -7,7 +7,10 @@
 //! The layers, bottom up (see `docs/architecture.md`):
 //! - [`pjrt`]: the FFI boundary: plugins, clients, buffers, executables.
 //! - [`program`]: StableHLO programs and their entry signatures.
+//! - [`export`]: serialized `jax.export` artifacts.
+//! - [`io`]: safetensors files as program inputs and outputs.
 //! - [`dtype`]: element types and array specs shared by every layer.
+//! - [`bench`]: timing executables against a roofline.
 //!
 //! ```no_run
 //! use xlayer::{Client, Program};
@@ -23,14 +26,18 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod builder;
 pub mod dtype;
 pub mod error;
+pub mod export;
+pub mod io;
 pub mod pjrt;
 pub mod program;
 
 pub use dtype::{ArraySpec, DType, NativeType};
 pub use error::{Error, ErrorCode, Result};
+pub use pjrt::analysis::{CompiledMemoryStats, CostAnalysis, OptimizedProgram};
 pub use pjrt::buffer::Buffer;
 pub use pjrt::client::{Client, ClientOptions, Device};
 pub use pjrt::compile_options::{CompileOptions, XlaFlag};

@@ -60,6 +60,13 @@ pub struct Program {
     format: ProgramFormat,
     name: String,
     signature: Signature,
+    /// For each parameter of `@main`, its position among the caller's inputs.
+    input_positions: Vec<usize>,
+    /// How many inputs the caller passes (more than the parameters when an
+    /// export dropped unused ones).
+    caller_inputs: usize,
+    /// Platforms the program was lowered for, when known (export artifacts).
+    platforms: Option<Vec<String>>,
 }
 
 /// The magic bytes that start MLIR bytecode.
@@ -74,12 +81,12 @@ impl Program {
         let text = text.into();
         let signature = parse_signature(&text)?;
         let name = module_name(&text).unwrap_or_else(|| "main".to_string());
-        Ok(Program {
-            code: text.into_bytes(),
-            format: ProgramFormat::MlirText,
+        Ok(Program::new(
+            text.into_bytes(),
+            ProgramFormat::MlirText,
             name,
             signature,
-        })
+        ))
     }
 
     /// An MLIR bytecode program. Bytecode cannot be read here, so the
@@ -98,12 +105,12 @@ impl Program {
         if signature.donors.len() != signature.inputs.len() {
             signature.donors = vec![false; signature.inputs.len()];
         }
-        Ok(Program {
+        Ok(Program::new(
             code,
-            format: ProgramFormat::MlirBytecode,
-            name: "main".into(),
+            ProgramFormat::MlirBytecode,
+            "main".into(),
             signature,
-        })
+        ))
     }
 
     /// Reads a StableHLO text file (`.mlir`), as `jax.jit(f).lower(...).as_text()` writes.
@@ -118,6 +125,120 @@ impl Program {
             Error::Signature(m) => Error::Signature(format!("{}: {m}", path.display())),
             other => other,
         })
+    }
+
+    fn new(code: Vec<u8>, format: ProgramFormat, name: String, signature: Signature) -> Program {
+        let n = signature.inputs.len();
+        Program {
+            code,
+            format,
+            name,
+            signature,
+            input_positions: (0..n).collect(),
+            caller_inputs: n,
+            platforms: None,
+        }
+    }
+
+    pub(crate) fn with_name(mut self, name: &str) -> Program {
+        if !name.is_empty() {
+            self.name = name.to_string();
+        }
+        self
+    }
+
+    pub(crate) fn for_export(
+        mut self,
+        positions: Vec<usize>,
+        caller_inputs: usize,
+        platforms: Vec<String>,
+    ) -> Program {
+        self.input_positions = positions;
+        self.caller_inputs = caller_inputs;
+        self.platforms = Some(platforms);
+        self
+    }
+
+    /// Reads a program file, recognising its kind by content:
+    /// - MLIR bytecode (starts with `ML\xefR`): its signature cannot be
+    ///   read here, so this fails with [`Error::ProgramFile`]; use
+    ///   [`Program::from_file_with_signature`];
+    /// - StableHLO text (`.mlir`, as `jax.jit(f).lower(...).as_text()` writes);
+    /// - a serialized `jax.export` artifact ([`crate::export::JaxExport`]),
+    ///   whose signature and platforms come from the artifact.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Program> {
+        Self::from_file_with_signature(path, None)
+    }
+
+    /// Like [`Program::from_file`], with the signature of a bytecode
+    /// program given by the caller (outputs may be left empty). For text
+    /// and export files, a given signature must agree with the file's inputs.
+    pub fn from_file_with_signature(
+        path: impl AsRef<Path>,
+        signature: Option<Signature>,
+    ) -> Result<Program> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            what: "cannot read program",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file_err = |reason: String| Error::ProgramFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let program = if bytes.starts_with(MLIR_BYTECODE_MAGIC) {
+            let signature = signature.clone().ok_or_else(|| {
+                file_err("is MLIR bytecode, whose @main signature xlayer cannot read; state it (Program::from_file_with_signature, or `--signature` on the command line), or use the jax.export artifact or the text form".into())
+            })?;
+            Program::mlir_bytecode(bytes, signature)?
+        } else if let Ok(text) = std::str::from_utf8(&bytes) {
+            if !text.contains("func.func") {
+                return Err(file_err(
+                    "is text but not a StableHLO module (no `func.func`)".into(),
+                ));
+            }
+            Program::mlir_text(text).map_err(|e| match e {
+                Error::Signature(m) => Error::Signature(format!("{}: {m}", path.display())),
+                other => other,
+            })?
+        } else {
+            let export = crate::export::JaxExport::parse(&bytes).map_err(|e| {
+                file_err(format!("is neither StableHLO text, MLIR bytecode, nor a readable jax.export artifact ({e})"))
+            })?;
+            export.program().map_err(|e| file_err(e.to_string()))?
+        };
+        if let Some(sig) = signature {
+            if program.format != ProgramFormat::MlirBytecode
+                && sig.inputs != program.signature.inputs
+            {
+                return Err(file_err(format!(
+                    "the given signature {sig} disagrees with the file's inputs {}",
+                    Signature {
+                        inputs: program.signature.inputs.clone(),
+                        ..Default::default()
+                    }
+                )));
+            }
+        }
+        Ok(program)
+    }
+
+    /// For each parameter of `@main`, its position among the caller's
+    /// inputs: the identity, except for `jax.export` artifacts whose module
+    /// dropped unused inputs.
+    pub fn input_positions(&self) -> &[usize] {
+        &self.input_positions
+    }
+
+    /// How many inputs the caller passes (see [`Program::input_positions`]).
+    pub fn caller_input_count(&self) -> usize {
+        self.caller_inputs
+    }
+
+    /// The platforms the program was lowered for, when the file says.
+    pub fn platforms(&self) -> Option<&[String]> {
+        self.platforms.as_deref()
     }
 
     /// The code bytes handed to the plugin.
@@ -339,10 +460,7 @@ mod tests {
 
     #[test]
     fn single_unparenthesised_result_and_unsigned() {
-        let sig = parse_signature(
-            "func.func @main(%a: tensor<4xui8>, %b: tensor<i1>) -> tensor<4xui8> {\n return %a : tensor<4xui8>\n}",
-        )
-        .unwrap();
+        let sig = parse_signature("func.func @main(%a: tensor<4xui8>, %b: tensor<i1>) -> tensor<4xui8> {\n return %a : tensor<4xui8>\n}").unwrap();
         assert_eq!(
             sig.inputs,
             vec![ArraySpec::of::<u8>([4]), ArraySpec::of::<bool>([])]

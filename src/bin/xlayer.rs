@@ -1,43 +1,190 @@
-//! The `xlayer` command line: inspect the PJRT plugin and its devices.
+//! The `xlayer` command line: run, inspect and time XLA programs through
+//! the PJRT plugin, and inspect its devices and safetensors files.
 //!
 //! ```text
-//! xlayer doctor      # plugin path, C API version, attributes, platform, devices
-//! xlayer devices     # one line per device
+//! xlayer doctor                          # plugin path, C API version, attributes, devices
+//! xlayer devices                         # one line per device
+//! xlayer run PROGRAM --inputs in.safetensors [--outputs out.safetensors] [--signature TYPES]
+//! xlayer bench PROGRAM [--inputs in.safetensors | --random] [--iters N] [--warmup N]
+//!              [--peak-gflops X --peak-gbps Y | --roofline] [--json]
+//! xlayer hlo PROGRAM [--cost] [--proto out.pb]   # optimized HLO text, from the compiler
+//! xlayer inspect FILE.safetensors [--json]       # names, dtypes, shapes, sizes, total
 //! ```
+//!
+//! `PROGRAM` is StableHLO text (`jax.jit(f).lower(...).as_text()`), a
+//! serialized `jax.export` artifact (`exp.serialize()`), or MLIR bytecode
+//! with `--signature "f32[2,3],f32[3,4]"` giving its input types. The kind
+//! is recognised by content, not by file name.
+//!
+//! Inputs are bound by name (`arg0`, `arg1`, ... or `0`, `1`, ...: the
+//! position in the Python call) or, when no tensor is so named, in file
+//! order; dtypes and shapes are checked before anything runs. Outputs are
+//! printed, or saved as `out0`, `out1`, ... with `--outputs`.
+//!
+//! Exit status: 0 on success, 1 on an error (bad program file, missing or
+//! mismatched inputs, unreadable safetensors, plugin errors), 2 on a usage
+//! error. See `docs/cli.md`.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
-use xlayer::{Client, Plugin};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use xlayer::bench::{bench, random_inputs, BenchOptions, Roofline};
+use xlayer::io::{bind_inputs, read_safetensors, upload, write_safetensors};
+use xlayer::{ArraySpec, Buffer, Client, DType, Plugin, Program, Signature};
 
-const USAGE: &str = "usage: xlayer <command>
+/// Run, inspect and time XLA programs through a PJRT plugin.
+///
+/// Environment: XLAYER_PJRT_PLUGIN=/path/plugin.so overrides the default
+/// (CPU) plugin; XLAYER_HOME is where fetched plugins and the measured
+/// roofline are cached.
+#[derive(Parser)]
+#[command(name = "xlayer", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-commands:
-  doctor    load the default PJRT plugin (fetching it if needed) and report
-            its path, C API version, attributes, platform and devices
-  devices   list the addressable devices of the default plugin
+#[derive(Subcommand)]
+enum Command {
+    /// Load the default PJRT plugin (fetching it if needed) and report its
+    /// path, C API version, attributes, platform and devices.
+    Doctor,
+    /// List the addressable devices of the default plugin.
+    Devices,
+    /// Compile PROGRAM, run it on the inputs, print or save the outputs.
+    Run {
+        #[command(flatten)]
+        program: ProgramArgs,
+        /// Inputs, a safetensors file (tensors named argK, or in file order).
+        #[arg(long, short)]
+        inputs: Option<PathBuf>,
+        /// Save the outputs (named out0, out1, ...) instead of printing them.
+        #[arg(long, short)]
+        outputs: Option<PathBuf>,
+    },
+    /// Time PROGRAM: warm-up, timed runs, GFLOP/s, GB/s, roofline fraction.
+    Bench {
+        #[command(flatten)]
+        program: ProgramArgs,
+        /// Inputs, a safetensors file.
+        #[arg(long, short, conflicts_with = "random")]
+        inputs: Option<PathBuf>,
+        /// Random inputs of the program's input types (the default when no --inputs).
+        #[arg(long)]
+        random: bool,
+        /// Timed runs.
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        /// Untimed warm-up runs.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Peak compute of the device, GFLOP/s (with --peak-gbps).
+        #[arg(long, requires = "peak_gbps")]
+        peak_gflops: Option<f64>,
+        /// Peak memory bandwidth of the device, GB/s (with --peak-gflops).
+        #[arg(long, requires = "peak_gflops")]
+        peak_gbps: Option<f64>,
+        /// Compare against a roofline measured once (matmul + copy) and cached.
+        #[arg(long, conflicts_with = "peak_gflops")]
+        roofline: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the optimized HLO of PROGRAM, as XLA's own text.
+    Hlo {
+        #[command(flatten)]
+        program: ProgramArgs,
+        /// Also print the compiler's cost analysis and memory statistics.
+        #[arg(long)]
+        cost: bool,
+        /// Also save the optimized program the plugin returns (a serialized
+        /// HloModuleProtoWithConfig on CPU).
+        #[arg(long)]
+        proto: Option<PathBuf>,
+    },
+    /// List the tensors of a safetensors file: names, dtypes, shapes, sizes.
+    Inspect {
+        /// The file.
+        file: PathBuf,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
 
-environment: XLAYER_PJRT_PLUGIN=/path/plugin.so overrides the default (CPU) plugin;
-             XLAYER_HOME is where fetched plugins are cached.";
+#[derive(Args)]
+struct ProgramArgs {
+    /// StableHLO text, a jax.export artifact, or MLIR bytecode (with --signature).
+    program: PathBuf,
+    /// Input types of a bytecode program, e.g. "f32[2,3],i32[],bool[4]".
+    #[arg(long)]
+    signature: Option<String>,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("doctor") => doctor(),
-        Some("devices") => devices(),
-        Some("-h" | "--help" | "help") | None => {
-            println!("{USAGE}");
-            Ok(())
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
-        Some(other) => {
-            eprintln!("xlayer: unknown command `{other}`\n\n{USAGE}");
-            return ExitCode::from(2);
+    };
+    let result = match cli.command {
+        Command::Doctor => doctor(),
+        Command::Devices => devices(),
+        Command::Run {
+            program,
+            inputs,
+            outputs,
+        } => run(&program, inputs.as_deref(), outputs.as_deref()),
+        Command::Bench {
+            program,
+            inputs,
+            random: _,
+            iters,
+            warmup,
+            peak_gflops,
+            peak_gbps,
+            roofline,
+            json,
+        } => {
+            let roof = match (peak_gflops, peak_gbps) {
+                (Some(g), Some(b)) => Some(RooflineChoice::Given(g, b)),
+                _ if roofline => Some(RooflineChoice::Measured),
+                _ => None,
+            };
+            bench_cmd(&program, inputs.as_deref(), iters, warmup, roof, json)
         }
+        Command::Hlo {
+            program,
+            cost,
+            proto,
+        } => hlo(&program, cost, proto.as_deref()),
+        Command::Inspect { file, json } => inspect(&file, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("xlayer: error: {e:#}");
+            // Print the chain of causes, skipping a cause already quoted by
+            // the message before it (xlayer's errors embed their source).
+            let mut msg = String::new();
+            for cause in e.chain() {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("xlayer: error: {msg}");
             ExitCode::FAILURE
         }
     }
@@ -75,5 +222,232 @@ fn devices() -> Result<()> {
     for d in client.devices() {
         println!("{}\t{}\t{}", d.index(), d.kind(), d.description());
     }
+    Ok(())
+}
+
+/// Parses `f32[2,3]`-style types separated by commas.
+fn parse_signature(s: &str) -> Result<Signature> {
+    let mut inputs = Vec::new();
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        let open = rest.find('[').with_context(|| {
+            format!("bad type in --signature at `{rest}`: expected DTYPE[DIMS], e.g. f32[2,3]")
+        })?;
+        let close = rest
+            .find(']')
+            .filter(|&c| c > open)
+            .with_context(|| format!("bad type in --signature at `{rest}`: missing `]`"))?;
+        let name = rest[..open].trim();
+        let dtype = DType::ALL
+            .into_iter()
+            .find(|d| d.to_string() == name || d.mlir_name() == name)
+            .with_context(|| {
+                format!("unknown dtype `{name}` in --signature (use f32, bf16, i32, u8, bool, ...)")
+            })?;
+        let dims = rest[open + 1..close]
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(|d| {
+                d.parse::<usize>()
+                    .with_context(|| format!("dimension `{d}` in --signature is not a number"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        inputs.push(ArraySpec::new(dtype, dims));
+        rest = rest[close + 1..].trim_start();
+        rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
+    }
+    Ok(Signature {
+        inputs,
+        ..Default::default()
+    })
+}
+
+fn load_program(args: &ProgramArgs) -> Result<Program> {
+    let sig = args.signature.as_deref().map(parse_signature).transpose()?;
+    Ok(Program::from_file_with_signature(&args.program, sig)?)
+}
+
+fn load_inputs(client: &Client, program: &Program, path: &Path) -> Result<Vec<Buffer>> {
+    let tensors = read_safetensors(path)?;
+    let bound = bind_inputs(program, &tensors)
+        .with_context(|| format!("binding {} to {}", path.display(), program.name()))?;
+    Ok(upload(client, &bound)?)
+}
+
+fn preview(b: &Buffer) -> Result<String> {
+    const MAX: usize = 16;
+    fn join<T: std::fmt::Display>(v: &[T]) -> String {
+        v.iter()
+            .take(MAX)
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    let s = match b.dtype() {
+        DType::Bool => join(&b.to_vec::<bool>()?),
+        DType::I8 => join(&b.to_vec::<i8>()?),
+        DType::I16 => join(&b.to_vec::<i16>()?),
+        DType::I32 => join(&b.to_vec::<i32>()?),
+        DType::I64 => join(&b.to_vec::<i64>()?),
+        DType::U8 => join(&b.to_vec::<u8>()?),
+        DType::U16 => join(&b.to_vec::<u16>()?),
+        DType::U32 => join(&b.to_vec::<u32>()?),
+        DType::U64 => join(&b.to_vec::<u64>()?),
+        DType::F16 => join(&b.to_vec::<xlayer::f16>()?),
+        DType::BF16 => join(&b.to_vec::<xlayer::bf16>()?),
+        DType::F32 => join(&b.to_vec::<f32>()?),
+        DType::F64 => join(&b.to_vec::<f64>()?),
+    };
+    let more = if b.element_count() > MAX {
+        format!(", ... ({} more)", b.element_count() - MAX)
+    } else {
+        String::new()
+    };
+    Ok(format!("[{s}{more}]"))
+}
+
+fn run(args: &ProgramArgs, inputs: Option<&Path>, outputs: Option<&Path>) -> Result<()> {
+    let program = load_program(args)?;
+    let client = Client::default_plugin()?;
+    let buffers = match inputs {
+        Some(p) => load_inputs(&client, &program, p)?,
+        None if program.signature().inputs.is_empty() => Vec::new(),
+        None => bail!(
+            "`{}` takes {} input(s) {}; pass them with --inputs FILE.safetensors",
+            program.name(),
+            program.signature().inputs.len(),
+            program.signature()
+        ),
+    };
+    let exe = client.compile(&program)?;
+    let outs = exe.execute(&buffers.iter().collect::<Vec<_>>())?;
+    match outputs {
+        Some(path) => {
+            let named: Vec<(String, &Buffer)> = outs
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (format!("out{i}"), b))
+                .collect();
+            write_safetensors(path, &named)?;
+            println!("wrote {} output(s) to {}", outs.len(), path.display());
+        }
+        None => {
+            for (i, b) in outs.iter().enumerate() {
+                println!("out{i}: {} = {}", b.spec(), preview(b)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+enum RooflineChoice {
+    Given(f64, f64),
+    Measured,
+}
+
+fn bench_cmd(
+    args: &ProgramArgs,
+    inputs: Option<&Path>,
+    iters: usize,
+    warmup: usize,
+    roof: Option<RooflineChoice>,
+    json: bool,
+) -> Result<()> {
+    let program = load_program(args)?;
+    let client = Client::default_plugin()?;
+    let buffers = match inputs {
+        Some(p) => load_inputs(&client, &program, p)?,
+        None => random_inputs(&client, &program.signature().inputs, 0)?,
+    };
+    let exe = client.compile(&program)?;
+    let mut opts = BenchOptions::new().iters(iters).warmup(warmup);
+    match roof {
+        Some(RooflineChoice::Given(g, b)) => opts = opts.roofline(Roofline::new(g, b)?),
+        Some(RooflineChoice::Measured) => {
+            opts = opts.roofline(Roofline::cached_or_measure(&client)?)
+        }
+        None => {}
+    }
+    let report = bench(&exe, &buffers.iter().collect::<Vec<_>>(), &opts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+fn hlo(args: &ProgramArgs, cost: bool, proto: Option<&Path>) -> Result<()> {
+    let program = load_program(args)?;
+    let client = Client::default_plugin()?;
+    let (exe, text) = client.compile_with_hlo_text(&program, &xlayer::CompileOptions::new())?;
+    print!("{text}");
+    if cost {
+        println!("\n// cost analysis");
+        for line in exe.cost_analysis()?.to_string().lines() {
+            println!("//   {line}");
+        }
+        match exe.compiled_memory_stats() {
+            Ok(m) => println!(
+                "// memory: arguments {} B, outputs {} B, aliased {} B, temporaries {} B, peak {} B",
+                m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes, m.temp_size_in_bytes, m.peak_memory_in_bytes
+            ),
+            Err(xlayer::Error::Unsupported { .. }) => println!("// memory: not reported by this plugin"),
+            Err(e) => return Err(e.into()),
+        }
+        println!("// fingerprint: {}", exe.fingerprint()?);
+    }
+    if let Some(path) = proto {
+        let p = exe.optimized_hlo()?;
+        std::fs::write(path, &p.bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!(
+            "wrote the optimized program ({} format, {} bytes) to {}",
+            p.format,
+            p.bytes.len(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn inspect(path: &Path, json: bool) -> Result<()> {
+    let tensors = read_safetensors(path)?;
+    let total: usize = tensors.iter().map(|t| t.bytes.len()).sum();
+    if json {
+        let list: Vec<_> = tensors
+            .iter()
+            .map(|t| serde_json::json!({"name": t.name, "dtype": t.spec.dtype.safetensors_name(), "shape": t.spec.dims, "bytes": t.bytes.len()}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"file": path.display().to_string(), "tensors": list, "total_bytes": total})
+            )?
+        );
+        return Ok(());
+    }
+    let width = tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:width$}  {:5}  {:16}  {:>12}",
+        "name", "dtype", "shape", "bytes"
+    );
+    for t in &tensors {
+        let shape = format!("{:?}", t.spec.dims);
+        println!(
+            "{:width$}  {:5}  {:16}  {:>12}",
+            t.name,
+            t.spec.dtype.safetensors_name(),
+            shape,
+            t.bytes.len()
+        );
+    }
+    println!("{} tensor(s), {total} bytes", tensors.len());
     Ok(())
 }

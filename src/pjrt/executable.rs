@@ -127,6 +127,21 @@ impl Client {
             Some(i) => self.device(i)?.clone(),
             None => self.default_device().clone(),
         };
+        if let Some(platforms) = program.platforms() {
+            let mine = self.platform_name().to_ascii_lowercase();
+            let same = |p: &String| {
+                let p = p.to_ascii_lowercase();
+                p == mine || (p == "cuda" && mine == "gpu") || (p == "gpu" && mine == "cuda")
+            };
+            if !platforms.iter().any(same) {
+                return Err(Error::Export(format!(
+                    "`{}` was exported for platform(s) [{}], but this client's platform is `{}`; re-export it with platforms=[\"{mine}\"]",
+                    program.name(),
+                    platforms.join(", "),
+                    self.platform_name()
+                )));
+            }
+        }
         let format = b"mlir";
         let mut p = sys::PJRT_Program::new();
         // The C API takes a mutable pointer but does not write through it.
@@ -207,6 +222,32 @@ impl Executable {
             )));
         }
         self.signature.outputs = outputs;
+        if format == ProgramFormat::MlirBytecode {
+            // Bytecode cannot be read here: its declared inputs came from the
+            // user or an export artifact. Check them against the compiled
+            // module's parameters so wrong arguments never reach the plugin.
+            match self.optimized_hlo() {
+                Ok(hlo) => {
+                    if let Some(params) = hlo.parameter_specs() {
+                        if params != self.signature.inputs {
+                            let list = |v: &[ArraySpec]| {
+                                v.iter()
+                                    .map(|s| s.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            };
+                            return Err(Error::Signature(format!(
+                                "the bytecode program's @main takes ({}), but its signature was declared as ({})",
+                                list(&params),
+                                list(&self.signature.inputs)
+                            )));
+                        }
+                    }
+                }
+                Err(Error::Unsupported { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         self.donor_indices = self
             .signature
             .donors
@@ -218,7 +259,13 @@ impl Executable {
         Ok(())
     }
 
-    fn with_unloaded<T>(
+    /// The raw loaded executable (valid while `self` lives).
+    pub(super) fn raw_loaded(&self) -> *mut sys::PJRT_LoadedExecutable {
+        self.raw
+    }
+
+    /// Runs `f` on the unloaded executable, destroyed afterwards.
+    pub(super) fn with_unloaded<T>(
         &self,
         f: impl FnOnce(*mut sys::PJRT_Executable) -> Result<T>,
     ) -> Result<T> {

@@ -6,6 +6,7 @@
 //! - [`plugin`]: `dlopen`, `GetPjrtApi`, version check, error conversion.
 //! - [`client`], [`buffer`], [`executable`], `event`: owned handles that
 //!   free their resources on drop and keep their client alive.
+//! - [`analysis`]: cost analysis, optimized program, fingerprint, memory stats.
 //! - [`compile_options`]: the serialized options every compile needs.
 
 #[allow(
@@ -19,6 +20,7 @@
 )]
 pub mod sys;
 
+pub mod analysis;
 pub mod buffer;
 pub mod client;
 pub mod compile_options;

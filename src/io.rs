@@ -1,0 +1,199 @@
+//! Host tensors in safetensors files: reading them, binding them to a
+//! program's inputs, and writing outputs.
+//!
+//! Binding rules ([`bind_inputs`]): tensors named `argK` or `K` go to the
+//! function's input `K` (its position in the Python call); otherwise, when
+//! no tensor is so named, tensors are taken in file order (the order of
+//! their data in the file). Every bound tensor's dtype and shape is checked
+//! against the program's signature before anything is uploaded.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::dtype::{ArraySpec, DType};
+use crate::error::{Error, Result};
+use crate::pjrt::buffer::Buffer;
+use crate::pjrt::client::Client;
+use crate::program::Program;
+
+/// One tensor read from a file: name, type and little-endian bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    /// The tensor's name in the file.
+    pub name: String,
+    /// Its dtype and shape.
+    pub spec: ArraySpec,
+    /// Its data, little-endian, row-major.
+    pub bytes: Vec<u8>,
+}
+
+fn st_err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Safetensors {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn dtype_from_st(d: safetensors::Dtype) -> Option<DType> {
+    let name = format!("{d:?}");
+    DType::ALL
+        .into_iter()
+        .find(|t| t.safetensors_name() == name)
+}
+
+/// Reads every tensor of a safetensors file, in file order.
+///
+/// Errors: [`Error::Io`] if the file cannot be read, [`Error::Safetensors`]
+/// if it is not a valid safetensors file or holds a dtype xlayer does not.
+pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<HostTensor>> {
+    let path = path.as_ref();
+    let data = std::fs::read(path).map_err(|source| Error::Io {
+        what: "cannot read safetensors file",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let st = safetensors::SafeTensors::deserialize(&data)
+        .map_err(|e| st_err(path, format!("not a valid safetensors file: {e}")))?;
+    let mut out = Vec::new();
+    for (name, view) in st.iter() {
+        let dtype = dtype_from_st(view.dtype()).ok_or_else(|| {
+            st_err(
+                path,
+                format!(
+                    "tensor `{name}` has dtype {:?}, which xlayer does not support",
+                    view.dtype()
+                ),
+            )
+        })?;
+        let start = view.data().as_ptr() as usize - data.as_ptr() as usize;
+        out.push((
+            start,
+            HostTensor {
+                name: name.to_string(),
+                spec: ArraySpec::new(dtype, view.shape().to_vec()),
+                bytes: view.data().to_vec(),
+            },
+        ));
+    }
+    out.sort_by_key(|(start, _)| *start);
+    Ok(out.into_iter().map(|(_, t)| t).collect())
+}
+
+/// Writes named tensors to a safetensors file (buffers are copied to the host).
+pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[(String, &Buffer)]) -> Result<()> {
+    let path = path.as_ref();
+    let mut host = Vec::with_capacity(tensors.len());
+    for (name, b) in tensors {
+        host.push((name.clone(), b.spec().clone(), b.to_bytes()?));
+    }
+    write_host_safetensors(path, &host)
+}
+
+/// Writes host tensors `(name, spec, bytes)` to a safetensors file.
+pub fn write_host_safetensors(path: &Path, tensors: &[(String, ArraySpec, Vec<u8>)]) -> Result<()> {
+    let mut views = BTreeMap::new();
+    for (name, spec, bytes) in tensors {
+        let dtype = st_dtype(spec.dtype);
+        let view = safetensors::tensor::TensorView::new(dtype, spec.dims.clone(), bytes)
+            .map_err(|e| st_err(path, format!("tensor `{name}` ({spec}): {e}")))?;
+        views.insert(name.clone(), view);
+    }
+    safetensors::serialize_to_file(views, None, path)
+        .map_err(|e| st_err(path, format!("cannot write: {e}")))
+}
+
+fn st_dtype(d: DType) -> safetensors::Dtype {
+    use safetensors::Dtype as S;
+    match d {
+        DType::Bool => S::BOOL,
+        DType::I8 => S::I8,
+        DType::I16 => S::I16,
+        DType::I32 => S::I32,
+        DType::I64 => S::I64,
+        DType::U8 => S::U8,
+        DType::U16 => S::U16,
+        DType::U32 => S::U32,
+        DType::U64 => S::U64,
+        DType::F16 => S::F16,
+        DType::BF16 => S::BF16,
+        DType::F32 => S::F32,
+        DType::F64 => S::F64,
+    }
+}
+
+/// The function-input position a tensor name designates (`arg3` or `3`).
+fn position_of(name: &str) -> Option<usize> {
+    name.strip_prefix("arg").unwrap_or(name).parse().ok()
+}
+
+/// Chooses, for each parameter of `program`'s `@main`, the tensor that feeds
+/// it (see the module docs), checking dtypes and shapes.
+///
+/// Errors: [`Error::Input`] for a missing input, an unused or duplicate
+/// tensor, a count mismatch, or a dtype/shape mismatch (naming the tensor,
+/// the expected and the actual type).
+pub fn bind_inputs<'t>(
+    program: &Program,
+    tensors: &'t [HostTensor],
+) -> Result<Vec<&'t HostTensor>> {
+    let n = program.caller_input_count();
+    let named = tensors.iter().any(|t| position_of(&t.name).is_some());
+    let mut by_position: Vec<Option<&HostTensor>> = vec![None; n];
+    if named {
+        for t in tensors {
+            let k = position_of(&t.name).ok_or_else(|| Error::Input(format!("tensor `{}` is not named `argK` like the others; name every input `argK` (K = its position) or none", t.name)))?;
+            if k >= n {
+                return Err(Error::Input(format!(
+                    "tensor `{}` names input {k}, but `{}` takes {n} input(s)",
+                    t.name,
+                    program.name()
+                )));
+            }
+            if by_position[k].replace(t).is_some() {
+                return Err(Error::Input(format!("two tensors name input {k}")));
+            }
+        }
+    } else {
+        if tensors.len() != n {
+            return Err(Error::Input(format!(
+                "`{}` takes {n} input(s), the file holds {} tensor(s)",
+                program.name(),
+                tensors.len()
+            )));
+        }
+        for (slot, t) in by_position.iter_mut().zip(tensors) {
+            *slot = Some(t);
+        }
+    }
+    let mut bound = Vec::with_capacity(program.signature().inputs.len());
+    for (param, (&k, expected)) in program
+        .input_positions()
+        .iter()
+        .zip(&program.signature().inputs)
+        .enumerate()
+    {
+        let t = by_position
+            .get(k)
+            .copied()
+            .flatten()
+            .ok_or_else(|| Error::Input(format!("missing input {k} (parameter {param} of `{}`, {expected}): no tensor named `arg{k}`", program.name())))?;
+        if &t.spec != expected {
+            return Err(Error::Input(format!(
+                "tensor `{}` is {}, but input {k} of `{}` is {expected}",
+                t.name,
+                t.spec,
+                program.name()
+            )));
+        }
+        bound.push(t);
+    }
+    Ok(bound)
+}
+
+/// Uploads bound tensors to `client`'s default device.
+pub fn upload(client: &Client, tensors: &[&HostTensor]) -> Result<Vec<Buffer>> {
+    tensors
+        .iter()
+        .map(|t| client.buffer_from_bytes(&t.bytes, &t.spec, client.default_device()))
+        .collect()
+}
