@@ -28,6 +28,7 @@
 mod core;
 mod emit;
 pub mod graph;
+pub mod nn;
 pub mod op;
 mod ops_control;
 mod ops_elementwise;

@@ -56,6 +56,8 @@ pub enum UnaryOp {
     Erf,
     /// inverse error function (CHLO)
     ErfInv,
+    /// complementary error function 1 - erf(x) (CHLO)
+    Erfc,
     /// count of set bits
     PopCount,
 }
@@ -88,6 +90,7 @@ impl UnaryOp {
             Not => "stablehlo.not",
             Erf => "chlo.erf",
             ErfInv => "chlo.erf_inv",
+            Erfc => "chlo.erfc",
             PopCount => "stablehlo.popcnt",
         }
     }
@@ -119,6 +122,7 @@ impl UnaryOp {
             Not => "not",
             Erf => "erf",
             ErfInv => "erf_inv",
+            Erfc => "erfc",
             PopCount => "population_count",
         }
     }

@@ -193,6 +193,8 @@ unary_methods! {
     erf => Erf;
     /// The inverse error function.
     erf_inv => ErfInv;
+    /// The complementary error function `1 - erf(x)`, accurate for large x.
+    erfc => Erfc;
     /// Number of set bits (integers).
     population_count => PopCount;
 }

@@ -1,0 +1,138 @@
+//! `jax.nn`-style helpers over builder values: activations, softmax
+//! family, one_hot, standardize. Each follows JAX's formula so results
+//! match `jax.nn` to rounding.
+
+use crate::dtype::DType;
+use crate::error::Result;
+
+use super::core::{op_err, Value};
+
+fn float_only(op: &'static str, x: &Value) -> Result<()> {
+    if x.dtype().is_float() {
+        Ok(())
+    } else {
+        Err(op_err(
+            op,
+            format!("needs a float operand, got {}", x.spec()),
+        ))
+    }
+}
+
+/// `max(x, 0)`.
+///
+/// ```
+/// # let b = xlayer::builder::Builder::new();
+/// let y = xlayer::builder::nn::relu(&b.scalar(-2f32)?)?;
+/// assert_eq!(y.dims(), &[] as &[usize]);
+/// # Ok::<(), xlayer::Error>(())
+/// ```
+pub fn relu(x: &Value) -> Result<Value> {
+    x.maximum(&x.scalar_like(0.0)?)
+}
+
+/// The logistic sigmoid `1 / (1 + e^-x)`.
+pub fn sigmoid(x: &Value) -> Result<Value> {
+    float_only("sigmoid", x)?;
+    x.logistic()
+}
+
+/// `x * sigmoid(x)` (`jax.nn.silu`, a.k.a. swish).
+pub fn silu(x: &Value) -> Result<Value> {
+    x * sigmoid(x)?
+}
+
+/// GELU: exact `x/2 erfc(-x/√2)`, or JAX's default tanh approximation
+/// `x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))` when `approximate`.
+pub fn gelu(x: &Value, approximate: bool) -> Result<Value> {
+    float_only("gelu", x)?;
+    if approximate {
+        let c = (2.0 / std::f64::consts::PI).sqrt();
+        let cube = (x * &x.square()?)?;
+        let inner = ((x + (cube * 0.044715)?)? * c)?;
+        let cdf = ((inner.tanh()? + 1.0)? * 0.5)?;
+        x * cdf
+    } else {
+        // 0.5 * x * erfc(-x * sqrt(1/2)), as jax.nn.gelu(approximate=False).
+        let e = (x.neg()? * std::f64::consts::FRAC_1_SQRT_2)?.erfc()?;
+        (x * 0.5)? * e
+    }
+}
+
+/// `log(1 + e^x)`, computed stably as `logaddexp(x, 0)` like `jax.nn.softplus`.
+pub fn softplus(x: &Value) -> Result<Value> {
+    float_only("softplus", x)?;
+    // logaddexp(x, 0) = max(x, 0) + log1p(exp(-|x - 0|))
+    let m = relu(x)?;
+    m + x.abs()?.neg()?.exp()?.log1p()?
+}
+
+fn axis_check(op: &'static str, x: &Value, axis: usize) -> Result<()> {
+    if axis >= x.rank() {
+        return Err(op_err(
+            op,
+            format!("axis {axis} out of range for {}", x.spec()),
+        ));
+    }
+    Ok(())
+}
+
+/// `log(sum(exp(x), axis))`, stable: the maximum is subtracted first and an
+/// infinite maximum is treated as 0 (as `jax.nn.logsumexp`).
+pub fn logsumexp(x: &Value, axis: usize, keepdims: bool) -> Result<Value> {
+    float_only("logsumexp", x)?;
+    axis_check("logsumexp", x, axis)?;
+    let m = x.max(&[axis], true)?;
+    let m = m.is_finite()?.select(&m, &m.scalar_like(0.0)?)?;
+    let s = (x - &m)?.exp()?.sum(&[axis], true)?.log()?;
+    let out = (s + m)?;
+    if keepdims {
+        Ok(out)
+    } else {
+        out.squeeze(&[axis])
+    }
+}
+
+/// `exp(x - max) / sum(exp(x - max))` along `axis`.
+pub fn softmax(x: &Value, axis: usize) -> Result<Value> {
+    float_only("softmax", x)?;
+    axis_check("softmax", x, axis)?;
+    let unnormalized = (x - x.max(&[axis], true)?)?.exp()?;
+    let total = unnormalized.sum(&[axis], true)?;
+    unnormalized / total
+}
+
+/// `x - logsumexp(x)` along `axis`, computed as JAX does (shift by the max).
+pub fn log_softmax(x: &Value, axis: usize) -> Result<Value> {
+    float_only("log_softmax", x)?;
+    axis_check("log_softmax", x, axis)?;
+    let shifted = (x - x.max(&[axis], true)?)?;
+    let lse = shifted.exp()?.sum(&[axis], true)?.log()?;
+    shifted - lse
+}
+
+/// One-hot encoding of integer `indices` into a new last dimension of size
+/// `num_classes` (out-of-range indices give all zeros).
+pub fn one_hot(indices: &Value, num_classes: usize, dtype: DType) -> Result<Value> {
+    if !indices.dtype().is_int() {
+        return Err(op_err(
+            "one_hot",
+            format!("indices must be integers, got {}", indices.spec()),
+        ));
+    }
+    let mut dims = indices.dims().to_vec();
+    dims.push(num_classes);
+    let classes = indices
+        .builder()
+        .iota(indices.dtype(), &dims, dims.len() - 1)?;
+    let expanded = indices.expand_dims(indices.rank())?;
+    classes.eq(&expanded)?.convert(dtype)
+}
+
+/// `(x - mean) / sqrt(var + epsilon)` along `axis` (`jax.nn.standardize`).
+pub fn standardize(x: &Value, axis: usize, epsilon: f64) -> Result<Value> {
+    float_only("standardize", x)?;
+    axis_check("standardize", x, axis)?;
+    let mean = x.mean(&[axis], true)?;
+    let var = (x.square()?.mean(&[axis], true)? - mean.square()?)?;
+    (x - mean)? * (var + epsilon)?.rsqrt()?
+}
