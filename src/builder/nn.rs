@@ -31,18 +31,51 @@ pub fn relu(x: &Value) -> Result<Value> {
 }
 
 /// The logistic sigmoid `1 / (1 + e^-x)`.
+///
+/// ```
+/// # use xlayer::{builder::*, ArraySpec, DType};
+/// # let b = Builder::new();
+/// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+/// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+/// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+/// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+/// let z = nn::sigmoid(&x)?;
+/// # Ok::<(), xlayer::Error>(())
+/// ```
 pub fn sigmoid(x: &Value) -> Result<Value> {
     float_only("sigmoid", x)?;
     x.logistic()
 }
 
 /// `x * sigmoid(x)` (`jax.nn.silu`, a.k.a. swish).
+///
+/// ```
+/// # use xlayer::{builder::*, ArraySpec, DType};
+/// # let b = Builder::new();
+/// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+/// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+/// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+/// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+/// let z = nn::silu(&x)?;
+/// # Ok::<(), xlayer::Error>(())
+/// ```
 pub fn silu(x: &Value) -> Result<Value> {
     x * sigmoid(x)?
 }
 
 /// GELU: exact `x/2 erfc(-x/√2)`, or JAX's default tanh approximation
 /// `x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))` when `approximate`.
+///
+/// ```
+/// # use xlayer::{builder::*, ArraySpec, DType};
+/// # let b = Builder::new();
+/// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+/// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+/// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+/// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+/// let z = nn::gelu(&x, true)?;
+/// # Ok::<(), xlayer::Error>(())
+/// ```
 pub fn gelu(x: &Value, approximate: bool) -> Result<Value> {
     float_only("gelu", x)?;
     if approximate {
@@ -59,6 +92,17 @@ pub fn gelu(x: &Value, approximate: bool) -> Result<Value> {
 }
 
 /// `log(1 + e^x)`, computed stably as `logaddexp(x, 0)` like `jax.nn.softplus`.
+///
+/// ```
+/// # use xlayer::{builder::*, ArraySpec, DType};
+/// # let b = Builder::new();
+/// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+/// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+/// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+/// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+/// let z = nn::softplus(&x)?;
+/// # Ok::<(), xlayer::Error>(())
+/// ```
 pub fn softplus(x: &Value) -> Result<Value> {
     float_only("softplus", x)?;
     // logaddexp(x, 0) = max(x, 0) + log1p(exp(-|x - 0|))
@@ -78,6 +122,17 @@ fn axis_check(op: &'static str, x: &Value, axis: usize) -> Result<()> {
 
 /// `log(sum(exp(x), axis))`, stable: the maximum is subtracted first and an
 /// infinite maximum is treated as 0 (as `jax.nn.logsumexp`).
+///
+/// ```
+/// # use xlayer::{builder::*, ArraySpec, DType};
+/// # let b = Builder::new();
+/// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+/// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+/// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+/// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+/// assert_eq!(nn::logsumexp(&x, 1, false)?.dims(), &[2]);
+/// # Ok::<(), xlayer::Error>(())
+/// ```
 pub fn logsumexp(x: &Value, axis: usize, keepdims: bool) -> Result<Value> {
     float_only("logsumexp", x)?;
     axis_check("logsumexp", x, axis)?;
@@ -93,6 +148,17 @@ pub fn logsumexp(x: &Value, axis: usize, keepdims: bool) -> Result<Value> {
 }
 
 /// `exp(x - max) / sum(exp(x - max))` along `axis`.
+///
+/// ```
+/// # use xlayer::{builder::*, ArraySpec, DType};
+/// # let b = Builder::new();
+/// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+/// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+/// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+/// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+/// let z = nn::softmax(&x, 1)?;
+/// # Ok::<(), xlayer::Error>(())
+/// ```
 pub fn softmax(x: &Value, axis: usize) -> Result<Value> {
     float_only("softmax", x)?;
     axis_check("softmax", x, axis)?;
@@ -102,6 +168,17 @@ pub fn softmax(x: &Value, axis: usize) -> Result<Value> {
 }
 
 /// `x - logsumexp(x)` along `axis`, computed as JAX does (shift by the max).
+///
+/// ```
+/// # use xlayer::{builder::*, ArraySpec, DType};
+/// # let b = Builder::new();
+/// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+/// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+/// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+/// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+/// let z = nn::log_softmax(&x, 1)?;
+/// # Ok::<(), xlayer::Error>(())
+/// ```
 pub fn log_softmax(x: &Value, axis: usize) -> Result<Value> {
     float_only("log_softmax", x)?;
     axis_check("log_softmax", x, axis)?;
@@ -112,6 +189,17 @@ pub fn log_softmax(x: &Value, axis: usize) -> Result<Value> {
 
 /// One-hot encoding of integer `indices` into a new last dimension of size
 /// `num_classes` (out-of-range indices give all zeros).
+///
+/// ```
+/// # use xlayer::{builder::*, ArraySpec, DType};
+/// # let b = Builder::new();
+/// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+/// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+/// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+/// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+/// assert_eq!(nn::one_hot(&idx, 10, DType::F32)?.dims(), &[4, 10]);
+/// # Ok::<(), xlayer::Error>(())
+/// ```
 pub fn one_hot(indices: &Value, num_classes: usize, dtype: DType) -> Result<Value> {
     if !indices.dtype().is_int() {
         return Err(op_err(
@@ -129,6 +217,17 @@ pub fn one_hot(indices: &Value, num_classes: usize, dtype: DType) -> Result<Valu
 }
 
 /// `(x - mean) / sqrt(var + epsilon)` along `axis` (`jax.nn.standardize`).
+///
+/// ```
+/// # use xlayer::{builder::*, ArraySpec, DType};
+/// # let b = Builder::new();
+/// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+/// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+/// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+/// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+/// let z = nn::standardize(&x, 1, 1e-5)?;
+/// # Ok::<(), xlayer::Error>(())
+/// ```
 pub fn standardize(x: &Value, axis: usize, epsilon: f64) -> Result<Value> {
     float_only("standardize", x)?;
     axis_check("standardize", x, axis)?;

@@ -64,6 +64,17 @@ impl Builder {
 
     /// `lax.fori_loop(lower, upper, body, init)` with static bounds: `body`
     /// receives the i32 counter and the carried values.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let out = b.fori_loop(0, 10, &[x.clone()], |_i, c| Ok(vec![(&c[0] * 2.0)?]))?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn fori_loop(
         &self,
         lower: i32,
@@ -88,6 +99,18 @@ impl Builder {
 
     /// `lax.cond`: `on_true()` if the bool scalar `pred` holds, else
     /// `on_false()`; both must return the same types.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let p = x.sum(&[0, 1], false)?.gt(&b.scalar(0f32)?)?;
+    /// let out = b.cond(&p, || Ok(vec![x.clone()]), || Ok(vec![y.clone()]))?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn cond(
         &self,
         pred: &Value,
@@ -106,6 +129,18 @@ impl Builder {
     }
 
     /// `lax.switch`: runs `branches[index]` (an i32 scalar, clamped into range).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let k = b.scalar(1i32)?;
+    /// let out = b.switch(&k, vec![Box::new(|| Ok(vec![x.clone()])), Box::new(|| Ok(vec![y.clone()]))])?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     #[allow(clippy::type_complexity)]
     pub fn switch(
         &self,

@@ -129,10 +129,18 @@ fn binary_dtype_ok(op: BinaryOp, d: DType) -> bool {
 }
 
 macro_rules! unary_methods {
-    ($($(#[$doc:meta])* $name:ident => $op:ident;)*) => {
+    ($($(#[$doc:meta])* $name:ident => $op:ident, $ty:ty;)*) => {
         impl Value {
             $(
                 $(#[$doc])*
+                ///
+                #[doc = concat!(
+                    "```\n# let b = xlayer::builder::Builder::new();\n",
+                    "# let x = b.parameter(xlayer::ArraySpec::of::<", stringify!($ty), ">([2, 3]), \"x\")?;\n",
+                    "let y = x.", stringify!($name), "()?;\n",
+                    "assert_eq!(y.dims(), &[2, 3]);\n",
+                    "# Ok::<(), xlayer::Error>(())\n```"
+                )]
                 pub fn $name(&self) -> Result<Value> {
                     self.unary(UnaryOp::$op)
                 }
@@ -143,64 +151,68 @@ macro_rules! unary_methods {
 
 unary_methods! {
     /// `-x` (floats and signed integers).
-    neg => Neg;
+    neg => Neg, f32;
     /// `|x|` (floats and signed integers).
-    abs => Abs;
+    abs => Abs, i32;
     /// The sign: -1, 0 or 1 (NaN stays NaN).
-    sign => Sign;
+    sign => Sign, f32;
     /// e^x.
-    ///
-    /// ```
-    /// # let b = xlayer::builder::Builder::new();
-    /// let y = b.scalar(1f32)?.exp()?;
-    /// assert_eq!(y.dtype(), xlayer::DType::F32);
-    /// # Ok::<(), xlayer::Error>(())
-    /// ```
-    exp => Exp;
+    exp => Exp, f32;
     /// e^x - 1, accurate near 0.
-    expm1 => Expm1;
+    expm1 => Expm1, f32;
     /// Natural logarithm.
-    log => Log;
+    log => Log, f32;
     /// log(1 + x), accurate near 0.
-    log1p => Log1p;
+    log1p => Log1p, f32;
     /// Square root.
-    sqrt => Sqrt;
+    sqrt => Sqrt, f32;
     /// 1 / sqrt(x).
-    rsqrt => Rsqrt;
+    rsqrt => Rsqrt, f32;
     /// Cube root.
-    cbrt => Cbrt;
+    cbrt => Cbrt, f32;
     /// Hyperbolic tangent.
-    tanh => Tanh;
+    tanh => Tanh, f32;
     /// The logistic sigmoid 1 / (1 + e^-x).
-    logistic => Logistic;
+    logistic => Logistic, f32;
     /// Sine.
-    sin => Sin;
+    sin => Sin, f32;
     /// Cosine.
-    cos => Cos;
+    cos => Cos, f32;
     /// Tangent.
-    tan => Tan;
+    tan => Tan, f32;
     /// Round toward -inf.
-    floor => Floor;
+    floor => Floor, f32;
     /// Round toward +inf.
-    ceil => Ceil;
+    ceil => Ceil, f32;
     /// Round half away from zero (`lax.round` default).
-    round => RoundNearestAfz;
+    round => RoundNearestAfz, f32;
     /// Round half to even (`jnp.round`).
-    round_nearest_even => RoundNearestEven;
+    round_nearest_even => RoundNearestEven, f32;
     /// Logical not for bool, bitwise not for integers.
-    not => Not;
+    not => Not, i32;
     /// The error function.
-    erf => Erf;
+    erf => Erf, f32;
     /// The inverse error function.
-    erf_inv => ErfInv;
+    erf_inv => ErfInv, f32;
     /// The complementary error function `1 - erf(x)`, accurate for large x.
-    erfc => Erfc;
+    erfc => Erfc, f32;
     /// Number of set bits (integers).
-    population_count => PopCount;
+    population_count => PopCount, u32;
 }
 
 impl Value {
     /// Applies a unary elementwise op, checking the dtype.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.unary(UnaryOp::Exp)?.dims(), &[2, 3]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn unary(&self, op: UnaryOp) -> Result<Value> {
         if !unary_dtype_ok(op, self.dtype()) {
             return Err(op_err(
@@ -219,6 +231,17 @@ impl Value {
     }
 
     /// Whether each element is finite (not inf or NaN); floats only.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.is_finite()?.dtype(), DType::Bool);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn is_finite(&self) -> Result<Value> {
         if !self.dtype().is_float() {
             return Err(op_err(
@@ -234,6 +257,17 @@ impl Value {
     }
 
     /// Broadcasts to `dims` under numpy's rules (trailing dimensions aligned).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.broadcast_to(&[4, 2, 3])?.dims(), &[4, 2, 3]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn broadcast_to(&self, dims: &[usize]) -> Result<Value> {
         if self.dims() == dims {
             return Ok(self.clone());
@@ -259,6 +293,17 @@ impl Value {
     }
 
     /// A scalar constant of this value's dtype (like a weakly typed Python scalar in JAX).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let two = x.scalar_like(2.0)?; // f32[]
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn scalar_like(&self, value: f64) -> Result<Value> {
         self.builder.constant_bytes(
             scalar_bytes(value, self.dtype()),
@@ -289,6 +334,17 @@ impl Value {
     }
 
     /// Applies a binary elementwise op with numpy broadcasting; dtypes must match.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.binary(BinaryOp::Add, &y)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn binary(&self, op: BinaryOp, rhs: &Value) -> Result<Value> {
         let (a, b) = self.broadcast_pair(op.name(), rhs)?;
         if !binary_dtype_ok(op, a.dtype()) {
@@ -309,67 +365,243 @@ impl Value {
     }
 
     /// `self + rhs`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.add(&y)?; // or (&x + &y)?
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn add(&self, rhs: &Value) -> Result<Value> {
         self.binary(BinaryOp::Add, rhs)
     }
     /// `self - rhs`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.sub(&y)?; // or (&x - &y)?
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn sub(&self, rhs: &Value) -> Result<Value> {
         self.binary(BinaryOp::Sub, rhs)
     }
     /// `self * rhs`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.mul(&y)?; // or (&x * 2.0)?
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn mul(&self, rhs: &Value) -> Result<Value> {
         self.binary(BinaryOp::Mul, rhs)
     }
     /// `self / rhs` (integers truncate toward zero).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.div(&y)?; // or (&x / &y)?
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn div(&self, rhs: &Value) -> Result<Value> {
         self.binary(BinaryOp::Div, rhs)
     }
     /// Remainder with the sign of `self` (C `fmod`; `lax.rem`).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = i.rem(&i.scalar_like(3.0)?)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn rem(&self, rhs: &Value) -> Result<Value> {
         self.binary(BinaryOp::Rem, rhs)
     }
     /// `self ^ rhs` (floats).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.pow(&y)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn pow(&self, rhs: &Value) -> Result<Value> {
         self.binary(BinaryOp::Pow, rhs)
     }
     /// Elementwise maximum.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.maximum(&y)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn maximum(&self, rhs: &Value) -> Result<Value> {
         self.binary(BinaryOp::Max, rhs)
     }
     /// Elementwise minimum.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.minimum(&y)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn minimum(&self, rhs: &Value) -> Result<Value> {
         self.binary(BinaryOp::Min, rhs)
     }
     /// `atan2(self, rhs)`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.atan2(&y)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn atan2(&self, rhs: &Value) -> Result<Value> {
         self.binary(BinaryOp::Atan2, rhs)
     }
     /// Logical/bitwise and.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = i.and(&i.scalar_like(1.0)?)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn and(&self, rhs: &Value) -> Result<Value> {
         self.binary(BinaryOp::And, rhs)
     }
     /// Logical/bitwise or.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.gt(&y)?.or(&x.lt(&y)?)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn or(&self, rhs: &Value) -> Result<Value> {
         self.binary(BinaryOp::Or, rhs)
     }
     /// Logical/bitwise xor.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = i.xor(&i)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn xor(&self, rhs: &Value) -> Result<Value> {
         self.binary(BinaryOp::Xor, rhs)
     }
     /// `self << rhs` (integers; shifts ≥ the bit width give 0).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = i.shift_left(&i.scalar_like(2.0)?)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn shift_left(&self, rhs: &Value) -> Result<Value> {
         self.binary(BinaryOp::ShiftLeft, rhs)
     }
     /// Arithmetic `self >> rhs` (sign-extending).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = i.shift_right_arithmetic(&i.scalar_like(1.0)?)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn shift_right_arithmetic(&self, rhs: &Value) -> Result<Value> {
         self.binary(BinaryOp::ShiftRightArithmetic, rhs)
     }
     /// Logical `self >> rhs` (zero-filling).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = i.shift_right_logical(&i.scalar_like(1.0)?)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn shift_right_logical(&self, rhs: &Value) -> Result<Value> {
         self.binary(BinaryOp::ShiftRightLogical, rhs)
     }
 
     /// Elementwise comparison with broadcasting → bool.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.compare(CompareDir::Le, &y)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn compare(&self, dir: CompareDir, rhs: &Value) -> Result<Value> {
         let (a, b) = self.broadcast_pair("compare", rhs)?;
         let out = ArraySpec::new(DType::Bool, a.dims());
@@ -379,31 +611,108 @@ impl Value {
             .remove(0))
     }
     /// `self == rhs`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.eq(&y)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn eq(&self, rhs: &Value) -> Result<Value> {
         self.compare(CompareDir::Eq, rhs)
     }
     /// `self != rhs`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.ne(&y)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn ne(&self, rhs: &Value) -> Result<Value> {
         self.compare(CompareDir::Ne, rhs)
     }
     /// `self < rhs`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.lt(&y)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn lt(&self, rhs: &Value) -> Result<Value> {
         self.compare(CompareDir::Lt, rhs)
     }
     /// `self <= rhs`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.le(&y)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn le(&self, rhs: &Value) -> Result<Value> {
         self.compare(CompareDir::Le, rhs)
     }
     /// `self > rhs`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.gt(&y)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn gt(&self, rhs: &Value) -> Result<Value> {
         self.compare(CompareDir::Gt, rhs)
     }
     /// `self >= rhs`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.ge(&y)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn ge(&self, rhs: &Value) -> Result<Value> {
         self.compare(CompareDir::Ge, rhs)
     }
 
     /// `self ? on_true : on_false`, elementwise; `self` is bool; all three broadcast.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.gt(&y)?.select(&x, &y)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn select(&self, on_true: &Value, on_false: &Value) -> Result<Value> {
         if self.dtype() != DType::Bool {
             return Err(op_err(
@@ -430,6 +739,17 @@ impl Value {
     }
 
     /// `min(max(self, lo), hi)`; `lo`/`hi` are scalars or of the same shape.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.clamp(&x.scalar_like(-1.0)?, &x.scalar_like(1.0)?)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn clamp(&self, lo: &Value, hi: &Value) -> Result<Value> {
         for (what, v) in [("lower bound", lo), ("upper bound", hi)] {
             if v.dtype() != self.dtype() || (v.rank() != 0 && v.dims() != self.dims()) {
@@ -446,6 +766,17 @@ impl Value {
     }
 
     /// Converts values to `dtype` (`lax.convert_element_type`).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.convert(DType::BF16)?.dtype(), DType::BF16);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn convert(&self, dtype: DType) -> Result<Value> {
         if dtype == self.dtype() {
             return Ok(self.clone());
@@ -462,6 +793,17 @@ impl Value {
 
     /// Reinterprets the bits as `dtype` (`lax.bitcast_convert_type`). A
     /// narrower dtype adds a trailing dimension; a wider one consumes it.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.bitcast_convert(DType::U32)?.dtype(), DType::U32);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn bitcast_convert(&self, dtype: DType) -> Result<Value> {
         let (from, to) = (self.dtype().bit_width(), dtype.bit_width());
         if self.dtype() == DType::Bool || dtype == DType::Bool {
@@ -497,11 +839,33 @@ impl Value {
     }
 
     /// `x * x`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.square()?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn square(&self) -> Result<Value> {
         self.mul(self)
     }
 
     /// `1 / x` (floats).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.recip()?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn recip(&self) -> Result<Value> {
         self.scalar_like(1.0)?.div(self)
     }

@@ -34,6 +34,18 @@ fn check_indices(op: &'static str, indices: &Value) -> Result<()> {
 
 impl Value {
     /// `lax.gather` with explicit dimension numbers and slice sizes.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let dims = GatherDims { offset_dims: vec![1], collapsed_slice_dims: vec![0], start_index_map: vec![0], index_vector_dim: 1 };
+    /// assert_eq!(x.gather(&idx, &dims, &[1, 3])?.dims(), &[4, 3]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn gather(
         &self,
         indices: &Value,
@@ -159,6 +171,19 @@ impl Value {
     }
 
     /// `lax.scatter*` with explicit dimension numbers and a combining mode.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let dims = ScatterDims { update_window_dims: vec![1], inserted_window_dims: vec![0], scatter_dims_to_operand_dims: vec![0], index_vector_dim: 1 };
+    /// let u = b.zeros(DType::F32, &[4, 3])?;
+    /// let z = x.scatter(&idx, &u, &dims, ScatterMode::Add)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn scatter(
         &self,
         indices: &Value,
@@ -255,6 +280,17 @@ impl Value {
     /// `x.at[indices].set/add/...(updates)` along `axis`: `indices` is
     /// integer of any rank; `updates` has the shape `take(indices, axis)`
     /// would return (or broadcasts to it). Out-of-range updates are dropped.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.at_update(&idx, &b.ones(DType::F32, &[4, 3])?, 0, ScatterMode::Max)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn at_update(
         &self,
         indices: &Value,
@@ -297,17 +333,50 @@ impl Value {
     }
 
     /// `x.at[indices].set(updates)` along axis 0.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.at_set(&idx, &b.zeros(DType::F32, &[4, 3])?)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn at_set(&self, indices: &Value, updates: &Value) -> Result<Value> {
         self.at_update(indices, updates, 0, ScatterMode::Set)
     }
 
     /// `x.at[indices].add(updates)` along axis 0 (repeated indices accumulate).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.at_add(&idx, &b.ones(DType::F32, &[4, 3])?)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn at_add(&self, indices: &Value, updates: &Value) -> Result<Value> {
         self.at_update(indices, updates, 0, ScatterMode::Add)
     }
 
     /// Sorts several arrays of one shape along `axis` by the first
     /// (ascending, stable; NaNs last, as `jnp.sort`).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let sorted = Value::sort_many(&[x.clone(), i.clone()], 1, false)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn sort_many(values: &[Value], axis: usize, descending: bool) -> Result<Vec<Value>> {
         let first = values
             .first()
@@ -357,11 +426,33 @@ impl Value {
     }
 
     /// Sorted copy along `axis`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.sort(1, false)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn sort(&self, axis: usize, descending: bool) -> Result<Value> {
         Ok(Value::sort_many(std::slice::from_ref(self), axis, descending)?.remove(0))
     }
 
     /// `(sorted values, indices)` along `axis` (`jnp.argsort` gives the indices).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let (values, order) = x.sort_with_indices(1, true, DType::I32)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn sort_with_indices(
         &self,
         axis: usize,
@@ -380,6 +471,18 @@ impl Value {
 
     /// The `k` largest entries along the last dimension and their i32
     /// indices, largest first (`lax.top_k`).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let (values, indices) = x.top_k(2)?;
+    /// assert_eq!(values.dims(), &[2, 2]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn top_k(&self, k: usize) -> Result<(Value, Value)> {
         let r = self.rank();
         if r == 0 || k > self.dims()[r - 1] {

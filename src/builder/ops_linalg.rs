@@ -10,6 +10,18 @@ use super::op::{ConvAttrs, DotDims, Op};
 
 impl Value {
     /// `lax.dot_general`: output dimensions are batch, then lhs free, then rhs free.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let d = DotDims { lhs_contract: vec![1], rhs_contract: vec![1], ..Default::default() };
+    /// assert_eq!(x.dot_general(&y, &d)?.dims(), &[2, 2]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn dot_general(&self, rhs: &Value, dims: &DotDims) -> Result<Value> {
         let err = |m: String| {
             op_err(
@@ -154,6 +166,17 @@ impl Value {
     /// Two-operand einsum, e.g. `"bij,bjk->bik"`: letters in both operands
     /// and the output are batch, letters in both but not the output are
     /// contracted, letters in one operand only and not in the output are summed.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(Value::einsum("ij,kj->ik", &x, &y)?.dims(), &[2, 2]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn einsum(spec: &str, lhs: &Value, rhs: &Value) -> Result<Value> {
         let bad = |m: &str| {
             op_err(
@@ -234,6 +257,21 @@ impl Value {
     }
 
     /// `lax.conv_general_dilated`: `self` is the input, `kernel` the filter.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let img = b.parameter(ArraySpec::of::<f32>([1, 8, 8, 3]), "img")?;
+    /// let k = b.parameter(ArraySpec::of::<f32>([3, 3, 3, 16]), "k")?;
+    /// let attrs = ConvAttrs { dims: ConvDims::nhwc(2), strides: vec![1, 1], padding: vec![(1, 1), (1, 1)],
+    ///     lhs_dilation: vec![1, 1], rhs_dilation: vec![1, 1], feature_group_count: 1, batch_group_count: 1 };
+    /// assert_eq!(img.conv_general(&k, &attrs)?.dims(), &[1, 8, 8, 16]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn conv_general(&self, kernel: &Value, attrs: &ConvAttrs) -> Result<Value> {
         let d = &attrs.dims;
         let n = d.input_spatial.len();

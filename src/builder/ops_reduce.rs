@@ -67,6 +67,17 @@ pub enum Padding {
 impl Padding {
     /// Resolves to explicit pairs for `input` sizes, window sizes and strides
     /// (window sizes already dilated).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(Padding::Same.resolve(&[5], &[3], &[2]), vec![(1, 1)]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn resolve(&self, input: &[usize], window: &[usize], strides: &[usize]) -> Vec<(i64, i64)> {
         match self {
             Padding::Valid => vec![(0, 0); input.len()],
@@ -102,6 +113,18 @@ impl Builder {
     /// Generic variadic reduction (`lax.reduce`): reduces `inputs` over
     /// `axes` starting from the scalar `inits`, combining with `body`, which
     /// receives `(acc_0.., x_0..)` scalars and returns the new accumulators.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let init = b.scalar(0f32)?;
+    /// let s = b.reduce(&[x.clone()], &[init], &[1], |a| Ok(vec![a[0].add(&a[1])?]))?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn reduce(
         &self,
         inputs: &[Value],
@@ -151,6 +174,18 @@ impl Builder {
     }
 
     /// Generic windowed reduction (`lax.reduce_window`).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let w = WindowAttrs { dims: vec![1, 2], strides: vec![1, 1], base_dilation: vec![1, 1], window_dilation: vec![1, 1], padding: vec![(0, 0), (0, 0)] };
+    /// let m = b.reduce_window(&[x.clone()], &[b.scalar(f32::NEG_INFINITY)?], &w, |a| Ok(vec![a[0].maximum(&a[1])?]))?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn reduce_window(
         &self,
         inputs: &[Value],
@@ -275,6 +310,17 @@ impl Value {
     }
 
     /// Sum over `axes` (all axes: pass `&[0, 1, ...]`), optionally keeping them as size 1.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.sum(&[1], false)?.dims(), &[2]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn sum(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
         if self.dtype() == DType::Bool {
             return Err(op_err(
@@ -285,6 +331,17 @@ impl Value {
         self.monoid_reduce(BinaryOp::Add, axes, keepdims)
     }
     /// Product over `axes`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.prod(&[0, 1], false)?.dims(), &[] as &[usize]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn prod(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
         if self.dtype() == DType::Bool {
             return Err(op_err(
@@ -295,24 +352,79 @@ impl Value {
         self.monoid_reduce(BinaryOp::Mul, axes, keepdims)
     }
     /// Maximum over `axes`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.max(&[1], true)?.dims(), &[2, 1]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn max(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
         self.monoid_reduce(BinaryOp::Max, axes, keepdims)
     }
     /// Minimum over `axes`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.min(&[0], false)?.dims(), &[3]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn min(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
         self.monoid_reduce(BinaryOp::Min, axes, keepdims)
     }
     /// Logical and over `axes` (bool).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.gt(&y)?.all(&[1], false)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn all(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
         self.bool_only("all")?
             .monoid_reduce(BinaryOp::And, axes, keepdims)
     }
     /// Logical or over `axes` (bool).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.gt(&y)?.any(&[0, 1], false)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn any(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
         self.bool_only("any")?
             .monoid_reduce(BinaryOp::Or, axes, keepdims)
     }
     /// Mean over `axes` (floats).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.mean(&[1], false)?.dims(), &[2]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn mean(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
         if !self.dtype().is_float() {
             return Err(op_err("mean", format!("needs floats, got {}", self.spec)));
@@ -390,11 +502,33 @@ impl Value {
     }
 
     /// Index of the maximum along `axis` (first on ties; NaN counts as maximal).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.argmax(1, DType::I32)?.dims(), &[2]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn argmax(&self, axis: usize, index_dtype: DType) -> Result<Value> {
         self.arg_reduce("argmax", axis, index_dtype, true)
     }
 
     /// Index of the minimum along `axis` (first on ties; NaN counts as minimal).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.argmin(0, DType::I32)?.dims(), &[3]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn argmin(&self, axis: usize, index_dtype: DType) -> Result<Value> {
         self.arg_reduce("argmin", axis, index_dtype, false)
     }
@@ -437,6 +571,17 @@ impl Value {
     }
 
     /// Max pooling over a window of every dimension (use 1 for batch and features).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.max_pool(&[1, 2], &[1, 1], &Padding::Valid)?.dims(), &[2, 2]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn max_pool(
         &self,
         window: &[usize],
@@ -447,6 +592,17 @@ impl Value {
     }
 
     /// Min pooling.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.min_pool(&[2, 2], &[1, 1], &Padding::Same)?.dims(), &[2, 3]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn min_pool(
         &self,
         window: &[usize],
@@ -457,6 +613,17 @@ impl Value {
     }
 
     /// Sum pooling.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.sum_pool(&[1, 3], &[1, 3], &Padding::Valid)?.dims(), &[2, 1]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn sum_pool(
         &self,
         window: &[usize],
@@ -468,6 +635,17 @@ impl Value {
 
     /// Average pooling; padded positions count in the divisor (Flax's
     /// `avg_pool` default, `count_include_pad=True`).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.avg_pool(&[2, 2], &[2, 2], &Padding::Same)?.dims(), &[1, 2]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn avg_pool(
         &self,
         window: &[usize],
@@ -510,11 +688,33 @@ impl Value {
     }
 
     /// Running sum along `axis` (`jnp.cumsum`); `reverse` accumulates from the end.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.cumsum(1, false)?.dims(), &[2, 3]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn cumsum(&self, axis: usize, reverse: bool) -> Result<Value> {
         self.cumulative("cumsum", BinaryOp::Add, axis, reverse)
     }
 
     /// Running maximum along `axis` (`lax.cummax`).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.cummax(0, true)?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn cummax(&self, axis: usize, reverse: bool) -> Result<Value> {
         self.cumulative("cummax", BinaryOp::Max, axis, reverse)
     }

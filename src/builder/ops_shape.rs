@@ -24,6 +24,17 @@ fn check_dims_unique(op: &'static str, dims: &[usize], rank: usize, what: &str) 
 impl Value {
     /// Broadcasts into `dims`: operand dimension i becomes output dimension
     /// `broadcast_dims[i]` (its size must be 1 or equal); the rest are new.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.broadcast_in_dim(&[2, 5, 3], &[0, 2])?.dims(), &[2, 5, 3]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn broadcast_in_dim(&self, dims: &[usize], broadcast_dims: &[usize]) -> Result<Value> {
         if broadcast_dims.len() != self.rank() {
             return Err(op_err(
@@ -96,6 +107,17 @@ impl Value {
     }
 
     /// Permutes dimensions: output dimension i is operand dimension `perm[i]`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.transpose(&[1, 0])?.dims(), &[3, 2]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn transpose(&self, perm: &[usize]) -> Result<Value> {
         if perm.len() != self.rank() {
             return Err(op_err(
@@ -118,6 +140,17 @@ impl Value {
     }
 
     /// Swaps the last two dimensions (`x.mT`).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.t()?.dims(), &[3, 2]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn t(&self) -> Result<Value> {
         if self.rank() < 2 {
             return Err(op_err(
@@ -131,6 +164,17 @@ impl Value {
     }
 
     /// Static strided slice `[start, limit)` with `strides` per dimension.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.slice(&[0, 0], &[2, 3], &[1, 2])?.dims(), &[2, 2]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn slice(&self, start: &[usize], limit: &[usize], strides: &[usize]) -> Result<Value> {
         let r = self.rank();
         if start.len() != r || limit.len() != r || strides.len() != r {
@@ -161,6 +205,17 @@ impl Value {
     }
 
     /// `x[start:limit]` along one dimension.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.slice_axis(1, 1, 3)?.dims(), &[2, 2]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn slice_axis(&self, axis: usize, start: usize, limit: usize) -> Result<Value> {
         if axis >= self.rank() {
             return Err(op_err(
@@ -177,6 +232,18 @@ impl Value {
 
     /// A slice of `sizes` starting at run-time indices (one integer scalar
     /// per dimension; clamped into range as XLA does).
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let s = b.scalar(1i32)?;
+    /// assert_eq!(x.dynamic_slice(&[s.clone(), s], &[1, 2])?.dims(), &[1, 2]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn dynamic_slice(&self, starts: &[Value], sizes: &[usize]) -> Result<Value> {
         if starts.len() != self.rank() || sizes.len() != self.rank() {
             return Err(op_err(
@@ -213,6 +280,18 @@ impl Value {
     }
 
     /// Overwrites the block of `update`'s shape at run-time start indices.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let s = b.scalar(0i32)?;
+    /// let z = x.dynamic_update_slice(&b.ones(DType::F32, &[1, 3])?, &[s.clone(), s])?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn dynamic_update_slice(&self, update: &Value, starts: &[Value]) -> Result<Value> {
         if update.dtype() != self.dtype()
             || update.rank() != self.rank()
@@ -244,6 +323,17 @@ impl Value {
     }
 
     /// Joins values along `dim`; all other dimensions and the dtype must match.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(Value::concatenate(&[x.clone(), y.clone()], 0)?.dims(), &[4, 3]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn concatenate(values: &[Value], dim: usize) -> Result<Value> {
         let first = values
             .first()
@@ -285,6 +375,17 @@ impl Value {
 
     /// Pads with the scalar `value`: `low`/`high` per dimension (negative
     /// crops), `interior` elements between neighbours.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.pad(&x.scalar_like(0.0)?, &[1, 0], &[0, -1], &[0, 1])?.dims(), &[3, 4]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn pad(
         &self,
         value: &Value,
@@ -339,6 +440,17 @@ impl Value {
     }
 
     /// Reverses the order of elements along `dims`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// let z = x.reverse(&[0, 1])?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn reverse(&self, dims: &[usize]) -> Result<Value> {
         check_dims_unique("reverse", dims, self.rank(), "dimensions")?;
         Ok(self
@@ -354,6 +466,17 @@ impl Value {
     }
 
     /// Inserts a dimension of size 1 at `axis`.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.expand_dims(0)?.dims(), &[1, 2, 3]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn expand_dims(&self, axis: usize) -> Result<Value> {
         if axis > self.rank() {
             return Err(op_err(
@@ -367,6 +490,17 @@ impl Value {
     }
 
     /// Removes the given dimensions, which must have size 1.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.expand_dims(2)?.squeeze(&[2])?.dims(), &[2, 3]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn squeeze(&self, axes: &[usize]) -> Result<Value> {
         check_dims_unique("squeeze", axes, self.rank(), "axes")?;
         if let Some(&a) = axes.iter().find(|&&a| self.dims()[a] != 1) {
@@ -383,6 +517,17 @@ impl Value {
     }
 
     /// Flattens to one dimension.
+    ///
+    /// ```
+    /// # use xlayer::{builder::*, ArraySpec, DType};
+    /// # let b = Builder::new();
+    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
+    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
+    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
+    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
+    /// assert_eq!(x.flatten()?.dims(), &[6]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn flatten(&self) -> Result<Value> {
         self.reshape(&[self.element_count()])
     }
