@@ -260,6 +260,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A checkpoint tensor is missing, unexpected, or of the wrong shape or dtype.
+    #[error("weights {}: tensor `{tensor}`: {reason}", file.display())]
+    Weights {
+        /// The checkpoint file.
+        file: PathBuf,
+        /// The tensor's key in the file.
+        tensor: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// Host inputs do not fit a program: missing, extra, or of the wrong
     /// dtype or shape (the message names the tensor and both types).
     #[error("inputs: {0}")]

@@ -34,6 +34,7 @@ pub mod export;
 pub mod io;
 pub mod pjrt;
 pub mod program;
+pub mod weights;
 
 pub use dtype::{ArraySpec, DType, NativeType};
 pub use error::{Error, ErrorCode, Result};

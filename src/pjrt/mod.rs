@@ -26,4 +26,5 @@ pub mod client;
 pub mod compile_options;
 mod event;
 pub mod executable;
+pub mod mmap;
 pub mod plugin;
