@@ -32,6 +32,7 @@ pub mod dtype;
 pub mod error;
 pub mod export;
 pub mod io;
+pub mod layers;
 pub mod pjrt;
 pub mod program;
 pub mod weights;

@@ -184,6 +184,13 @@ impl Tree<()> {
     }
 }
 
+impl<T> Default for Tree<T> {
+    /// The empty tree.
+    fn default() -> Self {
+        Tree::Empty
+    }
+}
+
 impl<T> From<T> for Tree<T> {
     fn from(x: T) -> Self {
         Tree::Leaf(x)

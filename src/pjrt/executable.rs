@@ -412,6 +412,12 @@ impl Executable {
         out
     }
 
+    /// Checks arguments as [`Executable::execute`] does, without running:
+    /// count, dtype, shape, client and device of each.
+    pub fn check_arguments(&self, args: &[&Buffer]) -> Result<()> {
+        self.validate(args.len(), |i| args[i])
+    }
+
     fn validate<'b>(&self, count: usize, arg: impl Fn(usize) -> &'b Buffer) -> Result<()> {
         let inputs = &self.signature.inputs;
         if count != inputs.len() {
