@@ -54,8 +54,9 @@ pub struct Device {
     pub(crate) client_id: u64,
     index: usize,
     id: i32,
-    kind: String,
-    description: String,
+    // Shared: a device is cloned into every buffer an execute returns.
+    kind: Arc<str>,
+    description: Arc<str>,
 }
 
 // SAFETY: a PJRT_Device is owned by its client, immutable from our side, and
@@ -394,7 +395,7 @@ fn describe_device(
         client_id,
         index,
         id: i.id,
-        kind: read_str(k.device_kind, k.device_kind_size),
-        description: read_str(s.to_string, s.to_string_size),
+        kind: read_str(k.device_kind, k.device_kind_size).into(),
+        description: read_str(s.to_string, s.to_string_size).into(),
     })
 }
