@@ -392,10 +392,15 @@ pub fn load_tree(
 
 /// Saves a tree of buffers to a safetensors file, keys from `map`
 /// (written to a temporary file and renamed: never half-written).
-pub fn save_tree(path: impl AsRef<Path>, tree: &Tree<Buffer>, map: &NameMap) -> Result<()> {
+pub fn save_tree<B: AsRef<Buffer>>(
+    path: impl AsRef<Path>,
+    tree: &Tree<B>,
+    map: &NameMap,
+) -> Result<()> {
     let path = path.as_ref();
     let mut host = Vec::new();
     for (p, b) in tree.entries() {
+        let b = b.as_ref();
         host.push((map.key_for(&p), b.spec().clone(), b.to_bytes()?));
     }
     write_host_safetensors(path, &host)

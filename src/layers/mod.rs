@@ -9,11 +9,13 @@
 
 mod jax_layer;
 mod layer;
+mod model;
 mod runner;
 pub mod signature;
 
 pub use jax_layer::{JaxLayer, JaxLayerBuilder};
 pub use layer::{output_specs, DTypePolicy, Layer, Weights};
+pub use model::{apply_layer, Apply, HostArray, Input, Model, Sequential, Symbolic};
 pub use signature::{
     CallArgs, Init, InitState, Inputs, Needs, Out, OutState, Params, Rng, State, Training,
 };

@@ -176,6 +176,18 @@ impl Client {
         Client::new(&Plugin::cpu()?, &ClientOptions::new())
     }
 
+    /// The process-wide default client (like JAX's default backend): created
+    /// on first use from the default plugin, then shared. Layers applied to
+    /// symbolic inputs are built on it.
+    pub fn default_client() -> Result<Client> {
+        static DEFAULT: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
+        if let Some(c) = DEFAULT.get() {
+            return Ok(c.clone());
+        }
+        let c = Client::default_plugin()?;
+        Ok(DEFAULT.get_or_init(|| c).clone())
+    }
+
     /// A client of the default plugin (`XLAYER_PJRT_PLUGIN`, else CPU).
     pub fn default_plugin() -> Result<Client> {
         Client::new(&Plugin::default_plugin()?, &ClientOptions::new())
