@@ -114,12 +114,12 @@ impl Builder {
     ) -> Result<Vec<Value>> {
         if index.spec() != &ArraySpec::new(DType::I32, []) {
             return Err(op_err(
-                "case",
+                "switch",
                 format!("the index must be an i32 scalar, got {}", index.spec()),
             ));
         }
         if branches.is_empty() {
-            return Err(op_err("case", "needs at least one branch"));
+            return Err(op_err("switch", "needs at least one branch"));
         }
         let mut regions = Vec::new();
         let mut types: Option<Vec<ArraySpec>> = None;
@@ -129,7 +129,7 @@ impl Builder {
                 None => types = Some(out),
                 Some(t) if *t != out => {
                     return Err(op_err(
-                        "case",
+                        "switch",
                         format!("branch {i} returns {out:?}, branch 0 returns {t:?}"),
                     ));
                 }
@@ -137,9 +137,13 @@ impl Builder {
             }
             regions.push(r);
         }
+        // stablehlo.case runs the last branch for an out-of-range index;
+        // lax.switch clamps into [0, n - 1] (so a negative index runs branch 0).
+        let n = regions.len() as i32;
+        let index = index.clamp(&self.scalar(0i32)?, &self.scalar(n - 1)?)?;
         self.push(
             Op::Case { branches: regions },
-            &[index],
+            &[&index],
             types.unwrap_or_default(),
         )
     }
