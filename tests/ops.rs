@@ -944,3 +944,181 @@ fn every_fixture_case_is_tested() {
 
 #[allow(dead_code)]
 fn unused(_: Error) {}
+
+// ------------------------------------------------------------------ misuse
+
+/// `r` must be `Error::Op` for `op` whose message names every one of `shapes`.
+fn misuse<T: std::fmt::Debug>(r: Result<T>, op: &str, shapes: &[&str]) {
+    match r {
+        Err(Error::Op { op: got, message }) => {
+            assert_eq!(got, op, "op name in {message:?}");
+            let text = format!("{got}: {message}");
+            for s in shapes {
+                assert!(text.contains(s), "{text:?} does not name {s:?}");
+            }
+        }
+        other => panic!("{op}: expected Error::Op, got {other:?}"),
+    }
+}
+
+#[test]
+fn misuse_names_op_and_shapes() -> Result<()> {
+    let b = Builder::new();
+    let p = |dt: DType, dims: &[usize], n: &str| b.parameter(ArraySpec::new(dt, dims), n);
+    let f23 = p(DType::F32, &[2, 3], "a")?;
+    let f34 = p(DType::F32, &[3, 4], "b")?;
+    let f4 = p(DType::F32, &[4], "c")?;
+    let i23 = p(DType::I32, &[2, 3], "d")?;
+    let bool23 = p(DType::Bool, &[2, 3], "e")?;
+    let i0 = p(DType::I32, &[], "f")?;
+    let f0 = p(DType::F32, &[], "g")?;
+
+    // elementwise
+    misuse(i23.exp(), "exp", &["i32[2,3]"]);
+    misuse(f23.population_count(), "population_count", &["f32[2,3]"]);
+    misuse(f23.add(&f34), "add", &["f32[2,3]", "f32[3,4]"]);
+    misuse(f23.add(&i23), "add", &["f32[2,3]", "i32[2,3]"]);
+    misuse(f23.shift_left(&f23), "shift_left", &["f32"]);
+    misuse(f23.atan2(&f4), "atan2", &["f32[2,3]", "f32[4]"]);
+    misuse(f23.lt(&f34), "compare", &["f32[2,3]", "f32[3,4]"]);
+    misuse(f23.select(&f23, &f23), "select", &["f32[2,3]"]);
+    misuse(
+        bool23.select(&f34, &f34),
+        "select",
+        &["bool[2,3]", "f32[3,4]"],
+    );
+    misuse(f23.clamp(&f4, &f0), "clamp", &["f32[4]", "f32[2,3]"]);
+    misuse(
+        f23.is_finite().and_then(|v| v.is_finite()),
+        "is_finite",
+        &["bool[2,3]"],
+    );
+    misuse(
+        f23.bitcast_convert(DType::F64),
+        "bitcast_convert",
+        &["f32[2,3]", "f64"],
+    );
+    // shapes
+    misuse(f23.reshape(&[4, 2]), "reshape", &["f32[2,3]", "[4, 2]"]);
+    misuse(f23.transpose(&[0, 0]), "transpose", &["[0, 0]", "[2, 3]"]);
+    misuse(
+        f23.broadcast_in_dim(&[5, 4], &[0, 1]),
+        "broadcast_in_dim",
+        &["f32[2,3]", "[5, 4]"],
+    );
+    misuse(f23.slice(&[0, 0], &[3, 3], &[1, 1]), "slice", &["f32[2,3]"]);
+    misuse(
+        f23.dynamic_slice(&[i0.clone()], &[1, 1]),
+        "dynamic_slice",
+        &["f32[2,3]"],
+    );
+    misuse(
+        f23.dynamic_slice(&[f0.clone(), i0.clone()], &[1, 1]),
+        "dynamic_slice",
+        &["f32[]"],
+    );
+    misuse(
+        f23.dynamic_update_slice(&f34, &[i0.clone(), i0.clone()]),
+        "dynamic_update_slice",
+        &["f32[3,4]", "f32[2,3]"],
+    );
+    misuse(
+        Value::concatenate(&[f23.clone(), f34.clone()], 0),
+        "concatenate",
+        &["f32[2,3]", "f32[3,4]"],
+    );
+    misuse(f23.pad(&i0, &[0, 0], &[0, 0], &[0, 0]), "pad", &["i32[]"]);
+    misuse(f23.reverse(&[2]), "reverse", &["[2, 3]"]);
+    misuse(b.iota(DType::F32, &[2, 3], 2), "iota", &["[2, 3]"]);
+    // linalg
+    misuse(f23.matmul(&f4), "matmul", &["f32[2,3]", "f32[4]"]);
+    misuse(f0.matmul(&f4), "matmul", &["f32[]"]);
+    let dims = DotDims {
+        lhs_contract: vec![0],
+        rhs_contract: vec![0],
+        ..DotDims::default()
+    };
+    misuse(
+        f23.dot_general(&f34, &dims),
+        "dot_general",
+        &["f32[2,3]", "f32[3,4]"],
+    );
+    misuse(
+        Value::einsum("ij,jk->ik", &f23, &f23),
+        "einsum",
+        &["f32[2,3]"],
+    );
+    let k = p(DType::F32, &[3, 3, 2, 4], "k")?;
+    let img = p(DType::F32, &[1, 5, 5, 3], "img")?;
+    let attrs = ConvAttrs {
+        dims: ConvDims::nhwc(2),
+        strides: vec![1, 1],
+        padding: vec![(0, 0); 2],
+        lhs_dilation: vec![1, 1],
+        rhs_dilation: vec![1, 1],
+        feature_group_count: 1,
+        batch_group_count: 1,
+    };
+    misuse(
+        img.conv_general(&k, &attrs),
+        "convolution",
+        &["f32[1,5,5,3]", "f32[3,3,2,4]"],
+    );
+    misuse(
+        f23.conv_general(&k, &attrs),
+        "convolution",
+        &["f32[2,3]", "f32[3,3,2,4]"],
+    );
+    // reductions, windows
+    misuse(f23.sum(&[2], false), "sum", &["f32[2,3]"]);
+    misuse(bool23.sum(&[0], false), "sum", &["bool[2,3]"]);
+    misuse(f23.all(&[0], false), "all", &["f32[2,3]"]);
+    misuse(i23.mean(&[0], false), "mean", &["i32[2,3]"]);
+    misuse(f23.argmax(5, DType::I32), "argmax", &["f32[2,3]"]);
+    misuse(
+        f23.max_pool(&[2], &[1], &Padding::Valid),
+        "max_pool",
+        &["f32[2,3]"],
+    );
+    misuse(f23.cumsum(3, false), "cumsum", &["f32[2,3]"]);
+    // gather, scatter, sort
+    misuse(f23.take(&f4, 0), "take", &["f32[4]"]);
+    misuse(f23.take(&i0, 4), "take", &["f32[2,3]"]);
+    let idx = p(DType::I32, &[2], "idx")?;
+    misuse(f23.at_set(&idx, &f34), "scatter", &["f32[3,4]"]);
+    misuse(f23.sort(2, false), "sort", &["f32[2,3]"]);
+    misuse(f23.top_k(4), "top_k", &["f32[2,3]"]);
+    // control flow
+    misuse(
+        b.cond(&i0, || Ok(vec![]), || Ok(vec![])),
+        "cond",
+        &["i32[]"],
+    );
+    misuse(
+        b.switch(&f0, vec![Box::new(|| Ok(vec![]))]),
+        "switch",
+        &["f32[]"],
+    );
+    misuse(
+        b.switch(
+            &i0,
+            vec![
+                Box::new(|| Ok(vec![f0.clone()])),
+                Box::new(|| Ok(vec![f4.clone()])),
+            ],
+        ),
+        "switch",
+        &["f32[4]", "f32[]"],
+    );
+    misuse(
+        b.while_loop(&[f4.clone()], |c| Ok(c[0].clone()), |c| Ok(c.to_vec())),
+        "while",
+        &["f32[4]"],
+    );
+    // nn
+    misuse(nn::softmax(&i23, 1), "softmax", &["i32[2,3]"]);
+    misuse(nn::softmax(&f23, 2), "softmax", &["f32[2,3]"]);
+    misuse(nn::one_hot(&f23, 3, DType::F32), "one_hot", &["f32[2,3]"]);
+    misuse(nn::gelu(&i23, true), "gelu", &["i32[2,3]"]);
+    Ok(())
+}

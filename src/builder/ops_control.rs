@@ -41,14 +41,21 @@ impl Builder {
         if cond_out != vec![ArraySpec::new(DType::Bool, [])] {
             return Err(op_err(
                 "while",
-                format!("the condition must return a bool scalar, returned {cond_out:?}"),
+                format!(
+                    "the condition must return a bool scalar, returned {}",
+                    list(&cond_out)
+                ),
             ));
         }
         let (body_r, body_out) = self.region("while", &types, body)?;
         if body_out != types {
             return Err(op_err(
                 "while",
-                format!("the body must return the carried types {types:?}, returned {body_out:?}"),
+                format!(
+                    "the body must return the carried types {}, returned {}",
+                    list(&types),
+                    list(&body_out)
+                ),
             ));
         }
         let refs: Vec<&Value> = init.iter().collect();
@@ -130,7 +137,11 @@ impl Builder {
                 Some(t) if *t != out => {
                     return Err(op_err(
                         "switch",
-                        format!("branch {i} returns {out:?}, branch 0 returns {t:?}"),
+                        format!(
+                            "branch {i} returns {}, branch 0 returns {}",
+                            list(&out),
+                            list(t)
+                        ),
                     ));
                 }
                 Some(_) => {}
@@ -147,4 +158,10 @@ impl Builder {
             types.unwrap_or_default(),
         )
     }
+}
+
+/// `(f32[4], i32[])`: specs as the messages print them.
+fn list(specs: &[ArraySpec]) -> String {
+    let v: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+    format!("({})", v.join(", "))
 }
