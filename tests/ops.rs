@@ -942,9 +942,6 @@ fn every_fixture_case_is_tested() {
     );
 }
 
-#[allow(dead_code)]
-fn unused(_: Error) {}
-
 // ------------------------------------------------------------------ misuse
 
 /// `r` must be `Error::Op` for `op` whose message names every one of `shapes`.
@@ -1121,4 +1118,222 @@ fn misuse_names_op_and_shapes() -> Result<()> {
     misuse(nn::one_hot(&f23, 3, DType::F32), "one_hot", &["f32[2,3]"]);
     misuse(nn::gelu(&i23, true), "gelu", &["i32[2,3]"]);
     Ok(())
+}
+
+// ------------------------------------------------------------------ all together
+
+/// One program using every op: the emitted StableHLO names every Op kind,
+/// compiles on the pinned plugin and runs.
+#[test]
+fn one_program_uses_every_op() -> Result<()> {
+    let specs = [
+        ArraySpec::of::<f32>([2, 4, 4, 3]),
+        ArraySpec::of::<i32>([5]),
+        ArraySpec::of::<f32>([4, 3]),
+    ];
+    let exe_outputs = std::cell::Cell::new(0usize);
+    let c = xlayer::builder::trace(
+        "every_op",
+        &xlayer::builder::Tree::List(
+            specs
+                .iter()
+                .cloned()
+                .map(xlayer::builder::Tree::Leaf)
+                .collect(),
+        ),
+        |b, t| {
+            let x = t.into_leaves();
+            let (img, ids, m) = (&x[0], &x[1], &x[2]);
+            let mut outs = Vec::new();
+            // every unary op
+            let f = m.clamp(&m.scalar_like(-0.9)?, &m.scalar_like(0.9)?)?;
+            for op in UNARY {
+                let v = match op {
+                    UnaryOp::Not | UnaryOp::PopCount => ids.unary(op)?.convert(DType::F32)?,
+                    UnaryOp::IsFinite => f.is_finite()?.convert(DType::F32)?,
+                    _ => f.unary(op)?,
+                };
+                outs.push(total(&v)?);
+            }
+            // every binary op
+            for op in BINARY {
+                let v = match op {
+                    BinaryOp::And | BinaryOp::Or | BinaryOp::Xor => {
+                        ids.binary(op, &ids.reverse(&[0])?)?
+                    }
+                    BinaryOp::ShiftLeft
+                    | BinaryOp::ShiftRightArithmetic
+                    | BinaryOp::ShiftRightLogical => ids.binary(op, &ids.scalar_like(1.0)?)?,
+                    _ => f.binary(op, &(f.abs()? + 0.5)?)?,
+                };
+                outs.push(total(&v.convert(DType::F32)?)?);
+            }
+            let sel = f.gt(&f.scalar_like(0.0)?)?.select(&f, &f.neg()?)?;
+            let bits = f.bitcast_convert(DType::U32)?.bitcast_convert(DType::F32)?;
+            let io = b.iota(DType::F32, &[4, 3], 1)?;
+            let bc = f4_of(&io)?.broadcast_in_dim(&[2, 4], &[1])?;
+            let sl = (&sel + &bits)?.slice(&[0, 0], &[4, 3], &[2, 1])?;
+            let ds = io.dynamic_slice(&[b.scalar(1i32)?, b.scalar(0i32)?], &[2, 3])?;
+            let dus = io.dynamic_update_slice(&ds, &[b.scalar(0i32)?, b.scalar(0i32)?])?;
+            let cat = Value::concatenate(&[sl, ds], 0)?;
+            let pd = cat.pad(&cat.scalar_like(0.0)?, &[1, -1], &[0, 1], &[1, 0])?;
+            let mm = pd.transpose(&[1, 0])?.matmul(&pd)?;
+            outs.push(total(&dus)?);
+            let es = Value::einsum("ij,jk->ik", &mm, &io.t()?)?;
+            let k = b.ones(DType::F32, &[2, 2, 3, 2])?;
+            let cv = conv(
+                img,
+                &k,
+                ConvDims::nhwc(2),
+                &[1, 1],
+                Padding::Same,
+                &[1, 1],
+                &[1, 1],
+                1,
+                1,
+            )?
+            .remove(0);
+            let pool = cv.max_pool(&[1, 2, 2, 1], &[1, 2, 2, 1], &Padding::Valid)?;
+            let avg = cv.avg_pool(&[1, 2, 2, 1], &[1, 1, 1, 1], &Padding::Same)?;
+            outs.push(pool.sum(&[0, 1, 2, 3], false)?);
+            outs.push(avg.mean(&[0, 1, 2, 3], false)?);
+            outs.push(es.prod(&[0, 1], false)?.min(&[], false)?);
+            outs.push(bc.max(&[0, 1], false)?);
+            outs.push(
+                f.gt(&f.scalar_like(0.0)?)?
+                    .all(&[0], false)?
+                    .any(&[0], false)?
+                    .convert(DType::F32)?,
+            );
+            outs.push(
+                m.argmax(0, DType::I32)?
+                    .convert(DType::F32)?
+                    .sum(&[0], false)?,
+            );
+            outs.push(
+                m.argmin(1, DType::I32)?
+                    .convert(DType::F32)?
+                    .sum(&[0], false)?,
+            );
+            outs.push(m.cumsum(0, true)?.cummax(1, false)?.sum(&[0, 1], false)?);
+            let table = b.iota(DType::F32, &[10, 4], 0)?;
+            let emb = table.take(ids, 0)?;
+            let sc = emb
+                .at_add(ids, &b.ones(DType::F32, &[5, 4])?)?
+                .at_set(ids, &b.zeros(DType::F32, &[5, 4])?)?;
+            outs.push(sc.sum(&[0, 1], false)?);
+            let (sv, si) = m.sort_with_indices(1, true, DType::I32)?;
+            let (tv, ti) = m.top_k(2)?;
+            outs.push((sv.sort(0, false)?.sum(&[0, 1], false)? + tv.sum(&[0, 1], false)?)?);
+            outs.push(
+                si.sum(&[0, 1], false)?
+                    .add(&ti.sum(&[0, 1], false)?)?
+                    .convert(DType::F32)?,
+            );
+            let w = b.while_loop(
+                &[b.scalar(1f32)?],
+                |c| c[0].lt(&c[0].scalar_like(50.0)?),
+                |c| Ok(vec![(&c[0] * 3.0)?]),
+            )?;
+            let fl = b.fori_loop(0, 3, &[w[0].clone()], |i, c| {
+                Ok(vec![(&c[0] + &i.convert(DType::F32)?)?])
+            })?;
+            let cd = b.cond(
+                &fl[0].gt(&fl[0].scalar_like(0.0)?)?,
+                || Ok(vec![fl[0].sin()?]),
+                || Ok(vec![fl[0].cos()?]),
+            )?;
+            let sw = b.switch(
+                &b.scalar(1i32)?,
+                vec![
+                    Box::new(|| Ok(vec![cd[0].clone()])),
+                    Box::new(|| Ok(vec![cd[0].exp()?])),
+                ],
+            )?;
+            outs.push(sw[0].clone());
+            for v in [
+                nn::relu(m)?,
+                nn::gelu(m, false)?,
+                nn::gelu(m, true)?,
+                nn::silu(m)?,
+                nn::sigmoid(m)?,
+                nn::softplus(m)?,
+                nn::softmax(m, 1)?,
+                nn::log_softmax(m, 0)?,
+                nn::standardize(m, 1, 1e-5)?,
+                nn::one_hot(ids, 10, DType::F32)?,
+            ] {
+                outs.push(v.sum(&[0, 1], false)?);
+            }
+            outs.push(nn::logsumexp(m, 1, false)?.sum(&[0], false)?);
+            exe_outputs.set(outs.len());
+            Ok(xlayer::builder::Tree::List(
+                outs.into_iter().map(xlayer::builder::Tree::Leaf).collect(),
+            ))
+        },
+    )?;
+    // every Op kind appears in the graph
+    let text = c.to_stablehlo();
+    for name in [
+        "stablehlo.iota",
+        "stablehlo.broadcast_in_dim",
+        "stablehlo.reshape",
+        "stablehlo.transpose",
+        "stablehlo.slice",
+        "stablehlo.dynamic_slice",
+        "stablehlo.dynamic_update_slice",
+        "stablehlo.concatenate",
+        "stablehlo.pad",
+        "stablehlo.reverse",
+        "stablehlo.dot_general",
+        "stablehlo.convolution",
+        "stablehlo.reduce",
+        "stablehlo.reduce_window",
+        "stablehlo.gather",
+        "stablehlo.scatter",
+        "stablehlo.sort",
+        "chlo.top_k",
+        "stablehlo.while",
+        "stablehlo.case",
+        "stablehlo.select",
+        "stablehlo.clamp",
+        "stablehlo.compare",
+        "stablehlo.convert",
+        "stablehlo.bitcast_convert",
+        "stablehlo.constant",
+    ]
+    .into_iter()
+    .chain(UNARY.iter().map(|o| o.mlir_name()))
+    .chain(BINARY.iter().map(|o| o.mlir_name()))
+    {
+        assert!(text.contains(name), "{name} missing from the program");
+    }
+    let exe = c.compile(client())?;
+    let dev = client().default_device();
+    let img = client().buffer_from_host(
+        &(0..96).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(),
+        &[2, 4, 4, 3],
+    )?;
+    let ids = client().buffer_from_host(&[3i32, 0, 9, 3, 12], &[5])?;
+    let m = client().buffer_from_bytes(
+        &(0..12)
+            .flat_map(|i| ((i as f32 - 5.5) / 4.0).to_le_bytes())
+            .collect::<Vec<u8>>(),
+        &specs[2],
+        dev,
+    )?;
+    let outs = exe.execute(&[&img, &ids, &m])?;
+    assert_eq!(outs.len(), exe_outputs.get());
+    for o in &outs {
+        o.to_bytes()?;
+    }
+    Ok(())
+}
+
+fn total(v: &Value) -> Result<Value> {
+    v.sum(&(0..v.rank()).collect::<Vec<_>>(), false)
+}
+
+fn f4_of(io: &Value) -> Result<Value> {
+    io.slice(&[0, 0], &[4, 1], &[1, 1])?.reshape(&[4])
 }
