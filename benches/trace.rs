@@ -3,9 +3,10 @@
 //!
 //! `cargo bench --bench trace`
 
+use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{black_box, Criterion};
+use criterion::Criterion;
 use xlayer::builder::{trace, Computation, Tree};
 use xlayer::{ArraySpec, Client};
 

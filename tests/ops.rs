@@ -1005,7 +1005,7 @@ fn misuse_names_op_and_shapes() -> Result<()> {
     );
     misuse(f23.slice(&[0, 0], &[3, 3], &[1, 1]), "slice", &["f32[2,3]"]);
     misuse(
-        f23.dynamic_slice(&[i0.clone()], &[1, 1]),
+        f23.dynamic_slice(std::slice::from_ref(&i0), &[1, 1]),
         "dynamic_slice",
         &["f32[2,3]"],
     );
@@ -1108,7 +1108,11 @@ fn misuse_names_op_and_shapes() -> Result<()> {
         &["f32[4]", "f32[]"],
     );
     misuse(
-        b.while_loop(&[f4.clone()], |c| Ok(c[0].clone()), |c| Ok(c.to_vec())),
+        b.while_loop(
+            std::slice::from_ref(&f4),
+            |c| Ok(c[0].clone()),
+            |c| Ok(c.to_vec()),
+        ),
         "while",
         &["f32[4]"],
     );
