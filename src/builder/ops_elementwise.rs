@@ -214,6 +214,10 @@ impl Value {
     /// # Ok::<(), xlayer::Error>(())
     /// ```
     pub fn unary(&self, op: UnaryOp) -> Result<Value> {
+        if op == UnaryOp::IsFinite {
+            // its output is bool, not the operand's type
+            return self.is_finite();
+        }
         if !unary_dtype_ok(op, self.dtype()) {
             return Err(op_err(
                 op.name(),
