@@ -3,7 +3,6 @@
 use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
 use crate::pjrt::client::Client;
-use crate::pjrt::compile_options::CompileOptions;
 use crate::pjrt::executable::Executable;
 use crate::program::{Program, Signature};
 
@@ -204,14 +203,9 @@ impl Computation {
         Ok(p)
     }
 
-    /// Emits and compiles on `client`.
-    ///
-    /// `stablehlo.maximum`/`minimum` (and so `clamp`, max pooling, `relu`)
-    /// propagate NaN, as StableHLO and JAX define them; the pinned CPU plugin
-    /// defaults to `xla_cpu_enable_fast_min_max`, which does not, so it is
-    /// turned off here (other backends ignore this CPU flag).
+    /// Emits and compiles on `client` with the default [`crate::CompileOptions`]
+    /// (NaN-propagating min/max, as JAX).
     pub fn compile(&self, client: &Client) -> Result<Executable> {
-        let options = CompileOptions::new().xla_flag("xla_cpu_enable_fast_min_max", false);
-        client.compile_with(&self.program()?, &options)
+        client.compile(&self.program()?)
     }
 }
