@@ -715,14 +715,14 @@ mod tests {
     fn next_after_steps_one_ulp() {
         assert_eq!(
             next_after(-2.0, DType::F32, true),
-            f64::from(-2.0f32 + 2f32.powi(-22))
+            f64::from(-2.0f32 + 2f32.powi(-23))
         );
         assert_eq!(
             next_after(2.0, DType::F32, false),
-            f64::from(2.0f32 - 2f32.powi(-22))
+            f64::from(2.0f32 - 2f32.powi(-23))
         );
-        assert_eq!(next_after(2.0, DType::BF16, false), 2.0 - 2f64.powi(-6));
-        assert_eq!(next_after(-2.0, DType::F16, true), -2.0 + 2f64.powi(-9));
+        assert_eq!(next_after(2.0, DType::BF16, false), 2.0 - 2f64.powi(-7));
+        assert_eq!(next_after(-2.0, DType::F16, true), -2.0 + 2f64.powi(-10));
         assert_eq!(next_after(0.0, DType::F64, true), f64::from_bits(1));
         assert_eq!(minus_one_successor(DType::F32), f64::from(-0.99999994f32));
     }
