@@ -842,6 +842,23 @@ impl Value {
             .remove(0))
     }
 
+    /// The same values, hidden from the compiler's constant folding and
+    /// algebraic simplification (`stablehlo.optimization_barrier`): what
+    /// comes out is computed at run time as written.
+    ///
+    /// ```
+    /// # let b = xlayer::builder::Builder::new();
+    /// let x = b.scalar(2f32)?.optimization_barrier()?;
+    /// assert!(b.build(&[x])?.to_stablehlo().contains("stablehlo.optimization_barrier"));
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
+    pub fn optimization_barrier(&self) -> Result<Value> {
+        Ok(self
+            .builder
+            .push(Op::OptimizationBarrier, &[self], vec![self.spec.clone()])?
+            .remove(0))
+    }
+
     /// `x * x`.
     ///
     /// ```
