@@ -1341,3 +1341,19 @@ fn total(v: &Value) -> Result<Value> {
 fn f4_of(io: &Value) -> Result<Value> {
     io.slice(&[0, 0], &[4, 1], &[1, 1])?.reshape(&[4])
 }
+
+/// XLA's constant folding of an integer division by a constant zero kills
+/// the process (SIGFPE); the builder keeps integer divisors out of constant
+/// folding, so the program runs with XLA's run-time semantics instead.
+#[test]
+fn integer_division_by_constant_zero_does_not_abort() -> anyhow::Result<()> {
+    let exe = xlayer::builder::jit(&Client::cpu()?, &[], |b, _| {
+        let x = b.constant(&[7i32, -7, 3], &[3])?;
+        let z = b.constant(&[0i32, 0, 0], &[3])?;
+        Ok(vec![x.div(&z)?, x.rem(&z)?])
+    })?;
+    let out = exe.execute(&[])?;
+    assert_eq!(out[0].to_vec::<i32>()?, vec![-1, -1, -1]);
+    assert_eq!(out[1].to_vec::<i32>()?, vec![7, -7, 3]);
+    Ok(())
+}

@@ -362,6 +362,16 @@ impl Value {
                 ),
             ));
         }
+        // XLA's constant folding evaluates an integer division by a constant
+        // zero with the host's division instruction, which kills the process
+        // (SIGFPE). Hiding integer divisors behind an optimization barrier
+        // keeps them out of constant folding; at run time XLA defines x / 0
+        // and x % 0 without trapping.
+        let b = if matches!(op, BinaryOp::Div | BinaryOp::Rem) && a.dtype().is_int() {
+            b.optimization_barrier()?
+        } else {
+            b
+        };
         Ok(self
             .builder
             .push(Op::Binary(op), &[&a, &b], vec![a.spec.clone()])?
