@@ -592,3 +592,74 @@ fn rng_is_fresh_per_training_call_and_absent_in_inference() -> Result<()> {
     assert_eq!(layer.call1(&c, &x, false)?.to_vec::<f32>()?, vec![0.0, 0.0]);
     Ok(())
 }
+
+// ---- Haiku-style transforms ----
+
+#[test]
+fn haiku_transform_with_state_and_without_apply_rng() -> Result<()> {
+    use xlayer::builder::{init, random};
+    use xlayer::layers::haiku::{self, Hk};
+    let c = client();
+
+    // transform_with_state: a linear map plus a counter of training calls.
+    let t = haiku::transform_with_state(|hk: &mut Hk, x| {
+        let x = x.into_leaf()?;
+        let w = hk.get_parameter("linear/w", &[x.dims()[1], 2], DType::F32, &init::ones())?;
+        let n = hk.get_state("counter/n", &[], DType::I32, &init::zeros())?;
+        if hk.training() && !hk.running_init() {
+            hk.set_state("counter/n", (n + 1.0)?)?;
+        }
+        Ok(x.matmul(&w)?.into())
+    });
+    let layer = JaxLayer::builder(t.apply())
+        .init_fn(t.init())
+        .seed(1)
+        .build()?;
+    let x = c.buffer_from_host(&[1f32, 2.0, 3.0], &[1, 3])?;
+    assert_eq!(layer.call1(&c, &x, true)?.to_vec::<f32>()?, vec![6.0, 6.0]);
+    layer.call1(&c, &x, true)?;
+    layer.call1(&c, &x, false)?;
+    let w = layer.weights()?;
+    assert_eq!(w.state.get("counter/n").unwrap().to_scalar::<i32>()?, 2);
+    assert_eq!(w.params.paths(), vec!["linear/w"]);
+
+    // without_apply_rng: the layer never asks for a key.
+    let t = haiku::transform(|hk: &mut Hk, x| {
+        let x = x.into_leaf()?;
+        let b = hk.get_parameter("bias/b", &[x.dims()[1]], DType::F32, &init::normal(1.0))?;
+        Ok((x + b)?.into())
+    });
+    let layer = JaxLayer::builder(t.apply_without_rng())
+        .init_fn(t.init())
+        .seed(2)
+        .build()?;
+    assert!(!layer.uses_rng());
+    let y = layer.call1(&c, &x, true)?.to_vec::<f32>()?;
+    assert_eq!(y.len(), 3);
+
+    // A module that uses hk.next_rng_key for dropout in training only.
+    let t = haiku::transform(|hk: &mut Hk, x| {
+        let x = x.into_leaf()?;
+        if !hk.training() {
+            return Ok(x.into());
+        }
+        let keep = random::bernoulli(&hk.next_rng_key()?, 0.5, x.dims())?;
+        Ok(keep
+            .select(&(&x / 0.5)?, &x.scalar_like(0.0)?.broadcast_to(x.dims())?)?
+            .into())
+    });
+    let layer = JaxLayer::builder(t.apply())
+        .init_fn(t.init())
+        .seed(3)
+        .build()?;
+    let ones = c.buffer_from_host(&[1f32; 64], &[1, 64])?;
+    let a = layer.call1(&c, &ones, true)?.to_vec::<f32>()?;
+    let b = layer.call1(&c, &ones, true)?.to_vec::<f32>()?;
+    assert_ne!(a, b, "dropout masks differ between training calls");
+    assert!(a.iter().all(|v| *v == 0.0 || *v == 2.0));
+    assert_eq!(
+        layer.call1(&c, &ones, false)?.to_vec::<f32>()?,
+        vec![1.0; 64]
+    );
+    Ok(())
+}
