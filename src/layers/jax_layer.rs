@@ -16,7 +16,19 @@ use super::signature::{CallArgs, DynFn, IntoCallFn, IntoInitFn, Needs};
 
 struct Store {
     weights: Option<Weights>,
+    /// Cached for the call fast path: params in flatten order, and the
+    /// layout fingerprint; refreshed whenever `weights` is replaced.
+    flat_params: Vec<Arc<Buffer>>,
+    fingerprint: (u64, bool),
     counter: u32,
+}
+
+impl Store {
+    fn set(&mut self, w: Weights) {
+        self.flat_params = w.params.leaves().into_iter().cloned().collect();
+        self.fingerprint = w.fingerprint();
+        self.weights = Some(w);
+    }
 }
 
 struct Inner {
@@ -124,12 +136,13 @@ impl JaxLayer {
         inputs: &Tree<&Buffer>,
         training: bool,
     ) -> Result<Tree<Buffer>> {
-        self.build(client, &inputs.map_leaves(&mut |b| b.spec().clone()))?;
-        let me: Arc<dyn Layer> = Arc::new(self.clone());
-        let name = self.inner.name.clone();
+        if !self.is_built() {
+            self.build(client, &inputs.map_leaves(&mut |b| b.spec().clone()))?;
+        }
+        let me: &dyn Layer = self;
         self.inner.runner.run(
             client,
-            &name,
+            &self.inner.name,
             &[me],
             inputs,
             training,
@@ -334,9 +347,17 @@ impl JaxLayerBuilder {
                 init_fn: self.init.map(|(f, _, _)| f),
                 seed: self.seed.unwrap_or_else(rand::random),
                 policy: self.policy,
-                store: Mutex::new(Store {
-                    weights,
-                    counter: 0,
+                store: Mutex::new({
+                    let mut store = Store {
+                        weights: None,
+                        flat_params: Vec::new(),
+                        fingerprint: (0, false),
+                        counter: 0,
+                    };
+                    if let Some(w) = weights {
+                        store.set(w);
+                    }
+                    store
                 }),
                 runner: Runner::default(),
             }),
@@ -378,7 +399,7 @@ impl Layer for JaxLayer {
         let weights = self.run_init(client, input)?;
         let mut s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
         if s.weights.is_none() {
-            s.weights = Some(weights);
+            s.set(weights);
         }
         Ok(())
     }
@@ -398,7 +419,7 @@ impl Layer for JaxLayer {
                 &format!("set_weights of layer `{}`", self.inner.name),
             )?;
         }
-        s.weights = Some(weights);
+        s.set(weights);
         Ok(())
     }
 
@@ -407,6 +428,28 @@ impl Layer for JaxLayer {
         match &mut s.weights {
             Some(w) => std::mem::replace(&mut w.state, state),
             None => Tree::Empty,
+        }
+    }
+
+    fn flat_params(&self) -> Result<Vec<Arc<Buffer>>> {
+        let s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
+        match s.weights {
+            Some(_) => Ok(s.flat_params.clone()),
+            None => Err(Error::Invalid(format!(
+                "layer `{}` is not built yet",
+                self.inner.name
+            ))),
+        }
+    }
+
+    fn layout_fingerprint(&self) -> Result<(u64, bool)> {
+        let s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
+        match s.weights {
+            Some(_) => Ok(s.fingerprint),
+            None => Err(Error::Invalid(format!(
+                "layer `{}` is not built yet",
+                self.inner.name
+            ))),
         }
     }
 

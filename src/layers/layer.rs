@@ -103,6 +103,19 @@ impl Weights {
         self.state.map_leaves(&mut |b| b.spec().clone())
     }
 
+    /// A hash of the layout (structure, dtypes, shapes), and whether there is state.
+    pub fn fingerprint(&self) -> (u64, bool) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for t in [&self.params, &self.state] {
+            t.hash_structure(&mut h);
+            for b in t.leaves() {
+                b.spec().hash(&mut h);
+            }
+        }
+        (h.finish(), !self.state.is_empty())
+    }
+
     /// Number of scalars in the params.
     pub fn param_count(&self) -> usize {
         self.params.leaves().iter().map(|b| b.element_count()).sum()
@@ -166,6 +179,17 @@ pub trait Layer: Send + Sync {
 
     /// Replaces the weights; they must have the current layout (when built).
     fn set_weights(&self, weights: Weights) -> Result<()>;
+
+    /// The params' buffers in flatten order (cheap: no tree is built).
+    fn flat_params(&self) -> Result<Vec<Arc<Buffer>>> {
+        Ok(self.weights()?.params.into_leaves())
+    }
+
+    /// A hash of the weights' layout (structure, dtypes, shapes) and whether
+    /// the layer has state; equal layouts give equal fingerprints.
+    fn layout_fingerprint(&self) -> Result<(u64, bool)> {
+        Ok(self.weights()?.fingerprint())
+    }
 
     /// Swaps the state for `state` without checks and returns the old one.
     /// Runners use it to hand state buffers to an executable (donation) and

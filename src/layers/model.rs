@@ -412,10 +412,11 @@ impl Model {
                 )));
             }
         }
+        let layers: Vec<&dyn Layer> = self.layers.iter().map(|l| l.as_ref()).collect();
         self.runner.run(
             client,
             &self.name,
-            &self.layers,
+            &layers,
             inputs,
             training,
             &|_b, lv, ins, training| self.trace_forward(lv, ins, training),

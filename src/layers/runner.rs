@@ -3,6 +3,7 @@
 //! executable cached and reused; state buffers donated and replaced.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -27,13 +28,6 @@ pub(crate) struct LayerValues {
 pub(crate) type TraceFn<'a> = dyn Fn(&Builder, Vec<LayerValues>, Tree<Value>, bool) -> Result<(Tree<Value>, Vec<Tree<Value>>)>
     + 'a;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    training: bool,
-    specs: Vec<ArraySpec>,
-    rngs: Vec<bool>,
-}
-
 struct Compiled {
     exe: Executable,
     out_tree: Tree<()>,
@@ -43,14 +37,10 @@ struct Compiled {
 /// A cache of compiled forwards, keyed by everything that shapes the program.
 #[derive(Default)]
 pub(crate) struct Runner {
-    cache: Mutex<HashMap<Key, Arc<Compiled>>>,
+    cache: Mutex<HashMap<u64, Arc<Compiled>>>,
     compiles: AtomicUsize,
     /// Serialises runs: state is handed to the executable during a run.
     running: Mutex<()>,
-}
-
-fn flat_specs(t: &Tree<Arc<Buffer>>) -> impl Iterator<Item = ArraySpec> + '_ {
-    t.leaves().into_iter().map(|b| b.spec().clone())
 }
 
 impl Runner {
@@ -64,90 +54,138 @@ impl Runner {
         &self,
         client: &Client,
         name: &str,
-        layers: &[Arc<dyn Layer>],
+        layers: &[&dyn Layer],
         inputs: &Tree<&Buffer>,
         training: bool,
         trace_fn: &TraceFn<'_>,
     ) -> Result<Tree<Buffer>> {
         let _guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let input_leaves = inputs.leaves();
+        // The cache key: a hash of everything that shapes the program. A
+        // collision cannot give wrong results: arguments are checked against
+        // the executable's signature before it runs.
+        let mut has_state = false;
+        let key = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            training.hash(&mut h);
+            for l in layers {
+                let (fp, state) = l.layout_fingerprint()?;
+                has_state |= state;
+                (training && l.uses_rng()).hash(&mut h);
+                fp.hash(&mut h);
+            }
+            inputs.hash_structure(&mut h);
+            for b in &input_leaves {
+                b.spec().hash(&mut h);
+            }
+            h.finish()
+        };
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let compiled = match cached {
+            Some(c) => c,
+            None => {
+                let weights = layers
+                    .iter()
+                    .map(|l| l.weights())
+                    .collect::<Result<Vec<_>>>()?;
+                let rng_used: Vec<bool> = layers.iter().map(|l| training && l.uses_rng()).collect();
+                let c = self.compile(
+                    client, name, layers, &weights, &rng_used, inputs, training, trace_fn,
+                )?;
+                self.cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, c.clone());
+                c
+            }
+        };
+        let mut rng_buffers: Vec<Buffer> = Vec::new();
+        if training {
+            for l in layers.iter().filter(|l| l.uses_rng()) {
+                rng_buffers.push(client.buffer_from_host(&l.next_rng(), &[2])?);
+            }
+        }
+        if !has_state {
+            // Fast path: no state to hand over; params and inputs borrowed.
+            let params: Vec<Arc<Buffer>> = layers
+                .iter()
+                .map(|l| l.flat_params())
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
+                .collect();
+            let mut args: Vec<Arg<'_>> =
+                Vec::with_capacity(params.len() + rng_buffers.len() + input_leaves.len());
+            args.extend(params.iter().map(|b| Arg::Borrowed(b.as_ref())));
+            args.extend(rng_buffers.iter().map(Arg::Borrowed));
+            args.extend(input_leaves.iter().map(|b| Arg::Borrowed(*b)));
+            let outs = compiled.exe.execute_args(args)?;
+            return compiled.out_tree.unflatten(outs);
+        }
         let weights = layers
             .iter()
             .map(|l| l.weights())
             .collect::<Result<Vec<_>>>()?;
-        let rng_used: Vec<bool> = layers.iter().map(|l| training && l.uses_rng()).collect();
-        let mut specs: Vec<ArraySpec> = Vec::new();
-        for w in &weights {
-            specs.extend(flat_specs(&w.params));
-        }
-        for w in &weights {
-            specs.extend(flat_specs(&w.state));
-        }
-        specs.extend(inputs.leaves().into_iter().map(|b| b.spec().clone()));
-        let key = Key {
-            training,
-            specs,
-            rngs: rng_used.clone(),
-        };
-        let compiled = self.compiled(
-            client, name, layers, &weights, &rng_used, inputs, training, key, trace_fn,
-        )?;
 
         // Arguments: params (borrowed), state (donated when we hold the only
         // handle), rng keys, inputs.
-        let rng_buffers: Vec<Buffer> = layers
-            .iter()
-            .zip(&rng_used)
-            .filter(|(_, &u)| u)
-            .map(|(l, _)| client.buffer_from_host(&l.next_rng(), &[2]))
-            .collect::<Result<_>>()?;
-        let params: Vec<Arc<Buffer>> = weights
-            .iter()
-            .flat_map(|w| w.params.leaves().into_iter().cloned())
-            .collect();
-        let n_state: usize = weights.iter().map(|w| w.state.len()).sum();
+        let mut args: Vec<Arg<'_>> = Vec::with_capacity(compiled.exe.signature().inputs.len());
+        for w in &weights {
+            args.extend(
+                w.params
+                    .leaves()
+                    .into_iter()
+                    .map(|b| Arg::Borrowed(b.as_ref())),
+            );
+        }
         {
-            let mut all: Vec<&Buffer> = params.iter().map(|b| b.as_ref()).collect();
+            let mut all: Vec<&Buffer> = args.iter().map(|a| a.buffer()).collect();
             all.extend(
                 weights
                     .iter()
                     .flat_map(|w| w.state.leaves().into_iter().map(|b| b.as_ref())),
             );
             all.extend(rng_buffers.iter());
-            all.extend(inputs.leaves().into_iter().copied());
+            all.extend(input_leaves.iter().copied());
             compiled.exe.check_arguments(&all)?;
         }
+        let params: Vec<Arc<Buffer>> = weights
+            .iter()
+            .flat_map(|w| w.params.leaves().into_iter().cloned())
+            .collect();
+        drop(args);
         drop(weights);
         // Take the state out of the layers so that our handles are the only ones.
-        let taken: Vec<Tree<Arc<Buffer>>> = layers
+        let state_leaves: Vec<Arc<Buffer>> = layers
             .iter()
-            .map(|l| l.replace_state(Tree::Empty))
+            .flat_map(|l| l.replace_state(Tree::Empty).into_leaves())
             .collect();
-        let state_leaves: Vec<Arc<Buffer>> = taken
-            .iter()
-            .flat_map(|t| t.leaves().into_iter().cloned())
-            .collect();
-        drop(taken);
         let mut args: Vec<Arg<'_>> = params.iter().map(|b| Arg::Borrowed(b.as_ref())).collect();
         let mut kept: Vec<Arc<Buffer>> = Vec::new();
-        let mut donated_or_kept: Vec<Option<Buffer>> = Vec::with_capacity(n_state);
+        let mut owned: Vec<Option<Buffer>> = Vec::with_capacity(state_leaves.len());
         for s in state_leaves {
             match Arc::try_unwrap(s) {
-                Ok(buffer) => donated_or_kept.push(Some(buffer)),
+                Ok(buffer) => owned.push(Some(buffer)),
                 Err(shared) => {
                     kept.push(shared);
-                    donated_or_kept.push(None);
+                    owned.push(None);
                 }
             }
         }
         let mut kept_iter = kept.iter();
-        for slot in donated_or_kept {
+        for slot in owned {
             match slot {
                 Some(buffer) => args.push(Arg::Donated(buffer)),
                 None => args.push(Arg::Borrowed(kept_iter.next().expect("counted").as_ref())),
             }
         }
         args.extend(rng_buffers.iter().map(Arg::Borrowed));
-        args.extend(inputs.leaves().into_iter().map(|b| Arg::Borrowed(b)));
+        args.extend(input_leaves.iter().map(|b| Arg::Borrowed(*b)));
         let mut outs = compiled.exe.execute_args(args)?;
 
         // Split outputs from the new state of each layer, and put the state back.
@@ -163,26 +201,17 @@ impl Runner {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn compiled(
+    fn compile(
         &self,
         client: &Client,
         name: &str,
-        layers: &[Arc<dyn Layer>],
+        layers: &[&dyn Layer],
         weights: &[super::layer::Weights],
         rng_used: &[bool],
         inputs: &Tree<&Buffer>,
         training: bool,
-        key: Key,
         trace_fn: &TraceFn<'_>,
     ) -> Result<Arc<Compiled>> {
-        if let Some(c) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(c.clone());
-        }
         // Parameters, in order: every layer's params, every layer's state,
         // the rng keys of layers that use one, the inputs.
         let mut specs: Vec<(String, ArraySpec)> = Vec::new();
@@ -261,16 +290,11 @@ impl Runner {
         let computation = computation.with_donors(&donors)?;
         let exe = computation.compile(client)?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
-        let c = Arc::new(Compiled {
+        Ok(Arc::new(Compiled {
             exe,
             out_tree,
             state_trees,
-        });
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, c.clone());
-        Ok(c)
+        }))
     }
 }
 

@@ -35,7 +35,8 @@ impl From<Buffer> for Arg<'_> {
 }
 
 impl Arg<'_> {
-    fn buffer(&self) -> &Buffer {
+    /// The buffer, borrowed or owned.
+    pub fn buffer(&self) -> &Buffer {
         match self {
             Arg::Borrowed(b) => b,
             Arg::Donated(b) => b,
