@@ -123,7 +123,7 @@ impl Runner {
                 Vec::with_capacity(params.len() + rng_buffers.len() + input_leaves.len());
             args.extend(params.iter().map(|b| Arg::Borrowed(b.as_ref())));
             args.extend(rng_buffers.iter().map(Arg::Borrowed));
-            args.extend(input_leaves.iter().map(|b| Arg::Borrowed(*b)));
+            args.extend(input_leaves.iter().map(|b| Arg::Borrowed(b)));
             let outs = compiled.exe.execute_args(args)?;
             return compiled.out_tree.unflatten(outs);
         }
@@ -185,7 +185,7 @@ impl Runner {
             }
         }
         args.extend(rng_buffers.iter().map(Arg::Borrowed));
-        args.extend(input_leaves.iter().map(|b| Arg::Borrowed(*b)));
+        args.extend(input_leaves.iter().map(|b| Arg::Borrowed(b)));
         let mut outs = compiled.exe.execute_args(args)?;
 
         // Split outputs from the new state of each layer, and put the state back.
