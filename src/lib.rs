@@ -35,6 +35,7 @@ pub mod io;
 pub mod layers;
 pub mod pjrt;
 pub mod program;
+pub mod train;
 pub mod weights;
 
 pub use dtype::{ArraySpec, DType, NativeType};
