@@ -20,31 +20,34 @@ echo "load average before xlayer: $(cut -d' ' -f1-3 /proc/loadavg)"
 cargo bench -q --bench kernels | tee -a "$log"
 echo
 echo "load average before numpy (env as is): $(cut -d' ' -f1-3 /proc/loadavg)"
-"$PYTHON" benches/compare/numpy_matmul.py | sed 's/^RESULT numpy_/RESULT numpy_env_/' | tee -a "$log"
+"$PYTHON" benches/compare/numpy_matmul.py | sed '/^RESULT /s/numpy_/numpy_env_/g' | tee -a "$log"
 echo
 echo "load average before numpy (OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE unset): $(cut -d' ' -f1-3 /proc/loadavg)"
 env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$PYTHON" benches/compare/numpy_matmul.py \
-  | sed 's/^RESULT numpy_/RESULT numpy_unset_/' | tee -a "$log"
+  | sed '/^RESULT /s/numpy_/numpy_unset_/g' | tee -a "$log"
 
 # key=value pairs from every RESULT line, then the ratios.
 val() { grep '^RESULT ' "$log" | tr ' ' '\n' | sed -n "s/^$1=//p" | tail -1; }
 x=$(val xlayer_matmul_gflops)
 ne=$(val numpy_env_matmul_gflops)
 nu=$(val numpy_unset_matmul_gflops)
+xb=$(val xlayer_matmul_gflops_best)
+neb=$(val numpy_env_matmul_gflops_best)
+nub=$(val numpy_unset_matmul_gflops_best)
 bare=$(val bare_us)
 over=$(val overhead_us)
 noise=$(val bare_noise_us)
 echo
 echo "## Summary (this run)"
 echo
-awk -v x="$x" -v ne="$ne" -v nu="$nu" -v bare="$bare" -v over="$over" -v noise="$noise" 'BEGIN {
+awk -v xb="$xb" -v neb="$neb" -v nub="$nub" -v x="$x" -v ne="$ne" -v nu="$nu" -v bare="$bare" -v over="$over" -v noise="$noise" 'BEGIN {
   printf "| measure | value |\n|---|---:|\n"
   printf "| dispatch floor (bare execute + block_until_ready) | %.3f µs |\n", bare
   printf "| harness overhead per run (bench() wall − bare) | %+.3f µs (%+.1f%%) |\n", over, 100 * over / bare
   printf "| bare-loop noise (max − min over rounds) | %.3f µs |\n", noise
-  printf "| xlayer matmul 1024³ f32 | %.1f GFLOP/s |\n", x
-  printf "| numpy matmul, env as is | %.1f GFLOP/s |\n", ne
-  printf "| numpy matmul, OPENBLAS_CORETYPE/L2_SIZE unset | %.1f GFLOP/s |\n", nu
-  printf "| ratio xlayer / numpy (env as is) | %.2f |\n", x / ne
-  printf "| ratio xlayer / numpy (unset) | %.2f |\n", x / nu
+  printf "| xlayer matmul 1024³ f32, median (fastest run) | %.1f (%.1f) GFLOP/s |\n", x, xb
+  printf "| numpy matmul, env as is, median (fastest run) | %.1f (%.1f) GFLOP/s |\n", ne, neb
+  printf "| numpy matmul, OPENBLAS_CORETYPE/L2_SIZE unset, median (fastest run) | %.1f (%.1f) GFLOP/s |\n", nu, nub
+  printf "| ratio xlayer / numpy (env as is), median (fastest run) | %.2f (%.2f) |\n", x / ne, xb / neb
+  printf "| ratio xlayer / numpy (unset), median (fastest run) | %.2f (%.2f) |\n", x / nu, xb / nub
 }'
