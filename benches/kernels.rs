@@ -119,6 +119,19 @@ fn harness_overhead(client: &Client) -> Result<()> {
         }
         us(t.elapsed()) / n as f64
     };
+    // The harness's per-run costs besides the run: `Instant::now()`,
+    // `elapsed()` and a push into a preallocated vector.
+    let timer_us = {
+        let n = 100_000;
+        let mut v = Vec::with_capacity(n);
+        let t = Instant::now();
+        for _ in 0..n {
+            let s = Instant::now();
+            v.push(std::hint::black_box(s).elapsed());
+        }
+        std::hint::black_box(&v);
+        us(t.elapsed()) / n as f64
+    };
     let (bare_lo, bare_hi) = min_max(&bare);
     let (hm_lo, hm_hi) = min_max(&h_mean);
     let (hw_lo, hw_hi) = min_max(&h_wall);
@@ -148,6 +161,7 @@ fn harness_overhead(client: &Client) -> Result<()> {
         "once per bench() call: cost_analysis() {fixed_us:.1} µs = {:.4} µs per run at {iters} runs",
         fixed_us / iters as f64
     );
+    println!("per run: Instant::now() + elapsed() + push {timer_us:.4} µs");
     println!(
         "bare-loop noise across rounds: {:.3} µs ({:.1}% of its median); harness overhead {:+.3} µs ({:+.1}%)",
         bare_hi - bare_lo,
@@ -156,7 +170,7 @@ fn harness_overhead(client: &Client) -> Result<()> {
         d_med / bare_med * 100.0
     );
     println!(
-        "RESULT bare_us={bare_med:.4} harness_wall_us={hw_med:.4} harness_mean_us={hm_med:.4} overhead_us={d_med:.4} bare_noise_us={:.4} cost_analysis_us={fixed_us:.2}",
+        "RESULT bare_us={bare_med:.4} harness_wall_us={hw_med:.4} harness_mean_us={hm_med:.4} overhead_us={d_med:.4} bare_noise_us={:.4} cost_analysis_us={fixed_us:.2} timer_us={timer_us:.4}",
         bare_hi - bare_lo
     );
     println!();
