@@ -39,12 +39,22 @@ fn last(v: &Value) -> usize {
 
 fn check(loss: &str, y_true: &Value, y_pred: &Value, same_shape: bool) -> Result<()> {
     if !y_pred.dtype().is_float() || y_pred.rank() == 0 {
-        return Err(Error::Op { op: "loss", message: format!("{loss}: predictions must be a float array, got {}", y_pred.spec()) });
+        return Err(Error::Op {
+            op: "loss",
+            message: format!(
+                "{loss}: predictions must be a float array, got {}",
+                y_pred.spec()
+            ),
+        });
     }
     if same_shape && y_true.dims() != y_pred.dims() {
         return Err(Error::Op {
             op: "loss",
-            message: format!("{loss}: targets {} and predictions {} differ in shape", y_true.spec(), y_pred.spec()),
+            message: format!(
+                "{loss}: targets {} and predictions {} differ in shape",
+                y_true.spec(),
+                y_pred.spec()
+            ),
         });
     }
     Ok(())
@@ -74,7 +84,8 @@ impl Loss {
                     nn::log_softmax(y_pred, ax)?
                 } else {
                     let p = (y_pred / &y_pred.sum(&[ax], true)?)?;
-                    p.clamp(&p.scalar_like(EPSILON)?, &p.scalar_like(1.0 - EPSILON)?)?.log()?
+                    p.clamp(&p.scalar_like(EPSILON)?, &p.scalar_like(1.0 - EPSILON)?)?
+                        .log()?
                 };
                 (t * logp)?.sum(&[ax], false)?.neg()
             }
@@ -83,7 +94,11 @@ impl Loss {
                 if !y_true.dtype().is_int() || y_true.rank() + 1 != y_pred.rank() {
                     return Err(Error::Op {
                         op: "loss",
-                        message: format!("{name}: targets must be integer class ids of shape {:?}, got {}", &y_pred.dims()[..y_pred.rank() - 1], y_true.spec()),
+                        message: format!(
+                            "{name}: targets must be integer class ids of shape {:?}, got {}",
+                            &y_pred.dims()[..y_pred.rank() - 1],
+                            y_true.spec()
+                        ),
                     });
                 }
                 let classes = y_pred.dims()[last(y_pred)];
@@ -99,7 +114,10 @@ impl Loss {
                     let x = y_pred;
                     ((nn::relu(x)? - (x * &z)?)? + x.abs()?.neg()?.exp()?.log1p()?)?
                 } else {
-                    let p = y_pred.clamp(&y_pred.scalar_like(EPSILON)?, &y_pred.scalar_like(1.0 - EPSILON)?)?;
+                    let p = y_pred.clamp(
+                        &y_pred.scalar_like(EPSILON)?,
+                        &y_pred.scalar_like(1.0 - EPSILON)?,
+                    )?;
                     let a = (&z * (&p + EPSILON)?.log()?)?;
                     let b = ((z.neg()? + 1.0)? * ((p.neg()? + 1.0)? + EPSILON)?.log()?)?;
                     (a + b)?.neg()?
@@ -108,11 +126,15 @@ impl Loss {
             }
             Loss::MeanSquaredError => {
                 check(name, y_true, y_pred, true)?;
-                (y_pred - &y_true.convert(y_pred.dtype())?)?.square()?.mean(&[last(y_pred)], false)
+                (y_pred - &y_true.convert(y_pred.dtype())?)?
+                    .square()?
+                    .mean(&[last(y_pred)], false)
             }
             Loss::MeanAbsoluteError => {
                 check(name, y_true, y_pred, true)?;
-                (y_pred - &y_true.convert(y_pred.dtype())?)?.abs()?.mean(&[last(y_pred)], false)
+                (y_pred - &y_true.convert(y_pred.dtype())?)?
+                    .abs()?
+                    .mean(&[last(y_pred)], false)
             }
         }
     }
@@ -130,9 +152,20 @@ impl Loss {
 pub fn accuracy(y_true: &Value, y_pred: &Value) -> Result<Value> {
     let ax = last(y_pred);
     let pred = y_pred.argmax(ax, DType::I32)?;
-    let truth = if y_true.dims() == y_pred.dims() { y_true.argmax(ax, DType::I32)? } else { y_true.convert(DType::I32)? };
+    let truth = if y_true.dims() == y_pred.dims() {
+        y_true.argmax(ax, DType::I32)?
+    } else {
+        y_true.convert(DType::I32)?
+    };
     if truth.dims() != pred.dims() {
-        return Err(Error::Op { op: "accuracy", message: format!("targets {} do not match predictions {}", y_true.spec(), y_pred.spec()) });
+        return Err(Error::Op {
+            op: "accuracy",
+            message: format!(
+                "targets {} do not match predictions {}",
+                y_true.spec(),
+                y_pred.spec()
+            ),
+        });
     }
     let axes: Vec<usize> = (0..pred.rank()).collect();
     truth.eq(&pred)?.convert(DType::F32)?.mean(&axes, false)

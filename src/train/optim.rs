@@ -47,7 +47,13 @@ impl From<f64> for Schedule {
     }
 }
 
-fn cosine(b: &crate::builder::Builder, step: &Value, init: f64, steps: usize, alpha: f64) -> Result<Value> {
+fn cosine(
+    b: &crate::builder::Builder,
+    step: &Value,
+    init: f64,
+    steps: usize,
+    alpha: f64,
+) -> Result<Value> {
     // optax: count = min(count, decay_steps); cos = 0.5 (1 + cos(pi count / decay_steps));
     // decayed = (1 - alpha) * cos + alpha; return init * decayed
     let steps = steps.max(1) as f64;
@@ -63,13 +69,29 @@ impl Schedule {
         let b = step.builder();
         match self {
             Schedule::Constant(lr) => b.full(*lr, DType::F32, &[]),
-            Schedule::CosineDecay { init, decay_steps, alpha } => cosine(b, step, *init, *decay_steps, *alpha),
-            Schedule::WarmupCosine { init, peak, warmup_steps, decay_steps, end } => {
+            Schedule::CosineDecay {
+                init,
+                decay_steps,
+                alpha,
+            } => cosine(b, step, *init, *decay_steps, *alpha),
+            Schedule::WarmupCosine {
+                init,
+                peak,
+                warmup_steps,
+                decay_steps,
+                end,
+            } => {
                 let w = (*warmup_steps).max(1) as f64;
                 let warm = ((step * ((peak - init) / w))? + *init)?;
                 let after = (step - w)?;
                 let alpha = if *peak == 0.0 { 0.0 } else { end / peak };
-                let cos = cosine(b, &after, *peak, decay_steps.saturating_sub(*warmup_steps), alpha)?;
+                let cos = cosine(
+                    b,
+                    &after,
+                    *peak,
+                    decay_steps.saturating_sub(*warmup_steps),
+                    alpha,
+                )?;
                 step.lt(&b.full(w, DType::F32, &[])?)?.select(&warm, &cos)
             }
         }
@@ -84,22 +106,44 @@ pub trait Optimizer: Send + Sync {
     /// The initial state for `params`.
     fn init(&self, params: &Tree<Value>) -> Result<Tree<Value>>;
     /// `(new params, new state)` after one step with `grads`.
-    fn update(&self, params: &Tree<Value>, grads: &Tree<Value>, state: &Tree<Value>) -> Result<(Tree<Value>, Tree<Value>)>;
+    fn update(
+        &self,
+        params: &Tree<Value>,
+        grads: &Tree<Value>,
+        state: &Tree<Value>,
+    ) -> Result<(Tree<Value>, Tree<Value>)>;
 }
 
 fn zeros_like(t: &Tree<Value>) -> Result<Tree<Value>> {
     t.try_map(&mut |v| v.builder().zeros(v.dtype(), v.dims()))
 }
 
-fn zip3(a: &Tree<Value>, b: &Tree<Value>, c: &Tree<Value>, what: &str) -> Result<Vec<(Value, Value, Value)>> {
+fn zip3(
+    a: &Tree<Value>,
+    b: &Tree<Value>,
+    c: &Tree<Value>,
+    what: &str,
+) -> Result<Vec<(Value, Value, Value)>> {
     if a.structure() != b.structure() || a.structure() != c.structure() {
-        return Err(Error::Invalid(format!("{what}: params, grads and state differ in structure ({:?} vs {:?})", a.paths(), b.paths())));
+        return Err(Error::Invalid(format!(
+            "{what}: params, grads and state differ in structure ({:?} vs {:?})",
+            a.paths(),
+            b.paths()
+        )));
     }
-    Ok(a.leaves().into_iter().zip(b.leaves()).zip(c.leaves()).map(|((x, y), z)| (x.clone(), y.clone(), z.clone())).collect())
+    Ok(a.leaves()
+        .into_iter()
+        .zip(b.leaves())
+        .zip(c.leaves())
+        .map(|((x, y), z)| (x.clone(), y.clone(), z.clone()))
+        .collect())
 }
 
 fn count_of(state: &Tree<Value>, opt: &str) -> Result<Value> {
-    state.get("count").cloned().ok_or_else(|| Error::Invalid(format!("{opt}: optimizer state has no `count`")))
+    state
+        .get("count")
+        .cloned()
+        .ok_or_else(|| Error::Invalid(format!("{opt}: optimizer state has no `count`")))
 }
 
 fn step_f32(count: &Value) -> Result<Value> {
@@ -126,7 +170,11 @@ pub struct Sgd {
 impl Sgd {
     /// Plain SGD with rate `lr`.
     pub fn new(lr: impl Into<Schedule>) -> Self {
-        Sgd { lr: lr.into(), momentum: None, nesterov: false }
+        Sgd {
+            lr: lr.into(),
+            momentum: None,
+            nesterov: false,
+        }
     }
 
     /// With momentum.
@@ -143,11 +191,23 @@ impl Optimizer for Sgd {
     }
 
     fn init(&self, params: &Tree<Value>) -> Result<Tree<Value>> {
-        let b = params.leaves().first().map(|v| v.builder().clone()).unwrap_or_default();
-        Ok(Tree::map([("count", Tree::leaf(b.scalar(0i32)?)), ("trace", zeros_like(params)?)]))
+        let b = params
+            .leaves()
+            .first()
+            .map(|v| v.builder().clone())
+            .unwrap_or_default();
+        Ok(Tree::map([
+            ("count", Tree::leaf(b.scalar(0i32)?)),
+            ("trace", zeros_like(params)?),
+        ]))
     }
 
-    fn update(&self, params: &Tree<Value>, grads: &Tree<Value>, state: &Tree<Value>) -> Result<(Tree<Value>, Tree<Value>)> {
+    fn update(
+        &self,
+        params: &Tree<Value>,
+        grads: &Tree<Value>,
+        state: &Tree<Value>,
+    ) -> Result<(Tree<Value>, Tree<Value>)> {
         let count = count_of(state, "sgd")?;
         let lr = self.lr.at(&step_f32(&count)?)?;
         let trace = match state {
@@ -164,7 +224,11 @@ impl Optimizer for Sgd {
                 }
                 Some(m) => {
                     let nt = (&g + (&t * m)?)?;
-                    let u = if self.nesterov { (&g + (&nt * m)?)? } else { nt.clone() };
+                    let u = if self.nesterov {
+                        (&g + (&nt * m)?)?
+                    } else {
+                        nt.clone()
+                    };
                     new_trace.push(nt);
                     u
                 }
@@ -174,7 +238,10 @@ impl Optimizer for Sgd {
         let st = params.structure();
         Ok((
             st.unflatten(new_params)?,
-            Tree::map([("count", Tree::leaf((count + 1.0)?)), ("trace", st.unflatten(new_trace)?)]),
+            Tree::map([
+                ("count", Tree::leaf((count + 1.0)?)),
+                ("trace", st.unflatten(new_trace)?),
+            ]),
         ))
     }
 }
@@ -199,12 +266,22 @@ pub struct Adam {
 impl Adam {
     /// Adam with optax's defaults (b1 0.9, b2 0.999, eps 1e-8).
     pub fn new(lr: impl Into<Schedule>) -> Self {
-        Adam { lr: lr.into(), b1: 0.9, b2: 0.999, eps: 1e-8, eps_root: 0.0, weight_decay: None }
+        Adam {
+            lr: lr.into(),
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-8,
+            eps_root: 0.0,
+            weight_decay: None,
+        }
     }
 
     /// AdamW with optax's default weight decay 1e-4.
     pub fn adamw(lr: impl Into<Schedule>, weight_decay: f64) -> Self {
-        Adam { weight_decay: Some(weight_decay), ..Adam::new(lr) }
+        Adam {
+            weight_decay: Some(weight_decay),
+            ..Adam::new(lr)
+        }
     }
 }
 
@@ -218,15 +295,31 @@ impl Optimizer for Adam {
     }
 
     fn init(&self, params: &Tree<Value>) -> Result<Tree<Value>> {
-        let b = params.leaves().first().map(|v| v.builder().clone()).unwrap_or_default();
-        Ok(Tree::map([("count", Tree::leaf(b.scalar(0i32)?)), ("mu", zeros_like(params)?), ("nu", zeros_like(params)?)]))
+        let b = params
+            .leaves()
+            .first()
+            .map(|v| v.builder().clone())
+            .unwrap_or_default();
+        Ok(Tree::map([
+            ("count", Tree::leaf(b.scalar(0i32)?)),
+            ("mu", zeros_like(params)?),
+            ("nu", zeros_like(params)?),
+        ]))
     }
 
-    fn update(&self, params: &Tree<Value>, grads: &Tree<Value>, state: &Tree<Value>) -> Result<(Tree<Value>, Tree<Value>)> {
+    fn update(
+        &self,
+        params: &Tree<Value>,
+        grads: &Tree<Value>,
+        state: &Tree<Value>,
+    ) -> Result<(Tree<Value>, Tree<Value>)> {
         let name = self.name();
         let count = count_of(state, name)?;
         let get = |k: &str| match state {
-            Tree::Map(m) => m.get(k).cloned().ok_or_else(|| Error::Invalid(format!("{name}: state has no `{k}`"))),
+            Tree::Map(m) => m
+                .get(k)
+                .cloned()
+                .ok_or_else(|| Error::Invalid(format!("{name}: state has no `{k}`"))),
             _ => Err(Error::Invalid(format!("{name}: state is not a map"))),
         };
         let (mu, nu) = (get("mu")?, get("nu")?);
@@ -238,11 +331,22 @@ impl Optimizer for Adam {
         let c1 = (b.full(self.b1, DType::F32, &[])?.pow(&t)?.neg()? + 1.0)?;
         let c2 = (b.full(self.b2, DType::F32, &[])?.pow(&t)?.neg()? + 1.0)?;
         let (mu_l, nu_l) = (mu.leaves(), nu.leaves());
-        if mu.structure() != params.structure() || nu.structure() != params.structure() || grads.structure() != params.structure() {
-            return Err(Error::Invalid(format!("{name}: params, grads and state differ in structure")));
+        if mu.structure() != params.structure()
+            || nu.structure() != params.structure()
+            || grads.structure() != params.structure()
+        {
+            return Err(Error::Invalid(format!(
+                "{name}: params, grads and state differ in structure"
+            )));
         }
         let (mut new_p, mut new_mu, mut new_nu) = (Vec::new(), Vec::new(), Vec::new());
-        for (((p, g), m), v) in params.leaves().into_iter().zip(grads.leaves()).zip(mu_l).zip(nu_l) {
+        for (((p, g), m), v) in params
+            .leaves()
+            .into_iter()
+            .zip(grads.leaves())
+            .zip(mu_l)
+            .zip(nu_l)
+        {
             let m1 = moment(g, m, self.b1)?;
             let v1 = moment(&g.square()?, v, self.b2)?;
             let m_hat = (&m1 / &c1.convert(g.dtype())?)?;
@@ -282,7 +386,11 @@ pub struct RmsProp {
 impl RmsProp {
     /// RMSProp with optax's defaults (decay 0.9, eps 1e-8).
     pub fn new(lr: impl Into<Schedule>) -> Self {
-        RmsProp { lr: lr.into(), decay: 0.9, eps: 1e-8 }
+        RmsProp {
+            lr: lr.into(),
+            decay: 0.9,
+            eps: 1e-8,
+        }
     }
 }
 
@@ -292,11 +400,23 @@ impl Optimizer for RmsProp {
     }
 
     fn init(&self, params: &Tree<Value>) -> Result<Tree<Value>> {
-        let b = params.leaves().first().map(|v| v.builder().clone()).unwrap_or_default();
-        Ok(Tree::map([("count", Tree::leaf(b.scalar(0i32)?)), ("nu", zeros_like(params)?)]))
+        let b = params
+            .leaves()
+            .first()
+            .map(|v| v.builder().clone())
+            .unwrap_or_default();
+        Ok(Tree::map([
+            ("count", Tree::leaf(b.scalar(0i32)?)),
+            ("nu", zeros_like(params)?),
+        ]))
     }
 
-    fn update(&self, params: &Tree<Value>, grads: &Tree<Value>, state: &Tree<Value>) -> Result<(Tree<Value>, Tree<Value>)> {
+    fn update(
+        &self,
+        params: &Tree<Value>,
+        grads: &Tree<Value>,
+        state: &Tree<Value>,
+    ) -> Result<(Tree<Value>, Tree<Value>)> {
         let count = count_of(state, "rmsprop")?;
         let nu = match state {
             Tree::Map(m) => m.get("nu").cloned().unwrap_or(Tree::Empty),
@@ -313,7 +433,10 @@ impl Optimizer for RmsProp {
         let st = params.structure();
         Ok((
             st.unflatten(new_p)?,
-            Tree::map([("count", Tree::leaf((count + 1.0)?)), ("nu", st.unflatten(new_nu)?)]),
+            Tree::map([
+                ("count", Tree::leaf((count + 1.0)?)),
+                ("nu", st.unflatten(new_nu)?),
+            ]),
         ))
     }
 }
@@ -330,7 +453,9 @@ pub struct ClipByGlobalNorm<O> {
 /// The global L2 norm of a tree of gradients.
 pub fn global_norm(grads: &Tree<Value>) -> Result<Value> {
     let leaves = grads.leaves();
-    let first = leaves.first().ok_or_else(|| Error::Invalid("global_norm of an empty tree".into()))?;
+    let first = leaves
+        .first()
+        .ok_or_else(|| Error::Invalid("global_norm of an empty tree".into()))?;
     let mut total = first.builder().scalar(0f32)?;
     for g in leaves {
         let axes: Vec<usize> = (0..g.rank()).collect();
@@ -348,7 +473,12 @@ impl<O: Optimizer> Optimizer for ClipByGlobalNorm<O> {
         self.inner.init(params)
     }
 
-    fn update(&self, params: &Tree<Value>, grads: &Tree<Value>, state: &Tree<Value>) -> Result<(Tree<Value>, Tree<Value>)> {
+    fn update(
+        &self,
+        params: &Tree<Value>,
+        grads: &Tree<Value>,
+        state: &Tree<Value>,
+    ) -> Result<(Tree<Value>, Tree<Value>)> {
         let norm = global_norm(grads)?;
         let max = norm.builder().full(self.max_norm, DType::F32, &[])?;
         let keep = norm.lt(&max)?;
