@@ -260,6 +260,25 @@ pub enum Error {
         reason: String,
     },
 
+    /// A checkpoint does not fit the model: tensors missing, or of the wrong
+    /// dtype or shape. Every problem is listed; nothing was uploaded.
+    #[error("checkpoint {} does not fit the model:\n  {}", path.display(), problems.join("\n  "))]
+    Weights {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// One line per tensor at fault, naming it with both types.
+        problems: Vec<String>,
+    },
+
+    /// A tokenizer file could not be loaded or used.
+    #[error("tokenizer {}: {reason}", path.display())]
+    Tokenizer {
+        /// The `tokenizer.json` file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// Host inputs do not fit a program: missing, extra, or of the wrong
     /// dtype or shape (the message names the tensor and both types).
     #[error("inputs: {0}")]

@@ -12,6 +12,7 @@
 //! - [`dtype`]: element types and array specs shared by every layer.
 //! - [`bench`]: timing executables against a roofline.
 //! - [`cache`]: the persistent compilation cache.
+//! - [`models`]: pretrained models (BERT / all-MiniLM-L6-v2) from safetensors.
 //!
 //! ```no_run
 //! use xlayer::{Client, Program};
@@ -34,6 +35,7 @@ pub mod dtype;
 pub mod error;
 pub mod export;
 pub mod io;
+pub mod models;
 pub mod pjrt;
 pub mod program;
 
