@@ -70,7 +70,9 @@ impl BertConfig {
         };
         if let Some(act) = v.get("hidden_act").and_then(|a| a.as_str()) {
             if act != "gelu" {
-                return Err(bad(format!("hidden_act `{act}` is not supported (gelu only)")));
+                return Err(bad(format!(
+                    "hidden_act `{act}` is not supported (gelu only)"
+                )));
             }
         }
         let cfg = BertConfig {
@@ -86,7 +88,7 @@ impl BertConfig {
                 .and_then(|x| x.as_f64())
                 .unwrap_or(1e-12),
         };
-        if cfg.num_heads == 0 || cfg.hidden_size % cfg.num_heads != 0 {
+        if cfg.num_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_heads) {
             return Err(bad(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 cfg.hidden_size, cfg.num_heads
@@ -288,7 +290,6 @@ pub fn trace_sentence_embedding(
     let ids = b.parameter(ArraySpec::new(DType::I32, vec![batch, seq_len]), "ids")?;
     let mask = b.parameter(ArraySpec::new(DType::F32, vec![batch, seq_len]), "mask")?;
     let out = sentence_embedding(cfg, &values, &ids, &mask)?;
-    Ok(b
-        .build(&[out])?
+    Ok(b.build(&[out])?
         .with_name(&format!("bert_embed_b{batch}_s{seq_len}")))
 }

@@ -114,19 +114,11 @@ impl Checkpoint {
                 .to_string();
             let dims: Vec<usize> = field("shape")?
                 .as_array()
-                .and_then(|a| {
-                    a.iter()
-                        .map(|d| d.as_u64().map(|d| d as usize))
-                        .collect()
-                })
+                .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
                 .ok_or_else(|| bad(&path, format!("tensor `{name}`: bad shape")))?;
             let offs: Vec<usize> = field("data_offsets")?
                 .as_array()
-                .and_then(|a| {
-                    a.iter()
-                        .map(|d| d.as_u64().map(|d| d as usize))
-                        .collect()
-                })
+                .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
                 .filter(|o: &Vec<usize>| o.len() == 2 && o[0] <= o[1])
                 .ok_or_else(|| bad(&path, format!("tensor `{name}`: bad data_offsets")))?;
             if offs[1] > data_len {
@@ -186,10 +178,7 @@ impl Checkpoint {
         let mut problems = Vec::new();
         for p in params {
             let Some(e) = self.entries.get(&p.checkpoint_name) else {
-                problems.push(format!(
-                    "`{}` (for {}): missing",
-                    p.checkpoint_name, p.path
-                ));
+                problems.push(format!("`{}` (for {}): missing", p.checkpoint_name, p.path));
                 continue;
             };
             if e.dtype != Some(DType::F32) {

@@ -78,8 +78,11 @@ impl MappedFile {
             // from the file with the same contents, so no byte any reference
             // can observe changes. The range is within the mapping.
             let _ = unsafe {
-                self.map
-                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
             };
         }
     }

