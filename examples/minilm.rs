@@ -54,7 +54,9 @@ fn main() -> Result<()> {
         bail!("no sentences given (pass them as arguments or one per line on stdin)");
     }
     let client = Client::cpu()?;
+    let rss_before = proc_status_kb("VmRSS:");
     let model = MiniLm::load(&client)?;
+    let peak_after_load = proc_status_kb("VmHWM:");
     let loaded = start.elapsed();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let emb = model.embed(&refs)?;
@@ -95,6 +97,13 @@ fn main() -> Result<()> {
         let s = model.cache().stats();
         let info = model.load_info();
         eprintln!(
+            "minilm: RSS before loading {:.1} MB, peak after loading {:.1} MB (+{:.1} MB for a {:.1} MB file)",
+            rss_before as f64 / 1e3,
+            peak_after_load as f64 / 1e3,
+            peak_after_load.saturating_sub(rss_before) as f64 / 1e3,
+            info.file_bytes as f64 / 1e6,
+        );
+        eprintln!(
             "minilm: weights {:.1} MB loaded in {:.0} ms; start→loaded {:.0} ms, start→embeddings {:.0} ms; compiles {} (cache hits {}, writes {}, rejected {}), cache {}",
             info.file_bytes as f64 / 1e6,
             info.weights_time.as_secs_f64() * 1e3,
@@ -111,4 +120,17 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A `kB` field of /proc/self/status (0 where there is none).
+fn proc_status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
