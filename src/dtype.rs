@@ -176,6 +176,9 @@ pub trait NativeType:
     fn zero() -> Self;
     /// Appends the value's little-endian bytes (XLA's host layout) to `out`.
     fn extend_le_bytes(self, out: &mut Vec<u8>);
+    /// Reads a value from its little-endian bytes; `bytes` holds exactly
+    /// `size_of::<Self>()` bytes (missing bytes read as zero).
+    fn from_le_slice(bytes: &[u8]) -> Self;
 }
 
 macro_rules! native {
@@ -186,6 +189,12 @@ macro_rules! native {
             fn zero() -> Self { $z }
             fn extend_le_bytes(self, out: &mut Vec<u8>) {
                 out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn from_le_slice(bytes: &[u8]) -> Self {
+                let mut a = [0u8; std::mem::size_of::<$t>()];
+                let n = a.len().min(bytes.len());
+                a[..n].copy_from_slice(&bytes[..n]);
+                <$t>::from_le_bytes(a)
             }
         }
     )*};
@@ -199,6 +208,9 @@ impl NativeType for bool {
     }
     fn extend_le_bytes(self, out: &mut Vec<u8>) {
         out.push(self as u8);
+    }
+    fn from_le_slice(bytes: &[u8]) -> Self {
+        bytes.first().is_some_and(|&b| b != 0)
     }
 }
 

@@ -263,7 +263,7 @@ pub enum Error {
     /// A checkpoint does not fit the model: tensors missing, or of the wrong
     /// dtype or shape. Every problem is listed; nothing was uploaded.
     #[error("checkpoint {} does not fit the model:\n  {}", path.display(), problems.join("\n  "))]
-    Weights {
+    CheckpointMismatch {
         /// The checkpoint file.
         path: PathBuf,
         /// One line per tensor at fault, naming it with both types.
@@ -276,6 +276,17 @@ pub enum Error {
         /// The `tokenizer.json` file.
         path: PathBuf,
         /// What went wrong.
+        reason: String,
+    },
+
+    /// A checkpoint tensor is missing, unexpected, or of the wrong shape or dtype.
+    #[error("weights {}: tensor `{tensor}`: {reason}", file.display())]
+    Weights {
+        /// The checkpoint file.
+        file: PathBuf,
+        /// The tensor's key in the file.
+        tensor: String,
+        /// What is wrong.
         reason: String,
     },
 

@@ -34,7 +34,7 @@ fn st_err(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-fn dtype_from_st(d: safetensors::Dtype) -> Option<DType> {
+pub(crate) fn dtype_from_st(d: safetensors::Dtype) -> Option<DType> {
     let name = format!("{d:?}");
     DType::ALL
         .into_iter()
@@ -98,11 +98,28 @@ pub fn write_host_safetensors(path: &Path, tensors: &[(String, ArraySpec, Vec<u8
             .map_err(|e| st_err(path, format!("tensor `{name}` ({spec}): {e}")))?;
         views.insert(name.clone(), view);
     }
-    safetensors::serialize_to_file(views, None, path)
+    // Write beside the target and rename: a crash never leaves a half-written file.
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    let written = safetensors::serialize_to_file(views, None, &tmp)
         .map_err(|e| st_err(path, format!("cannot write: {e}")))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(|source| Error::Io {
+                what: "cannot move into place",
+                path: path.to_path_buf(),
+                source,
+            })
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
-fn st_dtype(d: DType) -> safetensors::Dtype {
+pub(crate) fn st_dtype(d: DType) -> safetensors::Dtype {
     use safetensors::Dtype as S;
     match d {
         DType::Bool => S::BOOL,

@@ -35,9 +35,11 @@ pub mod dtype;
 pub mod error;
 pub mod export;
 pub mod io;
+pub mod layers;
 pub mod models;
 pub mod pjrt;
 pub mod program;
+pub mod weights;
 
 pub use cache::{CacheStats, CompileCache};
 pub use dtype::{ArraySpec, DType, NativeType};

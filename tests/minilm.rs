@@ -146,14 +146,14 @@ fn wrong_dtype_is_named_and_nothing_is_uploaded() {
     let ckpt = Checkpoint::open(dir.join("model.safetensors")).unwrap();
     let client = Client::cpu().unwrap();
     match ckpt.load(&client, &params(&BertConfig::minilm_l6())) {
-        Err(Error::Weights { problems, .. }) => {
+        Err(Error::CheckpointMismatch { problems, .. }) => {
             assert_eq!(problems.len(), 1, "{problems:?}");
             assert!(
                 problems[0].contains(name) && problems[0].contains("I32"),
                 "{problems:?}"
             );
         }
-        other => panic!("expected Error::Weights, got {other:?}"),
+        other => panic!("expected Error::CheckpointMismatch, got {other:?}"),
     }
     let msg = load_err(&dir);
     assert!(msg.contains(name) && msg.contains("does not fit"), "{msg}");
@@ -168,8 +168,8 @@ fn wrong_shape_config_lists_every_problem() {
         intermediate_size: 1024,
         ..BertConfig::minilm_l6()
     };
-    let Err(Error::Weights { problems, .. }) = ckpt.load(&client, &params(&cfg)) else {
-        panic!("expected Error::Weights");
+    let Err(Error::CheckpointMismatch { problems, .. }) = ckpt.load(&client, &params(&cfg)) else {
+        panic!("expected Error::CheckpointMismatch");
     };
     assert!(problems
         .iter()

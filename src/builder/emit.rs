@@ -232,6 +232,7 @@ fn attributes(g: &Graph, node: NodeId) -> String {
         | Op::Clamp
         | Op::Convert
         | Op::BitcastConvert
+        | Op::OptimizationBarrier
         | Op::Reshape
         | Op::DynamicUpdateSlice
         | Op::While { .. }
@@ -251,6 +252,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::Clamp => "stablehlo.clamp",
         Op::Convert => "stablehlo.convert",
         Op::BitcastConvert => "stablehlo.bitcast_convert",
+        Op::OptimizationBarrier => "stablehlo.optimization_barrier",
         Op::BroadcastInDim { .. } => "stablehlo.broadcast_in_dim",
         Op::Reshape => "stablehlo.reshape",
         Op::Transpose { .. } => "stablehlo.transpose",

@@ -10,6 +10,7 @@
 //! - [`Builder`], [`Value`]: recording, constants, parameters.
 //! - [`trace`], [`jit`], [`Computation`]: closure → program → executable.
 //! - [`Tree`]: JAX-style pytrees with stable flatten order and paths.
+//! - [`random`]: `jax.random` (threefry2x32), bit for bit; [`init`]: `jax.nn.initializers`.
 //!
 //! ```
 //! use xlayer::{builder::jit, ArraySpec, Client};
@@ -28,6 +29,7 @@
 mod core;
 mod emit;
 pub mod graph;
+pub mod init;
 pub mod nn;
 pub mod op;
 mod ops_control;
@@ -36,6 +38,7 @@ mod ops_index;
 mod ops_linalg;
 mod ops_reduce;
 mod ops_shape;
+pub mod random;
 mod trace;
 mod tree;
 

@@ -408,6 +408,9 @@ pub enum Op {
     Convert,
     /// Bit reinterpretation to the output dtype.
     BitcastConvert,
+    /// The operands unchanged, opaque to the compiler's simplifications
+    /// (`stablehlo.optimization_barrier`).
+    OptimizationBarrier,
     /// Broadcast: operand dimension i goes to output dimension `dims[i]`.
     BroadcastInDim {
         /// Output dimension of each operand dimension.
@@ -530,6 +533,7 @@ impl Op {
             Op::Clamp => "clamp",
             Op::Convert => "convert",
             Op::BitcastConvert => "bitcast_convert",
+            Op::OptimizationBarrier => "optimization_barrier",
             Op::BroadcastInDim { .. } => "broadcast_in_dim",
             Op::Reshape => "reshape",
             Op::Transpose { .. } => "transpose",

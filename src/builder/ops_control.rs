@@ -41,14 +41,21 @@ impl Builder {
         if cond_out != vec![ArraySpec::new(DType::Bool, [])] {
             return Err(op_err(
                 "while",
-                format!("the condition must return a bool scalar, returned {cond_out:?}"),
+                format!(
+                    "the condition must return a bool scalar, returned {}",
+                    list(&cond_out)
+                ),
             ));
         }
         let (body_r, body_out) = self.region("while", &types, body)?;
         if body_out != types {
             return Err(op_err(
                 "while",
-                format!("the body must return the carried types {types:?}, returned {body_out:?}"),
+                format!(
+                    "the body must return the carried types {}, returned {}",
+                    list(&types),
+                    list(&body_out)
+                ),
             ));
         }
         let refs: Vec<&Value> = init.iter().collect();
@@ -149,12 +156,12 @@ impl Builder {
     ) -> Result<Vec<Value>> {
         if index.spec() != &ArraySpec::new(DType::I32, []) {
             return Err(op_err(
-                "case",
+                "switch",
                 format!("the index must be an i32 scalar, got {}", index.spec()),
             ));
         }
         if branches.is_empty() {
-            return Err(op_err("case", "needs at least one branch"));
+            return Err(op_err("switch", "needs at least one branch"));
         }
         let mut regions = Vec::new();
         let mut types: Option<Vec<ArraySpec>> = None;
@@ -164,18 +171,32 @@ impl Builder {
                 None => types = Some(out),
                 Some(t) if *t != out => {
                     return Err(op_err(
-                        "case",
-                        format!("branch {i} returns {out:?}, branch 0 returns {t:?}"),
+                        "switch",
+                        format!(
+                            "branch {i} returns {}, branch 0 returns {}",
+                            list(&out),
+                            list(t)
+                        ),
                     ));
                 }
                 Some(_) => {}
             }
             regions.push(r);
         }
+        // stablehlo.case runs the last branch for an out-of-range index;
+        // lax.switch clamps into [0, n - 1] (so a negative index runs branch 0).
+        let n = regions.len() as i32;
+        let index = index.clamp(&self.scalar(0i32)?, &self.scalar(n - 1)?)?;
         self.push(
             Op::Case { branches: regions },
-            &[index],
+            &[&index],
             types.unwrap_or_default(),
         )
     }
+}
+
+/// `(f32[4], i32[])`: specs as the messages print them.
+fn list(specs: &[ArraySpec]) -> String {
+    let v: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+    format!("({})", v.join(", "))
 }

@@ -214,6 +214,10 @@ impl Value {
     /// # Ok::<(), xlayer::Error>(())
     /// ```
     pub fn unary(&self, op: UnaryOp) -> Result<Value> {
+        if op == UnaryOp::IsFinite {
+            // its output is bool, not the operand's type
+            return self.is_finite();
+        }
         if !unary_dtype_ok(op, self.dtype()) {
             return Err(op_err(
                 op.name(),
@@ -358,6 +362,16 @@ impl Value {
                 ),
             ));
         }
+        // XLA's constant folding evaluates an integer division by a constant
+        // zero with the host's division instruction, which kills the process
+        // (SIGFPE). Hiding integer divisors behind an optimization barrier
+        // keeps them out of constant folding; at run time XLA defines x / 0
+        // and x % 0 without trapping.
+        let b = if matches!(op, BinaryOp::Div | BinaryOp::Rem) && a.dtype().is_int() {
+            b.optimization_barrier()?
+        } else {
+            b
+        };
         Ok(self
             .builder
             .push(Op::Binary(op), &[&a, &b], vec![a.spec.clone()])?
@@ -835,6 +849,23 @@ impl Value {
                 &[self],
                 vec![ArraySpec::new(dtype, dims)],
             )?
+            .remove(0))
+    }
+
+    /// The same values, hidden from the compiler's constant folding and
+    /// algebraic simplification (`stablehlo.optimization_barrier`): what
+    /// comes out is computed at run time as written.
+    ///
+    /// ```
+    /// # let b = xlayer::builder::Builder::new();
+    /// let x = b.scalar(2f32)?.optimization_barrier()?;
+    /// assert!(b.build(&[x])?.to_stablehlo().contains("stablehlo.optimization_barrier"));
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
+    pub fn optimization_barrier(&self) -> Result<Value> {
+        Ok(self
+            .builder
+            .push(Op::OptimizationBarrier, &[self], vec![self.spec.clone()])?
             .remove(0))
     }
 

@@ -233,7 +233,11 @@ impl Value {
             lhs_contract: contract.iter().filter_map(|&c| pos(&l, c)).collect(),
             rhs_contract: contract.iter().filter_map(|&c| pos(&r, c)).collect(),
         };
-        let prod = a.dot_general(&b, &dims)?;
+        let prod = a.dot_general(&b, &dims).map_err(|e| match e {
+            // a letter with two sizes: report it as the einsum's error
+            crate::Error::Op { message, .. } => bad(&message),
+            other => other,
+        })?;
         let mut order: Vec<char> = batch.clone();
         order.extend(
             l.iter()

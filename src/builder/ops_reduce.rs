@@ -482,20 +482,24 @@ impl Value {
         let is_float = self.dtype().is_float();
         let outs = b.reduce(&[self.clone(), idx], &[init_v, init_i], &[axis], |a| {
             let (acc_v, acc_i, x_v, x_i) = (&a[0], &a[1], &a[2], &a[3]);
-            // Take x if it is strictly better, or NaN (NaN wins, as in JAX);
-            // on ties take the lower index.
+            // Take x if it is strictly better or the first NaN (NaN wins, as
+            // in JAX); on ties (equal, or both NaN) take the lower index, so
+            // the result is the FIRST NaN whatever order XLA combines in.
             let better = if greater {
                 x_v.gt(acc_v)?
             } else {
                 x_v.lt(acc_v)?
             };
-            let pick_v = if is_float {
-                better.or(&x_v.ne(x_v)?)?
+            let lower = x_i.lt(acc_i)?;
+            let (pick_v, tie) = if is_float {
+                let (x_nan, acc_nan) = (x_v.ne(x_v)?, acc_v.ne(acc_v)?);
+                let new_nan = x_nan.and(&acc_nan.not()?)?;
+                let both_nan = x_nan.and(&acc_nan)?;
+                (better.or(&new_nan)?, x_v.eq(acc_v)?.or(&both_nan)?)
             } else {
-                better
+                (better, x_v.eq(acc_v)?)
             };
-            let tie = x_v.eq(acc_v)?.and(&x_i.lt(acc_i)?)?;
-            let pick_i = pick_v.or(&tie)?;
+            let pick_i = pick_v.or(&tie.and(&lower)?)?;
             Ok(vec![pick_v.select(x_v, acc_v)?, pick_i.select(x_i, acc_i)?])
         })?;
         Ok(outs.into_iter().nth(1).expect("two outputs"))

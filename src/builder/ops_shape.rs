@@ -7,13 +7,14 @@ use crate::error::Result;
 use super::core::{op_err, Value};
 use super::op::Op;
 
-fn check_dims_unique(op: &'static str, dims: &[usize], rank: usize, what: &str) -> Result<()> {
+fn check_dims_unique(op: &'static str, dims: &[usize], shape: &[usize], what: &str) -> Result<()> {
+    let rank = shape.len();
     let mut seen = vec![false; rank];
     for &d in dims {
         if d >= rank || seen[d] {
             return Err(op_err(
                 op,
-                format!("{what} {dims:?} are out of range or repeated for rank {rank}"),
+                format!("{what} {dims:?} are out of range or repeated for shape {shape:?}"),
             ));
         }
         seen[d] = true;
@@ -49,7 +50,7 @@ impl Value {
         check_dims_unique(
             "broadcast_in_dim",
             broadcast_dims,
-            dims.len(),
+            dims,
             "broadcast dimensions",
         )?;
         for (i, &d) in broadcast_dims.iter().enumerate() {
@@ -125,7 +126,7 @@ impl Value {
                 format!("permutation {perm:?} does not match {}", self.spec),
             ));
         }
-        check_dims_unique("transpose", perm, self.rank(), "permutation")?;
+        check_dims_unique("transpose", perm, self.dims(), "permutation")?;
         let dims: Vec<usize> = perm.iter().map(|&p| self.dims()[p]).collect();
         Ok(self
             .builder
@@ -452,7 +453,7 @@ impl Value {
     /// # Ok::<(), xlayer::Error>(())
     /// ```
     pub fn reverse(&self, dims: &[usize]) -> Result<Value> {
-        check_dims_unique("reverse", dims, self.rank(), "dimensions")?;
+        check_dims_unique("reverse", dims, self.dims(), "dimensions")?;
         Ok(self
             .builder
             .push(
@@ -502,7 +503,7 @@ impl Value {
     /// # Ok::<(), xlayer::Error>(())
     /// ```
     pub fn squeeze(&self, axes: &[usize]) -> Result<Value> {
-        check_dims_unique("squeeze", axes, self.rank(), "axes")?;
+        check_dims_unique("squeeze", axes, self.dims(), "axes")?;
         if let Some(&a) = axes.iter().find(|&&a| self.dims()[a] != 1) {
             return Err(op_err(
                 "squeeze",

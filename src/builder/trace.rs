@@ -203,7 +203,8 @@ impl Computation {
         Ok(p)
     }
 
-    /// Emits and compiles on `client`.
+    /// Emits and compiles on `client` with the default [`crate::CompileOptions`]
+    /// (NaN-propagating min/max, as JAX).
     pub fn compile(&self, client: &Client) -> Result<Executable> {
         client.compile(&self.program()?)
     }

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 /// assert_eq!(t.leaves(), vec![&0, &1, &2]);
 /// assert_eq!(t.paths(), vec!["a/0", "a/1", "b"]);
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Tree<T> {
     /// One leaf.
     Leaf(T),
@@ -137,6 +137,33 @@ impl<T> Tree<T> {
         })
     }
 
+    /// Hashes the structure (kinds, lengths, keys) without allocating.
+    pub fn hash_structure<H: std::hash::Hasher>(&self, h: &mut H) {
+        use std::hash::Hash;
+        match self {
+            Tree::Leaf(_) => 0u8.hash(h),
+            Tree::Tuple(v) | Tree::List(v) => {
+                (if matches!(self, Tree::Tuple(_)) {
+                    1u8
+                } else {
+                    2u8
+                })
+                .hash(h);
+                v.len().hash(h);
+                v.iter().for_each(|t| t.hash_structure(h));
+            }
+            Tree::Map(m) => {
+                3u8.hash(h);
+                m.len().hash(h);
+                for (k, t) in m {
+                    k.hash(h);
+                    t.hash_structure(h);
+                }
+            }
+            Tree::Empty => 4u8.hash(h),
+        }
+    }
+
     /// The structure alone (leaves replaced by `()`).
     pub fn structure(&self) -> Tree<()> {
         self.map_leaves(&mut |_| ())
@@ -181,6 +208,13 @@ impl Tree<()> {
         }
         let mut it = leaves.into_iter();
         Ok(self.map_leaves(&mut |_| it.next().expect("counted")))
+    }
+}
+
+impl<T> Default for Tree<T> {
+    /// The empty tree.
+    fn default() -> Self {
+        Tree::Empty
     }
 }
 

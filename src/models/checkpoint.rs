@@ -172,7 +172,7 @@ impl Checkpoint {
     /// uploads them to `client`'s default device, straight from the mapping
     /// (transposed kernels go through one small host buffer each).
     ///
-    /// Errors: [`Error::Weights`] listing every missing tensor and every
+    /// Errors: [`Error::CheckpointMismatch`] listing every missing tensor and every
     /// dtype or shape mismatch; nothing is uploaded then.
     pub fn load(&self, client: &Client, params: &[Param]) -> Result<Loaded> {
         let mut problems = Vec::new();
@@ -200,7 +200,7 @@ impl Checkpoint {
             }
         }
         if !problems.is_empty() {
-            return Err(Error::Weights {
+            return Err(Error::CheckpointMismatch {
                 path: self.file.path().to_path_buf(),
                 problems,
             });

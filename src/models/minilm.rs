@@ -100,7 +100,7 @@ impl MiniLm {
     /// `model.safetensors`, compiling through `cache`.
     ///
     /// Errors: [`Error::Io`]/[`Error::Safetensors`] for unreadable or
-    /// malformed files, [`Error::Weights`] for a checkpoint that does not
+    /// malformed files, [`Error::CheckpointMismatch`] for a checkpoint that does not
     /// fit (nothing is uploaded then), [`Error::Tokenizer`].
     pub fn load_from_dir(client: &Client, dir: &Path, cache: CompileCache) -> Result<MiniLm> {
         let cfg = BertConfig::from_json_file(dir.join("config.json"))?;

@@ -59,6 +59,12 @@ impl fmt::Debug for Buffer {
     }
 }
 
+impl AsRef<Buffer> for Buffer {
+    fn as_ref(&self) -> &Buffer {
+        self
+    }
+}
+
 impl Drop for Buffer {
     fn drop(&mut self) {
         if self.raw.is_null() {

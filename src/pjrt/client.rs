@@ -54,8 +54,9 @@ pub struct Device {
     pub(crate) client_id: u64,
     index: usize,
     id: i32,
-    kind: String,
-    description: String,
+    // Shared: a device is cloned into every buffer an execute returns.
+    kind: Arc<str>,
+    description: Arc<str>,
 }
 
 // SAFETY: a PJRT_Device is owned by its client, immutable from our side, and
@@ -173,6 +174,18 @@ impl Client {
     /// default options.
     pub fn cpu() -> Result<Client> {
         Client::new(&Plugin::cpu()?, &ClientOptions::new())
+    }
+
+    /// The process-wide default client (like JAX's default backend): created
+    /// on first use from the default plugin, then shared. Layers applied to
+    /// symbolic inputs are built on it.
+    pub fn default_client() -> Result<Client> {
+        static DEFAULT: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
+        if let Some(c) = DEFAULT.get() {
+            return Ok(c.clone());
+        }
+        let c = Client::default_plugin()?;
+        Ok(DEFAULT.get_or_init(|| c).clone())
     }
 
     /// A client of the default plugin (`XLAYER_PJRT_PLUGIN`, else CPU).
@@ -394,7 +407,7 @@ fn describe_device(
         client_id,
         index,
         id: i.id,
-        kind: read_str(k.device_kind, k.device_kind_size),
-        description: read_str(s.to_string, s.to_string_size),
+        kind: read_str(k.device_kind, k.device_kind_size).into(),
+        description: read_str(s.to_string, s.to_string_size).into(),
     })
 }

@@ -66,7 +66,7 @@ pub enum XlaFlag {
 /// ```
 /// use xlayer::CompileOptions;
 /// let opts = CompileOptions::new().xla_flag("xla_cpu_enable_fast_math", false);
-/// assert_eq!(opts.flags().len(), 1);
+/// assert_eq!(opts.flags().len(), 3); // with the two fast-min-max defaults
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CompileOptions {
@@ -75,8 +75,18 @@ pub struct CompileOptions {
 }
 
 impl CompileOptions {
-    /// Defaults: the client's default device, XLA's default flags.
+    /// Defaults: the client's default device, and XLA's default flags
+    /// except min/max NaN semantics: `xla_cpu_enable_fast_min_max` and
+    /// `xla_gpu_enable_fast_min_max` are off, as in JAX, so `max(x, NaN)` is
+    /// NaN (the CPU plugin's own default is the fast, NaN-dropping form).
     pub fn new() -> Self {
+        Self::default()
+            .xla_flag("xla_cpu_enable_fast_min_max", false)
+            .xla_flag("xla_gpu_enable_fast_min_max", false)
+    }
+
+    /// No flags at all: exactly the plugin's defaults.
+    pub fn plugin_defaults() -> Self {
         Self::default()
     }
 
@@ -156,9 +166,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_options_carry_one_replica_and_partition() {
+    fn plugin_defaults_carry_one_replica_and_partition() {
         // field 3 { field 1 = -1, field 4 = 1, field 5 = 1 }
-        let bytes = CompileOptions::new().to_bytes();
+        let bytes = CompileOptions::plugin_defaults().to_bytes();
         let mut expected = vec![0x1a, 0x0f, 0x08];
         expected.extend([0xff; 9]);
         expected.extend([0x01, 0x20, 0x01, 0x28, 0x01]);
@@ -166,8 +176,21 @@ mod tests {
     }
 
     #[test]
+    fn defaults_turn_fast_min_max_off() {
+        let opts = CompileOptions::new();
+        assert_eq!(
+            opts.flags().get("xla_cpu_enable_fast_min_max"),
+            Some(&XlaFlag::Bool(false))
+        );
+        assert_eq!(
+            opts.flags().get("xla_gpu_enable_fast_min_max"),
+            Some(&XlaFlag::Bool(false))
+        );
+    }
+
+    #[test]
     fn flags_and_device_are_encoded() {
-        let bytes = CompileOptions::new()
+        let bytes = CompileOptions::plugin_defaults()
             .device(2)
             .xla_flag("f", true)
             .to_bytes();

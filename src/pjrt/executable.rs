@@ -35,7 +35,8 @@ impl From<Buffer> for Arg<'_> {
 }
 
 impl Arg<'_> {
-    fn buffer(&self) -> &Buffer {
+    /// The buffer, borrowed or owned.
+    pub fn buffer(&self) -> &Buffer {
         match self {
             Arg::Borrowed(b) => b,
             Arg::Donated(b) => b,
@@ -400,8 +401,9 @@ impl Executable {
     /// asynchronous: reading an output waits for it.
     pub fn execute(&self, args: &[&Buffer]) -> Result<Vec<Buffer>> {
         self.validate(args.len(), |i| args[i])?;
-        let raws: Vec<*mut sys::PJRT_Buffer> = args.iter().map(|b| b.raw()).collect();
-        self.launch(&raws, &self.donor_indices)
+        let (mut inline, mut heap) = ([std::ptr::null_mut(); INLINE], Vec::new());
+        let raws = raw_list(&mut inline, &mut heap, args.iter().map(|b| b.raw()));
+        self.launch(raws, &self.donor_indices)
     }
 
     /// Runs the program on a mix of borrowed and donated buffers.
@@ -410,16 +412,27 @@ impl Executable {
     /// reused for an output; it is consumed either way.
     pub fn execute_args(&self, args: Vec<Arg<'_>>) -> Result<Vec<Buffer>> {
         self.validate(args.len(), |i| args[i].buffer())?;
-        let raws: Vec<*mut sys::PJRT_Buffer> = args.iter().map(|a| a.buffer().raw()).collect();
+        let (mut inline, mut heap) = ([std::ptr::null_mut(); INLINE], Vec::new());
+        let raws = raw_list(
+            &mut inline,
+            &mut heap,
+            args.iter().map(|a| a.buffer().raw()),
+        );
         let keep: Vec<i64> = self
             .donor_indices
             .iter()
             .copied()
             .filter(|&i| matches!(args[i as usize], Arg::Borrowed(_)))
             .collect();
-        let out = self.launch(&raws, &keep);
+        let out = self.launch(raws, &keep);
         drop(args);
         out
+    }
+
+    /// Checks arguments as [`Executable::execute`] does, without running:
+    /// count, dtype, shape, client and device of each.
+    pub fn check_arguments(&self, args: &[&Buffer]) -> Result<()> {
+        self.validate(args.len(), |i| args[i])
     }
 
     fn validate<'b>(&self, count: usize, arg: impl Fn(usize) -> &'b Buffer) -> Result<()> {
@@ -462,7 +475,12 @@ impl Executable {
 
     fn launch(&self, args: &[*mut sys::PJRT_Buffer], non_donatable: &[i64]) -> Result<Vec<Buffer>> {
         let n_out = self.signature.outputs.len();
-        let mut outputs: Vec<*mut sys::PJRT_Buffer> = vec![std::ptr::null_mut(); n_out];
+        let (mut inline, mut heap) = ([std::ptr::null_mut(); INLINE], Vec::new());
+        let outputs = raw_list(
+            &mut inline,
+            &mut heap,
+            std::iter::repeat_n(std::ptr::null_mut(), n_out),
+        );
         let arg_list: *const *mut sys::PJRT_Buffer = args.as_ptr();
         let out_list: *mut *mut sys::PJRT_Buffer = outputs.as_mut_ptr();
         let mut options = sys::PJRT_ExecuteOptions::new();
@@ -484,11 +502,51 @@ impl Executable {
             &mut a
         )?;
         Ok(outputs
-            .into_iter()
+            .iter()
             .zip(&self.signature.outputs)
-            .map(|(raw, spec)| {
+            .map(|(&raw, spec)| {
                 Buffer::from_raw(self.client.clone(), raw, spec.clone(), self.device.clone())
             })
             .collect())
+    }
+}
+
+/// Up to this many argument or output handles are gathered on the stack:
+/// a call with few arrays then makes no heap allocation for them.
+const INLINE: usize = 8;
+
+/// Collects `raws` into `inline` when they fit, else into `heap`, and returns
+/// the filled slice.
+fn raw_list<'s>(
+    inline: &'s mut [*mut sys::PJRT_Buffer; INLINE],
+    heap: &'s mut Vec<*mut sys::PJRT_Buffer>,
+    raws: impl ExactSizeIterator<Item = *mut sys::PJRT_Buffer>,
+) -> &'s mut [*mut sys::PJRT_Buffer] {
+    let n = raws.len();
+    if n <= INLINE {
+        for (slot, raw) in inline.iter_mut().zip(raws) {
+            *slot = raw;
+        }
+        &mut inline[..n]
+    } else {
+        heap.extend(raws);
+        heap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_list_uses_the_stack_when_it_fits_and_the_heap_otherwise() {
+        let handle = |i: usize| (i + 1) as *mut sys::PJRT_Buffer;
+        for n in [0, 1, INLINE, INLINE + 1, 3 * INLINE] {
+            let (mut inline, mut heap) = ([std::ptr::null_mut(); INLINE], Vec::new());
+            let list = raw_list(&mut inline, &mut heap, (0..n).map(handle));
+            assert_eq!(list.len(), n);
+            assert!(list.iter().enumerate().all(|(i, &p)| p == handle(i)));
+            assert_eq!(heap.is_empty(), n <= INLINE);
+        }
     }
 }

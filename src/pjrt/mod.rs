@@ -28,4 +28,5 @@ pub mod compile_options;
 mod event;
 pub mod executable;
 pub mod mapped;
+pub mod mmap;
 pub mod plugin;

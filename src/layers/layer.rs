@@ -1,0 +1,247 @@
+//! The `Layer` trait: build from an input spec, weights on the device,
+//! and a symbolic call that traces into a builder (so that a whole model
+//! compiles into one executable).
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::builder::{Builder, Tree, Value};
+use crate::dtype::{ArraySpec, DType};
+use crate::error::{Error, Result};
+use crate::pjrt::buffer::Buffer;
+use crate::pjrt::client::Client;
+
+use super::signature::CallArgs;
+
+/// A dtype policy (Keras's `DTypePolicy`): the dtype weights are kept in
+/// and the dtype computations run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DTypePolicy {
+    /// Weights and computation in f32.
+    #[default]
+    Float32,
+    /// Weights in f32, computation in f16.
+    MixedFloat16,
+    /// Weights in f32, computation in bf16.
+    MixedBFloat16,
+    /// Weights and computation in bf16.
+    BFloat16,
+}
+
+impl DTypePolicy {
+    /// The dtype float weights are stored in.
+    pub fn variable_dtype(self) -> DType {
+        match self {
+            DTypePolicy::BFloat16 => DType::BF16,
+            _ => DType::F32,
+        }
+    }
+
+    /// The dtype float computations run in.
+    pub fn compute_dtype(self) -> DType {
+        match self {
+            DTypePolicy::Float32 => DType::F32,
+            DTypePolicy::MixedFloat16 => DType::F16,
+            DTypePolicy::MixedBFloat16 | DTypePolicy::BFloat16 => DType::BF16,
+        }
+    }
+
+    /// Keras's name (`float32`, `mixed_float16`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            DTypePolicy::Float32 => "float32",
+            DTypePolicy::MixedFloat16 => "mixed_float16",
+            DTypePolicy::MixedBFloat16 => "mixed_bfloat16",
+            DTypePolicy::BFloat16 => "bfloat16",
+        }
+    }
+
+    /// Casts float leaves of `t` to `dtype` (integer and bool leaves are kept).
+    pub(crate) fn cast_floats(t: &Tree<Value>, dtype: DType) -> Result<Tree<Value>> {
+        t.try_map(&mut |v: &Value| {
+            if v.dtype().is_float() {
+                v.convert(dtype)
+            } else {
+                Ok(v.clone())
+            }
+        })
+    }
+}
+
+/// A layer's weights on the device: trainable params, non-trainable state.
+#[derive(Clone, Default)]
+pub struct Weights {
+    /// Trainable parameters.
+    pub params: Tree<Arc<Buffer>>,
+    /// Non-trainable state.
+    pub state: Tree<Arc<Buffer>>,
+}
+
+impl fmt::Debug for Weights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let specs = |t: &Tree<Arc<Buffer>>| {
+            t.entries()
+                .into_iter()
+                .map(|(p, b)| format!("{p}: {}", b.spec()))
+                .collect::<Vec<_>>()
+        };
+        f.debug_struct("Weights")
+            .field("params", &specs(&self.params))
+            .field("state", &specs(&self.state))
+            .finish()
+    }
+}
+
+impl Weights {
+    /// Specs of the params.
+    pub fn param_specs(&self) -> Tree<ArraySpec> {
+        self.params.map_leaves(&mut |b| b.spec().clone())
+    }
+
+    /// Specs of the state.
+    pub fn state_specs(&self) -> Tree<ArraySpec> {
+        self.state.map_leaves(&mut |b| b.spec().clone())
+    }
+
+    /// A hash of the layout (structure, dtypes, shapes), and whether there is state.
+    pub fn fingerprint(&self) -> (u64, bool) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for t in [&self.params, &self.state] {
+            t.hash_structure(&mut h);
+            for b in t.leaves() {
+                b.spec().hash(&mut h);
+            }
+        }
+        (h.finish(), !self.state.is_empty())
+    }
+
+    /// Number of scalars in the params.
+    pub fn param_count(&self) -> usize {
+        self.params.leaves().iter().map(|b| b.element_count()).sum()
+    }
+
+    /// Number of scalars in the state.
+    pub fn state_count(&self) -> usize {
+        self.state.leaves().iter().map(|b| b.element_count()).sum()
+    }
+
+    /// Checks that `other` has the same structure, dtypes and shapes as
+    /// `self`; errors name the first differing path.
+    pub fn check_same_layout(&self, other: &Weights, what: &str) -> Result<()> {
+        for (kind, a, b) in [
+            ("params", &self.params, &other.params),
+            ("state", &self.state, &other.state),
+        ] {
+            let (ea, eb) = (a.entries(), b.entries());
+            if a.structure() != b.structure() {
+                return Err(Error::Invalid(format!(
+                    "{what}: {kind} structure differs: expected paths {:?}, got {:?}",
+                    ea.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+                    eb.iter().map(|(p, _)| p).collect::<Vec<_>>()
+                )));
+            }
+            for ((p, x), (_, y)) in ea.iter().zip(&eb) {
+                if x.spec() != y.spec() {
+                    return Err(Error::Invalid(format!(
+                        "{what}: {kind} `{p}` is {}, expected {}",
+                        y.spec(),
+                        x.spec()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A Keras-style layer. Implementations are shared handles (cloning one
+/// gives the same layer), so one layer value can be called alone, added to a
+/// [`super::Sequential`], or applied to symbolic inputs of a [`super::Model`].
+pub trait Layer: Send + Sync {
+    /// The layer's name (unique within a model).
+    fn name(&self) -> String;
+
+    /// A short type name for summaries (`JaxLayer`).
+    fn kind(&self) -> &'static str;
+
+    /// Whether weights exist.
+    fn is_built(&self) -> bool;
+
+    /// Creates the weights for inputs of `input` specs (the batch dimension
+    /// included), if not built yet. A no-op when built.
+    fn build(&self, client: &Client, input: &Tree<ArraySpec>) -> Result<()>;
+
+    /// The current weights (shared handles to the device buffers).
+    ///
+    /// Errors: [`Error::Invalid`] if the layer is not built.
+    fn weights(&self) -> Result<Weights>;
+
+    /// Replaces the weights; they must have the current layout (when built).
+    fn set_weights(&self, weights: Weights) -> Result<()>;
+
+    /// The params' buffers in flatten order (cheap: no tree is built).
+    fn flat_params(&self) -> Result<Vec<Arc<Buffer>>> {
+        Ok(self.weights()?.params.into_leaves())
+    }
+
+    /// A hash of the weights' layout (structure, dtypes, shapes) and whether
+    /// the layer has state; equal layouts give equal fingerprints.
+    fn layout_fingerprint(&self) -> Result<(u64, bool)> {
+        Ok(self.weights()?.fingerprint())
+    }
+
+    /// Swaps the state for `state` without checks and returns the old one.
+    /// Runners use it to hand state buffers to an executable (donation) and
+    /// put the new state back; use [`Layer::set_weights`] otherwise.
+    fn replace_state(&self, state: Tree<Arc<Buffer>>) -> Tree<Arc<Buffer>>;
+
+    /// Whether calls in training mode take a random key.
+    fn uses_rng(&self) -> bool;
+
+    /// The `u32[2]` key for the next training call (Keras: `[seed, counter]`),
+    /// advancing the counter.
+    fn next_rng(&self) -> [u32; 2];
+
+    /// Traces the forward pass into `b`: returns the outputs and the new
+    /// state (same structure as `args.state`).
+    fn trace_call(&self, b: &Builder, args: CallArgs) -> Result<(Tree<Value>, Tree<Value>)>;
+
+    /// The dtype policy.
+    fn dtype_policy(&self) -> DTypePolicy {
+        DTypePolicy::Float32
+    }
+}
+
+/// Output specs of `layer` for `input` specs, found by tracing (no compile).
+pub fn output_specs(
+    layer: &dyn Layer,
+    input: &Tree<ArraySpec>,
+    training: bool,
+) -> Result<Tree<ArraySpec>> {
+    let w = layer.weights()?;
+    let b = Builder::new();
+    let params = w
+        .param_specs()
+        .try_map(&mut |s| b.parameter(s.clone(), "param"))?;
+    let state = w
+        .state_specs()
+        .try_map(&mut |s| b.parameter(s.clone(), "state"))?;
+    let rng = if training && layer.uses_rng() {
+        Some(b.parameter(ArraySpec::of::<u32>([2]), "rng")?)
+    } else {
+        None
+    };
+    let inputs = input.try_map(&mut |s| b.parameter(s.clone(), "input"))?;
+    let (out, _) = layer.trace_call(
+        &b,
+        CallArgs {
+            params,
+            state,
+            rng,
+            inputs,
+            training,
+        },
+    )?;
+    Ok(out.map_leaves(&mut |v| v.spec().clone()))
+}

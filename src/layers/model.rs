@@ -1,0 +1,762 @@
+//! Models: the functional API (`Input` → layers → `Model`) and
+//! `Sequential`. A model compiles its whole forward pass into ONE
+//! executable; its layers' params and state stay on the device.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::builder::{Tree, Value};
+use crate::dtype::{ArraySpec, DType};
+use crate::error::{Error, Result};
+use crate::pjrt::buffer::Buffer;
+use crate::pjrt::client::Client;
+use crate::weights::{load_tree, save_tree, NameMap, SafetensorsFile};
+
+use super::layer::{output_specs, Layer, Weights};
+use super::runner::{LayerValues, Runner};
+use super::signature::CallArgs;
+
+enum SymNode {
+    Input {
+        id: usize,
+        spec: ArraySpec,
+    },
+    Apply {
+        layer: Arc<dyn Layer>,
+        inputs: Tree<Symbolic>,
+        outputs: Tree<ArraySpec>,
+    },
+}
+
+/// A symbolic array of the functional API: an [`Input`] or the output of a
+/// layer applied to symbolic arrays. Its first dimension is the batch,
+/// unknown until the model is called (shown as `None`; traced as 1).
+#[derive(Clone)]
+pub struct Symbolic {
+    node: Arc<SymNode>,
+    /// Which output leaf of the node.
+    leaf: usize,
+    spec: ArraySpec,
+}
+
+impl std::fmt::Debug for Symbolic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Symbolic({})", shape_string(&self.spec))
+    }
+}
+
+fn shape_string(spec: &ArraySpec) -> String {
+    let rest: Vec<String> = spec.dims.iter().skip(1).map(|d| d.to_string()).collect();
+    if rest.is_empty() {
+        "(None,)".to_string()
+    } else {
+        format!("(None, {})", rest.join(", "))
+    }
+}
+
+static INPUT_IDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Keras's `Input`: a symbolic model input of per-example shape `dims`.
+///
+/// ```
+/// use xlayer::layers::Input;
+/// let x = Input::new(&[28, 28, 1], xlayer::DType::F32);
+/// assert_eq!(x.dims(), &[1, 28, 28, 1]); // batch traced as 1
+/// ```
+pub struct Input;
+
+impl Input {
+    /// A symbolic input of per-example shape `dims` (the batch dimension is added).
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(dims: &[usize], dtype: DType) -> Symbolic {
+        let mut full = vec![1];
+        full.extend_from_slice(dims);
+        let spec = ArraySpec::new(dtype, full);
+        let id = INPUT_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Symbolic {
+            node: Arc::new(SymNode::Input {
+                id,
+                spec: spec.clone(),
+            }),
+            leaf: 0,
+            spec,
+        }
+    }
+}
+
+impl Symbolic {
+    /// Dimensions, batch (traced as 1) first.
+    pub fn dims(&self) -> &[usize] {
+        &self.spec.dims
+    }
+
+    /// The dtype.
+    pub fn dtype(&self) -> DType {
+        self.spec.dtype
+    }
+}
+
+/// Applying a layer to symbolic inputs (the functional API). Implemented for
+/// every layer type; the layer is built (on [`Client::default_client`]) from
+/// the symbolic input specs.
+pub trait Apply {
+    /// Applies to one symbolic array; the layer must return one array.
+    fn apply(&self, x: &Symbolic) -> Result<Symbolic>;
+    /// Applies to a tree of symbolic arrays; returns the output tree.
+    fn apply_tree(&self, x: &Tree<Symbolic>) -> Result<Tree<Symbolic>>;
+}
+
+impl<L: Layer + Clone + 'static> Apply for L {
+    fn apply(&self, x: &Symbolic) -> Result<Symbolic> {
+        match self.apply_tree(&Tree::Leaf(x.clone()))? {
+            Tree::Leaf(s) => Ok(s),
+            other => Err(Error::Invalid(format!(
+                "layer `{}` returns several outputs {:?}; use apply_tree",
+                self.name(),
+                other.paths()
+            ))),
+        }
+    }
+
+    fn apply_tree(&self, x: &Tree<Symbolic>) -> Result<Tree<Symbolic>> {
+        let layer: Arc<dyn Layer> = Arc::new(self.clone());
+        apply_layer(layer, x)
+    }
+}
+
+/// Applies a shared layer handle to symbolic inputs.
+pub fn apply_layer(layer: Arc<dyn Layer>, x: &Tree<Symbolic>) -> Result<Tree<Symbolic>> {
+    let specs = x.map_leaves(&mut |s| s.spec.clone());
+    layer.build(&Client::default_client()?, &specs)?;
+    let outputs = output_specs(layer.as_ref(), &specs, false)?;
+    let node = Arc::new(SymNode::Apply {
+        layer,
+        inputs: x.clone(),
+        outputs: outputs.clone(),
+    });
+    let mut i = 0;
+    Ok(outputs.map_leaves(&mut |s| {
+        let sym = Symbolic {
+            node: node.clone(),
+            leaf: i,
+            spec: s.clone(),
+        };
+        i += 1;
+        sym
+    }))
+}
+
+/// A model: inputs, outputs, and the layers between them, compiled as one
+/// program per input shape and mode.
+///
+/// ```
+/// use xlayer::builder::{nn, Tree};
+/// use xlayer::layers::{Apply, Init, Input, Inputs, JaxLayer, Model, Out, Params};
+/// use xlayer::{Client, DType};
+/// let dense = |n: usize| JaxLayer::builder(|Params(p): Params, Inputs(x): Inputs| {
+///         Ok(Out::from(x.into_leaf()?.matmul(p.get("w").unwrap())?))
+///     })
+///     .init_fn(move |Inputs(x): Inputs| {
+///         let x = x.into_leaf()?;
+///         Ok(Init(Tree::map([("w", Tree::leaf(x.builder().full(0.5, DType::F32, &[x.dims()[1], n])?))])))
+///     })
+///     .build();
+/// let x = Input::new(&[3], DType::F32);
+/// let y = dense(2)?.apply(&dense(4)?.apply(&x)?)?;
+/// let model = Model::new(x, y)?;
+/// assert_eq!(model.count_params()?, 3 * 4 + 4 * 2);
+/// let client = Client::default_client()?;
+/// let input = client.buffer_from_host(&[1f32, 1.0, 1.0], &[1, 3])?;
+/// let out = model.call1(&client, &input, false)?;
+/// assert_eq!(out.to_vec::<f32>()?, vec![3.0, 3.0]);
+/// # Ok::<(), xlayer::Error>(())
+/// ```
+pub struct Model {
+    name: String,
+    inputs: Tree<Symbolic>,
+    outputs: Tree<Symbolic>,
+    layers: Vec<Arc<dyn Layer>>,
+    runner: Runner,
+}
+
+fn node_key(n: &Arc<SymNode>) -> usize {
+    Arc::as_ptr(n) as *const () as usize
+}
+
+fn layer_key(l: &Arc<dyn Layer>) -> usize {
+    Arc::as_ptr(l) as *const () as usize
+}
+
+impl Model {
+    /// A model from symbolic inputs to symbolic outputs.
+    ///
+    /// Errors: an output that does not depend only on the given inputs, or
+    /// two different layers with the same name.
+    pub fn new(
+        inputs: impl Into<Tree<Symbolic>>,
+        outputs: impl Into<Tree<Symbolic>>,
+    ) -> Result<Model> {
+        let (inputs, outputs) = (inputs.into(), outputs.into());
+        let input_ids: HashSet<usize> = inputs
+            .leaves()
+            .iter()
+            .filter_map(|s| match &*s.node {
+                SymNode::Input { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        if input_ids.len() != inputs.len() {
+            return Err(Error::Invalid(
+                "Model inputs must be distinct `Input`s".into(),
+            ));
+        }
+        let mut layers: Vec<Arc<dyn Layer>> = Vec::new();
+        let mut seen_nodes = HashSet::new();
+        fn visit(
+            s: &Symbolic,
+            input_ids: &HashSet<usize>,
+            seen: &mut HashSet<usize>,
+            layers: &mut Vec<Arc<dyn Layer>>,
+        ) -> Result<()> {
+            if !seen.insert(node_key(&s.node)) {
+                return Ok(());
+            }
+            match &*s.node {
+                SymNode::Input { id, spec } => {
+                    if !input_ids.contains(id) {
+                        return Err(Error::Invalid(format!(
+                            "an output depends on an Input {} that is not among the model's inputs",
+                            shape_string(spec)
+                        )));
+                    }
+                }
+                SymNode::Apply { layer, inputs, .. } => {
+                    for i in inputs.leaves() {
+                        visit(i, input_ids, seen, layers)?;
+                    }
+                    if !layers.iter().any(|l| layer_key(l) == layer_key(layer)) {
+                        layers.push(layer.clone());
+                    }
+                }
+            }
+            Ok(())
+        }
+        for o in outputs.leaves() {
+            visit(o, &input_ids, &mut seen_nodes, &mut layers)?;
+        }
+        let mut names = HashMap::new();
+        for l in &layers {
+            if let Some(prev) = names.insert(l.name(), layer_key(l)) {
+                if prev != layer_key(l) {
+                    return Err(Error::Invalid(format!(
+                        "two different layers are named `{}`",
+                        l.name()
+                    )));
+                }
+            }
+        }
+        Ok(Model {
+            name: "model".into(),
+            inputs,
+            outputs,
+            layers,
+            runner: Runner::default(),
+        })
+    }
+
+    /// Renames the model (used as the compiled module's name).
+    pub fn with_name(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    /// The layers, in the order the forward pass first uses them.
+    pub fn layers(&self) -> &[Arc<dyn Layer>] {
+        &self.layers
+    }
+
+    /// Number of compiles done by this model's calls so far.
+    pub fn compile_count(&self) -> usize {
+        self.runner.compiles()
+    }
+
+    /// Every layer's weights, by layer name.
+    pub fn weights(&self) -> Result<Vec<(String, Weights)>> {
+        self.layers
+            .iter()
+            .map(|l| Ok((l.name(), l.weights()?)))
+            .collect()
+    }
+
+    /// Number of trainable weight arrays.
+    pub fn trainable_weight_count(&self) -> Result<usize> {
+        Ok(self.weights()?.iter().map(|(_, w)| w.params.len()).sum())
+    }
+
+    /// Number of non-trainable weight arrays.
+    pub fn non_trainable_weight_count(&self) -> Result<usize> {
+        Ok(self.weights()?.iter().map(|(_, w)| w.state.len()).sum())
+    }
+
+    /// Number of scalars in all weights (trainable and not).
+    pub fn count_params(&self) -> Result<usize> {
+        Ok(self
+            .weights()?
+            .iter()
+            .map(|(_, w)| w.param_count() + w.state_count())
+            .sum())
+    }
+
+    /// Traces the forward pass into `b` (used by the runner).
+    fn trace_forward(
+        &self,
+        lv: Vec<LayerValues>,
+        inputs: Tree<Value>,
+        training: bool,
+    ) -> Result<(Tree<Value>, Vec<Tree<Value>>)> {
+        let mut per_layer: HashMap<usize, LayerValues> = HashMap::new();
+        for (l, v) in self.layers.iter().zip(lv) {
+            per_layer.insert(layer_key(l), v);
+        }
+        let mut new_states: HashMap<usize, Tree<Value>> = HashMap::new();
+        let mut values: HashMap<usize, Vec<Value>> = HashMap::new();
+        for (sym, v) in self.inputs.leaves().into_iter().zip(inputs.leaves()) {
+            values.insert(node_key(&sym.node), vec![v.clone()]);
+        }
+        fn eval(
+            s: &Symbolic,
+            values: &mut HashMap<usize, Vec<Value>>,
+            per_layer: &HashMap<usize, LayerValues>,
+            new_states: &mut HashMap<usize, Tree<Value>>,
+            training: bool,
+        ) -> Result<Value> {
+            let key = node_key(&s.node);
+            if let Some(v) = values.get(&key) {
+                return Ok(v[s.leaf].clone());
+            }
+            let SymNode::Apply { layer, inputs, .. } = &*s.node else {
+                return Err(Error::Invalid(
+                    "an input of the model was not provided".into(),
+                ));
+            };
+            let ins = inputs.try_map(&mut |i| eval(i, values, per_layer, new_states, training))?;
+            let lk = layer_key(layer);
+            let lv = per_layer.get(&lk).ok_or_else(|| {
+                Error::Invalid(format!("layer `{}` is not part of the model", layer.name()))
+            })?;
+            let state = new_states
+                .get(&lk)
+                .cloned()
+                .unwrap_or_else(|| lv.state.clone());
+            let b = ins
+                .leaves()
+                .first()
+                .map(|v| v.builder().clone())
+                .unwrap_or_default();
+            let (out, ns) = layer.trace_call(
+                &b,
+                CallArgs {
+                    params: lv.params.clone(),
+                    state,
+                    rng: lv.rng.clone(),
+                    inputs: ins,
+                    training,
+                },
+            )?;
+            new_states.insert(lk, ns);
+            let leaves: Vec<Value> = out.leaves().into_iter().cloned().collect();
+            values.insert(key, leaves);
+            Ok(values[&key][s.leaf].clone())
+        }
+        let out = self
+            .outputs
+            .try_map(&mut |s| eval(s, &mut values, &per_layer, &mut new_states, training))?;
+        let states = self
+            .layers
+            .iter()
+            .map(|l| {
+                new_states
+                    .remove(&layer_key(l))
+                    .unwrap_or_else(|| per_layer[&layer_key(l)].state.clone())
+            })
+            .collect();
+        Ok((out, states))
+    }
+
+    /// Runs the model on device buffers (structured like its inputs) and
+    /// returns the outputs. Input specs must match the model's inputs except
+    /// for the batch dimension.
+    pub fn call(
+        &self,
+        client: &Client,
+        inputs: &Tree<&Buffer>,
+        training: bool,
+    ) -> Result<Tree<Buffer>> {
+        if inputs.structure() != self.inputs.structure() {
+            return Err(Error::Invalid(format!(
+                "model `{}` takes inputs with paths {:?}, got {:?}",
+                self.name,
+                self.inputs.paths(),
+                inputs.paths()
+            )));
+        }
+        for ((path, want), got) in self.inputs.entries().into_iter().zip(inputs.leaves()) {
+            let (w, g) = (&want.spec, got.spec());
+            if w.dtype != g.dtype || w.rank() != g.rank() || w.dims[1..] != g.dims[1..] {
+                return Err(Error::Invalid(format!(
+                    "model `{}` input `{path}`: expected {} of shape {}, got {g}",
+                    self.name,
+                    w.dtype,
+                    shape_string(w)
+                )));
+            }
+        }
+        let layers: Vec<&dyn Layer> = self.layers.iter().map(|l| l.as_ref()).collect();
+        self.runner.run(
+            client,
+            &self.name,
+            &layers,
+            inputs,
+            training,
+            &|_b, lv, ins, training| self.trace_forward(lv, ins, training),
+        )
+    }
+
+    /// [`Model::call`] for one input and one output array.
+    pub fn call1(&self, client: &Client, input: &Buffer, training: bool) -> Result<Buffer> {
+        match self.call(client, &Tree::Leaf(input), training)? {
+            Tree::Leaf(b) => Ok(b),
+            other => Err(Error::Invalid(format!(
+                "call1: the model returns a tree with paths {:?}",
+                other.paths()
+            ))),
+        }
+    }
+
+    /// Keras's `predict` for one input and one output: runs `x` (host data,
+    /// batch first) through the model in inference mode, `batch_size` rows at
+    /// a time, with a progress bar on a terminal, and returns the rows.
+    pub fn predict(&self, client: &Client, x: &HostArray, batch_size: usize) -> Result<HostArray> {
+        if batch_size == 0 || x.spec.rank() == 0 {
+            return Err(Error::Invalid(format!(
+                "predict needs batch_size > 0 and batched input, got {} and {}",
+                batch_size, x.spec
+            )));
+        }
+        let n = x.spec.dims[0];
+        let steps = n.div_ceil(batch_size);
+        let bar = indicatif::ProgressBar::new(steps as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{pos}/{len} [{bar:30}] {elapsed_precise} {per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let mut out: Option<HostArray> = None;
+        for s in 0..steps {
+            let rows = x.rows(s * batch_size, ((s + 1) * batch_size).min(n))?;
+            let buf = client.buffer_from_bytes(&rows.bytes, &rows.spec, client.default_device())?;
+            let y = self.call1(client, &buf, false)?;
+            let y = HostArray {
+                spec: y.spec().clone(),
+                bytes: y.to_bytes()?,
+            };
+            out = Some(match out {
+                None => y,
+                Some(acc) => acc.concat_rows(&y)?,
+            });
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        out.ok_or_else(|| Error::Invalid("predict on an empty batch".into()))
+    }
+
+    /// The familiar table: layer (type), output shape, params; totals.
+    pub fn summary(&self) -> Result<String> {
+        let mut rows = Vec::new();
+        let mut seen = HashSet::new();
+        let mut order: Vec<&Symbolic> = Vec::new();
+        fn collect<'a>(s: &'a Symbolic, seen: &mut HashSet<usize>, order: &mut Vec<&'a Symbolic>) {
+            if !seen.insert(node_key(&s.node)) {
+                return;
+            }
+            if let SymNode::Apply { inputs, .. } = &*s.node {
+                for i in inputs.leaves() {
+                    collect(i, seen, order);
+                }
+            }
+            order.push(s);
+        }
+        for o in self.outputs.leaves() {
+            collect(o, &mut seen, &mut order);
+        }
+        for s in order {
+            match &*s.node {
+                SymNode::Input { spec, .. } => {
+                    rows.push(("input (InputLayer)".to_string(), shape_string(spec), 0usize))
+                }
+                SymNode::Apply { layer, outputs, .. } => {
+                    let w = layer.weights()?;
+                    let shape = outputs
+                        .leaves()
+                        .iter()
+                        .map(|s| shape_string(s))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    rows.push((
+                        format!("{} ({})", layer.name(), layer.kind()),
+                        shape,
+                        w.param_count() + w.state_count(),
+                    ));
+                }
+            }
+        }
+        let (mut trainable, mut non_trainable) = (0, 0);
+        for (_, w) in self.weights()? {
+            trainable += w.param_count();
+            non_trainable += w.state_count();
+        }
+        let w0 = rows
+            .iter()
+            .map(|r| r.0.len())
+            .max()
+            .unwrap_or(0)
+            .max("Layer (type)".len());
+        let w1 = rows
+            .iter()
+            .map(|r| r.1.len())
+            .max()
+            .unwrap_or(0)
+            .max("Output Shape".len());
+        let line = "─".repeat(w0 + w1 + 16);
+        let mut s = format!(
+            "Model: \"{}\"\n{line}\n{:<w0$}  {:<w1$}  {:>10}\n{line}\n",
+            self.name, "Layer (type)", "Output Shape", "Param #"
+        );
+        for (a, b, c) in &rows {
+            s.push_str(&format!("{a:<w0$}  {b:<w1$}  {c:>10}\n"));
+        }
+        s.push_str(&format!(
+            "{line}\n Total params: {}\n Trainable params: {trainable}\n Non-trainable params: {non_trainable}\n",
+            trainable + non_trainable
+        ));
+        Ok(s)
+    }
+
+    /// Saves every layer's params and state to a safetensors file, keyed
+    /// `layer/params/path` and `layer/state/path` (written atomically).
+    pub fn save_weights(&self, path: impl AsRef<Path>) -> Result<()> {
+        let mut all = BTreeMap::new();
+        for (name, w) in self.weights()? {
+            all.insert(name, Tree::map([("params", w.params), ("state", w.state)]));
+        }
+        save_tree(path, &Tree::Map(all), &NameMap::new())
+    }
+
+    /// Loads weights saved by [`Model::save_weights`]. Every tensor is
+    /// checked (missing, unexpected, shape, dtype) before any layer changes:
+    /// a failed load leaves the model exactly as it was.
+    pub fn load_weights(&self, client: &Client, path: impl AsRef<Path>) -> Result<()> {
+        let file = SafetensorsFile::open(path)?;
+        let current = self.weights()?;
+        let mut wanted = BTreeMap::new();
+        for (name, w) in &current {
+            wanted.insert(
+                name.clone(),
+                Tree::map([("params", w.param_specs()), ("state", w.state_specs())]),
+            );
+        }
+        let (loaded, _) = load_tree(client, &file, &Tree::Map(wanted), &NameMap::new())?;
+        let Tree::Map(mut per_layer) = loaded else {
+            return Err(Error::Invalid("unexpected weights tree".into()));
+        };
+        let mut new = Vec::new();
+        for (l, (name, old)) in self.layers.iter().zip(&current) {
+            let Some(Tree::Map(mut parts)) = per_layer.remove(name) else {
+                return Err(Error::Invalid(format!("no weights for layer `{name}`")));
+            };
+            let take = |parts: &mut BTreeMap<String, Tree<Buffer>>, k: &str| {
+                parts.remove(k).unwrap_or(Tree::Empty).into_arcs()
+            };
+            let w = Weights {
+                params: take(&mut parts, "params"),
+                state: take(&mut parts, "state"),
+            };
+            // Empty subtrees are not stored in the file: keep their structure.
+            let w = Weights {
+                params: if old.params.is_empty() {
+                    old.params.clone()
+                } else {
+                    w.params
+                },
+                state: if old.state.is_empty() {
+                    old.state.clone()
+                } else {
+                    w.state
+                },
+            };
+            old.check_same_layout(&w, &format!("load_weights of layer `{name}`"))?;
+            new.push((l.clone(), w));
+        }
+        for (l, w) in new {
+            l.set_weights(w)?;
+        }
+        Ok(())
+    }
+}
+
+/// Host data with a spec (row-major, little-endian): what `predict` takes
+/// and returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostArray {
+    /// Dtype and dimensions.
+    pub spec: ArraySpec,
+    /// The data.
+    pub bytes: Vec<u8>,
+}
+
+impl HostArray {
+    /// From a slice of native values and dimensions.
+    pub fn from_slice<T: crate::NativeType>(data: &[T], dims: &[usize]) -> Result<HostArray> {
+        let spec = ArraySpec::new(T::DTYPE, dims);
+        if data.len() != spec.element_count() {
+            return Err(Error::HostDataSize {
+                expected: spec.element_count(),
+                actual: data.len(),
+                spec,
+            });
+        }
+        let mut bytes = Vec::with_capacity(spec.size_in_bytes());
+        for &x in data {
+            x.extend_le_bytes(&mut bytes);
+        }
+        Ok(HostArray { spec, bytes })
+    }
+
+    /// The data as `Vec<T>`.
+    pub fn to_vec<T: crate::NativeType>(&self) -> Result<Vec<T>> {
+        if T::DTYPE != self.spec.dtype {
+            return Err(Error::DType {
+                context: "HostArray::to_vec".into(),
+                expected: T::DTYPE,
+                actual: self.spec.dtype,
+            });
+        }
+        Ok(self
+            .bytes
+            .chunks_exact(std::mem::size_of::<T>())
+            .map(T::from_le_slice)
+            .collect())
+    }
+
+    /// Rows `start..end` of the first dimension.
+    pub fn rows(&self, start: usize, end: usize) -> Result<HostArray> {
+        let n = self.spec.dims.first().copied().unwrap_or(0);
+        if start > end || end > n {
+            return Err(Error::Invalid(format!(
+                "rows {start}..{end} out of range for {}",
+                self.spec
+            )));
+        }
+        let row = self.spec.size_in_bytes() / n.max(1);
+        let mut spec = self.spec.clone();
+        spec.dims[0] = end - start;
+        Ok(HostArray {
+            spec,
+            bytes: self.bytes[start * row..end * row].to_vec(),
+        })
+    }
+
+    /// Appends the rows of `other` (same dtype and trailing dimensions).
+    pub fn concat_rows(mut self, other: &HostArray) -> Result<HostArray> {
+        if self.spec.dtype != other.spec.dtype || self.spec.dims[1..] != other.spec.dims[1..] {
+            return Err(Error::Invalid(format!(
+                "cannot stack {} under {}",
+                other.spec, self.spec
+            )));
+        }
+        self.spec.dims[0] += other.spec.dims[0];
+        self.bytes.extend_from_slice(&other.bytes);
+        Ok(self)
+    }
+}
+
+/// Keras's `Sequential`: layers applied one after another. Built on the
+/// first call from the input's shape; compiles into one executable.
+///
+/// ```
+/// use xlayer::builder::nn;
+/// use xlayer::layers::{Inputs, JaxLayer, Out, Sequential};
+/// use xlayer::Client;
+/// let relu = JaxLayer::new(|Inputs(x): Inputs| Ok(Out::from(nn::relu(&x.into_leaf()?)?)))?;
+/// let double = JaxLayer::new(|Inputs(x): Inputs| Ok(Out::from((x.into_leaf()? * 2.0)?)))?;
+/// let model = Sequential::new().add(relu).add(double);
+/// let client = Client::default_client()?;
+/// let x = client.buffer_from_host(&[-1f32, 2.0], &[1, 2])?;
+/// assert_eq!(model.call1(&client, &x, false)?.to_vec::<f32>()?, vec![0.0, 4.0]);
+/// # Ok::<(), xlayer::Error>(())
+/// ```
+#[derive(Default)]
+pub struct Sequential {
+    layers: Vec<Arc<dyn Layer>>,
+    model: Mutex<Option<Arc<Model>>>,
+}
+
+impl Sequential {
+    /// An empty model.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a layer at the end (the layer value stays shared).
+    #[allow(clippy::should_implement_trait)]
+    pub fn add<L: Layer + 'static>(mut self, layer: L) -> Self {
+        self.layers.push(Arc::new(layer));
+        *self.model.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+        self
+    }
+
+    /// Adds a shared layer handle at the end.
+    pub fn add_shared(mut self, layer: Arc<dyn Layer>) -> Self {
+        self.layers.push(layer);
+        *self.model.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+        self
+    }
+
+    /// Builds for per-example input shape `dims` (without the batch dimension).
+    pub fn build(&self, dims: &[usize], dtype: DType) -> Result<Arc<Model>> {
+        let mut guard = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = guard.as_ref() {
+            let want = &m.inputs.leaves()[0].spec;
+            if want.dtype == dtype && want.dims[1..] == *dims {
+                return Ok(m.clone());
+            }
+        }
+        if self.layers.is_empty() {
+            return Err(Error::Invalid("Sequential has no layers".into()));
+        }
+        let x = Input::new(dims, dtype);
+        let mut y = Tree::Leaf(x.clone());
+        for l in &self.layers {
+            y = apply_layer(l.clone(), &y)?;
+        }
+        let model = Arc::new(Model::new(x, y)?.with_name("sequential"));
+        *guard = Some(model.clone());
+        Ok(model)
+    }
+
+    /// The built model, if any.
+    pub fn model(&self) -> Option<Arc<Model>> {
+        self.model.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs on one input array (building on first use) and returns one output.
+    pub fn call1(&self, client: &Client, x: &Buffer, training: bool) -> Result<Buffer> {
+        let dims = x
+            .dims()
+            .get(1..)
+            .ok_or_else(|| Error::Invalid("Sequential input needs a batch dimension".into()))?;
+        self.build(dims, x.dtype())?.call1(client, x, training)
+    }
+}

@@ -1,0 +1,326 @@
+//! Compiling and running a forward pass over a set of layers: one trace and
+//! one compile per distinct (weights layout, input specs, training), the
+//! executable cached and reused; state buffers donated and replaced.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::builder::{trace, Builder, Tree, Value};
+use crate::dtype::ArraySpec;
+use crate::error::{Error, Result};
+use crate::pjrt::buffer::Buffer;
+use crate::pjrt::client::Client;
+use crate::pjrt::executable::{Arg, Executable};
+
+use super::layer::Layer;
+
+/// What a traced forward receives for one layer.
+pub(crate) struct LayerValues {
+    pub params: Tree<Value>,
+    pub state: Tree<Value>,
+    pub rng: Option<Value>,
+}
+
+/// Traces the forward: per-layer values and the inputs → outputs and the
+/// new state of every layer (in `layers` order).
+pub(crate) type TraceFn<'a> = dyn Fn(&Builder, Vec<LayerValues>, Tree<Value>, bool) -> Result<(Tree<Value>, Vec<Tree<Value>>)>
+    + 'a;
+
+struct Compiled {
+    exe: Executable,
+    out_tree: Tree<()>,
+    state_trees: Vec<Tree<()>>,
+}
+
+/// A cache of compiled forwards, keyed by everything that shapes the program.
+#[derive(Default)]
+pub(crate) struct Runner {
+    cache: Mutex<HashMap<u64, Arc<Compiled>>>,
+    compiles: AtomicUsize,
+    /// Serialises runs: state is handed to the executable during a run.
+    running: Mutex<()>,
+}
+
+impl Runner {
+    /// How many programs this runner has compiled.
+    pub(crate) fn compiles(&self) -> usize {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
+    /// Runs the forward of `layers` on `inputs`.
+    pub(crate) fn run(
+        &self,
+        client: &Client,
+        name: &str,
+        layers: &[&dyn Layer],
+        inputs: &Tree<&Buffer>,
+        training: bool,
+        trace_fn: &TraceFn<'_>,
+    ) -> Result<Tree<Buffer>> {
+        let _guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let input_leaves = inputs.leaves();
+        // The cache key: a hash of everything that shapes the program. A
+        // collision cannot give wrong results: arguments are checked against
+        // the executable's signature before it runs.
+        let mut has_state = false;
+        let key = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            training.hash(&mut h);
+            for l in layers {
+                let (fp, state) = l.layout_fingerprint()?;
+                has_state |= state;
+                (training && l.uses_rng()).hash(&mut h);
+                fp.hash(&mut h);
+            }
+            inputs.hash_structure(&mut h);
+            for b in &input_leaves {
+                b.spec().hash(&mut h);
+            }
+            h.finish()
+        };
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let compiled = match cached {
+            Some(c) => c,
+            None => {
+                let weights = layers
+                    .iter()
+                    .map(|l| l.weights())
+                    .collect::<Result<Vec<_>>>()?;
+                let rng_used: Vec<bool> = layers.iter().map(|l| training && l.uses_rng()).collect();
+                let c = self.compile(
+                    client, name, layers, &weights, &rng_used, inputs, training, trace_fn,
+                )?;
+                self.cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, c.clone());
+                c
+            }
+        };
+        let mut rng_buffers: Vec<Buffer> = Vec::new();
+        if training {
+            for l in layers.iter().filter(|l| l.uses_rng()) {
+                rng_buffers.push(client.buffer_from_host(&l.next_rng(), &[2])?);
+            }
+        }
+        if !has_state {
+            // Fast path: no state to hand over; params and inputs borrowed.
+            let params: Vec<Arc<Buffer>> = layers
+                .iter()
+                .map(|l| l.flat_params())
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
+                .collect();
+            let mut args: Vec<Arg<'_>> =
+                Vec::with_capacity(params.len() + rng_buffers.len() + input_leaves.len());
+            args.extend(params.iter().map(|b| Arg::Borrowed(b.as_ref())));
+            args.extend(rng_buffers.iter().map(Arg::Borrowed));
+            args.extend(input_leaves.iter().map(|b| Arg::Borrowed(b)));
+            let outs = compiled.exe.execute_args(args)?;
+            return compiled.out_tree.unflatten(outs);
+        }
+        let weights = layers
+            .iter()
+            .map(|l| l.weights())
+            .collect::<Result<Vec<_>>>()?;
+
+        // Arguments: params (borrowed), state (donated when we hold the only
+        // handle), rng keys, inputs.
+        let mut args: Vec<Arg<'_>> = Vec::with_capacity(compiled.exe.signature().inputs.len());
+        for w in &weights {
+            args.extend(
+                w.params
+                    .leaves()
+                    .into_iter()
+                    .map(|b| Arg::Borrowed(b.as_ref())),
+            );
+        }
+        {
+            let mut all: Vec<&Buffer> = args.iter().map(|a| a.buffer()).collect();
+            all.extend(
+                weights
+                    .iter()
+                    .flat_map(|w| w.state.leaves().into_iter().map(|b| b.as_ref())),
+            );
+            all.extend(rng_buffers.iter());
+            all.extend(input_leaves.iter().copied());
+            compiled.exe.check_arguments(&all)?;
+        }
+        let params: Vec<Arc<Buffer>> = weights
+            .iter()
+            .flat_map(|w| w.params.leaves().into_iter().cloned())
+            .collect();
+        drop(args);
+        drop(weights);
+        // Take the state out of the layers so that our handles are the only ones.
+        let state_leaves: Vec<Arc<Buffer>> = layers
+            .iter()
+            .flat_map(|l| l.replace_state(Tree::Empty).into_leaves())
+            .collect();
+        let mut args: Vec<Arg<'_>> = params.iter().map(|b| Arg::Borrowed(b.as_ref())).collect();
+        let mut kept: Vec<Arc<Buffer>> = Vec::new();
+        let mut owned: Vec<Option<Buffer>> = Vec::with_capacity(state_leaves.len());
+        for s in state_leaves {
+            match Arc::try_unwrap(s) {
+                Ok(buffer) => owned.push(Some(buffer)),
+                Err(shared) => {
+                    kept.push(shared);
+                    owned.push(None);
+                }
+            }
+        }
+        let mut kept_iter = kept.iter();
+        for slot in owned {
+            match slot {
+                Some(buffer) => args.push(Arg::Donated(buffer)),
+                None => args.push(Arg::Borrowed(kept_iter.next().expect("counted").as_ref())),
+            }
+        }
+        args.extend(rng_buffers.iter().map(Arg::Borrowed));
+        args.extend(input_leaves.iter().map(|b| Arg::Borrowed(b)));
+        let mut outs = compiled.exe.execute_args(args)?;
+
+        // Split outputs from the new state of each layer, and put the state back.
+        let n_out = compiled.out_tree.len();
+        let state_out = outs.split_off(n_out);
+        let mut state_out = state_out.into_iter();
+        for (layer, tree) in layers.iter().zip(&compiled.state_trees) {
+            let leaves: Vec<Arc<Buffer>> =
+                state_out.by_ref().take(tree.len()).map(Arc::new).collect();
+            layer.replace_state(tree.unflatten(leaves)?);
+        }
+        compiled.out_tree.unflatten(outs)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn compile(
+        &self,
+        client: &Client,
+        name: &str,
+        layers: &[&dyn Layer],
+        weights: &[super::layer::Weights],
+        rng_used: &[bool],
+        inputs: &Tree<&Buffer>,
+        training: bool,
+        trace_fn: &TraceFn<'_>,
+    ) -> Result<Arc<Compiled>> {
+        // Parameters, in order: every layer's params, every layer's state,
+        // the rng keys of layers that use one, the inputs.
+        let mut specs: Vec<(String, ArraySpec)> = Vec::new();
+        for (l, w) in layers.iter().zip(weights) {
+            for (p, b) in w.params.entries() {
+                specs.push((format!("{}/params/{p}", l.name()), b.spec().clone()));
+            }
+        }
+        let mut donors = vec![false; specs.len()];
+        for (l, w) in layers.iter().zip(weights) {
+            for (p, b) in w.state.entries() {
+                specs.push((format!("{}/state/{p}", l.name()), b.spec().clone()));
+                donors.push(true);
+            }
+        }
+        for (l, _) in layers.iter().zip(rng_used).filter(|(_, &u)| u) {
+            specs.push((format!("{}/rng", l.name()), ArraySpec::of::<u32>([2])));
+            donors.push(false);
+        }
+        for (p, b) in inputs.entries() {
+            specs.push((
+                if p.is_empty() {
+                    "inputs".into()
+                } else {
+                    format!("inputs/{p}")
+                },
+                b.spec().clone(),
+            ));
+            donors.push(false);
+        }
+        let flat = Tree::List(specs.iter().map(|(_, s)| Tree::Leaf(s.clone())).collect());
+        let mut out_tree = Tree::Empty;
+        let mut state_trees = Vec::new();
+        let computation = trace(name, &flat, |b, t| {
+            let mut leaves = t.into_leaves().into_iter();
+            let mut per_layer: Vec<LayerValues> = weights
+                .iter()
+                .map(|w| {
+                    let params = w
+                        .params
+                        .structure()
+                        .unflatten(leaves.by_ref().take(w.params.len()).collect())?;
+                    Ok(LayerValues {
+                        params,
+                        state: Tree::Empty,
+                        rng: None,
+                    })
+                })
+                .collect::<Result<_>>()?;
+            for (lv, w) in per_layer.iter_mut().zip(weights) {
+                lv.state = w
+                    .state
+                    .structure()
+                    .unflatten(leaves.by_ref().take(w.state.len()).collect())?;
+            }
+            for (lv, &used) in per_layer.iter_mut().zip(rng_used) {
+                if used {
+                    lv.rng = leaves.next();
+                }
+            }
+            let ins = inputs.structure().unflatten(leaves.collect())?;
+            let (out, new_states) = trace_fn(b, per_layer, ins, training)?;
+            let mut results: Vec<Value> = out.leaves().into_iter().cloned().collect();
+            out_tree = out.structure();
+            for ((l, w), new) in layers.iter().zip(weights).zip(&new_states) {
+                check_new_state(
+                    &l.name(),
+                    &w.state.map_leaves(&mut |b| b.spec().clone()),
+                    new,
+                )?;
+                results.extend(new.leaves().into_iter().cloned());
+                state_trees.push(new.structure());
+            }
+            Ok(Tree::List(results.into_iter().map(Tree::Leaf).collect()))
+        })?;
+        let computation = computation.with_donors(&donors)?;
+        let exe = computation.compile(client)?;
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        Ok(Arc::new(Compiled {
+            exe,
+            out_tree,
+            state_trees,
+        }))
+    }
+}
+
+/// The new state must have the old state's structure, dtypes and shapes.
+fn check_new_state(layer: &str, old: &Tree<ArraySpec>, new: &Tree<Value>) -> Result<()> {
+    let (old_paths, new_paths) = (old.paths(), new.paths());
+    if old.structure() != new.structure() {
+        let missing: Vec<&String> = old_paths
+            .iter()
+            .filter(|p| !new_paths.contains(p))
+            .collect();
+        let extra: Vec<&String> = new_paths
+            .iter()
+            .filter(|p| !old_paths.contains(p))
+            .collect();
+        return Err(Error::Invalid(format!(
+            "layer `{layer}`: the new state's structure differs from the state's (missing paths {missing:?}, unexpected paths {extra:?}; state paths {old_paths:?})"
+        )));
+    }
+    for ((path, want), got) in old.entries().into_iter().zip(new.leaves()) {
+        if want != got.spec() {
+            return Err(Error::Invalid(format!(
+                "layer `{layer}`: new state `{path}` is {}, but the state is {want}",
+                got.spec()
+            )));
+        }
+    }
+    Ok(())
+}
