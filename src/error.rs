@@ -260,6 +260,25 @@ pub enum Error {
         reason: String,
     },
 
+    /// A checkpoint does not fit the model: tensors missing, or of the wrong
+    /// dtype or shape. Every problem is listed; nothing was uploaded.
+    #[error("checkpoint {} does not fit the model:\n  {}", path.display(), problems.join("\n  "))]
+    CheckpointMismatch {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// One line per tensor at fault, naming it with both types.
+        problems: Vec<String>,
+    },
+
+    /// A tokenizer file could not be loaded or used.
+    #[error("tokenizer {}: {reason}", path.display())]
+    Tokenizer {
+        /// The `tokenizer.json` file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// A checkpoint tensor is missing, unexpected, or of the wrong shape or dtype.
     #[error("weights {}: tensor `{tensor}`: {reason}", file.display())]
     Weights {

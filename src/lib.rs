@@ -11,6 +11,8 @@
 //! - [`io`]: safetensors files as program inputs and outputs.
 //! - [`dtype`]: element types and array specs shared by every layer.
 //! - [`bench`]: timing executables against a roofline.
+//! - [`cache`]: the persistent compilation cache.
+//! - [`models`]: pretrained models (BERT / all-MiniLM-L6-v2) from safetensors.
 //!
 //! ```no_run
 //! use xlayer::{Client, Program};
@@ -28,23 +30,26 @@
 
 pub mod bench;
 pub mod builder;
+pub mod cache;
 pub mod dtype;
 pub mod error;
 pub mod export;
 pub mod io;
 pub mod layers;
+pub mod models;
 pub mod pjrt;
 pub mod program;
 pub mod train;
 pub mod weights;
 
+pub use cache::{CacheStats, CompileCache};
 pub use dtype::{ArraySpec, DType, NativeType};
 pub use error::{Error, ErrorCode, Result};
 pub use pjrt::analysis::{CompiledMemoryStats, CostAnalysis, OptimizedProgram};
 pub use pjrt::buffer::Buffer;
 pub use pjrt::client::{Client, ClientOptions, Device};
 pub use pjrt::compile_options::{CompileOptions, XlaFlag};
-pub use pjrt::executable::{Arg, Executable};
+pub use pjrt::executable::{compile_count, Arg, Executable};
 pub use pjrt::plugin::{NamedValue, Plugin};
 pub use program::{Program, ProgramFormat, Signature};
 

@@ -208,4 +208,15 @@ impl Computation {
     pub fn compile(&self, client: &Client) -> Result<Executable> {
         client.compile(&self.program()?)
     }
+
+    /// Emits and compiles on `client` through a persistent compilation
+    /// cache: loads the executable from disk when this exact program was
+    /// compiled before by the same plugin build.
+    pub fn compile_cached(
+        &self,
+        client: &Client,
+        cache: &crate::cache::CompileCache,
+    ) -> Result<Executable> {
+        cache.compile(client, &self.program()?, &crate::CompileOptions::new())
+    }
 }

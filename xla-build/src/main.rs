@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run -p xla-build -- fetch cpu      # download, verify, unpack (idempotent)
 //! cargo run -p xla-build -- path cpu       # print the plugin path, fetching if needed
+//! cargo run -p xla-build -- fetch minilm   # a pinned data asset (model weights)
 //! cargo run -p xla-build -- status         # what is cached, what each recipe pins
 //! ```
 //! To load the plugin and list its devices, use `cargo run -- doctor` (the
@@ -10,17 +11,22 @@
 
 use std::process::ExitCode;
 
-use xla_build::{ensure, find, home, provision, recipe, Target};
+use xla_build::{
+    asset, ensure, ensure_asset, find, find_asset, home, provision, provision_asset, recipe,
+    Target, ASSETS,
+};
 
 const USAGE: &str = "usage: xla-build <command> [target]
 
 commands:
-  fetch [TARGET]   download, verify (sha256) and unpack the plugin (default: cpu)
-  path [TARGET]    print the plugin's path, fetching it first if needed
-  status           show the cache folder, each recipe, and what is cached
+  fetch [TARGET|ASSET]  download, verify (sha256) and unpack a plugin or an asset (default: cpu)
+  path [TARGET|ASSET]   print its path (a file, or an asset's folder), fetching it first if needed
+  status                show the cache folder, each recipe, and what is cached
 
 targets: cpu, cuda12, tpu
-environment: XLAYER_HOME (cache), XLAYER_PJRT_PLUGIN[_CPU|_CUDA12|_TPU] (overrides), XLAYER_PYTHON";
+assets: minilm (all-MiniLM-L6-v2: safetensors weights, tokenizer.json, configs)
+environment: XLAYER_HOME (cache), XLAYER_PJRT_PLUGIN[_CPU|_CUDA12|_TPU] (overrides),
+             XLAYER_MINILM_DIR (asset override), XLAYER_PYTHON";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,6 +44,20 @@ fn target_arg(args: &[String]) -> Result<Target, xla_build::Error> {
 }
 
 fn run(args: &[String]) -> Result<(), xla_build::Error> {
+    let cmd = args.first().map(String::as_str);
+    if let Some(a) = args.get(1).and_then(|n| asset(n)) {
+        match cmd {
+            Some("fetch") => {
+                println!("{}", provision_asset(a)?.display());
+                return Ok(());
+            }
+            Some("path") => {
+                println!("{}", ensure_asset(a)?.display());
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
     match args.first().map(String::as_str) {
         Some("fetch") => {
             let target = target_arg(args)?;
@@ -62,6 +82,19 @@ fn run(args: &[String]) -> Result<(), xla_build::Error> {
                     r.package,
                     r.version,
                     &r.sha256[..12]
+                );
+            }
+            for a in ASSETS {
+                let state = match find_asset(a)? {
+                    Some(p) => format!("found at {}", p.display()),
+                    None => "not fetched".to_string(),
+                };
+                println!(
+                    "{:7} {}=={} sha256:{}… {state}",
+                    a.name,
+                    a.package,
+                    a.version,
+                    &a.sha256[..12]
                 );
             }
         }

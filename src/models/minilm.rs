@@ -1,0 +1,288 @@
+//! all-MiniLM-L6-v2 sentence embeddings, end to end: the pinned model
+//! (provisioned by `xla-build`), the `tokenizers` WordPiece tokenizer from
+//! its `tokenizer.json`, the BERT encoder of [`super::bert`], mean pooling
+//! and L2 normalisation, compiled per (batch, length) bucket through the
+//! persistent compilation cache.
+//!
+//! Inputs are tokenized as sentence-transformers does: `[CLS] … [SEP]`,
+//! truncated at `max_seq_length` = 256 tokens (not the 128 of the shipped
+//! `tokenizer.json`), no fixed padding. Sentences are sorted by length and
+//! grouped into batches of at most 32; each batch is padded to the next
+//! power of two in both batch size and length (at least 8 tokens), so at
+//! most 6 × 6 programs are ever compiled, and the padding is masked out of
+//! attention and pooling.
+//!
+//! ```no_run
+//! use xlayer::{models::minilm::MiniLm, Client};
+//! let model = MiniLm::load(&Client::cpu()?)?;
+//! let e = model.embed(&["A cat sits on the mat.", "Un chat est assis."])?;
+//! let cos: f32 = e[0].iter().zip(&e[1]).map(|(a, b)| a * b).sum();
+//! println!("cosine {cos:.3}");
+//! # Ok::<(), xlayer::Error>(())
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::cache::CompileCache;
+use crate::error::{Error, Result};
+use crate::pjrt::buffer::Buffer;
+use crate::pjrt::client::Client;
+use crate::pjrt::executable::Executable;
+
+use super::bert::{self, BertConfig};
+use super::checkpoint::Checkpoint;
+
+/// sentence-transformers' `max_seq_length` for this model.
+pub const MAX_SEQ_LEN: usize = 256;
+/// Largest batch run at once (bigger inputs are split).
+pub const MAX_BATCH: usize = 32;
+/// Shortest padded length.
+pub const MIN_SEQ_BUCKET: usize = 8;
+
+/// One tokenized input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    /// Token ids, `[CLS]` and `[SEP]` included.
+    pub ids: Vec<u32>,
+    /// Whether the input was longer than [`MAX_SEQ_LEN`] and was cut.
+    pub truncated: bool,
+}
+
+/// What loading took (for benchmarks and `--verbose` output).
+#[derive(Debug, Clone)]
+pub struct LoadInfo {
+    /// The model folder.
+    pub dir: PathBuf,
+    /// Size of `model.safetensors`.
+    pub file_bytes: usize,
+    /// Bytes uploaded to the device.
+    pub uploaded_bytes: usize,
+    /// Checkpoint tensors the model does not use.
+    pub unused: Vec<String>,
+    /// Wall time of opening the checkpoint and uploading the weights.
+    pub weights_time: Duration,
+}
+
+/// The loaded model: tokenizer, weights on the device, compiled buckets.
+pub struct MiniLm {
+    client: Client,
+    cfg: BertConfig,
+    tokenizer: tokenizers::Tokenizer,
+    tokenizer_path: PathBuf,
+    weights: Vec<Buffer>,
+    cache: CompileCache,
+    programs: Mutex<HashMap<(usize, usize), Arc<Executable>>>,
+    info: LoadInfo,
+}
+
+impl std::fmt::Debug for MiniLm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MiniLm({})", self.info.dir.display())
+    }
+}
+
+fn next_pow2(n: usize, min: usize) -> usize {
+    n.max(min).next_power_of_two()
+}
+
+impl MiniLm {
+    /// Loads the pinned model (fetching it on first use, like the plugin)
+    /// with the compilation cache of the environment (`XLAYER_CACHE_DIR`).
+    pub fn load(client: &Client) -> Result<MiniLm> {
+        let dir = xla_build::ensure_asset(&xla_build::MINILM)?;
+        MiniLm::load_from_dir(client, &dir, CompileCache::from_env()?)
+    }
+
+    /// Loads a model folder holding `config.json`, `tokenizer.json` and
+    /// `model.safetensors`, compiling through `cache`.
+    ///
+    /// Errors: [`Error::Io`]/[`Error::Safetensors`] for unreadable or
+    /// malformed files, [`Error::CheckpointMismatch`] for a checkpoint that does not
+    /// fit (nothing is uploaded then), [`Error::Tokenizer`].
+    pub fn load_from_dir(client: &Client, dir: &Path, cache: CompileCache) -> Result<MiniLm> {
+        let cfg = BertConfig::from_json_file(dir.join("config.json"))?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let mut tokenizer =
+            tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| Error::Tokenizer {
+                path: tokenizer_path.clone(),
+                reason: e.to_string(),
+            })?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: MAX_SEQ_LEN.min(cfg.max_position_embeddings),
+                ..Default::default()
+            }))
+            .map_err(|e| Error::Tokenizer {
+                path: tokenizer_path.clone(),
+                reason: e.to_string(),
+            })?;
+        let start = Instant::now();
+        let ckpt = Checkpoint::open(dir.join("model.safetensors"))?;
+        let loaded = ckpt.load(client, &bert::params(&cfg))?;
+        let weights_time = start.elapsed();
+        Ok(MiniLm {
+            client: client.clone(),
+            cfg,
+            tokenizer,
+            tokenizer_path,
+            weights: loaded.buffers,
+            cache,
+            programs: Mutex::new(HashMap::new()),
+            info: LoadInfo {
+                dir: dir.to_path_buf(),
+                file_bytes: ckpt.file_size(),
+                uploaded_bytes: loaded.bytes,
+                unused: loaded.unused,
+                weights_time,
+            },
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &BertConfig {
+        &self.cfg
+    }
+
+    /// Embedding width (384).
+    pub fn dim(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
+    /// What loading did.
+    pub fn load_info(&self) -> &LoadInfo {
+        &self.info
+    }
+
+    /// The compilation cache in use.
+    pub fn cache(&self) -> &CompileCache {
+        &self.cache
+    }
+
+    /// Tokenizes as sentence-transformers does (special tokens, truncation
+    /// at 256, no padding).
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Tokens>> {
+        texts
+            .iter()
+            .map(|t| {
+                let enc = self
+                    .tokenizer
+                    .encode(*t, true)
+                    .map_err(|e| Error::Tokenizer {
+                        path: self.tokenizer_path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                Ok(Tokens {
+                    ids: enc.get_ids().to_vec(),
+                    truncated: !enc.get_overflowing().is_empty(),
+                })
+            })
+            .collect()
+    }
+
+    /// Unit-length sentence embeddings, one per text, in order. Inputs cut
+    /// at 256 tokens are reported on stderr.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let tokens = self.tokenize(texts)?;
+        for (i, t) in tokens.iter().enumerate() {
+            if t.truncated {
+                eprintln!(
+                    "minilm: input {} is longer than {MAX_SEQ_LEN} tokens and was truncated (as sentence-transformers does)",
+                    i + 1
+                );
+            }
+        }
+        let ids: Vec<Vec<u32>> = tokens.into_iter().map(|t| t.ids).collect();
+        self.embed_tokens(&ids)
+    }
+
+    /// Embeddings of already tokenized inputs (each at most the model's
+    /// position count, `[CLS] … [SEP]` included).
+    pub fn embed_tokens(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let limit = self.cfg.max_position_embeddings;
+        for (i, ids) in inputs.iter().enumerate() {
+            if ids.is_empty() || ids.len() > limit {
+                return Err(Error::Invalid(format!(
+                    "input {i} has {} tokens; the model takes 1 to {limit}",
+                    ids.len()
+                )));
+            }
+            if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+                return Err(Error::Invalid(format!(
+                    "input {i} has token id {bad}, outside the vocabulary of {}",
+                    self.cfg.vocab_size
+                )));
+            }
+        }
+        let mut order: Vec<usize> = (0..inputs.len()).collect();
+        order.sort_by_key(|&i| inputs[i].len());
+        let mut out = vec![Vec::new(); inputs.len()];
+        for group in order.chunks(MAX_BATCH) {
+            let longest = group.iter().map(|&i| inputs[i].len()).max().unwrap_or(1);
+            let seq = next_pow2(longest, MIN_SEQ_BUCKET).min(limit);
+            let batch = next_pow2(group.len(), 1);
+            let mut ids = vec![0i32; batch * seq];
+            let mut mask = vec![0f32; batch * seq];
+            for (row, &i) in group.iter().enumerate() {
+                for (col, &t) in inputs[i].iter().enumerate() {
+                    ids[row * seq + col] = t as i32;
+                    mask[row * seq + col] = 1.0;
+                }
+            }
+            let emb = self.run_bucket(batch, seq, &ids, &mask)?;
+            let h = self.cfg.hidden_size;
+            for (row, &i) in group.iter().enumerate() {
+                out[i] = emb[row * h..(row + 1) * h].to_vec();
+            }
+        }
+        Ok(out)
+    }
+
+    /// The executable of one (batch, length) bucket, compiled (or loaded
+    /// from the cache) on first use.
+    pub fn program(&self, batch: usize, seq: usize) -> Result<Arc<Executable>> {
+        let mut programs = self.programs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = programs.get(&(batch, seq)) {
+            return Ok(e.clone());
+        }
+        let c = bert::trace_sentence_embedding(&self.cfg, batch, seq)?;
+        let exe = Arc::new(c.compile_cached(&self.client, &self.cache)?);
+        programs.insert((batch, seq), exe.clone());
+        Ok(exe)
+    }
+
+    /// Runs one padded bucket: `ids`/`mask` are `batch × seq`, row-major.
+    pub fn run_bucket(
+        &self,
+        batch: usize,
+        seq: usize,
+        ids: &[i32],
+        mask: &[f32],
+    ) -> Result<Vec<f32>> {
+        let exe = self.program(batch, seq)?;
+        let ids = self.client.buffer_from_host(ids, &[batch, seq])?;
+        let mask = self.client.buffer_from_host(mask, &[batch, seq])?;
+        let mut args: Vec<&Buffer> = self.weights.iter().collect();
+        args.push(&ids);
+        args.push(&mask);
+        let out = exe.execute(&args)?;
+        out.first()
+            .ok_or_else(|| Error::Invalid("the embedding program returned nothing".into()))?
+            .to_vec::<f32>()
+    }
+}
+
+/// Cosine similarity of two vectors (0 when either is zero).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na * nb)
+    }
+}

@@ -1,0 +1,180 @@
+//! all-MiniLM-L6-v2 end to end against sentence-transformers' own output
+//! (fixture written by tests/fixtures/gen_minilm.py): identical token ids,
+//! cosine >= 0.9999 per sentence; and loader errors on corrupted copies of
+//! the checkpoint. The model is fetched on first use, like the plugin.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use xlayer::models::bert::{params, BertConfig};
+use xlayer::models::checkpoint::Checkpoint;
+use xlayer::models::minilm::{cosine, MiniLm};
+use xlayer::{Client, CompileCache, Error};
+
+struct Item {
+    text: String,
+    ids: Vec<u32>,
+    truncated: bool,
+    embedding: Vec<f32>,
+}
+
+fn fixture() -> Vec<Item> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm/expected.json");
+    let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| Item {
+            text: i["text"].as_str().unwrap().to_string(),
+            ids: i["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect(),
+            truncated: i["truncated"].as_bool().unwrap(),
+            embedding: i["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect(),
+        })
+        .collect()
+}
+
+fn model_dir() -> PathBuf {
+    xla_build::ensure_asset(&xla_build::MINILM)
+        .expect("the MiniLM model (cargo run -p xla-build -- fetch minilm)")
+}
+
+#[test]
+fn matches_sentence_transformers() {
+    let items = fixture();
+    assert!(items.len() >= 8 && items.iter().any(|i| i.truncated));
+    let client = Client::cpu().unwrap();
+    let model =
+        MiniLm::load_from_dir(&client, &model_dir(), CompileCache::from_env().unwrap()).unwrap();
+    // sentence-transformers does not use BERT's pooler either.
+    assert_eq!(
+        model.load_info().unused,
+        [
+            "embeddings.position_ids",
+            "pooler.dense.bias",
+            "pooler.dense.weight"
+        ]
+    );
+    let texts: Vec<&str> = items.iter().map(|i| i.text.as_str()).collect();
+    let tokens = model.tokenize(&texts).unwrap();
+    for (t, i) in tokens.iter().zip(&items) {
+        assert_eq!(t.ids, i.ids, "token ids of {:?}", i.text);
+        assert_eq!(t.truncated, i.truncated, "truncation of {:?}", i.text);
+    }
+    // One call: all sentences in one bucket (16 x 256), as a user would.
+    let emb = model.embed(&texts).unwrap();
+    let worst = emb
+        .iter()
+        .zip(&items)
+        .map(|(e, i)| cosine(e, &i.embedding))
+        .fold(1f32, f32::min);
+    eprintln!("worst cosine vs sentence-transformers: {worst:.7}");
+    for (e, i) in emb.iter().zip(&items) {
+        assert_eq!(e.len(), 384);
+        let c = cosine(e, &i.embedding);
+        assert!(c >= 0.9999, "cosine {c} for {:?}", i.text);
+        let norm: f32 = e.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+    }
+    // A single short sentence goes through another (1 x 8) bucket and
+    // must give the same vector: padding and masking are exact.
+    let one = model.embed(&[texts[0]]).unwrap();
+    assert!(cosine(&one[0], &emb[0]) >= 0.99999);
+}
+
+/// A private copy of the checkpoint in a temp folder, modified by `edit`.
+fn corrupted_copy(tag: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xlayer-minilm-{tag}-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let src = model_dir();
+    for f in ["config.json", "tokenizer.json"] {
+        fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut bytes = fs::read(src.join("model.safetensors")).unwrap();
+    edit(&mut bytes);
+    fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    let client = Client::cpu().unwrap();
+    let err = MiniLm::load_from_dir(&client, dir, CompileCache::disabled()).unwrap_err();
+    let msg = err.to_string();
+    fs::remove_dir_all(dir).unwrap();
+    assert!(msg.contains("model.safetensors"), "names the file: {msg}");
+    msg
+}
+
+#[test]
+fn truncated_checkpoint_is_refused() {
+    let dir = corrupted_copy("trunc", |b| b.truncate(b.len() / 2));
+    let msg = load_err(&dir);
+    assert!(msg.contains("truncated"), "{msg}");
+}
+
+#[test]
+fn bad_header_is_refused() {
+    let dir = corrupted_copy("header", |b| b[8..20].copy_from_slice(b"not json!!!!"));
+    let msg = load_err(&dir);
+    assert!(msg.contains("header is not valid JSON"), "{msg}");
+    let dir = corrupted_copy("hlen", |b| b[..8].copy_from_slice(&u64::MAX.to_le_bytes()));
+    let msg = load_err(&dir);
+    assert!(msg.contains("header claims"), "{msg}");
+}
+
+#[test]
+fn wrong_dtype_is_named_and_nothing_is_uploaded() {
+    let name = "encoder.layer.3.output.dense.bias";
+    let dir = corrupted_copy("dtype", |b| {
+        let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&b[8..8 + n]).unwrap();
+        let at = header.find(&format!("\"{name}\"")).unwrap();
+        let f32_at = at + header[at..].find("\"F32\"").unwrap();
+        b[8 + f32_at..8 + f32_at + 5].copy_from_slice(b"\"I32\"");
+    });
+    // Validation happens before any upload: the error lists the tensor.
+    let ckpt = Checkpoint::open(dir.join("model.safetensors")).unwrap();
+    let client = Client::cpu().unwrap();
+    match ckpt.load(&client, &params(&BertConfig::minilm_l6())) {
+        Err(Error::CheckpointMismatch { problems, .. }) => {
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].contains(name) && problems[0].contains("I32"),
+                "{problems:?}"
+            );
+        }
+        other => panic!("expected Error::CheckpointMismatch, got {other:?}"),
+    }
+    let msg = load_err(&dir);
+    assert!(msg.contains(name) && msg.contains("does not fit"), "{msg}");
+}
+
+#[test]
+fn wrong_shape_config_lists_every_problem() {
+    let client = Client::cpu().unwrap();
+    let ckpt = Checkpoint::open(model_dir().join("model.safetensors")).unwrap();
+    let cfg = BertConfig {
+        num_layers: 7,
+        intermediate_size: 1024,
+        ..BertConfig::minilm_l6()
+    };
+    let Err(Error::CheckpointMismatch { problems, .. }) = ckpt.load(&client, &params(&cfg)) else {
+        panic!("expected Error::CheckpointMismatch");
+    };
+    assert!(problems
+        .iter()
+        .any(|p| p.contains("encoder.layer.6.") && p.contains("missing")));
+    assert!(problems
+        .iter()
+        .any(|p| p.contains("intermediate.dense.weight") && p.contains("[1536, 384]")));
+}
