@@ -10,6 +10,7 @@
 //! - [`Builder`], [`Value`]: recording, constants, parameters.
 //! - [`trace`], [`jit`], [`Computation`]: closure → program → executable.
 //! - [`Tree`]: JAX-style pytrees with stable flatten order and paths.
+//! - [`autodiff`]: reverse-mode `vjp`, `grad`, `value_and_grad` over the graph.
 //!
 //! ```
 //! use xlayer::{builder::jit, ArraySpec, Client};
@@ -25,6 +26,7 @@
 //! # Ok::<(), xlayer::Error>(())
 //! ```
 
+pub mod autodiff;
 mod core;
 mod emit;
 pub mod graph;
