@@ -674,7 +674,10 @@ fn rule(
         }
         Op::Gather { dims, slice_sizes } => {
             let (a, idx) = (x(0), x(1));
-            out.push((ops[0], gather_transpose(&ct0()?, &a, &idx, dims, slice_sizes)?));
+            out.push((
+                ops[0],
+                gather_transpose(&ct0()?, &a, &idx, dims, slice_sizes)?,
+            ));
         }
         Op::Scatter { dims, body } => {
             let g = ct0()?;
@@ -737,7 +740,10 @@ fn rule(
         Op::TopK { .. } => {
             let a = x(0);
             let idx = cx.val(ValueId { node: n, output: 1 });
-            out.push((ops[0], scatter_along(&ct0()?, &idx, a.rank() - 1, a.dims())?));
+            out.push((
+                ops[0],
+                scatter_along(&ct0()?, &idx, a.rank() - 1, a.dims())?,
+            ));
         }
         Op::While { cond, body } => {
             out = while_rule(cx, n, *cond, *body, cts, needs, captures)?;
@@ -771,9 +777,7 @@ fn unary_rule(op: UnaryOp, x: &Value, ans: &Value, g: &Value) -> Result<Option<V
         Cos => g.mul(&x.sin()?.neg()?)?,
         Tan => g.mul(&c(1.0)?.add(&ans.square()?)?)?,
         Erf => c(2.0 / std::f64::consts::PI.sqrt())?.mul(&g.mul(&x.square()?.neg()?.exp()?)?)?,
-        Erfc => {
-            c(-2.0 / std::f64::consts::PI.sqrt())?.mul(&g.mul(&x.square()?.neg()?.exp()?)?)?
-        }
+        Erfc => c(-2.0 / std::f64::consts::PI.sqrt())?.mul(&g.mul(&x.square()?.neg()?.exp()?)?)?,
         ErfInv => c(std::f64::consts::PI.sqrt() / 2.0)?.mul(&g.mul(&ans.square()?.exp()?)?)?,
         IsFinite | Not | PopCount => return Ok(None),
     };
@@ -883,7 +887,7 @@ fn pad_transpose(g: &Value, low: &[i64], high: &[i64], interior: &[usize]) -> Re
     let r = g.rank();
     let unpadded = g.pad(&g.scalar_like(0.0)?, &neg(low), &neg(high), &vec![0; r])?;
     let strides: Vec<usize> = interior.iter().map(|i| i + 1).collect();
-    unpadded.slice(&vec![0; r], &unpadded.dims().to_vec(), &strides)
+    unpadded.slice(&vec![0; r], unpadded.dims(), &strides)
 }
 
 /// `0, 1, ...` ranges of consecutive lengths (JAX's `ranges_like`).
@@ -899,9 +903,17 @@ fn ranges_like(lens: &[usize]) -> Vec<Vec<usize>> {
 }
 
 /// JAX's `_dot_general_transpose_lhs`.
-fn dot_transpose_lhs(g: &Value, x: &Value, y: &Value, d: &DotDims, swap_ans: bool) -> Result<Value> {
+fn dot_transpose_lhs(
+    g: &Value,
+    x: &Value,
+    y: &Value,
+    d: &DotDims,
+    swap_ans: bool,
+) -> Result<Value> {
     let remaining = |rank: usize, a: &[usize], b: &[usize]| -> Vec<usize> {
-        (0..rank).filter(|i| !a.contains(i) && !b.contains(i)).collect()
+        (0..rank)
+            .filter(|i| !a.contains(i) && !b.contains(i))
+            .collect()
     };
     let x_kept = remaining(x.rank(), &d.lhs_contract, &d.lhs_batch);
     let y_kept = remaining(y.rank(), &d.rhs_contract, &d.rhs_batch);
@@ -1103,13 +1115,22 @@ fn prod_transpose(x: &Value, dims: &[usize], g: &Value) -> Result<Value> {
     let t = x.transpose(&perm)?.reshape(&flat_dims)?;
     let last = flat_dims.len() - 1;
     let excl = |reverse: bool| -> Result<Value> {
-        let src = if reverse { t.reverse(&[last])? } else { t.clone() };
+        let src = if reverse {
+            t.reverse(&[last])?
+        } else {
+            t.clone()
+        };
         // exclusive: shift right by one, filling with 1, then cumulative product
         let mut low = vec![0i64; flat_dims.len()];
         let mut high = vec![0i64; flat_dims.len()];
         low[last] = 1;
         high[last] = -1;
-        let shifted = src.pad(&src.scalar_like(1.0)?, &low, &high, &vec![0; flat_dims.len()])?;
+        let shifted = src.pad(
+            &src.scalar_like(1.0)?,
+            &low,
+            &high,
+            &vec![0; flat_dims.len()],
+        )?;
         let mut w = WindowAttrs {
             dims: vec![1; flat_dims.len()],
             strides: vec![1; flat_dims.len()],
@@ -1134,7 +1155,9 @@ fn prod_transpose(x: &Value, dims: &[usize], g: &Value) -> Result<Value> {
         }
     };
     let others = excl(false)?.mul(&excl(true)?)?;
-    let gb = g.reshape(&kept_dims)?.broadcast_in_dim(&flat_dims, &(0..last).collect::<Vec<_>>())?;
+    let gb = g
+        .reshape(&kept_dims)?
+        .broadcast_in_dim(&flat_dims, &(0..last).collect::<Vec<_>>())?;
     let r = others.mul(&gb)?;
     let mut tdims = kept_dims;
     tdims.extend(dims.iter().map(|&d| x.dims()[d]));
@@ -1169,8 +1192,7 @@ fn window_sum_transpose(g: &Value, x: &Value, w: &WindowAttrs) -> Result<Value> 
         padding: vec![(0, 0); r],
     };
     let zero = g.scalar_like(0.0)?;
-    Ok(x
-        .builder()
+    Ok(x.builder()
         .reduce_window(&[padded], &[zero], &attrs, |a| Ok(vec![a[0].add(&a[1])?]))?
         .remove(0))
 }
@@ -1190,10 +1212,9 @@ fn window_chooser_transpose(
     if ans.element_count() == 0 {
         return x.builder().zeros(x.dtype(), x.dims());
     }
-    let fill = x.builder().constant_bytes(
-        identity_value(op, x.dtype()),
-        ArraySpec::new(x.dtype(), []),
-    )?;
+    let fill = x
+        .builder()
+        .constant_bytes(identity_value(op, x.dtype()), ArraySpec::new(x.dtype(), []))?;
     let lo: Vec<i64> = w.padding.iter().map(|p| p.0).collect();
     let hi: Vec<i64> = w.padding.iter().map(|p| p.1).collect();
     let dil: Vec<usize> = w.base_dilation.iter().map(|d| d - 1).collect();
@@ -1406,15 +1427,11 @@ fn replay_sub(
     env: &mut HashMap<ValueId, Value>,
 ) -> Result<RegionId> {
     let specs = g.nodes[g.regions[r.0].args_node].outputs.clone();
-    Ok(b.region(name, &specs, |a| replay_region(b, g, r, a, env))?.0)
+    Ok(b.region(name, &specs, |a| replay_region(b, g, r, a, env))?
+        .0)
 }
 
-fn replay_node(
-    b: &Builder,
-    g: &Graph,
-    n: NodeId,
-    env: &mut HashMap<ValueId, Value>,
-) -> Result<()> {
+fn replay_node(b: &Builder, g: &Graph, n: NodeId, env: &mut HashMap<ValueId, Value>) -> Result<()> {
     let node = &g.nodes[n];
     let operands: Vec<Value> = node
         .operands
@@ -1583,12 +1600,7 @@ fn case_rule(
                 outs.push(o);
             }
         }
-        let wrt: Vec<ValueId> = dedup(
-            caps[r.0]
-                .iter()
-                .copied()
-                .filter(|v| captures.contains(v)),
-        );
+        let wrt: Vec<ValueId> = dedup(caps[r.0].iter().copied().filter(|v| captures.contains(v)));
         let grads = backprop(cx.b, &outs, &seeds, &wrt)?;
         out.extend(
             wrt.into_iter()

@@ -297,7 +297,10 @@ impl Emitter<'_> {
     fn node(&mut self, node: NodeId, indent: usize) {
         let g = self.g;
         let n = &g.nodes[node];
-        if matches!(n.op, Op::Parameter { .. } | Op::RegionArgs | Op::StopGradient) {
+        if matches!(
+            n.op,
+            Op::Parameter { .. } | Op::RegionArgs | Op::StopGradient
+        ) {
             return;
         }
         let pad = " ".repeat(indent);
