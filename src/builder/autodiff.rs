@@ -15,6 +15,25 @@
 //! count is static (the shape [`Builder::fori_loop`] records): the body is
 //! replayed (unrolled) that many times and the unrolled copy is
 //! differentiated; see `docs/autodiff.md`.
+//!
+//! ```
+//! use xlayer::builder::{autodiff::value_and_grad, jit, Tree};
+//! use xlayer::{ArraySpec, Client};
+//! let client = Client::cpu()?;
+//! let exe = jit(&client, &[ArraySpec::of::<f32>([2]), ArraySpec::of::<f32>([3, 2])], |b, a| {
+//!     let params = Tree::map([("w", Tree::leaf(a[0].clone()))]);
+//!     let (loss, g) = value_and_grad(b, &params, |_, p| {
+//!         a[1].matmul(p.get("w").unwrap())?.square()?.sum(&[0], false) // sum((x w)^2)
+//!     })?;
+//!     Ok(vec![loss, g.get("w").unwrap().clone()]) // 2 x^T x w
+//! })?;
+//! let w = client.buffer_from_host(&[1f32, 0.0], &[2])?;
+//! let x = client.buffer_from_host(&[1f32, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 2])?;
+//! let out = exe.execute(&[&w, &x])?;
+//! assert_eq!(out[0].to_vec::<f32>()?, vec![2.0]);
+//! assert_eq!(out[1].to_vec::<f32>()?, vec![4.0, 2.0]);
+//! # Ok::<(), xlayer::Error>(())
+//! ```
 
 use std::collections::{HashMap, HashSet};
 
