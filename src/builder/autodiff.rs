@@ -544,11 +544,7 @@ fn rule(
             }
             out.push((ops[0], ct0()?.transpose(&inv)?));
         }
-        Op::Slice {
-            start,
-            limit,
-            strides,
-        } => {
+        Op::Slice { start, strides, .. } => {
             let g = ct0()?;
             let a = x(0);
             let mut low = Vec::new();
@@ -560,7 +556,6 @@ fn rule(
                 } else {
                     start[d] + (g.dims()[d] - 1) * strides[d] + 1
                 };
-                let _ = limit;
                 low.push(start[d] as i64);
                 high.push(a.dims()[d] as i64 - real_limit as i64);
                 interior.push(strides[d] - 1);
@@ -782,7 +777,8 @@ fn unary_rule(op: UnaryOp, x: &Value, ans: &Value, g: &Value) -> Result<Option<V
     let r = match op {
         Neg => g.neg()?,
         Abs => x.ge(&c(0.0)?)?.select(g, &g.neg()?)?,
-        Sign | Floor | Ceil | RoundNearestAfz | RoundNearestEven => g.mul(&c(0.0)?)?,
+        // Piecewise constant: a zero cotangent (as JAX's symbolic zero, even for inf/NaN g).
+        Sign | Floor | Ceil | RoundNearestAfz | RoundNearestEven => return Ok(None),
         Exp => g.mul(ans)?,
         Expm1 => g.mul(&ans.add(&c(1.0)?)?)?,
         Log => g.div(x)?,
@@ -1284,7 +1280,6 @@ fn window_chooser_transpose(
 /// Clamps gather start indices into range (as the gather itself does) so
 /// the transposed scatter hits the same elements.
 fn clamp_indices(idx: &Value, bounds: &[i64], index_vector_dim: usize) -> Result<Value> {
-    let b = idx.builder();
     let zero = idx.scalar_like(0.0)?;
     if index_vector_dim == idx.rank() {
         let hi = idx.scalar_like(bounds[0] as f64)?;
@@ -1295,7 +1290,6 @@ fn clamp_indices(idx: &Value, bounds: &[i64], index_vector_dim: usize) -> Result
         .map(|&v| idx.scalar_like(v as f64)?.reshape(&[1]))
         .collect::<Result<_>>()?;
     let hi = Value::concatenate(&his, 0)?.broadcast_in_dim(idx.dims(), &[index_vector_dim])?;
-    let _ = b;
     idx.maximum(&zero)?.minimum(&hi)
 }
 
