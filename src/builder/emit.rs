@@ -14,6 +14,8 @@ fn vref(g: &Graph, v: ValueId) -> String {
     let n = &g.nodes[v.node];
     match n.op {
         Op::RegionArgs => format!("%v{}_{}", v.node, v.output),
+        // An identity for autodiff only: the operand itself.
+        Op::StopGradient => vref(g, n.operands[0]),
         _ if n.outputs.len() == 1 => format!("%v{}", v.node),
         _ => format!("%v{}#{}", v.node, v.output),
     }
@@ -236,13 +238,14 @@ fn attributes(g: &Graph, node: NodeId) -> String {
         | Op::Reshape
         | Op::DynamicUpdateSlice
         | Op::While { .. }
-        | Op::Case { .. } => String::new(),
+        | Op::Case { .. }
+        | Op::StopGradient => String::new(),
     }
 }
 
 fn op_name(op: &Op) -> &'static str {
     match op {
-        Op::Parameter { .. } | Op::RegionArgs => "",
+        Op::Parameter { .. } | Op::RegionArgs | Op::StopGradient => "",
         Op::Constant { .. } => "stablehlo.constant",
         Op::Iota { .. } => "stablehlo.iota",
         Op::Unary(u) => u.mlir_name(),
@@ -296,7 +299,10 @@ impl Emitter<'_> {
     fn node(&mut self, node: NodeId, indent: usize) {
         let g = self.g;
         let n = &g.nodes[node];
-        if matches!(n.op, Op::Parameter { .. } | Op::RegionArgs) {
+        if matches!(
+            n.op,
+            Op::Parameter { .. } | Op::RegionArgs | Op::StopGradient
+        ) {
             return;
         }
         let pad = " ".repeat(indent);

@@ -11,6 +11,7 @@
 //! - [`trace`], [`jit`], [`Computation`]: closure → program → executable.
 //! - [`Tree`]: JAX-style pytrees with stable flatten order and paths.
 //! - [`random`]: `jax.random` (threefry2x32), bit for bit; [`init`]: `jax.nn.initializers`.
+//! - [`autodiff`]: reverse-mode `vjp`, `grad`, `value_and_grad` over the graph.
 //!
 //! ```
 //! use xlayer::{builder::jit, ArraySpec, Client};
@@ -26,6 +27,7 @@
 //! # Ok::<(), xlayer::Error>(())
 //! ```
 
+pub mod autodiff;
 mod core;
 mod emit;
 pub mod graph;

@@ -136,7 +136,7 @@ fn axis_check(op: &'static str, x: &Value, axis: usize) -> Result<()> {
 pub fn logsumexp(x: &Value, axis: usize, keepdims: bool) -> Result<Value> {
     float_only("logsumexp", x)?;
     axis_check("logsumexp", x, axis)?;
-    let m = x.max(&[axis], true)?;
+    let m = x.max(&[axis], true)?.stop_gradient()?;
     let m = m.is_finite()?.select(&m, &m.scalar_like(0.0)?)?;
     let s = (x - &m)?.exp()?.sum(&[axis], true)?.log()?;
     let out = (s + m)?;
@@ -162,7 +162,7 @@ pub fn logsumexp(x: &Value, axis: usize, keepdims: bool) -> Result<Value> {
 pub fn softmax(x: &Value, axis: usize) -> Result<Value> {
     float_only("softmax", x)?;
     axis_check("softmax", x, axis)?;
-    let unnormalized = (x - x.max(&[axis], true)?)?.exp()?;
+    let unnormalized = (x - x.max(&[axis], true)?.stop_gradient()?)?.exp()?;
     let total = unnormalized.sum(&[axis], true)?;
     unnormalized / total
 }
@@ -182,7 +182,7 @@ pub fn softmax(x: &Value, axis: usize) -> Result<Value> {
 pub fn log_softmax(x: &Value, axis: usize) -> Result<Value> {
     float_only("log_softmax", x)?;
     axis_check("log_softmax", x, axis)?;
-    let shifted = (x - x.max(&[axis], true)?)?;
+    let shifted = (x - x.max(&[axis], true)?.stop_gradient()?)?;
     let lse = shifted.exp()?.sum(&[axis], true)?.log()?;
     shifted - lse
 }

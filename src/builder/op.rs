@@ -511,6 +511,8 @@ pub enum Op {
         /// Carried values → next carried values.
         body: RegionId,
     },
+    /// Identity whose cotangent is zero (`lax.stop_gradient`); emits nothing.
+    StopGradient,
     /// Run one of several branches by an i32 index (operand), clamped as StableHLO does.
     Case {
         /// The branches; each returns the same types.
@@ -553,6 +555,7 @@ impl Op {
             Op::TopK { .. } => "top_k",
             Op::While { .. } => "while",
             Op::Case { .. } => "case",
+            Op::StopGradient => "stop_gradient",
         }
     }
 }
