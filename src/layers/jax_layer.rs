@@ -423,6 +423,16 @@ impl Layer for JaxLayer {
         Ok(())
     }
 
+    fn swap_weights(&self, weights: Option<Weights>) -> Option<Weights> {
+        let mut s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
+        let old = s.weights.take();
+        match weights {
+            Some(w) => s.set(w),
+            None => s.flat_params.clear(),
+        }
+        old
+    }
+
     fn replace_state(&self, state: Tree<Arc<Buffer>>) -> Tree<Arc<Buffer>> {
         let mut s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
         match &mut s.weights {

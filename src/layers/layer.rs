@@ -196,6 +196,11 @@ pub trait Layer: Send + Sync {
     /// put the new state back; use [`Layer::set_weights`] otherwise.
     fn replace_state(&self, state: Tree<Arc<Buffer>>) -> Tree<Arc<Buffer>>;
 
+    /// Swaps all weights without checks and returns the old ones (`None`
+    /// leaves the layer unbuilt). Train steps use it to donate params; use
+    /// [`Layer::set_weights`] otherwise.
+    fn swap_weights(&self, weights: Option<Weights>) -> Option<Weights>;
+
     /// Whether calls in training mode take a random key.
     fn uses_rng(&self) -> bool;
 

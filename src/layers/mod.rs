@@ -128,7 +128,7 @@ pub mod haiku;
 mod jax_layer;
 mod layer;
 mod model;
-mod runner;
+pub(crate) mod runner;
 pub mod signature;
 
 pub use jax_layer::{JaxLayer, JaxLayerBuilder};

@@ -178,6 +178,7 @@ pub struct Model {
     outputs: Tree<Symbolic>,
     layers: Vec<Arc<dyn Layer>>,
     runner: Runner,
+    pub(crate) training: std::sync::Mutex<Option<Arc<crate::train::fit::TrainConfig>>>,
 }
 
 fn node_key(n: &Arc<SymNode>) -> usize {
@@ -262,6 +263,7 @@ impl Model {
             outputs,
             layers,
             runner: Runner::default(),
+            training: Default::default(),
         })
     }
 
@@ -269,6 +271,15 @@ impl Model {
     pub fn with_name(mut self, name: &str) -> Self {
         self.name = name.to_string();
         self
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The symbolic inputs' specs (batch dimension traced as 1).
+    pub fn input_specs(&self) -> Tree<ArraySpec> {
+        self.inputs.map_leaves(&mut |s| s.spec.clone())
     }
 
     /// The layers, in the order the forward pass first uses them.
@@ -309,7 +320,7 @@ impl Model {
     }
 
     /// Traces the forward pass into `b` (used by the runner).
-    fn trace_forward(
+    pub(crate) fn trace_forward(
         &self,
         lv: Vec<LayerValues>,
         inputs: Tree<Value>,
