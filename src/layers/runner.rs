@@ -34,6 +34,44 @@ struct Compiled {
     state_trees: Vec<Tree<()>>,
 }
 
+/// Buffers handed to an executable: each one whose only handle we hold is
+/// donated (its memory may be reused for an output); the others, still
+/// shared elsewhere, are borrowed.
+pub(crate) struct Handover {
+    owned: Vec<Option<Buffer>>,
+    kept: Vec<Arc<Buffer>>,
+}
+
+impl Handover {
+    pub(crate) fn new(handles: Vec<Arc<Buffer>>) -> Handover {
+        let mut owned = Vec::with_capacity(handles.len());
+        let mut kept = Vec::new();
+        for h in handles {
+            match Arc::try_unwrap(h) {
+                Ok(buffer) => owned.push(Some(buffer)),
+                Err(shared) => {
+                    kept.push(shared);
+                    owned.push(None);
+                }
+            }
+        }
+        Handover { owned, kept }
+    }
+
+    /// The arguments, in the order the handles were given.
+    pub(crate) fn args(&mut self) -> Vec<Arg<'_>> {
+        let mut kept = self.kept.iter();
+        let mut args = Vec::with_capacity(self.owned.len());
+        for slot in self.owned.iter_mut() {
+            match slot.take() {
+                Some(buffer) => args.push(Arg::Donated(buffer)),
+                None => args.extend(kept.next().map(|b| Arg::Borrowed(b.as_ref()))),
+            }
+        }
+        args
+    }
+}
+
 /// A cache of compiled forwards, keyed by everything that shapes the program.
 #[derive(Default)]
 pub(crate) struct Runner {
@@ -166,24 +204,8 @@ impl Runner {
             .flat_map(|l| l.replace_state(Tree::Empty).into_leaves())
             .collect();
         let mut args: Vec<Arg<'_>> = params.iter().map(|b| Arg::Borrowed(b.as_ref())).collect();
-        let mut kept: Vec<Arc<Buffer>> = Vec::new();
-        let mut owned: Vec<Option<Buffer>> = Vec::with_capacity(state_leaves.len());
-        for s in state_leaves {
-            match Arc::try_unwrap(s) {
-                Ok(buffer) => owned.push(Some(buffer)),
-                Err(shared) => {
-                    kept.push(shared);
-                    owned.push(None);
-                }
-            }
-        }
-        let mut kept_iter = kept.iter();
-        for slot in owned {
-            match slot {
-                Some(buffer) => args.push(Arg::Donated(buffer)),
-                None => args.push(Arg::Borrowed(kept_iter.next().expect("counted").as_ref())),
-            }
-        }
+        let mut handover = Handover::new(state_leaves);
+        args.extend(handover.args());
         args.extend(rng_buffers.iter().map(Arg::Borrowed));
         args.extend(input_leaves.iter().map(|b| Arg::Borrowed(b)));
         let mut outs = compiled.exe.execute_args(args)?;

@@ -17,7 +17,7 @@ use crate::builder::autodiff::value_and_grad_with_aux;
 use crate::builder::{trace, Builder, Tree, Value};
 use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
-use crate::layers::runner::LayerValues;
+use crate::layers::runner::{Handover, LayerValues};
 use crate::layers::{HostArray, Model, Weights};
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
@@ -466,27 +466,8 @@ impl Model {
         handles.extend(opt.leaves().into_iter().cloned());
         drop(taken);
         drop(opt);
-        let mut kept: Vec<Arc<Buffer>> = Vec::new();
-        let mut owned: Vec<Option<Buffer>> = Vec::new();
-        for h in handles {
-            match Arc::try_unwrap(h) {
-                Ok(b) => owned.push(Some(b)),
-                Err(shared) => {
-                    kept.push(shared);
-                    owned.push(None);
-                }
-            }
-        }
-        let mut kept_iter = kept.iter();
-        let mut args: Vec<Arg<'_>> = Vec::new();
-        for o in owned {
-            match o {
-                Some(b) => args.push(Arg::Donated(b)),
-                None => args.push(Arg::Borrowed(
-                    kept_iter.next().ok_or_else(|| state_err("handles"))?,
-                )),
-            }
-        }
+        let mut handover = Handover::new(handles);
+        let mut args = handover.args();
         args.extend(rngs.iter().map(Arg::Borrowed));
         args.extend([Arg::Borrowed(&xb), Arg::Borrowed(&yb)]);
         let outs = step.exe.execute_args(args)?;
