@@ -170,10 +170,18 @@ fn read_str(ptr: *const std::ffi::c_char, len: usize) -> String {
 }
 
 impl Client {
-    /// A client of the CPU plugin (provisioned on first use) with its
-    /// default options.
+    /// The process-wide client of the CPU plugin (provisioned on first use),
+    /// with the plugin's default options: every call returns the same client,
+    /// as JAX has one CPU backend. It is also [`Client::default_client`] when
+    /// `XLAYER_PJRT_PLUGIN` is not set. Use [`Client::new`] for a separate
+    /// client or other options.
     pub fn cpu() -> Result<Client> {
-        Client::new(&Plugin::cpu()?, &ClientOptions::new())
+        static CPU: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
+        if let Some(c) = CPU.get() {
+            return Ok(c.clone());
+        }
+        let c = Client::new(&Plugin::cpu()?, &ClientOptions::new())?;
+        Ok(CPU.get_or_init(|| c).clone())
     }
 
     /// The process-wide default client (like JAX's default backend): created
@@ -184,7 +192,10 @@ impl Client {
         if let Some(c) = DEFAULT.get() {
             return Ok(c.clone());
         }
-        let c = Client::default_plugin()?;
+        let c = match std::env::var_os("XLAYER_PJRT_PLUGIN").filter(|v| !v.is_empty()) {
+            None => Client::cpu()?,
+            Some(_) => Client::default_plugin()?,
+        };
         Ok(DEFAULT.get_or_init(|| c).clone())
     }
 
