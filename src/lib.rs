@@ -11,6 +11,7 @@
 //! - [`io`]: safetensors files as program inputs and outputs.
 //! - [`dtype`]: element types and array specs shared by every layer.
 //! - [`bench`]: timing executables against a roofline.
+//! - [`layers`]: Keras-style layers and models; [`flax`]: Flax linen modules and `FlaxLayer`.
 //!
 //! ```no_run
 //! use xlayer::{Client, Program};
@@ -31,6 +32,7 @@ pub mod builder;
 pub mod dtype;
 pub mod error;
 pub mod export;
+pub mod flax;
 pub mod io;
 pub mod layers;
 pub mod pjrt;
