@@ -36,7 +36,7 @@
 //! let vars = init(&client, &cnn, &Method::Call, &Rngs::seed(0), &Tree::leaf(&x), None)?;
 //! assert_eq!(vars.paths(), vec!["params/Conv_0/bias", "params/Conv_0/kernel",
 //!                               "params/Dense_0/bias", "params/Dense_0/kernel"]);
-//! let v = vars.map_leaves(&mut |b| b);
+//! let v = vars.structure().unflatten(vars.leaves())?;
 //! let (y, _) = apply(&client, &cnn, &Method::Call, &v, &Rngs::new(), Mutable::Nothing, &Tree::leaf(&x), None)?;
 //! assert_eq!(y.leaves()[0].dims(), &[2, 3]);
 //! # Ok::<(), xlayer::Error>(())

@@ -533,12 +533,14 @@ impl GroupNorm {
         let num_groups = match (self.num_groups, self.group_size) {
             (Some(g), None) => g,
             (None, Some(gs)) if gs > 0 && channels % gs == 0 => channels / gs,
-            (None, Some(gs)) => return Err(flax_err(
-                s.path_text(),
-                format!(
+            (None, Some(gs)) => {
+                return Err(flax_err(
+                    s.path_text(),
+                    format!(
                     "number of channels ({channels}) is not a multiple of the group size ({gs})"
                 ),
-            )),
+                ))
+            }
             _ => {
                 return Err(flax_err(
                     s.path_text(),
