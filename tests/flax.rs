@@ -125,7 +125,7 @@ fn fixture_tree(prefix: &str) -> Result<Tree<Buffer>> {
     Ok(nest(flat.into_iter().collect()))
 }
 
-fn refs<'a>(t: &'a Tree<Buffer>) -> Tree<&'a Buffer> {
+fn refs(t: &Tree<Buffer>) -> Tree<&Buffer> {
     t.structure().unflatten(t.leaves()).expect("same structure")
 }
 
@@ -940,8 +940,7 @@ fn flax_layer_bound_method_cnn() -> Result<()> {
 #[test]
 fn flax_layer_unbound_method_with_dropout_rng() -> Result<()> {
     let c = client();
-    let module =
-        FnModule::new("CNNDropout").method("forward", true, |s, x, t| cnn_forward(s, x, t));
+    let module = FnModule::new("CNNDropout").method("forward", true, cnn_forward);
     // Keras's wrapper(module, inputs, training): a free function taking the module first.
     let wrapper = Method::free(
         true,

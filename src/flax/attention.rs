@@ -224,7 +224,7 @@ impl MultiHeadDotProductAttention {
         let last = inputs_q.dims()[inputs_q.rank() - 1];
         let features = self.out_features.unwrap_or(last);
         let qkv = self.qkv_features.unwrap_or(last);
-        if self.num_heads == 0 || qkv % self.num_heads != 0 {
+        if self.num_heads == 0 || !qkv.is_multiple_of(self.num_heads) {
             return Err(flax_err(
                 s.path_text(),
                 format!(

@@ -480,7 +480,7 @@ impl Conv {
         }
         let in_f = x.dims()[x.rank() - 1];
         let g = self.feature_group_count.max(1);
-        if in_f % g != 0 {
+        if !in_f.is_multiple_of(g) {
             return Err(flax_err(
                 path,
                 format!("input features {in_f} are not divisible by feature_group_count {g}"),
@@ -684,8 +684,8 @@ impl ConvTranspose {
         if self.padding == ConvPadding::Circular {
             let scaled: Vec<usize> = (0..n).map(|i| p[0].dims()[i + 1] * strides[i]).collect();
             let mut total = vec![(0i64, 0i64)];
-            for i in 0..n {
-                let (yd, xd) = (y.dims()[i + 1] as i64, scaled[i] as i64);
+            for (i, &sx) in scaled.iter().enumerate() {
+                let (yd, xd) = (y.dims()[i + 1] as i64, sx as i64);
                 let diff = (-(yd - xd)).rem_euclid(2 * xd);
                 total.push(if self.transpose_kernel {
                     (diff / 2, (diff + 1) / 2)

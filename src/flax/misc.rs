@@ -123,6 +123,9 @@ impl Module for Dropout {
     }
 }
 
+/// A function step of a [`Sequential`].
+pub type StepFn = dyn Fn(&Value) -> Result<Value> + Send + Sync;
+
 /// One step of a [`Sequential`]: a module (a submodule `layers_{i}`) or a
 /// function (an activation, a reshape).
 #[derive(Clone)]
@@ -130,7 +133,7 @@ pub enum Step {
     /// A submodule, called with its `__call__`.
     Module(Arc<dyn Module>),
     /// A function of the previous output.
-    Fn(Arc<dyn Fn(&Value) -> Result<Value> + Send + Sync>),
+    Fn(Arc<StepFn>),
 }
 
 /// `nn.Sequential([...])`: submodules are named `layers_{i}` by their

@@ -60,7 +60,7 @@ pub use linear::{
     default_embed_init, default_kernel_init, Conv, ConvPadding, ConvTranspose, Dense, DenseGeneral,
     Embed,
 };
-pub use misc::{avg_pool, max_pool, min_pool, Dropout, Sequential, Step};
+pub use misc::{avg_pool, max_pool, min_pool, Dropout, Sequential, Step, StepFn};
 pub use module::{
     apply, apply_traced, init, init_traced, promote_dtype, FnModule, FreeFn, Method, MethodFn,
     MethodSig, Module, Rngs, CALL,

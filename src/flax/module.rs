@@ -290,6 +290,7 @@ pub fn init_traced(
 /// Traced `module.apply`: runs `method` over `variables` with rngs `rngs`;
 /// returns the outputs and the mutable collections (all their variables,
 /// as Flax returns them; an empty map when nothing is mutable).
+#[allow(clippy::too_many_arguments)]
 pub fn apply_traced(
     b: &Builder,
     module: &dyn Module,

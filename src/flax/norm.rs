@@ -532,7 +532,7 @@ impl GroupNorm {
         let channels = x.dims()[nd - 1];
         let num_groups = match (self.num_groups, self.group_size) {
             (Some(g), None) => g,
-            (None, Some(gs)) if gs > 0 && channels % gs == 0 => channels / gs,
+            (None, Some(gs)) if gs > 0 && channels.is_multiple_of(gs) => channels / gs,
             (None, Some(gs)) => {
                 return Err(flax_err(
                     s.path_text(),
@@ -548,7 +548,7 @@ impl GroupNorm {
                 ))
             }
         };
-        if num_groups == 0 || channels % num_groups != 0 {
+        if num_groups == 0 || !channels.is_multiple_of(num_groups) {
             return Err(flax_err(
                 s.path_text(),
                 format!("number of groups ({num_groups}) does not divide the number of channels ({channels})"),
