@@ -109,6 +109,16 @@ pub fn dot_product_attention(
 /// `nn.make_attention_mask(query_input, key_input)` with `pairwise_fn =
 /// multiply`: `[..., 1, q, k]` of `dtype`.
 pub fn make_attention_mask(query_input: &Value, key_input: &Value, dtype: DType) -> Result<Value> {
+    if query_input.rank() == 0 || query_input.rank() != key_input.rank() {
+        return Err(flax_err(
+            "make_attention_mask".into(),
+            format!(
+                "inputs need the same rank >= 1, got {} and {}",
+                query_input.spec(),
+                key_input.spec()
+            ),
+        ));
+    }
     let q = query_input.expand_dims(query_input.rank())?;
     let k = key_input.expand_dims(key_input.rank() - 1)?;
     let mut dims = q.dims().to_vec();
@@ -122,6 +132,12 @@ pub fn make_attention_mask(query_input: &Value, key_input: &Value, dtype: DType)
 /// `nn.make_causal_mask(x)`: `[batch..., 1, len, len]`, 1 where the key
 /// position is not after the query position.
 pub fn make_causal_mask(x: &Value, dtype: DType) -> Result<Value> {
+    if x.rank() == 0 {
+        return Err(flax_err(
+            "make_causal_mask".into(),
+            format!("input needs rank >= 1, got {}", x.spec()),
+        ));
+    }
     let b = x.builder();
     let len = x.dims()[x.rank() - 1];
     let idx = b
@@ -221,6 +237,17 @@ impl MultiHeadDotProductAttention {
     ) -> Result<Value> {
         let inputs_k = inputs_k.unwrap_or(inputs_q);
         let inputs_v = inputs_v.unwrap_or(inputs_k);
+        for (what, v) in [("query", inputs_q), ("key", inputs_k), ("value", inputs_v)] {
+            if v.rank() < 2 {
+                return Err(flax_err(
+                    s.path_text(),
+                    format!(
+                        "{what} inputs need shape [batch..., length, features], got {}",
+                        v.spec()
+                    ),
+                ));
+            }
+        }
         let last = inputs_q.dims()[inputs_q.rank() - 1];
         let features = self.out_features.unwrap_or(last);
         let qkv = self.qkv_features.unwrap_or(last);

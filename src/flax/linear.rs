@@ -790,6 +790,9 @@ impl Embed {
 
     /// `attend(query)`: `query @ embedding.T` in the module's own scope.
     pub fn attend_in(&self, s: &Scope, query: &Value) -> Result<Value> {
+        if query.rank() == 0 {
+            return Err(flax_err(s.path_text(), "attend needs a query of rank >= 1"));
+        }
         let table = self.table(s)?;
         let p = promote_dtype(&[query, &table], self.dtype, true)?;
         p[0].dot_general(
