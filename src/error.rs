@@ -232,6 +232,18 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// A Flax-style module error (`crate::flax`): a parameter whose shape
+    /// differs from what the module asks for, a missing rng stream or
+    /// variable, a collection that is not mutable, an unknown method. `path`
+    /// is the scope path (`/Dense_0`) or the module's name.
+    #[error("flax `{path}`: {message}")]
+    Flax {
+        /// The scope path or module at fault.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+
     /// A builder op was misused (wrong rank, dtype, dimensions...).
     #[error("{op}: {message}")]
     Op {

@@ -13,6 +13,7 @@
 //! - [`bench`]: timing executables against a roofline.
 //! - [`cache`]: the persistent compilation cache.
 //! - [`models`]: pretrained models (BERT / all-MiniLM-L6-v2) from safetensors.
+//! - [`layers`]: Keras-style layers and models; [`flax`]: Flax linen modules and `FlaxLayer`.
 //!
 //! ```no_run
 //! use xlayer::{Client, Program};
@@ -34,6 +35,7 @@ pub mod cache;
 pub mod dtype;
 pub mod error;
 pub mod export;
+pub mod flax;
 pub mod io;
 pub mod layers;
 pub mod models;
