@@ -406,3 +406,64 @@ fn fit_errors_are_clear() -> Result<()> {
     assert!(err.contains("2 rows") && err.contains("i32[3]"), "{err}");
     Ok(())
 }
+
+/// Keras's Flax case with state: BatchNorm (use_scale=False) + dropout, no
+/// method. After one epoch of 10 steps every trainable weight and every
+/// batch_stats leaf has changed.
+#[test]
+fn flax_layer_batchnorm_dropout_trains() -> Result<()> {
+    use xlayer::flax::{BatchNorm, Conv, Dense, Dropout, FlaxLayer, FnModule};
+    let c = client();
+    let module = FnModule::new("BNDigits").call_training(|s, x, training| {
+        let training = training.unwrap_or(false);
+        let bn = || BatchNorm {
+            use_scale: false,
+            ..BatchNorm::new()
+        };
+        let x = x.clone().into_leaf()?;
+        let x = Conv {
+            use_bias: false,
+            ..Conv::new(8, &[3, 3])
+        }
+        .apply(s, &x)?;
+        let x = nn::relu(&bn().apply(s, &x, Some(!training))?)?;
+        let n = x.dims()[0];
+        let x = x.reshape(&[n, x.element_count() / n])?;
+        let x = bn().apply(s, &Dense::new(32).apply(s, &x)?, Some(!training))?;
+        let x = Dropout::new(0.3).apply(s, &nn::relu(&x)?, Some(!training))?;
+        Ok(Tree::leaf(Dense::new(10).apply(s, &x)?))
+    });
+    let layer = FlaxLayer::builder(module).seed(5).build()?;
+    let inp = Input::new(&[8, 8, 1], DType::F32);
+    let model = Model::new(inp.clone(), layer.apply(&inp)?)?;
+    model.compile(
+        Adam::new(1e-2),
+        Loss::SparseCategoricalCrossentropy { from_logits: true },
+        &[Metric::Accuracy],
+    );
+    let w0 = layer.weights()?;
+    let bytes = |t: &Tree<std::sync::Arc<Buffer>>| -> xlayer::Result<Vec<Vec<u8>>> {
+        t.leaves().iter().map(|b| b.to_bytes()).collect()
+    };
+    let (p0, s0) = (bytes(&w0.params)?, bytes(&w0.state)?);
+    assert!(!s0.is_empty(), "the module has batch_stats");
+    let (x, y) = digits();
+    model.fit(
+        &c,
+        &x.rows(0, 320)?,
+        &y.rows(0, 320)?,
+        &FitOptions {
+            batch_size: 32,
+            verbose: false,
+            ..Default::default()
+        },
+    )?;
+    let w1 = layer.weights()?;
+    for (i, (a, b)) in p0.iter().zip(bytes(&w1.params)?).enumerate() {
+        assert_ne!(a, &b, "param {} did not change", w1.params.paths()[i]);
+    }
+    for (i, (a, b)) in s0.iter().zip(bytes(&w1.state)?).enumerate() {
+        assert_ne!(a, &b, "state {} did not change", w1.state.paths()[i]);
+    }
+    Ok(())
+}

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use super::buffer::Buffer;
 use super::event;
@@ -159,6 +159,20 @@ impl fmt::Debug for Client {
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The client in `slot` if one is still alive, else a new one from `make`.
+fn shared(
+    slot: &Mutex<Weak<ClientInner>>,
+    make: impl FnOnce() -> Result<Client>,
+) -> Result<Client> {
+    let mut current = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(inner) = current.upgrade() {
+        return Ok(Client { inner });
+    }
+    let client = make()?;
+    *current = Arc::downgrade(&client.inner);
+    Ok(client)
+}
+
 fn read_str(ptr: *const std::ffi::c_char, len: usize) -> String {
     if ptr.is_null() {
         return String::new();
@@ -170,33 +184,32 @@ fn read_str(ptr: *const std::ffi::c_char, len: usize) -> String {
 }
 
 impl Client {
-    /// The process-wide client of the CPU plugin (provisioned on first use),
-    /// with the plugin's default options: every call returns the same client,
-    /// as JAX has one CPU backend. It is also [`Client::default_client`] when
-    /// `XLAYER_PJRT_PLUGIN` is not set. Use [`Client::new`] for a separate
-    /// client or other options.
+    /// The shared client of the CPU plugin (provisioned on first use), with
+    /// the plugin's default options: while any clone of it (or a buffer or
+    /// executable made with it) is alive, every call returns that same
+    /// client, as JAX has one CPU backend. It is also
+    /// [`Client::default_client`] when `XLAYER_PJRT_PLUGIN` is not set. Use
+    /// [`Client::new`] for a separate client or other options.
+    ///
+    /// The client is not kept in a static: when the last handle goes, it is
+    /// destroyed, which waits for its running work. (A client that outlives
+    /// `main` while a computation runs lets the C runtime tear the plugin
+    /// down under that computation; with the CPU plugin that crashes the
+    /// process at exit.)
     pub fn cpu() -> Result<Client> {
-        static CPU: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
-        if let Some(c) = CPU.get() {
-            return Ok(c.clone());
-        }
-        let c = Client::new(&Plugin::cpu()?, &ClientOptions::new())?;
-        Ok(CPU.get_or_init(|| c).clone())
+        static CPU: Mutex<Weak<ClientInner>> = Mutex::new(Weak::new());
+        shared(&CPU, || Client::new(&Plugin::cpu()?, &ClientOptions::new()))
     }
 
-    /// The process-wide default client (like JAX's default backend): created
-    /// on first use from the default plugin, then shared. Layers applied to
-    /// symbolic inputs are built on it.
+    /// The default client (like JAX's default backend): [`Client::cpu`], or
+    /// a shared client of `XLAYER_PJRT_PLUGIN` when that is set. Layers
+    /// applied to symbolic inputs are built on it.
     pub fn default_client() -> Result<Client> {
-        static DEFAULT: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
-        if let Some(c) = DEFAULT.get() {
-            return Ok(c.clone());
+        static DEFAULT: Mutex<Weak<ClientInner>> = Mutex::new(Weak::new());
+        match std::env::var_os("XLAYER_PJRT_PLUGIN").filter(|v| !v.is_empty()) {
+            None => Client::cpu(),
+            Some(_) => shared(&DEFAULT, Client::default_plugin),
         }
-        let c = match std::env::var_os("XLAYER_PJRT_PLUGIN").filter(|v| !v.is_empty()) {
-            None => Client::cpu()?,
-            Some(_) => Client::default_plugin()?,
-        };
-        Ok(DEFAULT.get_or_init(|| c).clone())
     }
 
     /// A client of the default plugin (`XLAYER_PJRT_PLUGIN`, else CPU).
