@@ -272,16 +272,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// A checkpoint does not fit the model: tensors missing, or of the wrong
-    /// dtype or shape. Every problem is listed; nothing was uploaded.
-    #[error("checkpoint {} does not fit the model:\n  {}", path.display(), problems.join("\n  "))]
-    CheckpointMismatch {
-        /// The checkpoint file.
-        path: PathBuf,
-        /// One line per tensor at fault, naming it with both types.
-        problems: Vec<String>,
-    },
-
     /// A tokenizer file could not be loaded or used.
     #[error("tokenizer {}: {reason}", path.display())]
     Tokenizer {
@@ -291,8 +281,11 @@ pub enum Error {
         reason: String,
     },
 
-    /// A checkpoint tensor is missing, unexpected, or of the wrong shape or dtype.
-    #[error("weights {}: tensor `{tensor}`: {reason}", file.display())]
+    /// Checkpoint tensors are missing, unexpected, or of the wrong shape or
+    /// dtype. Every wanted tensor is checked before anything is uploaded:
+    /// `tensor` and `reason` are the first problem found, `more` the others
+    /// (one line each in the message); nothing was uploaded.
+    #[error("weights {}: tensor `{tensor}`: {reason}{}", file.display(), more_problems(more))]
     Weights {
         /// The checkpoint file.
         file: PathBuf,
@@ -300,6 +293,8 @@ pub enum Error {
         tensor: String,
         /// What is wrong.
         reason: String,
+        /// Further problems of the same load, as `(tensor, reason)`.
+        more: Vec<(String, String)>,
     },
 
     /// Host inputs do not fit a program: missing, extra, or of the wrong
@@ -322,6 +317,18 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+}
+
+/// The tail of an [`Error::Weights`] message: one line per further problem.
+fn more_problems(more: &[(String, String)]) -> String {
+    if more.is_empty() {
+        return String::new();
+    }
+    let mut s = format!(" (and {} more)", more.len());
+    for (tensor, reason) in more {
+        s.push_str(&format!("\n  tensor `{tensor}`: {reason}"));
+    }
+    s
 }
 
 /// The result type of xlayer.

@@ -2,8 +2,14 @@
 //! tensors into trees of device buffers by path, and saving trees back.
 //!
 //! Loading is all-or-nothing: every wanted tensor is found and its shape
-//! and dtype checked before the first byte is uploaded, and the result is a
-//! fresh tree, so a failed load leaves the caller's weights as they were.
+//! and dtype checked before the first byte is uploaded (a failed check lists
+//! every problem in one [`Error::Weights`]), and the result is a fresh tree,
+//! so a failed load leaves the caller's weights as they were.
+//!
+//! Loading streams: tensors are uploaded one at a time straight from the
+//! memory map (converted or transposed ones through one tensor-sized host
+//! buffer), and each tensor's pages are released once it is on the device,
+//! so peak memory stays near the size of the file.
 //!
 //! ```
 //! use xlayer::builder::Tree;
@@ -30,7 +36,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use half::{bf16, f16};
 
@@ -40,7 +46,7 @@ use crate::error::{Error, Result};
 use crate::io::{dtype_from_st, write_host_safetensors};
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
-use crate::pjrt::mmap::MappedFile;
+use crate::pjrt::mapped::MappedFile;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -49,10 +55,11 @@ struct Entry {
     end: usize,
 }
 
-/// A safetensors file mapped into memory, its header parsed and checked.
+/// A safetensors file mapped into memory, its header parsed and checked
+/// (by the `safetensors` crate: offsets, sizes, and that the tensor data
+/// exactly fills the file).
 #[derive(Debug)]
 pub struct SafetensorsFile {
-    path: PathBuf,
     map: MappedFile,
     entries: BTreeMap<String, Entry>,
 }
@@ -74,8 +81,12 @@ impl SafetensorsFile {
         let path = path.as_ref();
         let map = MappedFile::open(path)?;
         let bytes = map.bytes();
-        let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| bad_file(path, format!("not a valid safetensors file: {e}")))?;
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
+            bad_file(
+                path,
+                format!("not a valid safetensors file: {}", explain(&e, bytes)),
+            )
+        })?;
         let mut entries = BTreeMap::new();
         for (name, view) in st.iter() {
             let dtype = dtype_from_st(view.dtype()).ok_or_else(|| {
@@ -98,16 +109,17 @@ impl SafetensorsFile {
                 },
             );
         }
-        Ok(SafetensorsFile {
-            path: path.to_path_buf(),
-            map,
-            entries,
-        })
+        Ok(SafetensorsFile { map, entries })
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.map.path()
+    }
+
+    /// The file's size in bytes.
+    pub fn file_size(&self) -> usize {
+        self.map.len()
     }
 
     /// Tensor names, sorted.
@@ -141,6 +153,63 @@ impl SafetensorsFile {
     pub fn data_size(&self) -> usize {
         self.entries.values().map(|e| e.end - e.start).sum()
     }
+
+    /// Drops a tensor's pages from the resident set (read back from the
+    /// file if it is used again).
+    fn release(&self, name: &str) {
+        if let Some(e) = self.entries.get(name) {
+            self.map.release(e.start..e.end);
+        }
+    }
+}
+
+/// Why the `safetensors` crate refused a file, in terms of the file: the
+/// size checks (header length and tensor data against the file size) say
+/// how many bytes were claimed and how many the file has.
+fn explain(e: &safetensors::SafeTensorError, bytes: &[u8]) -> String {
+    use safetensors::SafeTensorError as E;
+    let len = bytes.len();
+    let claimed = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+    match (e, claimed) {
+        (E::HeaderTooSmall, _) | (_, None) => {
+            format!("the file is {len} bytes, too short for a header (truncated?)")
+        }
+        (E::HeaderTooLarge | E::InvalidHeaderLength, Some(n)) => {
+            if n.saturating_add(8) > len as u64 {
+                format!("header claims {n} bytes but the file has {len} (truncated, or not safetensors)")
+            } else {
+                format!("header claims {n} bytes, more than safetensors allows")
+            }
+        }
+        (E::InvalidHeader(err), _) => format!("header is not valid UTF-8: {err}"),
+        (E::InvalidHeaderDeserialization(err), _) => format!("header is not valid JSON: {err}"),
+        (E::MetadataIncompleteBuffer, Some(n)) => {
+            let have = len.saturating_sub(8 + n as usize);
+            match bytes.get(8..8 + n as usize).and_then(data_end) {
+                Some(need) if need > have => format!(
+                    "the header describes {need} bytes of tensor data but the file holds {have} (truncated?)"
+                ),
+                Some(need) => format!(
+                    "the header describes {need} bytes of tensor data but the file holds {have} (trailing bytes)"
+                ),
+                None => format!("tensor data does not fill the file ({have} bytes): {e}"),
+            }
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// The end of the last tensor's data, from a header that has already been
+/// parsed successfully once (`None` if it has no `data_offsets`).
+fn data_end(header: &[u8]) -> Option<usize> {
+    let v: serde_json::Value = serde_json::from_slice(header).ok()?;
+    v.as_object()?
+        .values()
+        .filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .map(|end| end as usize)
 }
 
 /// How tree paths (`Dense_0/kernel`) map to checkpoint tensor names.
@@ -248,124 +317,141 @@ pub struct LoadReport {
     pub unused: Vec<String>,
 }
 
-/// Converts little-endian float bytes from one float dtype to another.
-fn convert_floats(bytes: &[u8], from: DType, to: DType) -> Vec<u8> {
-    let size = from.size_in_bytes();
-    let read = |c: &[u8]| -> f64 {
-        match from {
-            DType::F16 => f16::from_le_bytes([c[0], c[1]]).to_f64(),
-            DType::BF16 => bf16::from_le_bytes([c[0], c[1]]).to_f64(),
-            DType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64,
-            _ => f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
-        }
-    };
-    let mut out = Vec::with_capacity(bytes.len() / size * to.size_in_bytes());
-    for c in bytes.chunks_exact(size) {
-        let v = read(c);
-        match to {
-            DType::F16 => out.extend_from_slice(&f16::from_f64(v).to_le_bytes()),
-            DType::BF16 => out.extend_from_slice(&bf16::from_f64(v).to_le_bytes()),
-            DType::F32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
-            _ => out.extend_from_slice(&v.to_le_bytes()),
-        }
+/// A float read from little-endian bytes of dtype `from` (a float dtype).
+fn read_float(c: &[u8], from: DType) -> f64 {
+    match from {
+        DType::F16 => f16::from_le_bytes([c[0], c[1]]).to_f64(),
+        DType::BF16 => bf16::from_le_bytes([c[0], c[1]]).to_f64(),
+        DType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64,
+        _ => f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
     }
-    out
 }
 
-/// Transposes a row-major 2-D array of `rows x cols` elements of `size` bytes.
-fn transpose_2d(bytes: &[u8], rows: usize, cols: usize, size: usize) -> Vec<u8> {
-    let mut out = vec![0u8; bytes.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            let src = (r * cols + c) * size;
-            let dst = (c * rows + r) * size;
-            out[dst..dst + size].copy_from_slice(&bytes[src..src + size]);
+/// Writes `v` as little-endian bytes of dtype `to` (a float dtype).
+fn write_float(out: &mut [u8], v: f64, to: DType) {
+    match to {
+        DType::F16 => out.copy_from_slice(&f16::from_f64(v).to_le_bytes()),
+        DType::BF16 => out.copy_from_slice(&bf16::from_f64(v).to_le_bytes()),
+        DType::F32 => out.copy_from_slice(&(v as f32).to_le_bytes()),
+        _ => out.copy_from_slice(&v.to_le_bytes()),
+    }
+}
+
+/// A checked tensor, ready to upload.
+struct Planned<'a> {
+    key: String,
+    spec: &'a ArraySpec,
+    stored: DType,
+    /// `(rows, cols)` as stored, for a tensor stored transposed.
+    transpose: Option<(usize, usize)>,
+}
+
+/// The bytes to upload for one tensor: borrowed from the map when stored as
+/// wanted, else converted and/or transposed in one pass into one
+/// tensor-sized buffer.
+fn stage<'a>(bytes: &'a [u8], p: &Planned<'_>) -> Cow<'a, [u8]> {
+    let (from, to) = (p.stored, p.spec.dtype);
+    if from == to && p.transpose.is_none() {
+        return Cow::Borrowed(bytes);
+    }
+    let (is, os) = (from.size_in_bytes(), to.size_in_bytes());
+    let mut out = vec![0u8; bytes.len() / is * os];
+    for (i, src) in bytes.chunks_exact(is).enumerate() {
+        let j = match p.transpose {
+            Some((rows, cols)) => (i % cols) * rows + i / cols,
+            None => i,
+        };
+        let dst = &mut out[j * os..(j + 1) * os];
+        if from == to {
+            dst.copy_from_slice(src);
+        } else {
+            write_float(dst, read_float(src, from), to);
         }
     }
-    out
+    Cow::Owned(out)
+}
+
+/// Checks one wanted tensor against the file: every problem it has, in one
+/// reason, or its upload plan.
+fn check<'a>(
+    file: &SafetensorsFile,
+    map: &NameMap,
+    path: &str,
+    key: String,
+    spec: &'a ArraySpec,
+) -> std::result::Result<Planned<'a>, (String, String)> {
+    let Some(have) = file.spec(&key) else {
+        let reason = format!("missing (wanted for `{path}` as {spec})");
+        return Err((key, reason));
+    };
+    let transposed = map.is_transposed(path);
+    if transposed && spec.rank() != 2 {
+        let reason = format!("only 2-D tensors can be transposed, `{path}` is {spec}");
+        return Err((key, reason));
+    }
+    let stored_dims: Vec<usize> = if transposed {
+        spec.dims.iter().rev().copied().collect()
+    } else {
+        spec.dims.clone()
+    };
+    let mut problems = Vec::new();
+    if have.dims != stored_dims {
+        let how = if transposed {
+            " (stored transposed)"
+        } else {
+            ""
+        };
+        problems.push(format!(
+            "shape {:?}{how} does not match `{path}`: expected {spec}",
+            have.dims
+        ));
+    }
+    let dtype_ok = have.dtype == spec.dtype
+        || (map.convert_dtypes && have.dtype.is_float() && spec.dtype.is_float());
+    if !dtype_ok {
+        problems.push(format!(
+            "dtype {} does not match `{path}`: expected {spec}",
+            have.dtype
+        ));
+    }
+    if !problems.is_empty() {
+        return Err((key, problems.join("; ")));
+    }
+    Ok(Planned {
+        key,
+        spec,
+        stored: have.dtype,
+        transpose: transposed.then(|| (stored_dims[0], stored_dims[1])),
+    })
 }
 
 /// Loads, for every leaf of `wanted` (its path and expected spec), the
 /// checkpoint tensor `map.key_for(path)` from `file`, uploads them to the
 /// client's default device and returns them in the same tree.
 ///
-/// Errors (all before anything is uploaded), each naming the tensor and the
-/// file: [`Error::Weights`] for a missing tensor, a shape or dtype mismatch,
-/// or (unless [`NameMap::allow_unused`]) tensors no path asked for.
+/// Every tensor is checked before anything is uploaded; then they are
+/// uploaded one at a time, each tensor's pages of the map released once it
+/// is on the device (see the module documentation).
+///
+/// Errors (all before anything is uploaded): one [`Error::Weights`] naming
+/// the file and listing every problem, each naming its tensor: missing
+/// tensors, shape or dtype mismatches, and (unless
+/// [`NameMap::allow_unused`]) tensors no path asked for.
 pub fn load_tree(
     client: &Client,
     file: &SafetensorsFile,
     wanted: &Tree<ArraySpec>,
     map: &NameMap,
 ) -> Result<(Tree<Buffer>, LoadReport)> {
-    let err = |key: &str, reason: String| Error::Weights {
-        file: file.path().to_path_buf(),
-        tensor: key.to_string(),
-        reason,
-    };
     let mut report = LoadReport::default();
-    let mut staged: Vec<(Cow<'_, [u8]>, ArraySpec)> = Vec::new();
+    let mut plan = Vec::new();
+    let mut problems = Vec::new();
     for (path, spec) in wanted.entries() {
         let key = map.key_for(&path);
-        let (have, bytes) = match (file.spec(&key), file.bytes(&key)) {
-            (Some(s), Some(b)) => (s, b),
-            _ => {
-                return Err(err(
-                    &key,
-                    format!("missing (wanted for `{path}` as {spec})"),
-                ))
-            }
-        };
-        let transposed = map.is_transposed(&path);
-        let stored_dims: Vec<usize> = if transposed {
-            spec.dims.iter().rev().copied().collect()
-        } else {
-            spec.dims.clone()
-        };
-        if transposed && spec.rank() != 2 {
-            return Err(err(
-                &key,
-                format!("only 2-D tensors can be transposed, `{path}` is {spec}"),
-            ));
+        match check(file, map, &path, key.clone(), spec) {
+            Ok(p) => plan.push(p),
+            Err(problem) => problems.push(problem),
         }
-        if have.dims != stored_dims {
-            let how = if transposed {
-                " (stored transposed)"
-            } else {
-                ""
-            };
-            return Err(err(
-                &key,
-                format!(
-                    "shape {:?}{how} does not match `{path}`: expected {spec}",
-                    have.dims
-                ),
-            ));
-        }
-        let dtype_ok = have.dtype == spec.dtype
-            || (map.convert_dtypes && have.dtype.is_float() && spec.dtype.is_float());
-        if !dtype_ok {
-            return Err(err(
-                &key,
-                format!(
-                    "dtype {} does not match `{path}`: expected {spec}",
-                    have.dtype
-                ),
-            ));
-        }
-        let mut data: Cow<'_, [u8]> = Cow::Borrowed(bytes);
-        if have.dtype != spec.dtype {
-            data = Cow::Owned(convert_floats(&data, have.dtype, spec.dtype));
-        }
-        if transposed {
-            data = Cow::Owned(transpose_2d(
-                &data,
-                stored_dims[0],
-                stored_dims[1],
-                spec.dtype.size_in_bytes(),
-            ));
-        }
-        staged.push((data, spec.clone()));
         report.loaded.push((path, key));
     }
     let used: BTreeSet<&str> = report.loaded.iter().map(|(_, k)| k.as_str()).collect();
@@ -377,16 +463,29 @@ pub fn load_tree(
         .collect();
     if !map.allow_unused && !report.unused.is_empty() {
         let list = report.unused.join(", ");
-        return Err(err(
-            &report.unused[0],
+        problems.push((
+            report.unused[0].clone(),
             format!("unexpected tensor(s) that no weight asks for: {list}"),
         ));
     }
+    let mut problems = problems.into_iter();
+    if let Some((tensor, reason)) = problems.next() {
+        return Err(Error::Weights {
+            file: file.path().to_path_buf(),
+            tensor,
+            reason,
+            more: problems.collect(),
+        });
+    }
     let device = client.default_device();
-    let buffers = staged
-        .iter()
-        .map(|(bytes, spec)| client.buffer_from_bytes(bytes, spec, device))
-        .collect::<Result<Vec<_>>>()?;
+    let mut buffers = Vec::with_capacity(plan.len());
+    for p in &plan {
+        let bytes = file.bytes(&p.key).unwrap_or_default();
+        let data = stage(bytes, p);
+        buffers.push(client.buffer_from_bytes(&data, p.spec, device)?);
+        drop(data);
+        file.release(&p.key);
+    }
     Ok((wanted.structure().unflatten(buffers)?, report))
 }
 

@@ -6,9 +6,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use xlayer::models::bert::{params, BertConfig};
-use xlayer::models::checkpoint::Checkpoint;
+use xlayer::models::bert::{checkpoint_names, param_tree, BertConfig};
 use xlayer::models::minilm::{cosine, MiniLm};
+use xlayer::weights::{load_tree, SafetensorsFile};
 use xlayer::{Client, CompileCache, Error};
 
 struct Item {
@@ -142,35 +142,62 @@ fn wrong_dtype_is_named_and_nothing_is_uploaded() {
         let f32_at = at + header[at..].find("\"F32\"").unwrap();
         b[8 + f32_at..8 + f32_at + 5].copy_from_slice(b"\"I32\"");
     });
-    // Validation happens before any upload: the error lists the tensor.
-    let ckpt = Checkpoint::open(dir.join("model.safetensors")).unwrap();
+    // Validation happens before any upload: the error names the tensor.
+    let file = SafetensorsFile::open(dir.join("model.safetensors")).unwrap();
     let client = Client::cpu().unwrap();
-    match ckpt.load(&client, &params(&BertConfig::minilm_l6())) {
-        Err(Error::CheckpointMismatch { problems, .. }) => {
-            assert_eq!(problems.len(), 1, "{problems:?}");
-            assert!(
-                problems[0].contains(name) && problems[0].contains("I32"),
-                "{problems:?}"
-            );
+    let cfg = BertConfig::minilm_l6();
+    match load_tree(&client, &file, &param_tree(&cfg), &checkpoint_names()) {
+        Err(Error::Weights {
+            tensor,
+            reason,
+            more,
+            ..
+        }) => {
+            assert!(more.is_empty(), "one problem only: {more:?}");
+            assert_eq!(tensor, name);
+            assert!(reason.contains("dtype i32"), "{reason}");
         }
-        other => panic!("expected Error::CheckpointMismatch, got {other:?}"),
+        other => panic!("expected Error::Weights, got {other:?}"),
     }
+    drop(file);
     let msg = load_err(&dir);
-    assert!(msg.contains(name) && msg.contains("does not fit"), "{msg}");
+    assert!(
+        msg.contains(name) && msg.contains("does not match"),
+        "{msg}"
+    );
+}
+
+/// Every problem of a failed load, as `tensor: reason` lines.
+fn problems(err: Error) -> Vec<String> {
+    let Error::Weights {
+        tensor,
+        reason,
+        more,
+        ..
+    } = err
+    else {
+        panic!("expected Error::Weights, got {err:?}");
+    };
+    std::iter::once((tensor, reason))
+        .chain(more)
+        .map(|(t, r)| format!("{t}: {r}"))
+        .collect()
 }
 
 #[test]
 fn wrong_shape_config_lists_every_problem() {
     let client = Client::cpu().unwrap();
-    let ckpt = Checkpoint::open(model_dir().join("model.safetensors")).unwrap();
+    let file = SafetensorsFile::open(model_dir().join("model.safetensors")).unwrap();
     let cfg = BertConfig {
         num_layers: 7,
         intermediate_size: 1024,
         ..BertConfig::minilm_l6()
     };
-    let Err(Error::CheckpointMismatch { problems, .. }) = ckpt.load(&client, &params(&cfg)) else {
-        panic!("expected Error::CheckpointMismatch");
-    };
+    let err = load_tree(&client, &file, &param_tree(&cfg), &checkpoint_names()).unwrap_err();
+    let problems = problems(err);
+    // All 16 tensors of layer 6 missing; in each of the 6 layers present,
+    // the MLP's kernels and inner bias of the wrong shape.
+    assert_eq!(problems.len(), 16 + 6 * 3, "{problems:#?}");
     assert!(problems
         .iter()
         .any(|p| p.contains("encoder.layer.6.") && p.contains("missing")));

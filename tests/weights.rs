@@ -209,3 +209,42 @@ fn corrupt_files_are_rejected_with_the_file_named() -> Result<()> {
     assert!(err.contains("does-not-exist.safetensors"), "{err}");
     Ok(())
 }
+
+#[test]
+fn every_problem_is_listed_in_one_error() -> Result<()> {
+    let p = params()?;
+    let path = temp("problems.safetensors");
+    save_tree(&path, &p, &NameMap::new())?;
+    let file = SafetensorsFile::open(&path)?;
+    // `Dense_0/kernel` of the wrong shape, `extra` missing, `step` unused.
+    let wanted = Tree::map([
+        (
+            "Dense_0",
+            Tree::map([
+                ("kernel", Tree::leaf(ArraySpec::of::<f32>([3, 2]))),
+                ("bias", Tree::leaf(ArraySpec::of::<f32>([3]))),
+            ]),
+        ),
+        ("extra", Tree::leaf(ArraySpec::of::<f32>([1]))),
+    ]);
+    let err = load_tree(client(), &file, &wanted, &NameMap::new()).unwrap_err();
+    let msg = err.to_string();
+    let Error::Weights {
+        file: f,
+        tensor,
+        more,
+        ..
+    } = err
+    else {
+        panic!("expected Error::Weights, got {err:?}");
+    };
+    assert_eq!(f, path);
+    assert_eq!(tensor, "Dense_0/kernel");
+    let others: Vec<&str> = more.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(others, ["extra", "step"]);
+    assert!(
+        msg.contains("(and 2 more)") && msg.contains("missing") && msg.contains("unexpected"),
+        "{msg}"
+    );
+    Ok(())
+}

@@ -1,17 +1,19 @@
 //! A BERT encoder written with the tracing builder, with mean pooling and
 //! L2 normalisation on top (the sentence-transformers pipeline).
 //!
-//! Parameters follow Flax's layout (kernels `(in, out)`); [`params`] maps
-//! each to its name in a Hugging Face / PyTorch checkpoint, whose `Linear`
-//! weights are `(out, in)` and get transposed on load.
+//! Parameters follow Flax's layout (paths such as
+//! `layer_0/attention/query/kernel`, kernels `(in, out)`);
+//! [`checkpoint_names`] maps each to its name in a Hugging Face / PyTorch
+//! checkpoint, whose `Linear` weights are `(out, in)` and get transposed on
+//! load by [`crate::weights::load_tree`].
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use crate::builder::{nn, Builder, Computation, DotDims, Value};
+use crate::builder::{nn, Builder, Computation, DotDims, Tree, Value};
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
-
-use super::checkpoint::Param;
+use crate::weights::NameMap;
 
 /// The shape of a BERT model (`config.json`).
 #[derive(Debug, Clone, PartialEq)]
@@ -101,88 +103,119 @@ impl BertConfig {
 const PER_LAYER: usize = 16;
 const EMBEDDING_PARAMS: usize = 5;
 
-/// The model's parameters in the order the traced program takes them, with
-/// their checkpoint names (Hugging Face `BertModel`, no `bert.` prefix).
-pub fn params(cfg: &BertConfig) -> Vec<Param> {
+/// The model's parameters in the order the traced program takes them:
+/// Flax-style paths and specs (all f32, kernels `(in, out)`).
+pub fn params(cfg: &BertConfig) -> Vec<(String, ArraySpec)> {
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let p = |path: String, name: String, dims: Vec<usize>, transpose: bool| Param {
-        path,
-        checkpoint_name: name,
-        dims,
-        transpose,
-    };
+    let f32s = |dims: &[usize]| ArraySpec::new(DType::F32, dims.to_vec());
     let mut v = vec![
-        p(
-            "embeddings/word".into(),
-            "embeddings.word_embeddings.weight".into(),
-            vec![cfg.vocab_size, h],
-            false,
+        ("embeddings/word".to_string(), f32s(&[cfg.vocab_size, h])),
+        (
+            "embeddings/position".to_string(),
+            f32s(&[cfg.max_position_embeddings, h]),
         ),
-        p(
-            "embeddings/position".into(),
-            "embeddings.position_embeddings.weight".into(),
-            vec![cfg.max_position_embeddings, h],
-            false,
+        (
+            "embeddings/token_type".to_string(),
+            f32s(&[cfg.type_vocab_size, h]),
         ),
-        p(
-            "embeddings/token_type".into(),
-            "embeddings.token_type_embeddings.weight".into(),
-            vec![cfg.type_vocab_size, h],
-            false,
-        ),
-        p(
-            "embeddings/layer_norm/scale".into(),
-            "embeddings.LayerNorm.weight".into(),
-            vec![h],
-            false,
-        ),
-        p(
-            "embeddings/layer_norm/bias".into(),
-            "embeddings.LayerNorm.bias".into(),
-            vec![h],
-            false,
-        ),
+        ("embeddings/layer_norm/scale".to_string(), f32s(&[h])),
+        ("embeddings/layer_norm/bias".to_string(), f32s(&[h])),
     ];
     for l in 0..cfg.num_layers {
-        let dense = |v: &mut Vec<Param>, path: &str, name: &str, din: usize, dout: usize| {
-            v.push(p(
-                format!("layer_{l}/{path}/kernel"),
-                format!("encoder.layer.{l}.{name}.weight"),
-                vec![din, dout],
-                true,
-            ));
-            v.push(p(
-                format!("layer_{l}/{path}/bias"),
-                format!("encoder.layer.{l}.{name}.bias"),
-                vec![dout],
-                false,
-            ));
+        // A dense layer (kernel, bias) or a LayerNorm (scale, bias).
+        let mut add = |path: &str, weight: &str, dims: &[usize]| {
+            let out = dims[dims.len() - 1];
+            v.push((format!("layer_{l}/{path}/{weight}"), f32s(dims)));
+            v.push((format!("layer_{l}/{path}/bias"), f32s(&[out])));
         };
-        let norm = |v: &mut Vec<Param>, path: &str, name: &str| {
-            v.push(p(
-                format!("layer_{l}/{path}/scale"),
-                format!("encoder.layer.{l}.{name}.weight"),
-                vec![h],
-                false,
-            ));
-            v.push(p(
-                format!("layer_{l}/{path}/bias"),
-                format!("encoder.layer.{l}.{name}.bias"),
-                vec![h],
-                false,
-            ));
-        };
-        dense(&mut v, "attention/query", "attention.self.query", h, h);
-        dense(&mut v, "attention/key", "attention.self.key", h, h);
-        dense(&mut v, "attention/value", "attention.self.value", h, h);
-        dense(&mut v, "attention/out", "attention.output.dense", h, h);
-        norm(&mut v, "attention/layer_norm", "attention.output.LayerNorm");
-        dense(&mut v, "mlp/in", "intermediate.dense", h, i);
-        dense(&mut v, "mlp/out", "output.dense", i, h);
-        norm(&mut v, "mlp/layer_norm", "output.LayerNorm");
+        add("attention/query", "kernel", &[h, h]);
+        add("attention/key", "kernel", &[h, h]);
+        add("attention/value", "kernel", &[h, h]);
+        add("attention/out", "kernel", &[h, h]);
+        add("attention/layer_norm", "scale", &[h]);
+        add("mlp/in", "kernel", &[h, i]);
+        add("mlp/out", "kernel", &[i, h]);
+        add("mlp/layer_norm", "scale", &[h]);
     }
     debug_assert_eq!(v.len(), EMBEDDING_PARAMS + PER_LAYER * cfg.num_layers);
     v
+}
+
+/// The parameters as a tree (the `wanted` of [`crate::weights::load_tree`]).
+pub fn param_tree(cfg: &BertConfig) -> Tree<ArraySpec> {
+    fn insert(tree: &mut Tree<ArraySpec>, path: &str, spec: ArraySpec) {
+        let Tree::Map(m) = tree else {
+            unreachable!("BERT parameter paths only ever name maps")
+        };
+        match path.split_once('/') {
+            None => {
+                m.insert(path.to_string(), Tree::leaf(spec));
+            }
+            Some((head, rest)) => insert(
+                m.entry(head.to_string())
+                    .or_insert_with(|| Tree::Map(Default::default())),
+                rest,
+                spec,
+            ),
+        }
+    }
+    let mut tree = Tree::Map(Default::default());
+    for (path, spec) in params(cfg) {
+        insert(&mut tree, &path, spec);
+    }
+    tree
+}
+
+/// How the parameter paths map to the tensors of a Hugging Face `BertModel`
+/// checkpoint (PyTorch names, no `bert.` prefix): `.`-separated, renamed
+/// (`layer_0/attention/query/kernel` is `encoder.layer.0.attention.self.query.weight`),
+/// `Linear` weights stored transposed, and the tensors BERT has but the
+/// sentence embedding does not use (pooler, `position_ids`) allowed.
+pub fn checkpoint_names() -> NameMap {
+    NameMap::new()
+        .separator(".")
+        // Renames are substring replacements, in this order: parts first,
+        // then `layer_norm` (before `layer_N` becomes `encoder.layer.N`).
+        .rename("attention.query.", "attention.self.query.")
+        .rename("attention.key.", "attention.self.key.")
+        .rename("attention.value.", "attention.self.value.")
+        .rename("attention.out.", "attention.output.dense.")
+        .rename("attention.layer_norm.", "attention.output.LayerNorm.")
+        .rename("mlp.in.", "intermediate.dense.")
+        .rename("mlp.out.", "output.dense.")
+        .rename("mlp.layer_norm.", "output.LayerNorm.")
+        .rename("layer_norm.", "LayerNorm.")
+        .rename(".scale", ".weight")
+        .rename(".kernel", ".weight")
+        .rename("embeddings.word", "embeddings.word_embeddings.weight")
+        .rename(
+            "embeddings.position",
+            "embeddings.position_embeddings.weight",
+        )
+        .rename(
+            "embeddings.token_type",
+            "embeddings.token_type_embeddings.weight",
+        )
+        .rename("layer_", "encoder.layer.")
+        .transposed("kernel")
+        .allow_unused(true)
+}
+
+/// The leaves of a loaded parameter tree (see [`param_tree`]) in the order
+/// the traced program takes them ([`params`]).
+///
+/// Errors: [`Error::Invalid`] naming a parameter the tree lacks.
+pub fn in_program_order<T>(cfg: &BertConfig, tree: Tree<T>) -> Result<Vec<T>> {
+    let mut by_path: HashMap<String, T> =
+        tree.paths().into_iter().zip(tree.into_leaves()).collect();
+    params(cfg)
+        .into_iter()
+        .map(|(path, _)| {
+            by_path
+                .remove(&path)
+                .ok_or_else(|| Error::Invalid(format!("BERT parameter `{path}` is missing")))
+        })
+        .collect()
 }
 
 /// `x @ kernel + bias` over the last axis of `x` (any rank), without
@@ -284,12 +317,58 @@ pub fn trace_sentence_embedding(
 ) -> Result<Computation> {
     let b = Builder::new();
     let mut values = Vec::new();
-    for p in params(cfg) {
-        values.push(b.parameter(ArraySpec::new(DType::F32, p.dims.clone()), &p.path)?);
+    for (path, spec) in params(cfg) {
+        values.push(b.parameter(spec, &path)?);
     }
     let ids = b.parameter(ArraySpec::new(DType::I32, vec![batch, seq_len]), "ids")?;
     let mask = b.parameter(ArraySpec::new(DType::F32, vec![batch, seq_len]), "mask")?;
     let out = sentence_embedding(cfg, &values, &ids, &mask)?;
     Ok(b.build(&[out])?
         .with_name(&format!("bert_embed_b{batch}_s{seq_len}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every parameter's checkpoint name, as Hugging Face's `BertModel` spells it.
+    #[test]
+    fn checkpoint_names_are_pytorch_names() {
+        let cfg = BertConfig {
+            num_layers: 12,
+            ..BertConfig::minilm_l6()
+        };
+        let mut want = vec![
+            "embeddings.word_embeddings.weight".to_string(),
+            "embeddings.position_embeddings.weight".into(),
+            "embeddings.token_type_embeddings.weight".into(),
+            "embeddings.LayerNorm.weight".into(),
+            "embeddings.LayerNorm.bias".into(),
+        ];
+        for l in 0..12 {
+            for part in [
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+                "attention.output.LayerNorm",
+                "intermediate.dense",
+                "output.dense",
+                "output.LayerNorm",
+            ] {
+                want.push(format!("encoder.layer.{l}.{part}.weight"));
+                want.push(format!("encoder.layer.{l}.{part}.bias"));
+            }
+        }
+        let map = checkpoint_names();
+        let got: Vec<String> = params(&cfg).iter().map(|(p, _)| map.key_for(p)).collect();
+        assert_eq!(got, want);
+        // The tree flattens in key order (`layer_10` before `layer_2`);
+        // `in_program_order` puts the leaves back in the program's order.
+        let tree = param_tree(&cfg);
+        let paths = tree.structure().unflatten(tree.paths()).unwrap();
+        let order = in_program_order(&cfg, paths).unwrap();
+        let want: Vec<String> = params(&cfg).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(order, want);
+    }
 }

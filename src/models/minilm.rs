@@ -32,8 +32,9 @@ use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 use crate::pjrt::executable::Executable;
 
+use crate::weights::{load_tree, SafetensorsFile};
+
 use super::bert::{self, BertConfig};
-use super::checkpoint::Checkpoint;
 
 /// sentence-transformers' `max_seq_length` for this model.
 pub const MAX_SEQ_LEN: usize = 256;
@@ -100,8 +101,9 @@ impl MiniLm {
     /// `model.safetensors`, compiling through `cache`.
     ///
     /// Errors: [`Error::Io`]/[`Error::Safetensors`] for unreadable or
-    /// malformed files, [`Error::CheckpointMismatch`] for a checkpoint that does not
-    /// fit (nothing is uploaded then), [`Error::Tokenizer`].
+    /// malformed files, [`Error::Weights`] listing every tensor of a
+    /// checkpoint that does not fit (nothing is uploaded then),
+    /// [`Error::Tokenizer`].
     pub fn load_from_dir(client: &Client, dir: &Path, cache: CompileCache) -> Result<MiniLm> {
         let cfg = BertConfig::from_json_file(dir.join("config.json"))?;
         let tokenizer_path = dir.join("tokenizer.json");
@@ -121,22 +123,24 @@ impl MiniLm {
                 reason: e.to_string(),
             })?;
         let start = Instant::now();
-        let ckpt = Checkpoint::open(dir.join("model.safetensors"))?;
-        let loaded = ckpt.load(client, &bert::params(&cfg))?;
+        let file = SafetensorsFile::open(dir.join("model.safetensors"))?;
+        let wanted = bert::param_tree(&cfg);
+        let (tree, report) = load_tree(client, &file, &wanted, &bert::checkpoint_names())?;
+        let weights = bert::in_program_order(&cfg, tree)?;
         let weights_time = start.elapsed();
         Ok(MiniLm {
             client: client.clone(),
             cfg,
             tokenizer,
             tokenizer_path,
-            weights: loaded.buffers,
+            weights,
             cache,
             programs: Mutex::new(HashMap::new()),
             info: LoadInfo {
                 dir: dir.to_path_buf(),
-                file_bytes: ckpt.file_size(),
-                uploaded_bytes: loaded.bytes,
-                unused: loaded.unused,
+                file_bytes: file.file_size(),
+                uploaded_bytes: wanted.leaves().iter().map(|s| s.size_in_bytes()).sum(),
+                unused: report.unused,
                 weights_time,
             },
         })

@@ -3,8 +3,9 @@
 //! - [`bert`]: a BERT encoder with mean pooling and L2 normalisation.
 //! - [`minilm`]: all-MiniLM-L6-v2 sentence embeddings end to end
 //!   (provisioning, tokenizer, bucketing, compilation cache).
-//! - [`checkpoint`]: the memory-mapped safetensors loader they use.
+//!
+//! Their weights load through [`crate::weights`] (memory-mapped safetensors,
+//! checked before upload, streamed to the device).
 
 pub mod bert;
-pub mod checkpoint;
 pub mod minilm;

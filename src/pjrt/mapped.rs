@@ -1,5 +1,6 @@
-//! Read-only memory-mapped files: weights are read straight from the page
-//! cache into device buffers, with no intermediate host copy.
+//! Read-only memory-mapped files: weights (`crate::weights`) are read
+//! straight from the page cache into device buffers, with no intermediate
+//! host copy, and their pages are released once uploaded.
 //!
 //! Lives in `pjrt/` because mapping a file is `unsafe` in Rust (another
 //! process could change the file under the mapping), and this folder is the
@@ -21,7 +22,7 @@ pub struct MappedFile {
 impl MappedFile {
     /// Maps `path` read-only.
     ///
-    /// Errors: [`Error::Io`] when the file cannot be opened or mapped.
+    /// Errors: [`Error::Io`] naming the file when it cannot be opened or mapped.
     pub fn open(path: impl AsRef<Path>) -> Result<MappedFile> {
         let path = path.as_ref();
         let io = |what| {
@@ -34,9 +35,11 @@ impl MappedFile {
         let file = File::open(path).map_err(io("cannot open"))?;
         // SAFETY: the mapping is read-only and private to this handle; we
         // only ever read it as bytes. The one hazard is another process
-        // truncating or rewriting the file while it is mapped (checkpoints
-        // are treated as immutable while loading, as every mmap-based
-        // loader does); bounds are checked against the length seen here.
+        // truncating or rewriting the file while it is mapped: like every
+        // mmap-based loader we rely on checkpoints being immutable once
+        // written (the safetensors convention; xlayer itself writes new files
+        // by rename, never in place). Bounds are checked against the length
+        // seen here.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io("cannot map"))?;
         Ok(MappedFile {
             path: path.to_path_buf(),

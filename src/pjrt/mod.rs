@@ -8,7 +8,8 @@
 //!   free their resources on drop and keep their client alive.
 //! - [`analysis`]: cost analysis, optimized program, fingerprint, memory stats.
 //! - [`compile_options`]: the serialized options every compile needs.
-//! - [`mapped`]: read-only memory-mapped files (weights).
+//! - [`mapped`]: read-only memory-mapped files, the zero-copy source of
+//!   weights (`crate::weights`), with pages released after upload.
 
 #[allow(
     non_upper_case_globals,
@@ -28,5 +29,4 @@ pub mod compile_options;
 mod event;
 pub mod executable;
 pub mod mapped;
-pub mod mmap;
 pub mod plugin;
