@@ -56,6 +56,7 @@ pub fn load_variables(
                         file: file.path().to_path_buf(),
                         tensor: col,
                         reason: "a Flax checkpoint key is `collection.module....name`".into(),
+                        more: Vec::new(),
                     });
                 }
                 let mut one = std::collections::BTreeMap::new();
