@@ -89,6 +89,18 @@ fn next_pow2(n: usize, min: usize) -> usize {
     n.max(min).next_power_of_two()
 }
 
+/// The padded length for `n` tokens: powers of two up to 64, then multiples
+/// of 32 (130 tokens pad to 160, not 256), which bounds the number of
+/// compiled buckets (at most 18 up to 512 tokens) without doubling the work
+/// of long inputs.
+fn seq_bucket(n: usize, min: usize) -> usize {
+    if n <= 64 {
+        next_pow2(n, min)
+    } else {
+        n.div_ceil(32) * 32
+    }
+}
+
 impl MiniLm {
     /// Loads the pinned model (fetching it on first use, like the plugin)
     /// with the compilation cache of the environment (`XLAYER_CACHE_DIR`).
@@ -226,7 +238,7 @@ impl MiniLm {
         let mut out = vec![Vec::new(); inputs.len()];
         for group in order.chunks(MAX_BATCH) {
             let longest = group.iter().map(|&i| inputs[i].len()).max().unwrap_or(1);
-            let seq = next_pow2(longest, MIN_SEQ_BUCKET).min(limit);
+            let seq = seq_bucket(longest, MIN_SEQ_BUCKET).min(limit);
             let batch = next_pow2(group.len(), 1);
             let mut ids = vec![0i32; batch * seq];
             let mut mask = vec![0f32; batch * seq];
@@ -288,5 +300,23 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
         0.0
     } else {
         dot / (na * nb)
+    }
+}
+
+#[cfg(test)]
+mod bucket_tests {
+    use super::seq_bucket;
+
+    #[test]
+    fn sequence_buckets() {
+        assert_eq!(seq_bucket(3, 8), 8);
+        assert_eq!(seq_bucket(15, 8), 16);
+        assert_eq!(seq_bucket(64, 8), 64);
+        assert_eq!(seq_bucket(65, 8), 96);
+        assert_eq!(seq_bucket(130, 8), 160);
+        assert_eq!(seq_bucket(512, 8), 512);
+        let distinct: std::collections::BTreeSet<usize> =
+            (1..=512).map(|n| seq_bucket(n, 8)).collect();
+        assert_eq!(distinct.len(), 18);
     }
 }

@@ -200,7 +200,9 @@ impl Client {
     /// process at exit.)
     pub fn cpu() -> Result<Client> {
         static CPU: Mutex<Weak<ClientInner>> = Mutex::new(Weak::new());
-        shared(&CPU, || Client::new(&Plugin::cpu()?, &ClientOptions::new().cpu_device_count(1)))
+        shared(&CPU, || {
+            Client::new(&Plugin::cpu()?, &ClientOptions::new().cpu_device_count(1))
+        })
     }
 
     /// The default client (like JAX's default backend): [`Client::cpu`], or
