@@ -8,7 +8,7 @@ use crate::dtype::DType;
 use crate::error::Result;
 
 use super::linear::{check_call, default_kernel_init, flax_err, DenseGeneral};
-use super::module::{promote_dtype, MethodSig, Module, CALL};
+use super::module::{merge_param, promote_dtype, MethodSig, Module, CALL};
 use super::norm::LayerNorm;
 use super::scope::Scope;
 
@@ -261,17 +261,7 @@ impl MultiHeadDotProductAttention {
             ));
         }
         let head_dim = qkv / self.num_heads;
-        let dense = |name: &str| DenseGeneral {
-            features: vec![self.num_heads, head_dim],
-            axis: vec![-1],
-            batch_dims: vec![],
-            use_bias: self.use_bias,
-            dtype: self.dtype,
-            param_dtype: self.param_dtype,
-            kernel_init: self.kernel_init.clone(),
-            bias_init: self.bias_init.clone(),
-            name: Some(name.to_string()),
-        };
+        let dense = |name: &str| self.projection(name, vec![self.num_heads, head_dim], vec![-1]);
         let mut query = dense("query").apply(s, inputs_q)?;
         let mut key = dense("key").apply(s, inputs_k)?;
         let value = dense("value").apply(s, inputs_v)?;
@@ -288,21 +278,7 @@ impl MultiHeadDotProductAttention {
         }
         let mut rng = None;
         if self.dropout_rate > 0.0 {
-            let det = match (self.deterministic, deterministic) {
-                (Some(_), Some(_)) => {
-                    return Err(flax_err(
-                        s.path_text(),
-                        "deterministic was set both as an attribute and as an argument",
-                    ))
-                }
-                (Some(d), None) | (None, Some(d)) => d,
-                (None, None) => {
-                    return Err(flax_err(
-                        s.path_text(),
-                        "deterministic must be set as an attribute or an argument",
-                    ))
-                }
-            };
+            let det = merge_param(s, "deterministic", self.deterministic, deterministic)?;
             if !det {
                 rng = Some(s.make_rng("dropout")?);
             }
@@ -316,18 +292,23 @@ impl MultiHeadDotProductAttention {
                 .map(|r| (r, self.dropout_rate, self.broadcast_dropout)),
             self.dtype,
         )?;
+        self.projection("out", vec![features], vec![-2, -1])
+            .apply(s, &x)
+    }
+
+    /// The `DenseGeneral` projection `name` (`query`, `key`, `value`, `out`).
+    fn projection(&self, name: &str, features: Vec<usize>, axis: Vec<isize>) -> DenseGeneral {
         DenseGeneral {
-            features: vec![features],
-            axis: vec![-2, -1],
+            features,
+            axis,
             batch_dims: vec![],
             use_bias: self.use_bias,
             dtype: self.dtype,
             param_dtype: self.param_dtype,
             kernel_init: self.kernel_init.clone(),
             bias_init: self.bias_init.clone(),
-            name: Some("out".into()),
+            name: Some(name.to_string()),
         }
-        .apply(s, &x)
     }
 }
 

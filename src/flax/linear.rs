@@ -40,13 +40,23 @@ pub(crate) fn check_call(module: &str, method: &str) -> Result<()> {
 }
 
 /// Implements [`Module`] for a one-input, one-output module with a
-/// `call_in(&Scope, &Value)`.
+/// `call_in(&Scope, &Value)`; with `not_training: flag`, a
+/// `call_in(&Scope, &Value, Option<bool>)` whose flag (`deterministic`,
+/// `use_running_average`) is `!training` unless the attribute `flag` is set.
 macro_rules! one_input_module {
-    ($t:ty, $name:expr) => {
+    ($t:ty, $name:expr $(, not_training: $flag:ident)?) => {
         impl $crate::flax::Module for $t {
             fn type_name(&self) -> String {
                 $name.to_string()
             }
+            $(
+                fn methods(&self) -> Vec<$crate::flax::MethodSig> {
+                    vec![$crate::flax::MethodSig::new(
+                        $crate::flax::CALL,
+                        self.$flag.is_none(),
+                    )]
+                }
+            )?
             fn call_method(
                 &self,
                 scope: &$crate::flax::Scope,
@@ -55,9 +65,15 @@ macro_rules! one_input_module {
                 _training: Option<bool>,
             ) -> $crate::error::Result<$crate::builder::Tree<$crate::builder::Value>> {
                 $crate::flax::linear::check_call($name, method)?;
-                Ok($crate::builder::Tree::Leaf(
-                    self.call_in(scope, &inputs.clone().into_leaf()?)?,
-                ))
+                Ok($crate::builder::Tree::Leaf(self.call_in(
+                    scope,
+                    &inputs.clone().into_leaf()?,
+                    $(if self.$flag.is_some() {
+                        None
+                    } else {
+                        _training.map(|t| !t)
+                    },)?
+                )?))
             }
         }
     };
@@ -68,6 +84,44 @@ fn reshape_bias(bias: &Value, rank: usize) -> Result<Value> {
     let mut dims = vec![1; rank.saturating_sub(bias.rank())];
     dims.extend_from_slice(bias.dims());
     bias.reshape(&dims)
+}
+
+/// The `bias` param of shape `[features]` when `use_bias`, for a module
+/// with fields of those names (`Dense`, `Conv`, `ConvTranspose`).
+macro_rules! features_bias {
+    ($s:expr, $m:expr) => {
+        if $m.use_bias {
+            Some($s.param("bias", &$m.bias_init, &[$m.features], $m.param_dtype)?)
+        } else {
+            None
+        }
+    };
+}
+
+/// `promote_dtype(x, kernel[, bias])`.
+fn promote_with_bias(
+    x: &Value,
+    kernel: &Value,
+    bias: Option<Value>,
+    dtype: Option<DType>,
+) -> Result<Vec<Value>> {
+    let mut args = vec![x, kernel];
+    if let Some(b) = &bias {
+        args.push(b);
+    }
+    promote_dtype(&args, dtype, true)
+}
+
+/// `y + bias`, the bias broadcast over the leading axes of `y`; `y` when
+/// there is no bias.
+fn add_bias(y: Value, bias: Option<&Value>) -> Result<Value> {
+    match bias {
+        Some(b) => {
+            let b = reshape_bias(b, y.rank())?;
+            y + b
+        }
+        None => Ok(y),
+    }
 }
 
 /// `nn.Dense`: `y = lax.dot_general(x, kernel) + bias`, kernel `(in, features)`.
@@ -127,16 +181,8 @@ impl Dense {
             &[n_in, self.features],
             self.param_dtype,
         )?;
-        let bias = if self.use_bias {
-            Some(s.param("bias", &self.bias_init, &[self.features], self.param_dtype)?)
-        } else {
-            None
-        };
-        let mut args = vec![x, &kernel];
-        if let Some(b) = &bias {
-            args.push(b);
-        }
-        let p = promote_dtype(&args, self.dtype, true)?;
+        let bias = features_bias!(s, self);
+        let p = promote_with_bias(x, &kernel, bias, self.dtype)?;
         let y = p[0].dot_general(
             &p[1],
             &DotDims {
@@ -145,10 +191,7 @@ impl Dense {
                 ..Default::default()
             },
         )?;
-        match p.get(2) {
-            Some(b) => y + reshape_bias(b, x.rank())?,
-            None => Ok(y),
-        }
+        add_bias(y, p.get(2))
     }
 }
 one_input_module!(Dense, "Dense");
@@ -269,11 +312,7 @@ impl DenseGeneral {
         } else {
             None
         };
-        let mut args = vec![x, &kernel];
-        if let Some(b) = &bias {
-            args.push(b);
-        }
-        let p = promote_dtype(&args, self.dtype, true)?;
+        let p = promote_with_bias(x, &kernel, bias, self.dtype)?;
         let out = p[0].dot_general(
             &p[1],
             &DotDims {
@@ -316,6 +355,15 @@ fn broadcast(v: &[usize], n: usize) -> Vec<usize> {
         1 => vec![v[0]; n],
         _ => v.to_vec(),
     }
+}
+
+/// The kernel size per spatial dimension after `kernel_dilation`.
+fn dilated_kernel(kernel_size: &[usize], kernel_dilation: &[usize]) -> Vec<usize> {
+    kernel_size
+        .iter()
+        .zip(kernel_dilation)
+        .map(|(&k, &d)| (k.max(1) - 1) * d + 1)
+        .collect()
 }
 
 /// `jnp.pad(x, pads, mode="wrap")` for pads no larger than the axis.
@@ -451,11 +499,7 @@ impl Conv {
         let strides = broadcast(&self.strides, n);
         let in_dil = broadcast(&self.input_dilation, n);
         let k_dil = broadcast(&self.kernel_dilation, n);
-        let kd: Vec<usize> = ks
-            .iter()
-            .zip(&k_dil)
-            .map(|(&k, &d)| (k.max(1) - 1) * d + 1)
-            .collect();
+        let kd = dilated_kernel(ks, &k_dil);
         let mut pad = self.padding.clone();
         match &self.padding {
             ConvPadding::Circular => {
@@ -489,16 +533,8 @@ impl Conv {
         let mut kshape = ks.clone();
         kshape.extend([in_f / g, self.features]);
         let kernel = s.param("kernel", &self.kernel_init, &kshape, self.param_dtype)?;
-        let bias = if self.use_bias {
-            Some(s.param("bias", &self.bias_init, &[self.features], self.param_dtype)?)
-        } else {
-            None
-        };
-        let mut args = vec![&x, &kernel];
-        if let Some(b) = &bias {
-            args.push(b);
-        }
-        let p = promote_dtype(&args, self.dtype, true)?;
+        let bias = features_bias!(s, self);
+        let p = promote_with_bias(&x, &kernel, bias, self.dtype)?;
         let spatial = &p[0].dims()[1..=n];
         let padding = match pad {
             ConvPadding::Explicit(v) => v,
@@ -525,11 +561,7 @@ impl Conv {
                 batch_group_count: 1,
             },
         )?;
-        let y = match p.get(2) {
-            Some(b) => (&y + &reshape_bias(b, y.rank())?)?,
-            None => y,
-        };
-        restore_batch(y, batch)
+        restore_batch(add_bias(y, p.get(2))?, batch)
     }
 }
 one_input_module!(Conv, "Conv");
@@ -628,21 +660,9 @@ impl ConvTranspose {
             kshape.extend([in_f, self.features]);
         }
         let kernel = s.param("kernel", &self.kernel_init, &kshape, self.param_dtype)?;
-        let bias = if self.use_bias {
-            Some(s.param("bias", &self.bias_init, &[self.features], self.param_dtype)?)
-        } else {
-            None
-        };
-        let mut args = vec![&x, &kernel];
-        if let Some(b) = &bias {
-            args.push(b);
-        }
-        let p = promote_dtype(&args, self.dtype, true)?;
-        let kd: Vec<usize> = ks
-            .iter()
-            .zip(&k_dil)
-            .map(|(&k, &d)| (k.max(1) - 1) * d + 1)
-            .collect();
+        let bias = features_bias!(s, self);
+        let p = promote_with_bias(&x, &kernel, bias, self.dtype)?;
+        let kd = dilated_kernel(ks, &k_dil);
         let pads: Vec<(i64, i64)> = match &self.padding {
             ConvPadding::Explicit(v) => v.clone(),
             ConvPadding::Same => kd
@@ -707,11 +727,7 @@ impl ConvTranspose {
                 y = y.reshape(&nd)?.sum(&[i], false)?;
             }
         }
-        let y = match p.get(2) {
-            Some(b) => (&y + &reshape_bias(b, y.rank())?)?,
-            None => y,
-        };
-        restore_batch(y, batch)
+        restore_batch(add_bias(y, p.get(2))?, batch)
     }
 }
 one_input_module!(ConvTranspose, "ConvTranspose");

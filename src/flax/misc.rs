@@ -7,8 +7,8 @@ use std::sync::Arc;
 use crate::builder::{random, Padding, Tree, Value};
 use crate::error::Result;
 
-use super::linear::{check_call, flax_err};
-use super::module::{MethodSig, Module, CALL};
+use super::linear::{flax_err, one_input_module};
+use super::module::{merge_param, Module, CALL};
 use super::scope::Scope;
 
 /// `nn.Dropout`: in non-deterministic mode keeps each element with
@@ -56,21 +56,7 @@ impl Dropout {
 
     /// The module's body in its own scope.
     pub fn call_in(&self, s: &Scope, x: &Value, deterministic: Option<bool>) -> Result<Value> {
-        let det = match (self.deterministic, deterministic) {
-            (Some(_), Some(_)) => {
-                return Err(flax_err(
-                    s.path_text(),
-                    "deterministic was set both as an attribute and as an argument",
-                ))
-            }
-            (Some(d), None) | (None, Some(d)) => d,
-            (None, None) => {
-                return Err(flax_err(
-                    s.path_text(),
-                    "deterministic must be set as an attribute or an argument",
-                ))
-            }
-        };
+        let det = merge_param(s, "deterministic", self.deterministic, deterministic)?;
         if self.rate == 0.0 || det {
             return Ok(x.clone());
         }
@@ -95,33 +81,7 @@ impl Dropout {
     }
 }
 
-impl Module for Dropout {
-    fn type_name(&self) -> String {
-        "Dropout".into()
-    }
-    fn methods(&self) -> Vec<MethodSig> {
-        vec![MethodSig::new(CALL, self.deterministic.is_none())]
-    }
-    fn call_method(
-        &self,
-        scope: &Scope,
-        method: &str,
-        inputs: &Tree<Value>,
-        training: Option<bool>,
-    ) -> Result<Tree<Value>> {
-        check_call("Dropout", method)?;
-        let det = if self.deterministic.is_some() {
-            None
-        } else {
-            training.map(|t| !t)
-        };
-        Ok(Tree::Leaf(self.call_in(
-            scope,
-            &inputs.clone().into_leaf()?,
-            det,
-        )?))
-    }
-}
+one_input_module!(Dropout, "Dropout", not_training: deterministic);
 
 /// A function step of a [`Sequential`].
 pub type StepFn = dyn Fn(&Value) -> Result<Value> + Send + Sync;
@@ -197,7 +157,7 @@ impl Sequential {
     }
 }
 
-super::linear::one_input_module!(Sequential, "Sequential");
+one_input_module!(Sequential, "Sequential");
 
 /// Padding of the pooling functions.
 fn pool_padding(padding: &Padding, x: &Value, nw: usize) -> Padding {

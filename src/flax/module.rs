@@ -459,6 +459,26 @@ pub fn apply(
     }
 }
 
+/// Flax's `merge_param`: a flag given either as a module attribute or as a
+/// call argument, exactly one of the two (`deterministic`,
+/// `use_running_average`).
+pub(crate) fn merge_param(
+    scope: &Scope,
+    name: &str,
+    attribute: Option<bool>,
+    argument: Option<bool>,
+) -> Result<bool> {
+    let message = match (attribute, argument) {
+        (Some(v), None) | (None, Some(v)) => return Ok(v),
+        (Some(_), Some(_)) => "was set both as an attribute and as an argument",
+        (None, None) => "must be set as an attribute or an argument",
+    };
+    Err(Error::Flax {
+        path: scope.path_text(),
+        message: format!("{name} {message}"),
+    })
+}
+
 /// Flax's `promote_dtype`: the arguments cast to `dtype` when given, else
 /// to their promoted dtype (made floating when `inexact`).
 pub fn promote_dtype(args: &[&Value], dtype: Option<DType>, inexact: bool) -> Result<Vec<Value>> {

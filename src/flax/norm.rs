@@ -4,12 +4,12 @@
 //! `max(0, mean(x²) - mean(x)²)`, `y = (x - mean) * (rsqrt(var + eps) * scale) + bias`.
 
 use crate::builder::init::{self, Initializer};
-use crate::builder::{promote_types, Tree, Value};
+use crate::builder::{promote_types, Value};
 use crate::dtype::DType;
 use crate::error::Result;
 
-use super::linear::{check_call, flax_err, one_input_module};
-use super::module::{promote_dtype, MethodSig, Module, CALL};
+use super::linear::{flax_err, one_input_module};
+use super::module::{merge_param, promote_dtype};
 use super::scope::Scope;
 
 fn canon_axes(axes: &[isize], rank: usize, s: &Scope) -> Result<Vec<usize>> {
@@ -82,10 +82,35 @@ fn keep_dims(dims: &[usize], reduced: &[usize]) -> Vec<usize> {
         .collect()
 }
 
+/// What `_normalize` takes of a module's attributes.
+struct Affine<'a> {
+    epsilon: f64,
+    dtype: Option<DType>,
+    param_dtype: DType,
+    use_bias: bool,
+    use_scale: bool,
+    bias_init: &'a Initializer,
+    scale_init: &'a Initializer,
+}
+
+/// The [`Affine`] of a module with fields of those names.
+macro_rules! affine {
+    ($m:expr) => {
+        Affine {
+            epsilon: $m.epsilon,
+            dtype: $m.dtype,
+            param_dtype: $m.param_dtype,
+            use_bias: $m.use_bias,
+            use_scale: $m.use_scale,
+            bias_init: &$m.bias_init,
+            scale_init: &$m.scale_init,
+        }
+    };
+}
+
 /// Flax's `_normalize`: creates `scale` then `bias` (shaped like the
 /// feature axes) and returns `(x - mean) * rsqrt(var + eps) * scale + bias`
 /// in the promoted dtype of `x` and the params (or `dtype`).
-#[allow(clippy::too_many_arguments)]
 fn normalize(
     s: &Scope,
     x: &Value,
@@ -93,14 +118,17 @@ fn normalize(
     var: &Value,
     reduction_axes: &[usize],
     feature_axes: &[usize],
-    dtype: Option<DType>,
-    param_dtype: DType,
-    epsilon: f64,
-    use_bias: bool,
-    use_scale: bool,
-    bias_init: &Initializer,
-    scale_init: &Initializer,
+    a: &Affine,
 ) -> Result<Value> {
+    let Affine {
+        epsilon,
+        dtype,
+        param_dtype,
+        use_bias,
+        use_scale,
+        bias_init,
+        scale_init,
+    } = *a;
     let nd = x.rank();
     let mut feature_shape = vec![1; nd];
     let mut reduced_feature_shape = vec![];
@@ -136,6 +164,22 @@ fn normalize(
     let refs: Vec<&Value> = out_args.iter().collect();
     let d = promote_dtype(&refs, dtype, true)?[0].dtype();
     convert(&y, d)
+}
+
+/// The body of `LayerNorm`/`RMSNorm`: statistics over the reduction axes,
+/// `scale`/`bias` over the feature axes (both as the attributes give them).
+fn normalize_over(
+    s: &Scope,
+    x: &Value,
+    (reduction_axes, feature_axes): (&[isize], &[isize]),
+    use_mean: bool,
+    use_fast_variance: bool,
+    a: &Affine,
+) -> Result<Value> {
+    let red = canon_axes(reduction_axes, x.rank(), s)?;
+    let feat = canon_axes(feature_axes, x.rank(), s)?;
+    let (mean, var) = compute_stats(x, &red, a.dtype, use_mean, use_fast_variance)?;
+    normalize(s, x, &mean, &var, &red, &feat, a)
 }
 
 /// `nn.BatchNorm`: batch statistics in training (running averages updated
@@ -219,21 +263,12 @@ impl BatchNorm {
         x: &Value,
         use_running_average: Option<bool>,
     ) -> Result<Value> {
-        let ura = match (self.use_running_average, use_running_average) {
-            (Some(_), Some(_)) => {
-                return Err(flax_err(
-                    s.path_text(),
-                    "use_running_average was set both as an attribute and as an argument",
-                ))
-            }
-            (Some(v), None) | (None, Some(v)) => v,
-            (None, None) => {
-                return Err(flax_err(
-                    s.path_text(),
-                    "use_running_average must be set as an attribute or an argument",
-                ))
-            }
-        };
+        let ura = merge_param(
+            s,
+            "use_running_average",
+            self.use_running_average,
+            use_running_average,
+        )?;
         let nd = x.rank();
         let feature_axes = canon_axes(&self.axis, nd, s)?;
         let reduction_axes: Vec<usize> = (0..nd).filter(|a| !feature_axes.contains(a)).collect();
@@ -264,44 +299,12 @@ impl BatchNorm {
             &var,
             &reduction_axes,
             &feature_axes,
-            self.dtype,
-            self.param_dtype,
-            self.epsilon,
-            self.use_bias,
-            self.use_scale,
-            &self.bias_init,
-            &self.scale_init,
+            &affine!(self),
         )
     }
 }
 
-impl Module for BatchNorm {
-    fn type_name(&self) -> String {
-        "BatchNorm".into()
-    }
-    fn methods(&self) -> Vec<MethodSig> {
-        vec![MethodSig::new(CALL, self.use_running_average.is_none())]
-    }
-    fn call_method(
-        &self,
-        scope: &Scope,
-        method: &str,
-        inputs: &Tree<Value>,
-        training: Option<bool>,
-    ) -> Result<Tree<Value>> {
-        check_call("BatchNorm", method)?;
-        let ura = if self.use_running_average.is_some() {
-            None
-        } else {
-            training.map(|t| !t)
-        };
-        Ok(Tree::Leaf(self.call_in(
-            scope,
-            &inputs.clone().into_leaf()?,
-            ura,
-        )?))
-    }
-}
+one_input_module!(BatchNorm, "BatchNorm", not_training: use_running_average);
 
 /// `nn.LayerNorm`: statistics over `reduction_axes` (default last).
 #[derive(Debug, Clone, PartialEq)]
@@ -367,23 +370,13 @@ impl LayerNorm {
 
     /// The module's body in its own scope.
     pub fn call_in(&self, s: &Scope, x: &Value) -> Result<Value> {
-        let red = canon_axes(&self.reduction_axes, x.rank(), s)?;
-        let feat = canon_axes(&self.feature_axes, x.rank(), s)?;
-        let (mean, var) = compute_stats(x, &red, self.dtype, true, self.use_fast_variance)?;
-        normalize(
+        normalize_over(
             s,
             x,
-            &mean,
-            &var,
-            &red,
-            &feat,
-            self.dtype,
-            self.param_dtype,
-            self.epsilon,
-            self.use_bias,
-            self.use_scale,
-            &self.bias_init,
-            &self.scale_init,
+            (&self.reduction_axes, &self.feature_axes),
+            true,
+            self.use_fast_variance,
+            &affine!(self),
         )
     }
 }
@@ -444,23 +437,21 @@ impl RMSNorm {
 
     /// The module's body in its own scope.
     pub fn call_in(&self, s: &Scope, x: &Value) -> Result<Value> {
-        let red = canon_axes(&self.reduction_axes, x.rank(), s)?;
-        let feat = canon_axes(&self.feature_axes, x.rank(), s)?;
-        let (mean, var) = compute_stats(x, &red, self.dtype, false, true)?;
-        normalize(
+        normalize_over(
             s,
             x,
-            &mean,
-            &var,
-            &red,
-            &feat,
-            self.dtype,
-            self.param_dtype,
-            self.epsilon,
+            (&self.reduction_axes, &self.feature_axes),
             false,
-            self.use_scale,
-            &init::zeros(),
-            &self.scale_init,
+            true,
+            &Affine {
+                epsilon: self.epsilon,
+                dtype: self.dtype,
+                param_dtype: self.param_dtype,
+                use_bias: false,
+                use_scale: self.use_scale,
+                bias_init: &init::zeros(),
+                scale_init: &self.scale_init,
+            },
         )
     }
 }
@@ -575,13 +566,7 @@ impl GroupNorm {
             &rep(&var)?,
             &red,
             &[nd - 1],
-            self.dtype,
-            self.param_dtype,
-            self.epsilon,
-            self.use_bias,
-            self.use_scale,
-            &self.bias_init,
-            &self.scale_init,
+            &affine!(self),
         )
     }
 }
