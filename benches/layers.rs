@@ -12,9 +12,12 @@
 use std::time::Instant;
 
 use xlayer::builder::{jit, nn, Padding, Tree, Value};
-use xlayer::builder::{ConvAttrs, ConvDims};
 use xlayer::layers::{Inputs, JaxLayer, Out, Params, Sequential};
 use xlayer::{ArraySpec, Buffer, Client};
+
+mod common;
+
+use common::conv;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -107,19 +110,6 @@ fn mlp(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {
         };
     }
     Ok(Out::from(h))
-}
-
-fn conv(x: &Value, k: &Value, b: &Value) -> xlayer::Result<Value> {
-    let attrs = ConvAttrs {
-        dims: ConvDims::nhwc(2),
-        strides: vec![1, 1],
-        padding: vec![(1, 1), (1, 1)],
-        lhs_dilation: vec![1, 1],
-        rhs_dilation: vec![1, 1],
-        feature_group_count: 1,
-        batch_group_count: 1,
-    };
-    x.conv_general(k, &attrs)? + b
 }
 
 fn cnn(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {

@@ -8,10 +8,14 @@
 
 use std::time::Instant;
 
-use xlayer::builder::{init, nn, random, ConvAttrs, ConvDims, Padding, Tree, Value};
+use xlayer::builder::{init, nn, random, Padding, Tree, Value};
 use xlayer::layers::{Apply, HostArray, Init, Input, Inputs, JaxLayer, Model, Out, Params, Rng};
 use xlayer::train::{Adam, FitOptions, Loss};
 use xlayer::{Client, DType};
+
+mod common;
+
+use common::conv;
 
 const BATCH: usize = 128;
 const STEPS: usize = 20;
@@ -48,19 +52,6 @@ fn mlp_init(Rng(key): Rng, Inputs(_x): Inputs) -> xlayer::Result<Init> {
         ));
     }
     Ok(Init(Tree::map(m)))
-}
-
-fn conv(x: &Value, k: &Value, b: &Value) -> xlayer::Result<Value> {
-    let attrs = ConvAttrs {
-        dims: ConvDims::nhwc(2),
-        strides: vec![1, 1],
-        padding: vec![(1, 1), (1, 1)],
-        lhs_dilation: vec![1, 1],
-        rhs_dilation: vec![1, 1],
-        feature_group_count: 1,
-        batch_group_count: 1,
-    };
-    x.conv_general(k, &attrs)? + b
 }
 
 fn cnn(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {

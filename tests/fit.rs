@@ -12,25 +12,20 @@ use xlayer::layers::{
     Params, Rng, State, Training,
 };
 use xlayer::train::{Adam, FitOptions, Loss, Metric};
-use xlayer::weights::SafetensorsFile;
 use xlayer::{Buffer, Client, DType};
+
+mod common;
+
+use common::{f32s, leaf_bytes, open_fixture};
 
 fn client() -> Client {
     Client::default_client().expect("client")
 }
 
-fn open(name: &str) -> SafetensorsFile {
-    SafetensorsFile::open(format!(
-        "{}/tests/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("fixture")
-}
-
 fn digits() -> &'static (HostArray, HostArray) {
     static D: OnceLock<(HostArray, HostArray)> = OnceLock::new();
     D.get_or_init(|| {
-        let f = open("digits.safetensors");
+        let f = open_fixture("digits.safetensors");
         let images: Vec<f32> = f
             .bytes("images")
             .unwrap()
@@ -58,18 +53,10 @@ fn mlp_forward(p: &Tree<Value>, x: Value) -> xlayer::Result<Value> {
     h.matmul(p.get("w1").unwrap())? + p.get("b1").unwrap()
 }
 
-fn f32s(f: &SafetensorsFile, name: &str) -> Vec<f32> {
-    f.bytes(name)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
 #[test]
 fn twenty_adam_steps_follow_jax_and_optax() -> Result<()> {
     let c = client();
-    let f = open("fit.safetensors");
+    let f = open_fixture("fit.safetensors");
     let up = |k: &str| -> Result<Buffer> {
         let spec = f.spec(&format!("init.{k}")).unwrap().clone();
         Ok(c.buffer_from_host(&f32s(&f, &format!("init.{k}")), &spec.dims)?)
@@ -178,13 +165,7 @@ fn one_epoch_of_ten_steps_changes_every_weight_and_predict_does_not() -> Result<
         Loss::SparseCategoricalCrossentropy { from_logits: false },
         &[Metric::Accuracy],
     );
-    let before: Vec<Vec<u8>> = layer
-        .weights()?
-        .params
-        .leaves()
-        .iter()
-        .map(|b| b.to_bytes())
-        .collect::<xlayer::Result<_>>()?;
+    let before: Vec<Vec<u8>> = leaf_bytes(&layer.weights()?.params)?;
     let (x, y) = digits();
     let h = model.fit(
         &c,
@@ -199,12 +180,7 @@ fn one_epoch_of_ten_steps_changes_every_weight_and_predict_does_not() -> Result<
     assert_eq!(h.epochs.len(), 1);
     assert!(h.epochs[0].contains_key("loss") && h.epochs[0].contains_key("accuracy"));
     let w = layer.weights()?;
-    let after: Vec<Vec<u8>> = w
-        .params
-        .leaves()
-        .iter()
-        .map(|b| b.to_bytes())
-        .collect::<xlayer::Result<_>>()?;
+    let after: Vec<Vec<u8>> = leaf_bytes(&w.params)?;
     for (i, (a, b)) in before.iter().zip(&after).enumerate() {
         assert_ne!(a, b, "trainable weight {i} did not change");
     }
@@ -215,13 +191,7 @@ fn one_epoch_of_ten_steps_changes_every_weight_and_predict_does_not() -> Result<
     );
     // predict changes nothing.
     model.predict(&c, &x.rows(0, 64)?, 32)?;
-    let again: Vec<Vec<u8>> = layer
-        .weights()?
-        .params
-        .leaves()
-        .iter()
-        .map(|b| b.to_bytes())
-        .collect::<xlayer::Result<_>>()?;
+    let again: Vec<Vec<u8>> = leaf_bytes(&layer.weights()?.params)?;
     assert_eq!(after, again);
     assert_eq!(layer.weights()?.state.leaves()[0].to_scalar::<f32>()?, 10.0);
     Ok(())
@@ -442,9 +412,7 @@ fn flax_layer_batchnorm_dropout_trains() -> Result<()> {
         &[Metric::Accuracy],
     );
     let w0 = layer.weights()?;
-    let bytes = |t: &Tree<std::sync::Arc<Buffer>>| -> xlayer::Result<Vec<Vec<u8>>> {
-        t.leaves().iter().map(|b| b.to_bytes()).collect()
-    };
+    let bytes = leaf_bytes;
     let (p0, s0) = (bytes(&w0.params)?, bytes(&w0.state)?);
     assert!(!s0.is_empty(), "the module has batch_stats");
     let (x, y) = digits();

@@ -13,37 +13,21 @@ use xlayer::layers::{
 use xlayer::weights::SafetensorsFile;
 use xlayer::{f16, Buffer, Client, DType};
 
+mod common;
+
+use common::{leaf_bytes, open_fixture};
+
 fn client() -> Client {
     Client::default_client().expect("default client")
 }
 
 fn fixture() -> &'static SafetensorsFile {
     static F: OnceLock<SafetensorsFile> = OnceLock::new();
-    F.get_or_init(|| {
-        SafetensorsFile::open(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/layers.safetensors"
-        ))
-        .expect("fixture")
-    })
+    F.get_or_init(|| open_fixture("layers.safetensors"))
 }
 
 fn f32s(name: &str) -> Vec<f32> {
-    let f = fixture();
-    let bytes = f
-        .bytes(name)
-        .unwrap_or_else(|| panic!("fixture has no {name}"));
-    match f.spec(name).unwrap().dtype {
-        DType::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        DType::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        d => panic!("{name}: unexpected dtype {d}"),
-    }
+    common::f32s(fixture(), name)
 }
 
 fn upload(name: &str) -> Result<Buffer> {
@@ -265,23 +249,11 @@ fn functional_and_sequential_models_match_the_layer() -> Result<()> {
 
     // predict over batches of 8 gives (32, 10), the same values, and does not change weights.
     let xs = HostArray::from_slice(&f32s("x"), &[32, 28, 28, 1])?;
-    let before: Vec<Vec<u8>> = layer
-        .weights()?
-        .params
-        .leaves()
-        .iter()
-        .map(|b| b.to_bytes())
-        .collect::<xlayer::Result<_>>()?;
+    let before: Vec<Vec<u8>> = leaf_bytes(&layer.weights()?.params)?;
     let p = model.predict(&c, &xs, 8)?;
     assert_eq!(p.spec.dims, vec![32, 10]);
     assert_close(&p.to_vec::<f32>()?, &want, 2e-5, "predict");
-    let after: Vec<Vec<u8>> = layer
-        .weights()?
-        .params
-        .leaves()
-        .iter()
-        .map(|b| b.to_bytes())
-        .collect::<xlayer::Result<_>>()?;
+    let after: Vec<Vec<u8>> = leaf_bytes(&layer.weights()?.params)?;
     assert_eq!(before, after);
     Ok(())
 }
@@ -561,13 +533,7 @@ fn same_seed_twice_gives_identical_init() -> Result<()> {
             &c,
             &Tree::leaf(xlayer::ArraySpec::of::<f32>([2, 28, 28, 1])),
         )?;
-        Ok(layer
-            .weights()?
-            .params
-            .leaves()
-            .iter()
-            .map(|b| b.to_bytes())
-            .collect::<xlayer::Result<_>>()?)
+        Ok(leaf_bytes(&layer.weights()?.params)?)
     };
     assert_eq!(init(7)?, init(7)?);
     assert_ne!(init(7)?, init(8)?);

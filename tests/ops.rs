@@ -6,68 +6,25 @@
 //!
 //! Set `XLAYER_OPS_REPORT=1` to print the measured max ulp distance per case.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
 use xlayer::builder::{
-    jit, nn, BinaryOp, Builder, CompareDir, ConvAttrs, ConvDims, DotDims, Padding, ScatterMode,
-    UnaryOp, Value,
+    nn, BinaryOp, Builder, CompareDir, ConvAttrs, ConvDims, DotDims, Padding, ScatterMode, UnaryOp,
+    Value,
 };
 use xlayer::{ArraySpec, Client, DType, Error, Result};
 
-// ------------------------------------------------------------------ fixture
+mod common;
 
-struct Tensor {
-    spec: ArraySpec,
-    bytes: Vec<u8>,
-}
-
-struct Fixture {
-    tensors: BTreeMap<String, Tensor>,
-    cases: BTreeSet<String>,
-}
+use common::{case, Case, Fixture, Tol};
 
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/ops.safetensors"
-        );
-        let data = std::fs::read(path).expect("read ops.safetensors");
-        let st = safetensors::SafeTensors::deserialize(&data).expect("parse ops.safetensors");
-        let mut tensors = BTreeMap::new();
-        let mut cases = BTreeSet::new();
-        for (name, view) in st.iter() {
-            let st_name = format!("{:?}", view.dtype());
-            let dtype = DType::ALL
-                .into_iter()
-                .find(|d| d.safetensors_name() == st_name)
-                .unwrap_or_else(|| panic!("{name}: dtype {st_name}"));
-            let (case, _) = name.rsplit_once('.').expect("NAME.inN / NAME.outN");
-            cases.insert(case.to_string());
-            tensors.insert(
-                name.to_string(),
-                Tensor {
-                    spec: ArraySpec::new(dtype, view.shape().to_vec()),
-                    bytes: view.data().to_vec(),
-                },
-            );
-        }
-        Fixture { tensors, cases }
-    })
+    F.get_or_init(|| Fixture::load("ops.safetensors"))
 }
 
 fn client() -> &'static Client {
-    static C: OnceLock<Client> = OnceLock::new();
-    C.get_or_init(|| Client::cpu().expect("CPU plugin"))
-}
-
-fn tensors_of<'a>(case: &str, kind: &str) -> Vec<&'a Tensor> {
-    let f = fixture();
-    (0..)
-        .map_while(|i| f.tensors.get(&format!("{case}.{kind}{i}")))
-        .collect()
+    common::cpu_client()
 }
 
 fn dtype(name: &str) -> DType {
@@ -77,195 +34,18 @@ fn dtype(name: &str) -> DType {
         .unwrap_or_else(|| panic!("unknown dtype {name}"))
 }
 
-// ------------------------------------------------------------------ comparison
-
-/// How closely an output must match JAX's.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Tol {
-    /// Same bits (NaNs match any NaN).
-    Exact,
-    /// At most this many units in the last place apart.
-    Ulps(u64),
-    /// Within `ulps`, or within `abs` absolutely (for results near 0 of a
-    /// cancelling sum, where ulps are meaningless).
-    UlpsOrAbs(u64, f64),
-}
-
-/// Float bits → an integer whose order is the float order (±0 adjacent).
-fn ordered(bits: u64, width: u32) -> i128 {
-    let sign = 1u64 << (width - 1);
-    if bits & sign != 0 {
-        -((bits & !sign) as i128)
-    } else {
-        bits as i128
-    }
-}
-
-fn float_at(dt: DType, b: &[u8], i: usize) -> (u64, f64, bool) {
-    match dt {
-        DType::F32 => {
-            let u = u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap());
-            let f = f32::from_bits(u);
-            (u as u64, f as f64, f.is_nan())
-        }
-        DType::F64 => {
-            let u = u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().unwrap());
-            let f = f64::from_bits(u);
-            (u, f, f.is_nan())
-        }
-        DType::F16 => {
-            let u = u16::from_le_bytes(b[2 * i..2 * i + 2].try_into().unwrap());
-            let f = xlayer::f16::from_bits(u).to_f64();
-            (u as u64, f, f.is_nan())
-        }
-        DType::BF16 => {
-            let u = u16::from_le_bytes(b[2 * i..2 * i + 2].try_into().unwrap());
-            let f = xlayer::bf16::from_bits(u).to_f64();
-            (u as u64, f, f.is_nan())
-        }
-        other => panic!("not a float: {other}"),
-    }
-}
-
-/// Compares; returns the max ulp distance seen or a description of the failure.
-fn compare(
-    what: &str,
-    got: &ArraySpec,
-    got_bytes: &[u8],
-    want: &Tensor,
-    tol: Tol,
-) -> std::result::Result<u64, String> {
-    if got != &want.spec {
-        return Err(format!("{what}: got {got}, JAX has {}", want.spec));
-    }
-    let dt = got.dtype;
-    if !dt.is_float() {
-        if got_bytes != want.bytes {
-            return Err(format!("{what}: integer/bool data differ"));
-        }
-        return Ok(0);
-    }
-    let width = dt.bit_width() as u32;
-    let mut worst = 0u64;
-    let mut bad = Vec::new();
-    for i in 0..got.element_count() {
-        let (gb, gf, gn) = float_at(dt, got_bytes, i);
-        let (wb, wf, wn) = float_at(dt, &want.bytes, i);
-        if gn || wn {
-            if gn != wn {
-                bad.push(format!("[{i}] got {gf}, JAX {wf}"));
-            }
-            continue;
-        }
-        let ulps = (ordered(gb, width) - ordered(wb, width)).unsigned_abs() as u64;
-        worst = worst.max(ulps);
-        let ok = match tol {
-            Tol::Exact => ulps == 0,
-            Tol::Ulps(n) => ulps <= n,
-            Tol::UlpsOrAbs(n, a) => ulps <= n || (gf - wf).abs() <= a,
-        };
-        if !ok && bad.len() < 5 {
-            bad.push(format!("[{i}] got {gf:e}, JAX {wf:e} ({ulps} ulps)"));
-        }
-    }
-    if bad.is_empty() {
-        Ok(worst)
-    } else {
-        Err(format!("{what} ({tol:?}): {}", bad.join(", ")))
-    }
-}
-
 // ------------------------------------------------------------------ running a family
-
-type Build = Box<dyn Fn(&Builder, &[Value]) -> Result<Vec<Value>>>;
-
-struct Case {
-    name: String,
-    tol: Tol,
-    build: Build,
-}
-
-fn case(
-    name: impl Into<String>,
-    tol: Tol,
-    build: impl Fn(&Builder, &[Value]) -> Result<Vec<Value>> + 'static,
-) -> Case {
-    Case {
-        name: name.into(),
-        tol,
-        build: Box::new(build),
-    }
-}
 
 /// Fixture case names under any of `prefixes`.
 fn cases_under(prefixes: &[&str]) -> Vec<String> {
-    fixture()
-        .cases
-        .iter()
-        .filter(|c| prefixes.iter().any(|p| c.starts_with(p)))
-        .cloned()
-        .collect()
+    fixture().cases_under(prefixes)
 }
 
 /// Builds all `cases` into one program, runs it, compares every output; also
 /// checks that the cases are exactly the fixture's cases under `prefixes`.
-fn run_family(prefixes: &[&str], cases: Vec<Case>) {
-    let have: BTreeSet<String> = cases.iter().map(|c| c.name.clone()).collect();
-    let want: BTreeSet<String> = cases_under(prefixes).into_iter().collect();
-    assert_eq!(have, want, "test cases vs fixture cases under {prefixes:?}");
+fn run_family(prefixes: &[&str], cases: Vec<Case<Vec<Value>>>) {
     assert!(!cases.is_empty());
-
-    let inputs: Vec<Vec<&Tensor>> = cases.iter().map(|c| tensors_of(&c.name, "in")).collect();
-    let expected: Vec<Vec<&Tensor>> = cases.iter().map(|c| tensors_of(&c.name, "out")).collect();
-    let specs: Vec<ArraySpec> = inputs.iter().flatten().map(|t| t.spec.clone()).collect();
-    let exe = jit(client(), &specs, |b, xs| {
-        let mut outs = Vec::new();
-        let mut at = 0;
-        for (c, ins) in cases.iter().zip(&inputs) {
-            let o = (c.build)(b, &xs[at..at + ins.len()])
-                .unwrap_or_else(|e| panic!("{}: building failed: {e}", c.name));
-            at += ins.len();
-            outs.extend(o);
-        }
-        Ok(outs)
-    })
-    .unwrap_or_else(|e| panic!("{prefixes:?}: compile failed: {e}"));
-
-    let dev = client().default_device();
-    let bufs: Vec<xlayer::Buffer> = inputs
-        .iter()
-        .flatten()
-        .map(|t| client().buffer_from_bytes(&t.bytes, &t.spec, dev).unwrap())
-        .collect();
-    let refs: Vec<&xlayer::Buffer> = bufs.iter().collect();
-    let outs = exe.execute(&refs).expect("execute");
-    assert_eq!(
-        outs.len(),
-        expected.iter().map(Vec::len).sum::<usize>(),
-        "output count"
-    );
-
-    let report = std::env::var_os("XLAYER_OPS_REPORT").is_some();
-    let mut failures = Vec::new();
-    let mut k = 0;
-    for (c, want) in cases.iter().zip(&expected) {
-        for (j, w) in want.iter().enumerate() {
-            let got = &outs[k];
-            k += 1;
-            let bytes = got.to_bytes().expect("download");
-            match compare(&format!("{}.out{j}", c.name), got.spec(), &bytes, w, c.tol) {
-                Ok(ulps) if report => eprintln!("ULPS {} out{j} {ulps} ({:?})", c.name, c.tol),
-                Ok(_) => {}
-                Err(e) => failures.push(e),
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    common::run_family(fixture(), prefixes, &cases, |b, c, xs| (c.build)(b, xs));
 }
 
 fn parts(name: &str) -> Vec<&str> {
@@ -274,6 +54,35 @@ fn parts(name: &str) -> Vec<&str> {
 
 fn one(v: Result<Value>) -> Result<Vec<Value>> {
     Ok(vec![v?])
+}
+
+/// The op of `ops` that case `name` (`family/op/dtype`) names, and its
+/// tolerance on the case's dtype.
+fn op_and_tol<Op: Copy>(
+    ops: &[Op],
+    op_name: fn(Op) -> &'static str,
+    tol: fn(Op, DType) -> Tol,
+    name: &str,
+) -> (Op, Tol) {
+    let p = parts(name);
+    let op = *ops
+        .iter()
+        .find(|&&o| op_name(o) == p[1])
+        .unwrap_or_else(|| panic!("{name}"));
+    (op, tol(op, dtype(p[2])))
+}
+
+fn assert_every_op_has_a_case<Op: Copy + std::fmt::Debug>(
+    ops: &[Op],
+    op_name: fn(Op) -> &'static str,
+    cases: &[Case<Vec<Value>>],
+) {
+    for &op in ops {
+        assert!(
+            cases.iter().any(|c| parts(&c.name)[1] == op_name(op)),
+            "no case for {op:?}"
+        );
+    }
 }
 
 // ------------------------------------------------------------------ elementwise
@@ -323,12 +132,7 @@ fn unary_tol(op: UnaryOp, dt: DType) -> Tol {
 fn unary_ops() {
     let mut cases = Vec::new();
     for name in cases_under(&["unary/"]) {
-        let p = parts(&name);
-        let op = *UNARY
-            .iter()
-            .find(|o| o.name() == p[1])
-            .unwrap_or_else(|| panic!("{name}"));
-        let tol = unary_tol(op, dtype(p[2]));
+        let (op, tol) = op_and_tol(&UNARY, UnaryOp::name, unary_tol, &name);
         cases.push(case(name, tol, move |_b, x| {
             one(if op == UnaryOp::IsFinite {
                 x[0].is_finite()
@@ -338,12 +142,7 @@ fn unary_ops() {
         }));
     }
     // every unary op has a case
-    for op in UNARY {
-        assert!(
-            cases.iter().any(|c| parts(&c.name)[1] == op.name()),
-            "no case for {op:?}"
-        );
-    }
+    assert_every_op_has_a_case(&UNARY, UnaryOp::name, &cases);
     run_family(&["unary/"], cases);
 }
 
@@ -373,20 +172,10 @@ fn binary_tol(_op: BinaryOp, _dt: DType) -> Tol {
 fn binary_ops() {
     let mut cases = Vec::new();
     for name in cases_under(&["binary/"]) {
-        let p = parts(&name);
-        let op = *BINARY
-            .iter()
-            .find(|o| o.name() == p[1])
-            .unwrap_or_else(|| panic!("{name}"));
-        let tol = binary_tol(op, dtype(p[2]));
+        let (op, tol) = op_and_tol(&BINARY, BinaryOp::name, binary_tol, &name);
         cases.push(case(name, tol, move |_b, x| one(x[0].binary(op, &x[1]))));
     }
-    for op in BINARY {
-        assert!(
-            cases.iter().any(|c| parts(&c.name)[1] == op.name()),
-            "no case for {op:?}"
-        );
-    }
+    assert_every_op_has_a_case(&BINARY, BinaryOp::name, &cases);
     run_family(&["binary/"], cases);
 }
 
@@ -931,15 +720,7 @@ fn every_fixture_case_is_tested() {
         "switch/",
         "nn/",
     ];
-    let orphans: Vec<&String> = fixture()
-        .cases
-        .iter()
-        .filter(|c| !families.iter().any(|f| c.starts_with(f)))
-        .collect();
-    assert!(
-        orphans.is_empty(),
-        "fixture cases no test runs: {orphans:?}"
-    );
+    fixture().assert_no_orphans(&families);
 }
 
 // ------------------------------------------------------------------ misuse

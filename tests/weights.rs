@@ -44,6 +44,23 @@ fn specs(t: &Tree<Buffer>) -> Tree<ArraySpec> {
     t.map_leaves(&mut |b| b.spec().clone())
 }
 
+/// The specs of `t`, with `with` in place of each spec that `pick` picks.
+fn specs_with(
+    t: &Tree<Buffer>,
+    pick: impl Fn(&ArraySpec) -> bool,
+    with: ArraySpec,
+) -> Tree<ArraySpec> {
+    specs(t).map_leaves(&mut |s| if pick(s) { with.clone() } else { s.clone() })
+}
+
+/// The message of loading `wanted` from `file` with the default name map,
+/// which must fail.
+fn load_error(file: &SafetensorsFile, wanted: &Tree<ArraySpec>) -> String {
+    load_tree(client(), file, wanted, &NameMap::new())
+        .unwrap_err()
+        .to_string()
+}
+
 #[test]
 fn round_trip_with_prefix_and_separator() -> Result<()> {
     let p = params()?;
@@ -137,32 +154,16 @@ fn every_mismatch_names_the_tensor() -> Result<()> {
     );
 
     // Wrong shape.
-    let wanted = specs(&p).map_leaves(&mut |s| {
-        if s.dims == vec![2, 3] {
-            ArraySpec::of::<f32>([3, 2])
-        } else {
-            s.clone()
-        }
-    });
-    let err = load_tree(c, &file, &wanted, &NameMap::new())
-        .unwrap_err()
-        .to_string();
+    let wanted = specs_with(&p, |s| s.dims == vec![2, 3], ArraySpec::of::<f32>([3, 2]));
+    let err = load_error(&file, &wanted);
     assert!(
         err.contains("Dense_0/kernel") && err.contains("[2, 3]") && err.contains("f32[3,2]"),
         "{err}"
     );
 
     // Wrong dtype.
-    let wanted = specs(&p).map_leaves(&mut |s| {
-        if s.dims.is_empty() {
-            ArraySpec::of::<i64>([])
-        } else {
-            s.clone()
-        }
-    });
-    let err = load_tree(c, &file, &wanted, &NameMap::new())
-        .unwrap_err()
-        .to_string();
+    let wanted = specs_with(&p, |s| s.dims.is_empty(), ArraySpec::of::<i64>([]));
+    let err = load_error(&file, &wanted);
     assert!(
         err.contains("`step`") && err.contains("i32") && err.contains("i64[]"),
         "{err}"
@@ -173,9 +174,7 @@ fn every_mismatch_names_the_tensor() -> Result<()> {
     if let Tree::Map(m) = &mut wanted {
         m.remove("step");
     }
-    let err = load_tree(c, &file, &wanted, &NameMap::new())
-        .unwrap_err()
-        .to_string();
+    let err = load_error(&file, &wanted);
     assert!(err.contains("unexpected") && err.contains("step"), "{err}");
     let (_, report) = load_tree(c, &file, &wanted, &NameMap::new().allow_unused(true))?;
     assert_eq!(report.unused, vec!["step".to_string()]);

@@ -72,9 +72,6 @@ impl Padding {
     /// # use xlayer::{builder::*, ArraySpec, DType};
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// assert_eq!(Padding::Same.resolve(&[5], &[3], &[2]), vec![(1, 1)]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
@@ -118,9 +115,6 @@ impl Builder {
     /// # use xlayer::{builder::*, ArraySpec, DType};
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// let init = b.scalar(0f32)?;
     /// let s = b.reduce(&[x.clone()], &[init], &[1], |a| Ok(vec![a[0].add(&a[1])?]))?;
     /// # Ok::<(), xlayer::Error>(())
@@ -179,9 +173,6 @@ impl Builder {
     /// # use xlayer::{builder::*, ArraySpec, DType};
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// let w = WindowAttrs { dims: vec![1, 2], strides: vec![1, 1], base_dilation: vec![1, 1], window_dilation: vec![1, 1], padding: vec![(0, 0), (0, 0)] };
     /// let m = b.reduce_window(&[x.clone()], &[b.scalar(f32::NEG_INFINITY)?], &w, |a| Ok(vec![a[0].maximum(&a[1])?]))?;
     /// # Ok::<(), xlayer::Error>(())
@@ -315,9 +306,6 @@ impl Value {
     /// # use xlayer::{builder::*, ArraySpec, DType};
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// assert_eq!(x.sum(&[1], false)?.dims(), &[2]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
@@ -336,9 +324,6 @@ impl Value {
     /// # use xlayer::{builder::*, ArraySpec, DType};
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// assert_eq!(x.prod(&[0, 1], false)?.dims(), &[] as &[usize]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
@@ -357,9 +342,6 @@ impl Value {
     /// # use xlayer::{builder::*, ArraySpec, DType};
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// assert_eq!(x.max(&[1], true)?.dims(), &[2, 1]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
@@ -372,9 +354,6 @@ impl Value {
     /// # use xlayer::{builder::*, ArraySpec, DType};
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// assert_eq!(x.min(&[0], false)?.dims(), &[3]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
@@ -388,8 +367,6 @@ impl Value {
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
     /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// let z = x.gt(&y)?.all(&[1], false)?;
     /// # Ok::<(), xlayer::Error>(())
     /// ```
@@ -404,8 +381,6 @@ impl Value {
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
     /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// let z = x.gt(&y)?.any(&[0, 1], false)?;
     /// # Ok::<(), xlayer::Error>(())
     /// ```
@@ -419,9 +394,6 @@ impl Value {
     /// # use xlayer::{builder::*, ArraySpec, DType};
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// assert_eq!(x.mean(&[1], false)?.dims(), &[2]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
@@ -511,9 +483,6 @@ impl Value {
     /// # use xlayer::{builder::*, ArraySpec, DType};
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// assert_eq!(x.argmax(1, DType::I32)?.dims(), &[2]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
@@ -527,9 +496,6 @@ impl Value {
     /// # use xlayer::{builder::*, ArraySpec, DType};
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// assert_eq!(x.argmin(0, DType::I32)?.dims(), &[3]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
@@ -580,9 +546,6 @@ impl Value {
     /// # use xlayer::{builder::*, ArraySpec, DType};
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// assert_eq!(x.max_pool(&[1, 2], &[1, 1], &Padding::Valid)?.dims(), &[2, 2]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
@@ -601,9 +564,6 @@ impl Value {
     /// # use xlayer::{builder::*, ArraySpec, DType};
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// assert_eq!(x.min_pool(&[2, 2], &[1, 1], &Padding::Same)?.dims(), &[2, 3]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
@@ -622,9 +582,6 @@ impl Value {
     /// # use xlayer::{builder::*, ArraySpec, DType};
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// assert_eq!(x.sum_pool(&[1, 3], &[1, 3], &Padding::Valid)?.dims(), &[2, 1]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
@@ -644,9 +601,6 @@ impl Value {
     /// # use xlayer::{builder::*, ArraySpec, DType};
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// assert_eq!(x.avg_pool(&[2, 2], &[2, 2], &Padding::Same)?.dims(), &[1, 2]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
@@ -697,9 +651,6 @@ impl Value {
     /// # use xlayer::{builder::*, ArraySpec, DType};
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// assert_eq!(x.cumsum(1, false)?.dims(), &[2, 3]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
@@ -713,9 +664,6 @@ impl Value {
     /// # use xlayer::{builder::*, ArraySpec, DType};
     /// # let b = Builder::new();
     /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// let z = x.cummax(0, true)?;
     /// # Ok::<(), xlayer::Error>(())
     /// ```

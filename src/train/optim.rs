@@ -118,25 +118,68 @@ fn zeros_like(t: &Tree<Value>) -> Result<Tree<Value>> {
     t.try_map(&mut |v| v.builder().zeros(v.dtype(), v.dims()))
 }
 
-fn zip3(
-    a: &Tree<Value>,
-    b: &Tree<Value>,
-    c: &Tree<Value>,
-    what: &str,
-) -> Result<Vec<(Value, Value, Value)>> {
-    if a.structure() != b.structure() || a.structure() != c.structure() {
+/// `{count: 0i32, slot: zeros like params, ..}`: an optimizer's initial state.
+fn init_state(params: &Tree<Value>, slots: &[&str]) -> Result<Tree<Value>> {
+    let b = params
+        .leaves()
+        .first()
+        .map(|v| v.builder().clone())
+        .unwrap_or_default();
+    let mut state = vec![("count", Tree::leaf(b.scalar(0i32)?))];
+    for &slot in slots {
+        state.push((slot, zeros_like(params)?));
+    }
+    Ok(Tree::map(state))
+}
+
+/// The state's `key` subtree (empty when absent, which [`zip_leaves`] then
+/// reports as a structure mismatch).
+fn slot(state: &Tree<Value>, key: &str) -> Tree<Value> {
+    match state {
+        Tree::Map(m) => m.get(key).cloned().unwrap_or(Tree::Empty),
+        _ => Tree::Empty,
+    }
+}
+
+/// The leaves of `trees` (params, grads, state slots: all of one
+/// structure), zipped leaf by leaf.
+fn zip_leaves<const N: usize>(trees: [&Tree<Value>; N], what: &str) -> Result<Vec<[Value; N]>> {
+    let [first, rest @ ..] = trees.as_slice() else {
+        return Ok(Vec::new());
+    };
+    if let Some(other) = rest.iter().find(|t| t.structure() != first.structure()) {
         return Err(Error::Invalid(format!(
             "{what}: params, grads and state differ in structure ({:?} vs {:?})",
-            a.paths(),
-            b.paths()
+            first.paths(),
+            other.paths()
         )));
     }
-    Ok(a.leaves()
-        .into_iter()
-        .zip(b.leaves())
-        .zip(c.leaves())
-        .map(|((x, y), z)| (x.clone(), y.clone(), z.clone()))
+    let leaves = trees.map(|t| t.leaves());
+    Ok((0..leaves[0].len())
+        .map(|i| std::array::from_fn(|k| leaves[k][i].clone()))
         .collect())
+}
+
+/// `p - lr * u`, the rate converted to the param's dtype.
+fn descend(p: &Value, u: Value, lr: &Value) -> Result<Value> {
+    p + (u * &lr.convert(p.dtype())?)?.neg()?
+}
+
+/// `(new params, {count, slot: new slot leaves, ..})`, the leaves arranged
+/// as `params`.
+fn updated(
+    params: &Tree<Value>,
+    new_params: Vec<Value>,
+    count: Value,
+    slots: Vec<(&str, Vec<Value>)>,
+) -> Result<(Tree<Value>, Tree<Value>)> {
+    let st = params.structure();
+    let new_params = st.unflatten(new_params)?;
+    let mut state = vec![("count", Tree::leaf(count))];
+    for (slot, leaves) in slots {
+        state.push((slot, st.unflatten(leaves)?));
+    }
+    Ok((new_params, Tree::map(state)))
 }
 
 fn count_of(state: &Tree<Value>, opt: &str) -> Result<Value> {
@@ -191,15 +234,7 @@ impl Optimizer for Sgd {
     }
 
     fn init(&self, params: &Tree<Value>) -> Result<Tree<Value>> {
-        let b = params
-            .leaves()
-            .first()
-            .map(|v| v.builder().clone())
-            .unwrap_or_default();
-        Ok(Tree::map([
-            ("count", Tree::leaf(b.scalar(0i32)?)),
-            ("trace", zeros_like(params)?),
-        ]))
+        init_state(params, &["trace"])
     }
 
     fn update(
@@ -210,13 +245,10 @@ impl Optimizer for Sgd {
     ) -> Result<(Tree<Value>, Tree<Value>)> {
         let count = count_of(state, "sgd")?;
         let lr = self.lr.at(&step_f32(&count)?)?;
-        let trace = match state {
-            Tree::Map(m) => m.get("trace").cloned().unwrap_or(Tree::Empty),
-            _ => Tree::Empty,
-        };
+        let trace = slot(state, "trace");
         let mut new_params = Vec::new();
         let mut new_trace = Vec::new();
-        for (p, g, t) in zip3(params, grads, &trace, "sgd")? {
+        for [p, g, t] in zip_leaves([params, grads, &trace], "sgd")? {
             let update = match self.momentum {
                 None => {
                     new_trace.push(t);
@@ -233,16 +265,14 @@ impl Optimizer for Sgd {
                     u
                 }
             };
-            new_params.push((p.clone() + (update * &lr.convert(p.dtype())?)?.neg()?)?);
+            new_params.push(descend(&p, update, &lr)?);
         }
-        let st = params.structure();
-        Ok((
-            st.unflatten(new_params)?,
-            Tree::map([
-                ("count", Tree::leaf((count + 1.0)?)),
-                ("trace", st.unflatten(new_trace)?),
-            ]),
-        ))
+        updated(
+            params,
+            new_params,
+            (count + 1.0)?,
+            vec![("trace", new_trace)],
+        )
     }
 }
 
@@ -295,16 +325,7 @@ impl Optimizer for Adam {
     }
 
     fn init(&self, params: &Tree<Value>) -> Result<Tree<Value>> {
-        let b = params
-            .leaves()
-            .first()
-            .map(|v| v.builder().clone())
-            .unwrap_or_default();
-        Ok(Tree::map([
-            ("count", Tree::leaf(b.scalar(0i32)?)),
-            ("mu", zeros_like(params)?),
-            ("nu", zeros_like(params)?),
-        ]))
+        init_state(params, &["mu", "nu"])
     }
 
     fn update(
@@ -330,44 +351,26 @@ impl Optimizer for Adam {
         // Bias corrections 1 - b^t, computed in f32 as optax does.
         let c1 = (b.full(self.b1, DType::F32, &[])?.pow(&t)?.neg()? + 1.0)?;
         let c2 = (b.full(self.b2, DType::F32, &[])?.pow(&t)?.neg()? + 1.0)?;
-        let (mu_l, nu_l) = (mu.leaves(), nu.leaves());
-        if mu.structure() != params.structure()
-            || nu.structure() != params.structure()
-            || grads.structure() != params.structure()
-        {
-            return Err(Error::Invalid(format!(
-                "{name}: params, grads and state differ in structure"
-            )));
-        }
         let (mut new_p, mut new_mu, mut new_nu) = (Vec::new(), Vec::new(), Vec::new());
-        for (((p, g), m), v) in params
-            .leaves()
-            .into_iter()
-            .zip(grads.leaves())
-            .zip(mu_l)
-            .zip(nu_l)
-        {
-            let m1 = moment(g, m, self.b1)?;
-            let v1 = moment(&g.square()?, v, self.b2)?;
+        for [p, g, m, v] in zip_leaves([params, grads, &mu, &nu], name)? {
+            let m1 = moment(&g, &m, self.b1)?;
+            let v1 = moment(&g.square()?, &v, self.b2)?;
             let m_hat = (&m1 / &c1.convert(g.dtype())?)?;
             let v_hat = (&v1 / &c2.convert(g.dtype())?)?;
             let mut u = (m_hat / ((v_hat + self.eps_root)?.sqrt()? + self.eps)?)?;
             if let Some(wd) = self.weight_decay {
-                u = (u + (p * wd)?)?;
+                u = (u + (&p * wd)?)?;
             }
-            new_p.push((p + (u * &lr.convert(p.dtype())?)?.neg()?)?);
+            new_p.push(descend(&p, u, &lr)?);
             new_mu.push(m1);
             new_nu.push(v1);
         }
-        let st = params.structure();
-        Ok((
-            st.unflatten(new_p)?,
-            Tree::map([
-                ("count", Tree::leaf(count_inc.convert(DType::I32)?)),
-                ("mu", st.unflatten(new_mu)?),
-                ("nu", st.unflatten(new_nu)?),
-            ]),
-        ))
+        updated(
+            params,
+            new_p,
+            count_inc.convert(DType::I32)?,
+            vec![("mu", new_mu), ("nu", new_nu)],
+        )
     }
 }
 
@@ -400,15 +403,7 @@ impl Optimizer for RmsProp {
     }
 
     fn init(&self, params: &Tree<Value>) -> Result<Tree<Value>> {
-        let b = params
-            .leaves()
-            .first()
-            .map(|v| v.builder().clone())
-            .unwrap_or_default();
-        Ok(Tree::map([
-            ("count", Tree::leaf(b.scalar(0i32)?)),
-            ("nu", zeros_like(params)?),
-        ]))
+        init_state(params, &["nu"])
     }
 
     fn update(
@@ -418,26 +413,16 @@ impl Optimizer for RmsProp {
         state: &Tree<Value>,
     ) -> Result<(Tree<Value>, Tree<Value>)> {
         let count = count_of(state, "rmsprop")?;
-        let nu = match state {
-            Tree::Map(m) => m.get("nu").cloned().unwrap_or(Tree::Empty),
-            _ => Tree::Empty,
-        };
+        let nu = slot(state, "nu");
         let lr = self.lr.at(&step_f32(&count)?)?;
         let (mut new_p, mut new_nu) = (Vec::new(), Vec::new());
-        for (p, g, v) in zip3(params, grads, &nu, "rmsprop")? {
+        for [p, g, v] in zip_leaves([params, grads, &nu], "rmsprop")? {
             let v1 = moment(&g.square()?, &v, self.decay)?;
             let u = (&g * (&v1 + self.eps)?.rsqrt()?)?;
-            new_p.push((&p + (u * &lr.convert(p.dtype())?)?.neg()?)?);
+            new_p.push(descend(&p, u, &lr)?);
             new_nu.push(v1);
         }
-        let st = params.structure();
-        Ok((
-            st.unflatten(new_p)?,
-            Tree::map([
-                ("count", Tree::leaf((count + 1.0)?)),
-                ("nu", st.unflatten(new_nu)?),
-            ]),
-        ))
+        updated(params, new_p, (count + 1.0)?, vec![("nu", new_nu)])
     }
 }
 
