@@ -284,15 +284,7 @@ fn digits_cnn_reaches_95_percent() -> Result<()> {
     let c = client();
     let layer = JaxLayer::builder(|Params(p): Params, Inputs(x): Inputs| {
         let x = x.into_leaf()?;
-        let attrs = ConvAttrs {
-            dims: ConvDims::nhwc(2),
-            strides: vec![1, 1],
-            padding: vec![(1, 1), (1, 1)],
-            lhs_dilation: vec![1, 1],
-            rhs_dilation: vec![1, 1],
-            feature_group_count: 1,
-            batch_group_count: 1,
-        };
+        let attrs = ConvAttrs::new(ConvDims::nhwc(2)).padding(&[(1, 1), (1, 1)]);
         let h = nn::relu(&(x.conv_general(p.get("k").unwrap(), &attrs)? + p.get("c").unwrap())?)?;
         let h = h.max_pool(&[1, 2, 2, 1], &[1, 2, 2, 1], &Padding::Valid)?;
         let n = h.dims()[0];

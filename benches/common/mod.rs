@@ -5,14 +5,6 @@ use xlayer::builder::{ConvAttrs, ConvDims, Value};
 /// A 3×3 NHWC convolution, stride 1, padding 1 ("same"), plus bias `b`:
 /// the conv of the benchmarks' Flax-style CNN.
 pub fn conv(x: &Value, k: &Value, b: &Value) -> xlayer::Result<Value> {
-    let attrs = ConvAttrs {
-        dims: ConvDims::nhwc(2),
-        strides: vec![1, 1],
-        padding: vec![(1, 1), (1, 1)],
-        lhs_dilation: vec![1, 1],
-        rhs_dilation: vec![1, 1],
-        feature_group_count: 1,
-        batch_group_count: 1,
-    };
+    let attrs = ConvAttrs::new(ConvDims::nhwc(2)).padding(&[(1, 1), (1, 1)]);
     x.conv_general(k, &attrs)? + b
 }

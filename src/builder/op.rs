@@ -330,6 +330,67 @@ pub struct ConvAttrs {
     pub batch_group_count: usize,
 }
 
+impl ConvAttrs {
+    /// Defaults for the layout `dims`: stride 1, no padding, no dilation, one
+    /// feature group and one batch group (`lax.conv` with `'VALID'`). Chain
+    /// the setters to change any of them.
+    ///
+    /// ```
+    /// use xlayer::builder::{ConvAttrs, ConvDims};
+    /// let same_3x3 = ConvAttrs::new(ConvDims::nhwc(2)).padding(&[(1, 1), (1, 1)]);
+    /// assert_eq!(same_3x3.strides, vec![1, 1]);
+    /// assert_eq!(same_3x3.feature_group_count, 1);
+    /// ```
+    pub fn new(dims: ConvDims) -> ConvAttrs {
+        let n = dims.input_spatial.len();
+        ConvAttrs {
+            dims,
+            strides: vec![1; n],
+            padding: vec![(0, 0); n],
+            lhs_dilation: vec![1; n],
+            rhs_dilation: vec![1; n],
+            feature_group_count: 1,
+            batch_group_count: 1,
+        }
+    }
+
+    /// Stride per spatial dimension.
+    pub fn strides(mut self, strides: &[usize]) -> Self {
+        self.strides = strides.to_vec();
+        self
+    }
+
+    /// `(low, high)` padding per spatial dimension.
+    pub fn padding(mut self, padding: &[(i64, i64)]) -> Self {
+        self.padding = padding.to_vec();
+        self
+    }
+
+    /// Input (lhs) dilation per spatial dimension.
+    pub fn lhs_dilation(mut self, d: &[usize]) -> Self {
+        self.lhs_dilation = d.to_vec();
+        self
+    }
+
+    /// Kernel (rhs) dilation per spatial dimension.
+    pub fn rhs_dilation(mut self, d: &[usize]) -> Self {
+        self.rhs_dilation = d.to_vec();
+        self
+    }
+
+    /// Feature groups (depthwise when equal to the input features).
+    pub fn feature_group_count(mut self, n: usize) -> Self {
+        self.feature_group_count = n;
+        self
+    }
+
+    /// Batch groups.
+    pub fn batch_group_count(mut self, n: usize) -> Self {
+        self.batch_group_count = n;
+        self
+    }
+}
+
 /// Attributes of a windowed reduction.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WindowAttrs {

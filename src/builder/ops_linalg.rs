@@ -271,8 +271,7 @@ impl Value {
     /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
     /// let img = b.parameter(ArraySpec::of::<f32>([1, 8, 8, 3]), "img")?;
     /// let k = b.parameter(ArraySpec::of::<f32>([3, 3, 3, 16]), "k")?;
-    /// let attrs = ConvAttrs { dims: ConvDims::nhwc(2), strides: vec![1, 1], padding: vec![(1, 1), (1, 1)],
-    ///     lhs_dilation: vec![1, 1], rhs_dilation: vec![1, 1], feature_group_count: 1, batch_group_count: 1 };
+    /// let attrs = ConvAttrs::new(ConvDims::nhwc(2)).padding(&[(1, 1), (1, 1)]);
     /// assert_eq!(img.conv_general(&k, &attrs)?.dims(), &[1, 8, 8, 16]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
