@@ -663,7 +663,12 @@ impl HostArray {
 
     /// Rows `start..end` of the first dimension.
     pub fn rows(&self, start: usize, end: usize) -> Result<HostArray> {
-        let n = self.spec.dims.first().copied().unwrap_or(0);
+        let Some(&n) = self.spec.dims.first() else {
+            return Err(Error::Invalid(format!(
+                "rows of a scalar {} (it has no rows)",
+                self.spec
+            )));
+        };
         if start > end || end > n {
             return Err(Error::Invalid(format!(
                 "rows {start}..{end} out of range for {}",
@@ -681,7 +686,10 @@ impl HostArray {
 
     /// Appends the rows of `other` (same dtype and trailing dimensions).
     pub fn concat_rows(mut self, other: &HostArray) -> Result<HostArray> {
-        if self.spec.dtype != other.spec.dtype || self.spec.dims[1..] != other.spec.dims[1..] {
+        let same_rows = |a: &ArraySpec, b: &ArraySpec| {
+            a.rank() > 0 && b.rank() > 0 && a.dims[1..] == b.dims[1..]
+        };
+        if self.spec.dtype != other.spec.dtype || !same_rows(&self.spec, &other.spec) {
             return Err(Error::Invalid(format!(
                 "cannot stack {} under {}",
                 other.spec, self.spec
@@ -769,5 +777,41 @@ impl Sequential {
             .get(1..)
             .ok_or_else(|| Error::Invalid("Sequential input needs a batch dimension".into()))?;
         self.build(dims, x.dtype())?.call1(client, x, training)
+    }
+}
+
+#[cfg(test)]
+mod host_array_tests {
+    use super::HostArray;
+
+    #[test]
+    fn rows_and_stacking_check_their_input() {
+        let a = HostArray::from_slice(&[1f32, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+        assert_eq!(
+            a.rows(1, 2).unwrap().to_vec::<f32>().unwrap(),
+            vec![3.0, 4.0]
+        );
+        assert!(a
+            .rows(1, 3)
+            .unwrap_err()
+            .to_string()
+            .contains("out of range"));
+        let s = HostArray::from_slice(&[1f32], &[]).unwrap();
+        assert!(s.rows(0, 0).unwrap_err().to_string().contains("scalar"));
+        assert!(s
+            .clone()
+            .concat_rows(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot stack"));
+        let b = HostArray::from_slice(&[5f32, 6.0, 7.0], &[1, 3]).unwrap();
+        assert!(a
+            .clone()
+            .concat_rows(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("f32[1,3]"));
+        let c = a.clone().concat_rows(&a).unwrap();
+        assert_eq!(c.spec.dims, vec![4, 2]);
     }
 }
