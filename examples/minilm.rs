@@ -62,12 +62,19 @@ fn main() -> Result<()> {
     let emb = model.embed(&refs)?;
     let done = start.elapsed();
     if json {
-        let items: Vec<serde_json::Value> = texts
+        // One object per input, keys in the documented order: text, embedding.
+        let items: Vec<String> = texts
             .iter()
             .zip(&emb)
-            .map(|(t, e)| serde_json::json!({ "text": t, "embedding": e }))
-            .collect();
-        println!("{}", serde_json::Value::Array(items));
+            .map(|(t, e)| {
+                Ok(format!(
+                    "{{\"text\":{},\"embedding\":{}}}",
+                    serde_json::to_string(t)?,
+                    serde_json::to_string(e)?
+                ))
+            })
+            .collect::<Result<_>>()?;
+        println!("[{}]", items.join(","));
     } else {
         let label = |t: &str| -> String {
             let s: String = t.chars().take(40).collect();
