@@ -53,6 +53,45 @@ fn mlp_forward(p: &Tree<Value>, x: Value) -> xlayer::Result<Value> {
     h.matmul(p.get("w1").unwrap())? + p.get("b1").unwrap()
 }
 
+/// A model on 8×8×1 digit images around `layer`, compiled with Adam and
+/// sparse categorical cross-entropy.
+fn digits_model<L: Layer + Clone + 'static>(
+    layer: &L,
+    lr: f64,
+    from_logits: bool,
+    metrics: &[Metric],
+) -> Result<Model> {
+    let inp = Input::new(&[8, 8, 1], DType::F32);
+    let model = Model::new(inp.clone(), layer.apply(&inp)?)?;
+    model.compile(
+        Adam::new(lr),
+        Loss::SparseCategoricalCrossentropy { from_logits },
+        metrics,
+    );
+    Ok(model)
+}
+
+/// Params `(name, shape)` in order: LeCun-normal kernels (one key each, split
+/// from `key` in order) and zero 1-D biases.
+fn lecun_params(key: &Value, shapes: &[(&str, &[usize])]) -> xlayer::Result<Tree<Value>> {
+    let kernels = shapes.iter().filter(|(_, d)| d.len() > 1).count();
+    let mut keys = xlayer::builder::random::split_keys(key, kernels)?.into_iter();
+    let mut m = Vec::new();
+    for (name, dims) in shapes {
+        let v = if dims.len() > 1 {
+            init::lecun_normal().init(
+                &keys.next().expect("one key per kernel"),
+                dims,
+                DType::F32,
+            )?
+        } else {
+            key.builder().zeros(DType::F32, dims)?
+        };
+        m.push((*name, Tree::leaf(v)));
+    }
+    Ok(Tree::map(m))
+}
+
 #[test]
 fn twenty_adam_steps_follow_jax_and_optax() -> Result<()> {
     let c = client();
@@ -73,13 +112,7 @@ fn twenty_adam_steps_follow_jax_and_optax() -> Result<()> {
     .params(params)
     .name("mlp")
     .build()?;
-    let inp = Input::new(&[8, 8, 1], DType::F32);
-    let model = Model::new(inp.clone(), layer.apply(&inp)?)?;
-    model.compile(
-        Adam::new(1e-2),
-        Loss::SparseCategoricalCrossentropy { from_logits: true },
-        &[],
-    );
+    let model = digits_model(&layer, 1e-2, true, &[])?;
     let (x, y) = digits();
     let (x, y) = (x.rows(0, 320)?, y.rows(0, 320)?);
     let want = f32s(&f, "losses");
@@ -158,13 +191,7 @@ fn one_epoch_of_ten_steps_changes_every_weight_and_predict_does_not() -> Result<
         .seed(11)
         .name("counting_mlp")
         .build()?;
-    let inp = Input::new(&[8, 8, 1], DType::F32);
-    let model = Model::new(inp.clone(), layer.apply(&inp)?)?;
-    model.compile(
-        Adam::new(1e-3),
-        Loss::SparseCategoricalCrossentropy { from_logits: false },
-        &[Metric::Accuracy],
-    );
+    let model = digits_model(&layer, 1e-3, false, &[Metric::Accuracy])?;
     let before: Vec<Vec<u8>> = leaf_bytes(&layer.weights()?.params)?;
     let (x, y) = digits();
     let h = model.fit(
@@ -233,30 +260,17 @@ fn digits_mlp_reaches_95_percent() -> Result<()> {
         Ok(Out::from(mlp_forward(&p, x.into_leaf()?)?))
     })
     .init_fn(|Rng(key): Rng, Inputs(_x): Inputs| {
-        let k = xlayer::builder::random::split_keys(&key, 2)?;
-        let b = key.builder();
-        Ok(Init(Tree::map([
-            (
-                "w0",
-                Tree::leaf(init::lecun_normal().init(&k[0], &[64, 64], DType::F32)?),
-            ),
-            ("b0", Tree::leaf(b.zeros(DType::F32, &[64])?)),
-            (
-                "w1",
-                Tree::leaf(init::lecun_normal().init(&k[1], &[64, 10], DType::F32)?),
-            ),
-            ("b1", Tree::leaf(b.zeros(DType::F32, &[10])?)),
-        ])))
+        let shapes: [(&str, &[usize]); 4] = [
+            ("w0", &[64, 64]),
+            ("b0", &[64]),
+            ("w1", &[64, 10]),
+            ("b1", &[10]),
+        ];
+        Ok(Init(lecun_params(&key, &shapes)?))
     })
     .seed(0)
     .build()?;
-    let inp = Input::new(&[8, 8, 1], DType::F32);
-    let model = Model::new(inp.clone(), layer.apply(&inp)?)?;
-    model.compile(
-        Adam::new(1e-2),
-        Loss::SparseCategoricalCrossentropy { from_logits: true },
-        &[Metric::Accuracy],
-    );
+    let model = digits_model(&layer, 1e-2, true, &[Metric::Accuracy])?;
     let (xt, yt, xv, yv) = split_digits()?;
     let opts = FitOptions {
         batch_size: 32,
@@ -294,30 +308,17 @@ fn digits_cnn_reaches_95_percent() -> Result<()> {
         ))
     })
     .init_fn(|Rng(key): Rng, Inputs(_x): Inputs| {
-        let k = xlayer::builder::random::split_keys(&key, 2)?;
-        let b = key.builder();
-        Ok(Init(Tree::map([
-            (
-                "k",
-                Tree::leaf(init::lecun_normal().init(&k[0], &[3, 3, 1, 16], DType::F32)?),
-            ),
-            ("c", Tree::leaf(b.zeros(DType::F32, &[16])?)),
-            (
-                "w",
-                Tree::leaf(init::lecun_normal().init(&k[1], &[256, 10], DType::F32)?),
-            ),
-            ("b", Tree::leaf(b.zeros(DType::F32, &[10])?)),
-        ])))
+        let shapes: [(&str, &[usize]); 4] = [
+            ("k", &[3, 3, 1, 16]),
+            ("c", &[16]),
+            ("w", &[256, 10]),
+            ("b", &[10]),
+        ];
+        Ok(Init(lecun_params(&key, &shapes)?))
     })
     .seed(0)
     .build()?;
-    let inp = Input::new(&[8, 8, 1], DType::F32);
-    let model = Model::new(inp.clone(), layer.apply(&inp)?)?;
-    model.compile(
-        Adam::new(1e-2),
-        Loss::SparseCategoricalCrossentropy { from_logits: true },
-        &[Metric::Accuracy],
-    );
+    let model = digits_model(&layer, 1e-2, true, &[Metric::Accuracy])?;
     let (xt, yt, xv, yv) = split_digits()?;
     model.fit(
         &c,
@@ -396,13 +397,7 @@ fn flax_layer_batchnorm_dropout_trains() -> Result<()> {
         Ok(Tree::leaf(Dense::new(10).apply(s, &x)?))
     });
     let layer = FlaxLayer::builder(module).seed(5).build()?;
-    let inp = Input::new(&[8, 8, 1], DType::F32);
-    let model = Model::new(inp.clone(), layer.apply(&inp)?)?;
-    model.compile(
-        Adam::new(1e-2),
-        Loss::SparseCategoricalCrossentropy { from_logits: true },
-        &[Metric::Accuracy],
-    );
+    let model = digits_model(&layer, 1e-2, true, &[Metric::Accuracy])?;
     let w0 = layer.weights()?;
     let bytes = leaf_bytes;
     let (p0, s0) = (bytes(&w0.params)?, bytes(&w0.state)?);
