@@ -23,9 +23,9 @@
 //! let exe = jit(&client, &[ArraySpec::of::<f32>([2]), ArraySpec::of::<f32>([3, 2])], |b, a| {
 //!     let params = Tree::map([("w", Tree::leaf(a[0].clone()))]);
 //!     let (loss, g) = value_and_grad(b, &params, |_, p| {
-//!         a[1].matmul(p.get("w").unwrap())?.square()?.sum(&[0], false) // sum((x w)^2)
+//!         a[1].matmul(p.get("w")?)?.square()?.sum(&[0], false) // sum((x w)^2)
 //!     })?;
-//!     Ok(vec![loss, g.get("w").unwrap().clone()]) // 2 x^T x w
+//!     Ok(vec![loss, g.get("w")?.clone()]) // 2 x^T x w
 //! })?;
 //! let w = client.buffer_from_host(&[1f32, 0.0], &[2])?;
 //! let x = client.buffer_from_host(&[1f32, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 2])?;
@@ -147,10 +147,10 @@ pub fn vjp(
 /// let b = Builder::new();
 /// let p = Tree::map([("w", Tree::leaf(b.parameter(ArraySpec::of::<f32>([3]), "w")?))]);
 /// let (loss, aux, g) = value_and_grad_with_aux(&b, &p, |_b, p| {
-///     let w = p.get("w").unwrap();
+///     let w = p.get("w")?;
 ///     Ok((w.square()?.sum(&[0], false)?, Tree::leaf(w.clone())))
 /// })?;
-/// assert_eq!(g.get("w").unwrap().dims(), &[3]); // 2 w
+/// assert_eq!(g.get("w")?.dims(), &[3]); // 2 w
 /// # Ok::<(), xlayer::Error>(())
 /// ```
 pub fn value_and_grad_with_aux(
