@@ -317,6 +317,113 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+
+    // --- harden-build ---
+    /// A dimension number given to an op is not below the rank it indexes
+    /// (`what` names the list or field, e.g. `kernel_spatial`, `offset_dims`).
+    #[error(
+        "{op}: {what} names dimension {dim}, but the {target} has rank {rank} (operand {operand})"
+    )]
+    DimensionOutOfRange {
+        /// The op, e.g. `convolution`.
+        op: &'static str,
+        /// The dimension list or field at fault.
+        what: &'static str,
+        /// The dimension number given.
+        dim: usize,
+        /// What the number indexes (`input`, `kernel`, `output`, `operand`).
+        target: &'static str,
+        /// The rank it must be below.
+        rank: usize,
+        /// The op's (first) operand.
+        operand: ArraySpec,
+    },
+
+    /// A dimension number is given twice where each must appear once
+    /// (`dims` is the whole list, with the lists it shares a space with).
+    #[error("{op}: dimension {dim} appears twice in {what} {dims:?} (operand {operand})")]
+    DuplicateDimension {
+        /// The op.
+        op: &'static str,
+        /// The dimension list(s) at fault.
+        what: &'static str,
+        /// The repeated dimension.
+        dim: usize,
+        /// The list as given.
+        dims: Vec<usize>,
+        /// The op's (first) operand.
+        operand: ArraySpec,
+    },
+
+    /// An array type too large to describe: a dimension above `i64::MAX`,
+    /// or an element count or byte size above `i64::MAX` (what XLA and the
+    /// C API can hold). `what` names the array (an op's output, a program
+    /// parameter, an upload).
+    #[error("{what}: array type {spec} is too large (each dimension, the element count and the size in bytes must fit in i64)")]
+    ShapeTooLarge {
+        /// The array, e.g. `output of broadcast_in_dim` or `parameter 0 of @main`.
+        what: String,
+        /// Its type.
+        spec: ArraySpec,
+    },
+
+    /// The shape arithmetic of an op (windows, padding, dilation, sums of
+    /// sizes) overflows.
+    #[error(
+        "{op}: the output shape overflows for operands [{}] ({detail})",
+        list_specs(operands)
+    )]
+    ShapeOverflow {
+        /// The op.
+        op: &'static str,
+        /// Its operands' types.
+        operands: Vec<ArraySpec>,
+        /// The computation that overflowed.
+        detail: String,
+    },
+
+    /// Host memory for an array was refused before allocating: it needs
+    /// more than `limit` bytes (the memory available, or a fixed limit).
+    #[error(
+        "{what}: {spec} needs {bytes} bytes of host memory, more than the {limit} bytes available"
+    )]
+    HostMemory {
+        /// What the memory is for, e.g. `random input 0`.
+        what: String,
+        /// The array's type.
+        spec: ArraySpec,
+        /// Bytes it needs.
+        bytes: u64,
+        /// Bytes that may be used.
+        limit: u64,
+    },
+
+    /// A program's declared signature differs from the compiled or
+    /// deserialized executable's own parameter or result types.
+    #[error(
+        "executable `{program}`: its {part} are ({}), but the signature declares ({})",
+        list_specs(compiled),
+        list_specs(declared)
+    )]
+    SignatureMismatch {
+        /// The executable's name.
+        program: String,
+        /// `parameters` or `results`.
+        part: &'static str,
+        /// The types the signature declares.
+        declared: Vec<ArraySpec>,
+        /// The executable's own types.
+        compiled: Vec<ArraySpec>,
+    },
+}
+
+/// `f32[2], i32[]`: a list of array types for messages.
+fn list_specs(specs: &[ArraySpec]) -> String {
+    specs
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The tail of an [`Error::Weights`] message: one line per further problem.

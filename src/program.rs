@@ -402,7 +402,10 @@ pub fn parse_signature(text: &str) -> Result<Signature> {
     let mut sig = Signature::default();
     for entry in split_top_level(&text[open + 1..close]) {
         let (ty, attrs) = type_and_attrs(entry);
-        sig.inputs.push(parse_tensor_type(ty)?);
+        let spec = parse_tensor_type(ty)?;
+        let index = sig.inputs.len();
+        spec.check_size(|| format!("parameter {index} of @main"))?;
+        sig.inputs.push(spec);
         sig.donors.push(
             attrs.contains("jax.buffer_donor = true") || attrs.contains("tf.aliasing_output"),
         );
@@ -418,7 +421,10 @@ pub fn parse_signature(text: &str) -> Result<Signature> {
             .ok_or_else(|| Error::Signature("unbalanced result list of @main".into()))?;
         for entry in split_top_level(&text[offset + 1..rclose]) {
             let (ty, _) = type_and_attrs(entry);
-            sig.outputs.push(parse_tensor_type(ty)?);
+            let spec = parse_tensor_type(ty)?;
+            let index = sig.outputs.len();
+            spec.check_size(|| format!("result {index} of @main"))?;
+            sig.outputs.push(spec);
         }
     } else {
         let end = results.find('{').unwrap_or(results.len());
@@ -427,7 +433,9 @@ pub fn parse_signature(text: &str) -> Result<Signature> {
             .strip_suffix("attributes")
             .map(str::trim)
             .unwrap_or(single);
-        sig.outputs.push(parse_tensor_type(single)?);
+        let spec = parse_tensor_type(single)?;
+        spec.check_size(|| "result 0 of @main".into())?;
+        sig.outputs.push(spec);
     }
     Ok(sig)
 }

@@ -332,13 +332,21 @@ impl Executable {
             let mut at = 0;
             for (ty, &rank) in types.iter().zip(ranks) {
                 let dtype = from_pjrt_type(*ty)?;
-                out.push(ArraySpec::new(
+                let raw = &dims[at..at + rank];
+                let spec = ArraySpec::new(
                     dtype,
-                    dims[at..at + rank]
-                        .iter()
-                        .map(|&x| x as usize)
-                        .collect::<Vec<_>>(),
-                ));
+                    raw.iter()
+                        .map(|&x| usize::try_from(x).ok())
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| {
+                            Error::NotSupported(format!(
+                                "the executable's output {} has dimensions {raw:?} (dynamic or negative)",
+                                out.len()
+                            ))
+                        })?,
+                );
+                spec.check_size(|| format!("output {} of the executable", out.len()))?;
+                out.push(spec);
                 at += rank;
             }
             Ok(out)
