@@ -478,3 +478,123 @@ case!(text_program_with_overflowing_tensor_type, {
     let e = Program::mlir_text(text).unwrap_err();
     assert_too_large(e, &[usize::MAX]);
 });
+
+// ------------------------------------------------------------ command line
+
+/// A fresh directory for one case's files.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("xlayer-catalog-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs the `xlayer` binary; returns (exit code, stderr). A signal (abort)
+/// or a Rust panic fails the test.
+fn xlayer(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_xlayer"))
+        .args(args)
+        .output()
+        .expect("run xlayer");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.code().is_some(),
+        "xlayer {args:?} was killed: {}\n{err}",
+        out.status
+    );
+    assert!(
+        !err.contains("panicked"),
+        "xlayer {args:?} panicked:\n{err}"
+    );
+    (out.status.code(), err)
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
+}
+
+case!(cli_bench_random_checks_the_size_before_allocating, {
+    // 1e11 f32 = 400 GB: used to be allocated first (abort on failure).
+    let dir = scratch("bench-random");
+    let big = dir.join("big.mlir");
+    std::fs::write(
+        &big,
+        "func.func public @main(%a: tensor<100000000000xf32>) -> tensor<100000000000xf32> {\n  return %a : tensor<100000000000xf32>\n}\n",
+    )
+    .unwrap();
+    let (code, err) = xlayer(&[os("bench"), os("--random"), big.as_os_str()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("random input 0: f32[100000000000] needs 800000000000 bytes of host memory"),
+        "{err}"
+    );
+    // a type whose size overflows: refused when the program is read
+    let huge = dir.join("huge.mlir");
+    std::fs::write(
+        &huge,
+        "func.func public @main(%a: tensor<4294967296x4294967296xf32>) -> tensor<4294967296x4294967296xf32> {\n  return %a : tensor<4294967296x4294967296xf32>\n}\n",
+    )
+    .unwrap();
+    let (code, err) = xlayer(&[os("bench"), os("--random"), huge.as_os_str()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("parameter 0 of @main: array type f32[4294967296,4294967296] is too large"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+});
+
+case!(cli_non_utf8_arguments_are_clear_errors, {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = std::ffi::OsStr::from_bytes(b"prog-\xff\xfe.mlir");
+    let (code, err) = xlayer(&[os("run"), bad]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("cannot read program") && err.contains("prog-"),
+        "{err}"
+    );
+    let (code, err) = xlayer(&[
+        os("hlo"),
+        os("p.mlir"),
+        os("--signature"),
+        std::ffi::OsStr::from_bytes(b"f32[\xff]"),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("UTF-8"), "{err}");
+    let (code, err) = xlayer(&[
+        os("inspect"),
+        std::ffi::OsStr::from_bytes(b"\xff.safetensors"),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+});
+
+/// The `minilm` example's binary, built by `cargo test` next to the test
+/// binaries (`target/<profile>/examples`), or built here when absent.
+fn minilm_example() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let path = profile_dir.join("examples").join("minilm");
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--example", "minilm", "--manifest-path"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "cargo build --example minilm failed");
+    }
+    path
+}
+
+case!(example_non_utf8_argument_is_a_clear_error, {
+    use std::os::unix::ffi::OsStrExt;
+    let out = Command::new(minilm_example())
+        .arg(std::ffi::OsStr::from_bytes(b"caf\xe9"))
+        .output()
+        .expect("run the minilm example");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("argument `caf\u{fffd}` is not valid UTF-8"),
+        "{err}"
+    );
+});
