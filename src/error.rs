@@ -322,7 +322,7 @@ pub enum Error {
     /// A dimension number given to an op is not below the rank it indexes
     /// (`what` names the list or field, e.g. `kernel_spatial`, `offset_dims`).
     #[error(
-        "{op}: {what} names dimension {dim}, but the {target} has rank {rank} (operand {operand})"
+        "{op}: dimension {dim} in {what} is out of range for the {target}, which has rank {rank} (operand {operand})"
     )]
     DimensionOutOfRange {
         /// The op, e.g. `convolution`.

@@ -84,7 +84,8 @@ case!(conv_input_spatial_beyond_rank, {
         "{e:?}"
     );
     assert!(
-        e.to_string().contains("input_spatial names dimension 7"),
+        e.to_string()
+            .contains("dimension 7 in input_spatial is out of range"),
         "{e}"
     );
 });
@@ -596,5 +597,100 @@ case!(example_non_utf8_argument_is_a_clear_error, {
     assert!(
         err.contains("argument `caf\u{fffd}` is not valid UTF-8"),
         "{err}"
+    );
+});
+
+// ------------------------------------------------------------ wrong results
+
+const ADD_ONE: &str = "// func.func public @main(%a: tensor<4xi32>) -> tensor<4xi32>\n\
+module @add_one {\n\
+  func.func public @main(%a: tensor<4xf32>) -> tensor<4xf32> {\n\
+    %one = stablehlo.constant dense<1.0> : tensor<4xf32>\n\
+    %0 = stablehlo.add %a, %one : tensor<4xf32>\n\
+    return %0 : tensor<4xf32>\n\
+  }\n\
+}\n";
+
+case!(main_signature_in_a_comment_does_not_fool_the_parser, {
+    let c = client();
+    let p = Program::mlir_text(ADD_ONE).unwrap();
+    assert_eq!(p.signature().to_string(), "(f32[4]) -> (f32[4])");
+    assert_eq!(p.name(), "add_one");
+    let exe = c.compile(&p).unwrap();
+    // an i32 buffer used to run and silently give [0, 0, 0, 0]
+    let i = c.buffer_from_host(&[1i32, 2, 3, 4], &[4]).unwrap();
+    let e = exe.execute(&[&i]).unwrap_err();
+    assert!(
+        matches!(e, Error::ArgumentType { index: 0, ref expected, ref actual, .. }
+            if *expected == ArraySpec::of::<f32>([4]) && *actual == ArraySpec::of::<i32>([4])),
+        "{e:?}"
+    );
+    let f = c.buffer_from_host(&[1f32, 2.0, 3.0, 4.0], &[4]).unwrap();
+    assert_eq!(
+        exe.execute(&[&f]).unwrap()[0].to_vec::<f32>().unwrap(),
+        [2.0, 3.0, 4.0, 5.0]
+    );
+});
+
+case!(executable_types_come_from_the_compiled_module, {
+    let c = client();
+    let exe = c.compile(&Program::mlir_text(ADD_ONE).unwrap()).unwrap();
+    let bytes = exe.serialize().unwrap();
+    let sig = |inputs: Vec<ArraySpec>, outputs: Vec<ArraySpec>| xlayer::Signature {
+        donors: vec![false; inputs.len()],
+        inputs,
+        outputs,
+    };
+    let f4 = ArraySpec::of::<f32>([4]);
+    let i4 = ArraySpec::of::<i32>([4]);
+    // deserialize_executable used to accept any signature
+    let e = c
+        .deserialize_executable(&bytes, "add_one", sig(vec![i4.clone()], vec![f4.clone()]))
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::SignatureMismatch { part: "parameters", ref declared, ref compiled, .. }
+            if *declared == [i4.clone()] && *compiled == [f4.clone()]),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("add_one"), "{e}");
+    let e = c
+        .deserialize_executable(
+            &bytes,
+            "add_one",
+            sig(vec![f4.clone(), f4.clone()], vec![f4.clone()]),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::SignatureMismatch {
+                part: "parameters",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = c
+        .deserialize_executable(&bytes, "add_one", sig(vec![f4.clone()], vec![i4.clone()]))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::SignatureMismatch {
+                part: "results",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // outputs left empty are taken from the executable
+    let back = c
+        .deserialize_executable(&bytes, "add_one", sig(vec![f4.clone()], vec![]))
+        .unwrap();
+    assert_eq!(back.signature().outputs, [f4.clone()]);
+    let f = c.buffer_from_host(&[0f32; 4], &[4]).unwrap();
+    assert_eq!(
+        back.execute(&[&f]).unwrap()[0].to_vec::<f32>().unwrap(),
+        [1.0; 4]
     );
 });
