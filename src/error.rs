@@ -350,6 +350,21 @@ pub enum Error {
         /// The file's size.
         actual: u64,
     },
+
+    /// A model's `config.json` holds a value that is missing, out of
+    /// bounds, or contradicted by the checkpoint (checked before anything
+    /// is allocated for it).
+    #[error("model config {}: `{field}` = {value}: {reason}", file.display())]
+    ModelConfig {
+        /// The `config.json` file.
+        file: PathBuf,
+        /// The field at fault, e.g. `num_hidden_layers`.
+        field: &'static str,
+        /// Its value as written (`missing` when absent).
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// The tail of an [`Error::Weights`] message: one line per further problem.
