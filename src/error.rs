@@ -415,6 +415,54 @@ pub enum Error {
         /// The executable's own types.
         compiled: Vec<ArraySpec>,
     },
+
+    // --- harden-io ---
+    /// A path that must name a file names a directory.
+    #[error("{what} {}: is a directory, not a file", path.display())]
+    IsADirectory {
+        /// What the file was wanted for, e.g. "safetensors file".
+        what: &'static str,
+        /// The directory.
+        path: PathBuf,
+    },
+
+    /// A safetensors header lists the same tensor name more than once.
+    #[error("safetensors file {}: the header lists tensor `{tensor}` more than once", path.display())]
+    DuplicateTensor {
+        /// The file.
+        path: PathBuf,
+        /// The repeated name.
+        tensor: String,
+    },
+
+    /// A safetensors file is shorter than its header says: `tensor` is the
+    /// first tensor whose data lies (partly) past the end of the file.
+    #[error("safetensors file {}: truncated: tensor `{tensor}` ends at byte {needed} but the file has {actual} bytes", path.display())]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// The first tensor whose data is cut off.
+        tensor: String,
+        /// The file size its data needs (header included).
+        needed: u64,
+        /// The file's size.
+        actual: u64,
+    },
+
+    /// A model's `config.json` holds a value that is missing, out of
+    /// bounds, or contradicted by the checkpoint (checked before anything
+    /// is allocated for it).
+    #[error("model config {}: `{field}` = {value}: {reason}", file.display())]
+    ModelConfig {
+        /// The `config.json` file.
+        file: PathBuf,
+        /// The field at fault, e.g. `num_hidden_layers`.
+        field: &'static str,
+        /// Its value as written (`missing` when absent).
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// `f32[2], i32[]`: a list of array types for messages.
