@@ -568,13 +568,14 @@ case!(cli_non_utf8_arguments_are_clear_errors, {
     assert_eq!(code, Some(1), "{err}");
 });
 
-/// The `minilm` example's binary, built by `cargo test` next to the test
-/// binaries (`target/<profile>/examples`), or built here when absent.
+/// The `minilm` example's binary (`target/<profile>/examples`), brought up
+/// to date first: `cargo test --test catalog_build` alone does not rebuild
+/// examples, and a stale binary would test old code.
 fn minilm_example() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap();
     let path = profile_dir.join("examples").join("minilm");
-    if !path.exists() {
+    {
         let status = Command::new(env!("CARGO"))
             .args(["build", "--example", "minilm", "--manifest-path"])
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
