@@ -26,6 +26,7 @@
 
 mod parse;
 pub mod quant;
+pub mod tokenizer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
