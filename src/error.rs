@@ -508,6 +508,28 @@ pub enum Error {
         /// The plugin file.
         path: PathBuf,
     },
+
+    // --- llm ---
+    /// A GGUF file is truncated, corrupt, or holds what xlayer cannot use
+    /// (see [`crate::gguf::GgufProblem`]); `tensor` names the tensor at
+    /// fault, when one is.
+    #[error("GGUF file {}: {}{problem}", path.display(), tensor_prefix(tensor))]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// The tensor at fault, if any.
+        tensor: Option<String>,
+        /// What is wrong.
+        problem: crate::gguf::GgufProblem,
+    },
+}
+
+/// `tensor `name`: ` for [`Error::Gguf`] messages about one tensor.
+fn tensor_prefix(tensor: &Option<String>) -> String {
+    tensor
+        .as_ref()
+        .map(|t| format!("tensor `{t}`: "))
+        .unwrap_or_default()
 }
 
 /// `f32[2], i32[]`: a list of array types for messages.
