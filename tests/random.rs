@@ -208,10 +208,12 @@ enum Tol {
 ///
 /// Why these numbers (docs/ops.md, "Tolerances"):
 /// - f32/f64: `erf_inv` is a polynomial whose vectorized and scalar code
-///   paths differ by CPU (issue: up to 2 ulp on 0.45% of a 784x300 array
-///   between the pinned plugin and jaxlib on AMD EPYC); the scale factor
-///   rounds once more and XLA may fold constant factors in another order.
-///   4 ulp is twice the measured spread.
+///   paths differ by CPU and XLA build (784x300 arrays against jaxlib 0.12:
+///   `erf_inv` up to 2 ulp on 0.5% of the elements, normal and
+///   truncated_normal 3 ulp, he_normal and glorot_normal 4 ulp, on 0.4%);
+///   the scale factor rounds once more and XLA may fold constant factors in
+///   another order. 8 ulp is twice the measured spread; near 0 the absolute
+///   part applies (measured at most 1.54 eps * max|x|).
 /// - f16/bf16: the chain `lo + (hi - lo) * bits`, `erf_inv`, `* scale` is
 ///   computed in f32 and rounded once on some CPUs, with half-precision
 ///   roundings between the steps on others (the fixture's CPU: errors up to
@@ -220,17 +222,19 @@ enum Tol {
 ///   near 0 `lo + (hi - lo) * bits` cancels, its absolute error is about an
 ///   ulp of |lo| (< 1), and `erf_inv` multiplies it by ~1.25 * scale, so
 ///   the ulp error grows without bound (measured 20 ulp at 0.0137) while the
-///   absolute error stays below eps * scale (measured at most 0.31 eps * the
-///   stddev; allowed 2 eps * max|x| ~ 4 eps * stddev).
+///   absolute error stays below eps * scale (measured at most 0.17 eps *
+///   max|x|; allowed 4 eps * max|x|).
 ///
 /// A real bug (a wrong constant such as the truncation's 0.8796 or sqrt(2),
 /// fan_in for fan_out, other bits) moves elements by percents, which is
-/// tens of half ulps away from 0 and far above 2 eps * max|x| near 0.
+/// tens of half ulps (~10^5 f32 ulps) away from 0, and far above
+/// 4 eps * max|x| (0.4% of max|x| in f16) near 0; see
+/// `sample_tolerance_rejects_a_one_percent_error`.
 fn sample_tol(dtype: DType) -> Tol {
-    let ulps = if dtype.size_in_bytes() == 2 { 6 } else { 4 };
+    let ulps = if dtype.size_in_bytes() == 2 { 6 } else { 8 };
     Tol::UlpsOrAbs {
         ulps,
-        eps_of_max: 2.0,
+        eps_of_max: 4.0,
     }
 }
 
