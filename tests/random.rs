@@ -457,6 +457,34 @@ fn sample_tolerance_rejects_a_one_percent_error() -> Result<()> {
     Ok(())
 }
 
+/// `uniform` is `(bits -> [1, 2)) - 1`, times `hi - lo`, plus `lo`, each
+/// rounded as IEEE says (JAX's program, as jaxlib 0.12 runs it): with
+/// bounds whose span is exactly 1 in f32 but whose `lo - 1` is not exact,
+/// a compiler that folds `(u - 1) + lo` into `u + (lo - 1)` rounds
+/// differently on most elements (the pinned plugin did, before the
+/// optimization barrier in `uniform`).
+#[test]
+fn uniform_is_computed_as_written() -> Result<()> {
+    let n = 4096;
+    let exe = jit(client(), &[ArraySpec::of::<u32>([2])], |_, k| {
+        Ok(vec![random::uniform(&k[0], &[n], DType::F32, -0.3, 0.7)?])
+    })?;
+    let key_data = random::key_data(5);
+    let key = client().buffer_from_host(&key_data, &[2])?;
+    let got = exe.execute(&[&key])?[0].to_vec::<f32>()?;
+    let (lo, hi) = (-0.3f32, 0.7f32);
+    let want: Vec<f32> = random::bits_data(key_data, n)
+        .into_iter()
+        .map(|b| {
+            let u = f32::from_bits((b >> 9) | 0x3f80_0000) - 1.0;
+            lo.max(u * (hi - lo) + lo)
+        })
+        .collect();
+    let differing = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+    assert_eq!(differing, 0, "{differing} of {n} elements differ");
+    Ok(())
+}
+
 fn u32s(bytes: &[u8]) -> Vec<u32> {
     bytes
         .chunks(4)

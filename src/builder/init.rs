@@ -1,4 +1,6 @@
-//! `jax.nn.initializers` (as Flax re-exports them), bit for bit.
+//! `jax.nn.initializers` (as Flax re-exports them): the same algorithm and
+//! random bits as JAX, values within a few ulp (the `erf_inv` of the normal
+//! ones is CPU vector math; tolerances in docs/ops.md, "Tolerances").
 //!
 //! An [`Initializer`] is a small configuration value; [`Initializer::init`]
 //! turns `(key, dims, dtype)` into a [`Value`] exactly as the JAX
