@@ -38,6 +38,7 @@ use sha2::{Digest, Sha256};
 mod asset;
 pub use asset::{
     asset, asset_cache_dir, ensure_asset, find_asset, provision_asset, Asset, ASSETS, MINILM,
+    SMOLLM2, SMOLLM2_GGUF, SMOLLM2_GGUF_SHA256,
 };
 
 /// Everything that can go wrong while finding or provisioning a plugin.

@@ -5,6 +5,7 @@
 //! cargo run -p xla-build -- fetch cpu-zml  # a second CPU plugin build (ZML's)
 //! cargo run -p xla-build -- path cpu       # print the plugin path, fetching if needed
 //! cargo run -p xla-build -- fetch minilm   # a pinned data asset (model weights)
+//! cargo run -p xla-build -- fetch smollm2  # the SmolLM2-135M GGUF decoder
 //! cargo run -p xla-build -- status         # what is cached, what each recipe pins
 //! ```
 //! To load the plugin and list its devices, use `cargo run -- doctor` (the
@@ -26,8 +27,9 @@ commands:
 
 targets: cpu, cuda12, tpu; cpu-zml (a second, independent CPU plugin build)
 assets: minilm (all-MiniLM-L6-v2: safetensors weights, tokenizer.json, configs)
+        smollm2 (SmolLM2-135M-Instruct: one Q4_1 GGUF file, 98 MB)
 environment: XLAYER_HOME (cache), XLAYER_PJRT_PLUGIN[_CPU|_CUDA12|_TPU|_CPU_ZML] (overrides),
-             XLAYER_MINILM_DIR (asset override), XLAYER_PYTHON";
+             XLAYER_MINILM_DIR, XLAYER_SMOLLM2_DIR (asset overrides), XLAYER_PYTHON";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
