@@ -186,6 +186,35 @@ impl CompileCache {
             .map(|d| d.join(format!("{}.xlexe", hex(&key.digest()))))
     }
 
+    /// The key and entry file of a compile in folder `d`; `None` (with a
+    /// warning) when the cache cannot be used for it: the folder cannot be
+    /// created or read (a read-only disk: the cache is an optimization), or
+    /// the plugin file cannot be hashed. A folder others can write is an
+    /// error.
+    fn locate(
+        &self,
+        d: &Path,
+        client: &Client,
+        program: &Program,
+        options: &CompileOptions,
+    ) -> Result<Option<(CacheKey, PathBuf)>> {
+        let usable = match dir::create_private(d) {
+            Err(e @ crate::Error::Io { .. }) => Err(e),
+            Err(refused) => return Err(refused),
+            Ok(()) => plugin_sha256(client.plugin(), Some(d)),
+        };
+        match usable {
+            Ok(digest) => {
+                let key = CacheKey::new(client, program, options, digest);
+                Ok(self.entry_path(&key).map(|p| (key, p)))
+            }
+            Err(e) => {
+                eprintln!("xlayer: warning: compiling without the compilation cache: {e}");
+                Ok(None)
+            }
+        }
+    }
+
     /// Loads `program` from the cache, or compiles it (and stores it).
     ///
     /// A compile for an explicit device other than the default one bypasses
@@ -195,10 +224,11 @@ impl CompileCache {
     /// compile's key.
     ///
     /// Errors: the compiler's; a cache folder that is not private to this
-    /// user ([`Error::CacheDirWritableByOthers`], [`Error::CacheDirNotOwned`],
-    /// [`Error::CacheDirNotAFolder`]) or cannot be created ([`Error::Io`]).
-    /// A failure to write the entry is not an error (the executable is
-    /// returned, a warning goes to stderr).
+    /// user ([`Error::CacheDirWritableByOthers`], [`Error::CacheDirNotOwned`])
+    /// or not a folder ([`Error::CacheDirNotAFolder`]). A folder that cannot
+    /// be created or read, or an entry that cannot be written, is not an
+    /// error: the executable is compiled and returned, a warning goes to
+    /// stderr.
     pub fn compile(
         &self,
         client: &Client,
@@ -207,19 +237,7 @@ impl CompileCache {
     ) -> Result<Executable> {
         let cacheable = matches!(options.device_index, None | Some(0));
         let keyed = match (&self.dir, cacheable) {
-            (Some(d), true) => {
-                dir::create_private(d)?;
-                match plugin_sha256(client.plugin(), Some(d)) {
-                    Ok(digest) => {
-                        let key = CacheKey::new(client, program, options, digest);
-                        self.entry_path(&key).map(|p| (key, p))
-                    }
-                    Err(e) => {
-                        eprintln!("xlayer: warning: compiling without the compilation cache: {e}");
-                        None
-                    }
-                }
-            }
+            (Some(d), true) => self.locate(d, client, program, options)?,
             _ => None,
         };
         let Some((key, path)) = keyed else {
