@@ -144,7 +144,22 @@ case!(conv_dilation_overflow, {
     let k = b
         .parameter(ArraySpec::of::<f32>([3, 3, 3, 4]), "k")
         .unwrap();
+    // past i64: would be emitted as -1
     let attrs = ConvAttrs::new(ConvDims::nhwc(2)).lhs_dilation(&[usize::MAX, 1]);
+    let e = img.conv_general(&k, &attrs).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::AttributeTooLarge {
+                op: "convolution",
+                what: "lhs_dilation",
+                value: usize::MAX,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let attrs = ConvAttrs::new(ConvDims::nhwc(2)).lhs_dilation(&[i64::MAX as usize, 1]);
     let e = img.conv_general(&k, &attrs).unwrap_err();
     assert!(
         matches!(
@@ -394,7 +409,40 @@ case!(op_outputs_whose_size_overflows, {
     let e = x
         .pad(&x.scalar_like(0.0).unwrap(), &[0], &[0], &[usize::MAX])
         .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::AttributeTooLarge {
+                op: "pad",
+                what: "interior",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = x
+        .pad(
+            &x.scalar_like(0.0).unwrap(),
+            &[0],
+            &[0],
+            &[i64::MAX as usize],
+        )
+        .unwrap_err();
     assert!(matches!(e, Error::ShapeOverflow { op: "pad", .. }), "{e:?}");
+    // a stride past i64 on a dimension of 1 passes the shape arithmetic
+    let one = f32_param(&b, &[1]);
+    let e = one.slice(&[0], &[1], &[usize::MAX]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::AttributeTooLarge {
+                op: "slice",
+                what: "strides",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     let e = b.constant::<f32>(&[], &[1 << 32, 1 << 32]).unwrap_err();
     assert_too_large(e, &[1 << 32, 1 << 32]);
 });

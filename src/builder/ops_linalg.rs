@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
 
-use super::core::{check_dim_list, op_err, window_output_size, Value};
+use super::core::{check_dim_list, check_i64_attr, op_err, window_output_size, Value};
 use super::op::{ConvAttrs, DotDims, Op};
 
 impl Value {
@@ -340,6 +340,15 @@ impl Value {
             rank,
             &self.spec,
         )?;
+        for (what, values) in [
+            ("strides", &attrs.strides[..]),
+            ("lhs_dilation", &attrs.lhs_dilation[..]),
+            ("rhs_dilation", &attrs.rhs_dilation[..]),
+            ("feature_group_count", &[attrs.feature_group_count][..]),
+            ("batch_group_count", &[attrs.batch_group_count][..]),
+        ] {
+            check_i64_attr("convolution", what, values, &self.spec)?;
+        }
         let (g, bg) = (attrs.feature_group_count, attrs.batch_group_count);
         if g == 0 || bg == 0 {
             return Err(err("group counts must be positive".into()));
