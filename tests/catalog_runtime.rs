@@ -105,21 +105,22 @@ case!(cli_non_utf8_arguments_are_clear_errors, {
     assert_eq!(code, Some(1), "{err}");
 });
 
-/// The `minilm` example's binary, built by `cargo test` next to the test
-/// binaries (`target/<profile>/examples`), or built here when absent.
+/// The `minilm` example's binary (`target/<profile>/examples`), brought up
+/// to date first: `cargo test --test catalog_runtime` alone does not
+/// rebuild examples, and a stale binary would test old code.
 fn minilm_example() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = profile_dir.join("examples").join("minilm");
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "minilm", "--manifest-path"])
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "cargo build --example minilm failed");
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .args(["build", "--example", "minilm", "--manifest-path"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+    if profile_dir.ends_with("release") {
+        cargo.arg("--release");
     }
-    path
+    let status = cargo.status().expect("run cargo");
+    assert!(status.success(), "cargo build --example minilm failed");
+    profile_dir.join("examples").join("minilm")
 }
 
 case!(example_non_utf8_argument_is_a_clear_error, {

@@ -179,6 +179,11 @@ pub struct Model {
     layers: Vec<Arc<dyn Layer>>,
     runner: Runner,
     pub(crate) training: std::sync::Mutex<Option<Arc<crate::train::fit::TrainConfig>>>,
+    /// Makes a swap of all weights atomic: held for reading while a call or
+    /// a snapshot reads the layers' weights, for writing while
+    /// [`Model::load_weights`] or a train step replaces them, so a call
+    /// sees either all old or all new weights, never a mix.
+    swap: std::sync::RwLock<()>,
 }
 
 fn node_key(n: &Arc<SymNode>) -> usize {
@@ -264,6 +269,7 @@ impl Model {
             layers,
             runner: Runner::default(),
             training: Default::default(),
+            swap: Default::default(),
         })
     }
 
@@ -292,8 +298,20 @@ impl Model {
         self.runner.compiles()
     }
 
-    /// Every layer's weights, by layer name.
+    /// Shared access to the weights (calls, snapshots): excludes a swap.
+    pub(crate) fn weights_shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.swap.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Exclusive access to the weights (swaps): waits for running calls.
+    pub(crate) fn weights_exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.swap.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every layer's weights, by layer name (one consistent snapshot: never
+    /// half of a concurrent [`Model::load_weights`]).
     pub fn weights(&self) -> Result<Vec<(String, Weights)>> {
+        let _shared = self.weights_shared();
         self.layers
             .iter()
             .map(|l| Ok((l.name(), l.weights()?)))
@@ -424,6 +442,7 @@ impl Model {
             }
         }
         let layers: Vec<&dyn Layer> = self.layers.iter().map(|l| l.as_ref()).collect();
+        let _shared = self.weights_shared();
         self.runner.run(
             client,
             &self.name,
@@ -568,6 +587,11 @@ impl Model {
     /// Loads weights saved by [`Model::save_weights`]. Every tensor is
     /// checked (missing, unexpected, shape, dtype) before any layer changes:
     /// a failed load leaves the model exactly as it was.
+    ///
+    /// The swap is atomic with respect to this model's calls, snapshots and
+    /// train steps on other threads: each sees either all the old weights or
+    /// all the new ones (a load waits for running calls to finish). Setting
+    /// weights on the layers directly ([`Layer::set_weights`]) is not.
     pub fn load_weights(&self, client: &Client, path: impl AsRef<Path>) -> Result<()> {
         let file = SafetensorsFile::open(path)?;
         let current = self.weights()?;
@@ -610,6 +634,7 @@ impl Model {
             old.check_same_layout(&w, &format!("load_weights of layer `{name}`"))?;
             new.push((l.clone(), w));
         }
+        let _exclusive = self.weights_exclusive();
         for (l, w) in new {
             l.set_weights(w)?;
         }
