@@ -493,3 +493,21 @@ case!(text_program_with_overflowing_tensor_type, {
     let e = Program::mlir_text(text).unwrap_err();
     assert_too_large(e, &[usize::MAX]);
 });
+
+case!(initializers_of_huge_shapes_are_errors_not_panics, {
+    use xlayer::builder::init::{variance_scaling, Distribution, Initializer, Mode};
+    let vs = variance_scaling(1.0, Mode::FanIn, Distribution::Normal, &[0, 1], &[2]);
+    let Initializer::VarianceScaling(v) = &vs else {
+        unreachable!()
+    };
+    // the fans of a shape whose element count overflows: computed in f64
+    let (fan_in, fan_out) = v.fans(&[1 << 40, 1 << 40, 1 << 40]).unwrap();
+    assert_eq!((fan_in, fan_out), (2f64.powi(80), 2f64.powi(40)));
+    // the array itself cannot exist
+    let b = Builder::new();
+    let key = xlayer::builder::random::key(&b, 0).unwrap();
+    let e = vs
+        .init(&key, &[1 << 40, 1 << 40, 1 << 40], DType::F32)
+        .unwrap_err();
+    assert!(matches!(e, Error::ShapeTooLarge { .. }), "{e:?}");
+});
