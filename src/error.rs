@@ -382,6 +382,21 @@ pub enum Error {
         detail: String,
     },
 
+    /// An op's integer attribute (a stride, dilation, window size, group
+    /// count, interior padding) does not fit in the i64 that StableHLO
+    /// stores it in.
+    #[error("{op}: {what} {value} is larger than i64::MAX (operand {operand})")]
+    AttributeTooLarge {
+        /// The op.
+        op: &'static str,
+        /// The attribute, e.g. `strides`.
+        what: &'static str,
+        /// The value given.
+        value: usize,
+        /// The op's (first) operand.
+        operand: ArraySpec,
+    },
+
     /// Host memory for an array was refused before allocating: it needs
     /// more than `limit` bytes (the memory available, or a fixed limit).
     #[error(
