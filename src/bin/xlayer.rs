@@ -122,9 +122,32 @@ struct ProgramArgs {
     /// Input types of a bytecode program, e.g. "f32[2,3],i32[],bool[4]".
     #[arg(long)]
     signature: Option<String>,
+    /// Compile in this process. By default the program, a file xlayer did
+    /// not write, is compiled in a child process, so that a crash of the
+    /// plugin's compiler on it is reported as an error.
+    #[arg(long)]
+    no_isolate: bool,
+}
+
+impl ProgramArgs {
+    /// The compile options: isolated unless `--no-isolate`.
+    fn compile_options(&self) -> xlayer::CompileOptions {
+        let opts = xlayer::CompileOptions::new();
+        if self.no_isolate {
+            opts
+        } else {
+            opts.isolated()
+        }
+    }
 }
 
 fn main() -> ExitCode {
+    // The child side of an isolated compile (CompileOptions::isolated).
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(xlayer::pjrt::isolate::CHILD_COMMAND))
+    {
+        return ExitCode::from(xlayer::pjrt::isolate::child_main() as u8);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -320,7 +343,7 @@ fn run(args: &ProgramArgs, inputs: Option<&Path>, outputs: Option<&Path>) -> Res
             program.signature()
         ),
     };
-    let exe = client.compile(&program)?;
+    let exe = client.compile_with(&program, &args.compile_options())?;
     let outs = exe.execute(&buffers.iter().collect::<Vec<_>>())?;
     match outputs {
         Some(path) => {
@@ -360,7 +383,7 @@ fn bench_cmd(
         Some(p) => load_inputs(&client, &program, p)?,
         None => random_inputs(&client, &program.signature().inputs, 0)?,
     };
-    let exe = client.compile(&program)?;
+    let exe = client.compile_with(&program, &args.compile_options())?;
     let mut opts = BenchOptions::new().iters(iters).warmup(warmup);
     match roof {
         Some(RooflineChoice::Given(g, b)) => opts = opts.roofline(Roofline::new(g, b)?),
@@ -381,7 +404,7 @@ fn bench_cmd(
 fn hlo(args: &ProgramArgs, cost: bool, proto: Option<&Path>) -> Result<()> {
     let program = load_program(args)?;
     let client = Client::default_plugin()?;
-    let (exe, text) = client.compile_with_hlo_text(&program, &xlayer::CompileOptions::new())?;
+    let (exe, text) = client.compile_with_hlo_text(&program, &args.compile_options())?;
     print!("{text}");
     if cost {
         println!("\n// cost analysis");
