@@ -21,6 +21,11 @@
 //! order; dtypes and shapes are checked before anything runs. Outputs are
 //! printed, or saved as `out0`, `out1`, ... with `--outputs`.
 //!
+//! `run`, `bench` and `hlo` compile `PROGRAM` in a child process (this
+//! binary, as `xlayer __isolated-compile`), so that a crash of the plugin's
+//! compiler on a corrupt file is reported as an error; `--no-isolate`
+//! compiles in this process.
+//!
 //! Exit status: 0 on success, 1 on an error (bad program file, missing or
 //! mismatched inputs, unreadable safetensors, plugin errors), 2 on a usage
 //! error. See `docs/cli.md`.
