@@ -11,7 +11,8 @@
 //! - [`trace`], [`jit`], [`Computation`]: closure → program → executable.
 //! - [`Tree`]: JAX-style pytrees with stable flatten order and [`Path`]s.
 //! - [`VarBuilder`]: weights bound by path where a model uses them.
-//! - [`random`]: `jax.random` (threefry2x32), bit for bit; [`init`]: `jax.nn.initializers`.
+//! - [`random`]: `jax.random` (threefry2x32; keys, bits and `uniform` bit for
+//!   bit, `normal` within a few ulp); [`init`]: `jax.nn.initializers`.
 //! - [`autodiff`]: reverse-mode `vjp`, `grad`, `value_and_grad` over the graph.
 //!
 //! ```
