@@ -94,13 +94,16 @@ impl Program {
     /// caller states the signature of `@main` (outputs may be left empty:
     /// the compiled executable reports them).
     ///
-    /// Errors: [`Error::Invalid`] if `bytes` does not start with MLIR's magic.
+    /// Errors: [`Error::OutOfRange`] if `bytes` does not start with MLIR's magic.
     pub fn mlir_bytecode(bytes: impl Into<Vec<u8>>, signature: Signature) -> Result<Program> {
         let code = bytes.into();
         if !code.starts_with(MLIR_BYTECODE_MAGIC) {
-            return Err(Error::Invalid(
-                "MLIR bytecode must start with the bytes `ML\\xefR`".into(),
-            ));
+            return Err(Error::OutOfRange {
+                function: "Program::mlir_bytecode",
+                what: "the first bytes".into(),
+                value: format!("{:02x?}", &code[..code.len().min(4)]),
+                expected: "MLIR's magic `ML\\xefR`".into(),
+            });
         }
         let mut signature = signature;
         if signature.donors.len() != signature.inputs.len() {

@@ -278,8 +278,8 @@ fn encoder_layer(cfg: &BertConfig, vb: &VarBuilder, x: &Value, mask_bias: &Value
 /// with the weights bound from `vb` (see [`param_tree`] for the paths).
 /// Returns `f32[B, hidden]`.
 ///
-/// Errors: [`Error::Invalid`] when the sequence is longer than the model's
-/// positions; [`Error::UnknownPath`] or [`Error::SpecMismatch`] naming a
+/// Errors: [`Error::OutOfRange`] when the sequence is longer than the
+/// model's positions; [`Error::UnknownPath`] or [`Error::SpecMismatch`] naming a
 /// weight that `vb` lacks or holds with another shape.
 pub fn sentence_embedding(
     cfg: &BertConfig,
@@ -289,10 +289,15 @@ pub fn sentence_embedding(
 ) -> Result<Value> {
     let (b, s) = (ids.dims()[0], ids.dims()[1]);
     if s > cfg.max_position_embeddings {
-        return Err(Error::Invalid(format!(
-            "sequence length {s} exceeds the model's {} positions",
-            cfg.max_position_embeddings
-        )));
+        return Err(Error::OutOfRange {
+            function: "bert::sentence_embedding",
+            what: "sequence length".into(),
+            value: s.to_string(),
+            expected: format!(
+                "at most the model's {} positions",
+                cfg.max_position_embeddings
+            ),
+        });
     }
     let mut x = embeddings(cfg, &vb.pp("embeddings"), ids)?;
     // Additive attention mask: 0 for tokens, -1e30 for padding (whose
