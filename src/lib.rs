@@ -12,6 +12,7 @@
 //! - [`dtype`]: element types and array specs shared by every layer.
 //! - [`bench`]: timing executables against a roofline.
 //! - [`cache`]: the persistent compilation cache.
+//! - [`gguf`]: GGUF model files (llama.cpp's format), validated, with host dequantization.
 //! - [`models`]: pretrained models (BERT / all-MiniLM-L6-v2) from safetensors.
 //! - [`layers`]: Keras-style layers and models; [`flax`]: Flax linen modules and `FlaxLayer`.
 //!
@@ -36,6 +37,7 @@ pub mod dtype;
 pub mod error;
 pub mod export;
 pub mod flax;
+pub mod gguf;
 pub mod io;
 pub mod layers;
 pub mod models;
