@@ -382,6 +382,21 @@ pub enum Error {
         detail: String,
     },
 
+    /// An op's integer attribute (a stride, dilation, window size, group
+    /// count, interior padding) does not fit in the i64 that StableHLO
+    /// stores it in.
+    #[error("{op}: {what} {value} is larger than i64::MAX (operand {operand})")]
+    AttributeTooLarge {
+        /// The op.
+        op: &'static str,
+        /// The attribute, e.g. `strides`.
+        what: &'static str,
+        /// The value given.
+        value: usize,
+        /// The op's (first) operand.
+        operand: ArraySpec,
+    },
+
     /// Host memory for an array was refused before allocating: it needs
     /// more than `limit` bytes (the memory available, or a fixed limit).
     #[error(
@@ -464,60 +479,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// An isolated compile ([`crate::CompileOptions::isolated`]) killed its
-    /// child process: the plugin crashed (or aborted) on this program. The
-    /// calling process is unaffected.
-    #[error("the PJRT plugin crashed compiling `{program}` in an isolated child process ({}); this process is unaffected{}", crate::pjrt::isolate::describe_exit(*signal, *exit_code), stderr_tail(stderr))]
-    PluginCrashed {
-        /// The program's name.
-        program: String,
-        /// The signal that killed the child (11 = SIGSEGV, 6 = SIGABRT,
-        /// 8 = SIGFPE...), if one did.
-        signal: Option<i32>,
-        /// The child's exit code, when it exited without a signal.
-        exit_code: Option<i32>,
-        /// The last lines the child wrote to stderr.
-        stderr: String,
-    },
-
-    /// An isolated compile could not be run: the child program was not
-    /// found, could not be started, or did not answer as an `xlayer`
-    /// binary does.
-    #[error("isolated compile with child {}: {reason}", child.display())]
-    Isolation {
-        /// The child program (the `xlayer` binary).
-        child: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
-
-    /// A text program nests types or attributes deeper than the plugin's
-    /// recursive parser can take without overflowing its stack.
-    #[error("program `{program}`: line {line} nests {depth} levels deep; more than {limit} is refused (the plugin's parser would overflow its stack)")]
-    ProgramTooDeep {
-        /// The program's name.
-        program: String,
-        /// The 1-based line where the limit is passed.
-        line: usize,
-        /// The depth reached there.
-        depth: usize,
-        /// The deepest nesting accepted.
-        limit: usize,
-    },
-
-    /// A text program divides integer constants by a constant zero, which
-    /// crashes XLA's constant folding (SIGFPE) instead of giving XLA's
-    /// defined result.
-    #[error("program `{program}`: line {line}: `{op}` of integer constants by the constant zero (XLA's constant folding crashes on it)")]
-    ConstantDivisionByZero {
-        /// The program's name.
-        program: String,
-        /// The 1-based line of the division.
-        line: usize,
-        /// The op, e.g. `stablehlo.remainder`.
-        op: String,
-    },
-
     // --- cache-key ---
     /// The compilation cache folder can be written by its group or by
     /// others. Whoever can write it can plant an executable there that this
@@ -575,6 +536,60 @@ pub enum Error {
         tensor: Option<String>,
         /// What is wrong.
         problem: crate::gguf::GgufProblem,
+    },
+
+    /// An isolated compile ([`crate::CompileOptions::isolated`]) killed its
+    /// child process: the plugin crashed (or aborted) on this program. The
+    /// calling process is unaffected.
+    #[error("the PJRT plugin crashed compiling `{program}` in an isolated child process ({}); this process is unaffected{}", crate::pjrt::isolate::describe_exit(*signal, *exit_code), stderr_tail(stderr))]
+    PluginCrashed {
+        /// The program's name.
+        program: String,
+        /// The signal that killed the child (11 = SIGSEGV, 6 = SIGABRT,
+        /// 8 = SIGFPE...), if one did.
+        signal: Option<i32>,
+        /// The child's exit code, when it exited without a signal.
+        exit_code: Option<i32>,
+        /// The last lines the child wrote to stderr.
+        stderr: String,
+    },
+
+    /// An isolated compile could not be run: the child program was not
+    /// found, could not be started, or did not answer as an `xlayer`
+    /// binary does.
+    #[error("isolated compile with child {}: {reason}", child.display())]
+    Isolation {
+        /// The child program (the `xlayer` binary).
+        child: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// A text program nests types or attributes deeper than the plugin's
+    /// recursive parser can take without overflowing its stack.
+    #[error("program `{program}`: line {line} nests {depth} levels deep; more than {limit} is refused (the plugin's parser would overflow its stack)")]
+    ProgramTooDeep {
+        /// The program's name.
+        program: String,
+        /// The 1-based line where the limit is passed.
+        line: usize,
+        /// The depth reached there.
+        depth: usize,
+        /// The deepest nesting accepted.
+        limit: usize,
+    },
+
+    /// A text program divides integer constants by a constant zero, which
+    /// crashes XLA's constant folding (SIGFPE) instead of giving XLA's
+    /// defined result.
+    #[error("program `{program}`: line {line}: `{op}` of integer constants by the constant zero (XLA's constant folding crashes on it)")]
+    ConstantDivisionByZero {
+        /// The program's name.
+        program: String,
+        /// The 1-based line of the division.
+        line: usize,
+        /// The op, e.g. `stablehlo.remainder`.
+        op: String,
     },
 }
 

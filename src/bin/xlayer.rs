@@ -43,10 +43,15 @@ use xlayer::{ArraySpec, Buffer, Client, DType, Plugin, Program, Signature};
 ///
 /// Environment: XLAYER_PJRT_PLUGIN=/path/plugin.so overrides the default
 /// (CPU) plugin; XLAYER_HOME is where fetched plugins and the measured
-/// roofline are cached.
+/// roofline are cached; XLAYER_LOG=1 shows the plugin's own log lines (as
+/// --verbose does).
 #[derive(Parser)]
 #[command(name = "xlayer", version)]
 struct Cli {
+    /// Show the PJRT plugin's own log lines (absl/XLA INFO lines on stderr),
+    /// hidden by default; XLAYER_LOG=1 does the same.
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -164,6 +169,10 @@ fn main() -> ExitCode {
             };
         }
     };
+    // Decided before any thread starts: the first plugin load, on this
+    // thread, then sets the variable the plugin reads with no other thread
+    // running (see xlayer::pjrt::logging).
+    xlayer::set_plugin_logging(cli.verbose || xlayer::pjrt::logging::log_requested_by_env());
     let result = match cli.command {
         Command::Doctor => doctor(),
         Command::Devices => devices(),

@@ -158,6 +158,27 @@ pub(crate) fn check_dim_list(
     Ok(())
 }
 
+/// Checks integer attributes that StableHLO stores as i64 (strides,
+/// dilations, window sizes, group counts, interior padding).
+///
+/// Errors: [`Error::AttributeTooLarge`] for the first value past `i64::MAX`.
+pub(crate) fn check_i64_attr(
+    op: &'static str,
+    what: &'static str,
+    values: &[usize],
+    operand: &ArraySpec,
+) -> Result<()> {
+    match values.iter().find(|&&v| i64::try_from(v).is_err()) {
+        Some(&value) => Err(Error::AttributeTooLarge {
+            op,
+            what,
+            value,
+            operand: operand.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Output length of a windowed op (convolution, reduce_window) along one
 /// dimension: the input of `size` dilated by `base_dilation`, padded by
 /// `padding`, swept by a window of `window` elements dilated by

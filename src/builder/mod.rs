@@ -10,7 +10,8 @@
 //! - [`Builder`], [`Value`]: recording, constants, parameters.
 //! - [`trace`], [`jit`], [`Computation`]: closure → program → executable.
 //! - [`Tree`]: JAX-style pytrees with stable flatten order and paths.
-//! - [`random`]: `jax.random` (threefry2x32), bit for bit; [`init`]: `jax.nn.initializers`.
+//! - [`random`]: `jax.random` (threefry2x32; keys, bits and `uniform` bit for
+//!   bit, `normal` within a few ulp); [`init`]: `jax.nn.initializers`.
 //! - [`autodiff`]: reverse-mode `vjp`, `grad`, `value_and_grad` over the graph.
 //!
 //! ```

@@ -362,7 +362,7 @@ fn dilated_kernel(kernel_size: &[usize], kernel_dilation: &[usize]) -> Vec<usize
     kernel_size
         .iter()
         .zip(kernel_dilation)
-        .map(|(&k, &d)| (k.max(1) - 1) * d + 1)
+        .map(|(&k, &d)| (k.max(1) - 1).saturating_mul(d).saturating_add(1))
         .collect()
 }
 
@@ -516,7 +516,18 @@ impl Conv {
                         "causal padding is only implemented for 1D convolutions",
                     ));
                 }
-                let left = (k_dil[0] * (ks[0] - 1)) as i64;
+                let left = k_dil[0]
+                    .checked_mul(ks[0].saturating_sub(1))
+                    .and_then(|l| i64::try_from(l).ok())
+                    .ok_or_else(|| {
+                        flax_err(
+                            path.clone(),
+                            format!(
+                                "causal padding of kernel size {} with dilation {} overflows",
+                                ks[0], k_dil[0]
+                            ),
+                        )
+                    })?;
                 x = x.pad(&x.scalar_like(0.0)?, &[0, left, 0], &[0, 0, 0], &[0, 0, 0])?;
                 pad = ConvPadding::Valid;
             }
