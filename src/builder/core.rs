@@ -355,10 +355,14 @@ impl Builder {
             self.check_value(name, v)?;
         }
         for (i, spec) in outputs.iter().enumerate() {
-            spec.check_size(|| match &op {
-                Op::Parameter { name, .. } => format!("parameter `{name}`"),
-                _ if outputs.len() == 1 => format!("output of {name}"),
-                _ => format!("output {i} of {name}"),
+            spec.check_size(|| {
+                if let Op::Parameter { name, .. } = &op {
+                    format!("parameter `{name}`")
+                } else if outputs.len() == 1 {
+                    format!("output of {name}")
+                } else {
+                    format!("output {i} of {name}")
+                }
             })?;
         }
         let mut s = self.state.borrow_mut();

@@ -11,7 +11,8 @@
 //!
 //! - [`Builder`], [`Value`]: recording, constants, parameters.
 //! - [`trace`], [`jit`], [`Computation`]: closure → program → executable.
-//! - [`Tree`]: JAX-style pytrees with stable flatten order and paths.
+//! - [`Tree`]: JAX-style pytrees with stable flatten order and [`Path`]s.
+//! - [`VarBuilder`]: weights bound by path where a model uses them.
 //! - [`random`]: `jax.random` (threefry2x32; keys, bits and `uniform` bit for
 //!   bit, `normal` within a few ulp); [`init`]: `jax.nn.initializers`.
 //! - [`autodiff`]: reverse-mode `vjp`, `grad`, `value_and_grad` over the graph.
@@ -43,9 +44,11 @@ mod ops_index;
 mod ops_linalg;
 mod ops_reduce;
 mod ops_shape;
+mod path;
 pub mod random;
 mod trace;
 mod tree;
+mod var_builder;
 
 pub use self::core::{Builder, Value};
 pub use emit::emit_module;
@@ -57,5 +60,7 @@ pub use op::{
 pub use ops_elementwise::{broadcast_shapes, promote_types};
 pub use ops_index::ScatterMode;
 pub use ops_reduce::Padding;
+pub use path::Path;
 pub use trace::{jit, trace, Computation};
 pub use tree::Tree;
+pub use var_builder::{ParamSource, VarBuilder};

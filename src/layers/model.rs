@@ -155,7 +155,7 @@ pub fn apply_layer(layer: Arc<dyn Layer>, x: &Tree<Symbolic>) -> Result<Tree<Sym
 /// use xlayer::layers::{Apply, Init, Input, Inputs, JaxLayer, Model, Out, Params};
 /// use xlayer::{Client, DType};
 /// let dense = |n: usize| JaxLayer::builder(|Params(p): Params, Inputs(x): Inputs| {
-///         Ok(Out::from(x.into_leaf()?.matmul(p.get("w").unwrap())?))
+///         Ok(Out::from(x.into_leaf()?.matmul(p.get("w")?)?))
 ///     })
 ///     .init_fn(move |Inputs(x): Inputs| {
 ///         let x = x.into_leaf()?;
