@@ -10,9 +10,10 @@ use crate::error::{Error, Result};
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 
+use super::layer::sealed::{LayerHooks, Seal, Sealed};
 use super::layer::{DTypePolicy, Layer, Weights};
-use super::runner::{LayerValues, Runner};
-use super::signature::{CallArgs, DynFn, IntoCallFn, IntoInitFn, Needs};
+use super::runner::Runner;
+use super::signature::{CallArgs, DynFn, IntoCallFn, IntoInitFn, Needs, Training};
 
 struct Store {
     weights: Option<Weights>,
@@ -21,10 +22,21 @@ struct Store {
     flat_params: Vec<Arc<Buffer>>,
     fingerprint: (u64, bool),
     counter: u32,
+    /// Fixed at build (or by ready weights' buffers).
+    client: Option<Client>,
 }
 
 impl Store {
     fn set(&mut self, w: Weights) {
+        if self.client.is_none() {
+            self.client = w
+                .params
+                .leaves()
+                .into_iter()
+                .chain(w.state.leaves())
+                .next()
+                .map(|b| b.client().clone());
+        }
         self.flat_params = w.params.leaves().into_iter().cloned().collect();
         self.fingerprint = w.fingerprint();
         self.weights = Some(w);
@@ -51,13 +63,14 @@ struct Inner {
 /// `init_fn` takes any of `Rng`, `Inputs`, `Training` and returns
 /// [`Init`](super::Init) or [`InitState`](super::InitState); it runs once at
 /// build with placeholder inputs shaped (and typed) like the first real input
-/// and `training = true`. Params and state live on the device as buffers.
+/// and [`Training::Yes`]. Params and state live on the device as buffers,
+/// on the client the layer is built on (see [`Layer`]).
 ///
 /// Cloning gives the same layer (shared weights).
 ///
 /// ```
 /// use xlayer::builder::{nn, Tree};
-/// use xlayer::layers::{Init, Inputs, JaxLayer, Out, Params, Rng};
+/// use xlayer::layers::{Init, Inputs, JaxLayer, Layer, Out, Params, Rng, Training};
 /// use xlayer::{ArraySpec, Client, DType};
 /// let client = Client::cpu()?;
 /// // Keras: def call(params, inputs) / def init(rng, inputs)
@@ -77,7 +90,7 @@ struct Inner {
 /// })
 /// .build()?;
 /// let x = client.buffer_from_host(&[1f32, 2.0, 3.0, -1.0, -2.0, -3.0], &[2, 3])?;
-/// let y = layer.call1(&client, &x, false)?;
+/// let y = layer.call1(&x, Training::No)?;
 /// assert_eq!(y.to_vec::<f32>()?, vec![6.0, 6.0, 6.0, 6.0, 0.0, 0.0, 0.0, 0.0]);
 /// assert_eq!(layer.trainable_weight_count()?, 2);
 /// # Ok::<(), xlayer::Error>(())
@@ -127,54 +140,6 @@ impl JaxLayer {
         JaxLayer::builder(call_fn).build()
     }
 
-    /// Calls the layer on a tree of input buffers (building it first if
-    /// needed) and returns the outputs. In training mode a stateful layer's
-    /// state is replaced by the new state, and `rng` is a fresh key.
-    pub fn call(
-        &self,
-        client: &Client,
-        inputs: &Tree<&Buffer>,
-        training: bool,
-    ) -> Result<Tree<Buffer>> {
-        if !self.is_built() {
-            self.build(client, &inputs.map_leaves(&mut |b| b.spec().clone()))?;
-        }
-        let me: &dyn Layer = self;
-        self.inner.runner.run(
-            client,
-            &self.inner.name,
-            &[me],
-            inputs,
-            training,
-            &|b, mut lv, ins, training| {
-                let LayerValues { params, state, rng } = lv.remove(0);
-                let (out, new_state) = self.trace_call(
-                    b,
-                    CallArgs {
-                        params,
-                        state,
-                        rng,
-                        inputs: ins,
-                        training,
-                    },
-                )?;
-                Ok((out, vec![new_state]))
-            },
-        )
-    }
-
-    /// [`JaxLayer::call`] for one input array and one output array.
-    pub fn call1(&self, client: &Client, input: &Buffer, training: bool) -> Result<Buffer> {
-        let out = self.call(client, &Tree::Leaf(input), training)?;
-        match out {
-            Tree::Leaf(b) => Ok(b),
-            other => Err(Error::Invalid(format!(
-                "call1: the layer returns a tree with paths {:?}",
-                other.paths()
-            ))),
-        }
-    }
-
     /// Number of trainable weight arrays.
     pub fn trainable_weight_count(&self) -> Result<usize> {
         Ok(self.weights()?.params.len())
@@ -183,6 +148,12 @@ impl JaxLayer {
     /// Number of non-trainable weight arrays.
     pub fn non_trainable_weight_count(&self) -> Result<usize> {
         Ok(self.weights()?.state.len())
+    }
+
+    /// Which arguments the call function takes (whether it takes an `Rng`,
+    /// `State`, ...).
+    pub fn call_needs(&self) -> Needs {
+        self.inner.call_needs
     }
 
     /// Number of compiles this layer's standalone calls have done.
@@ -213,7 +184,7 @@ impl JaxLayer {
                     state: Tree::Empty,
                     rng: Some(key),
                     inputs,
-                    training: true,
+                    training: Training::Yes,
                 };
                 let (params, state) = init(&args)?;
                 let state = state.unwrap_or(Tree::Empty);
@@ -353,6 +324,7 @@ impl JaxLayerBuilder {
                         flat_params: Vec::new(),
                         fingerprint: (0, false),
                         counter: 0,
+                        client: None,
                     };
                     if let Some(w) = weights {
                         store.set(w);
@@ -393,12 +365,17 @@ impl Layer for JaxLayer {
     }
 
     fn build(&self, client: &Client, input: &Tree<ArraySpec>) -> Result<()> {
-        if self.is_built() {
-            return Ok(());
+        {
+            let mut s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
+            if s.weights.is_some() {
+                s.client.get_or_insert_with(|| client.clone());
+                return Ok(());
+            }
         }
         let weights = self.run_init(client, input)?;
         let mut s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
         if s.weights.is_none() {
+            s.client = Some(client.clone());
             s.set(weights);
         }
         Ok(())
@@ -421,6 +398,81 @@ impl Layer for JaxLayer {
         }
         s.set(weights);
         Ok(())
+    }
+
+    fn trace_call(&self, _b: &Builder, args: CallArgs) -> Result<(Tree<Value>, Tree<Value>)> {
+        let policy = self.inner.policy;
+        let compute = policy.compute_dtype();
+        let state_specs = args.state.map_leaves(&mut |v| v.dtype());
+        let cast = |t: &Tree<Value>| -> Result<Tree<Value>> {
+            if policy == DTypePolicy::Float32 {
+                Ok(t.clone())
+            } else {
+                DTypePolicy::cast_floats(t, compute)
+            }
+        };
+        let args = CallArgs {
+            params: cast(&args.params)?,
+            state: cast(&args.state)?,
+            rng: args.rng,
+            inputs: cast(&args.inputs)?,
+            training: args.training,
+        };
+        let had_state = args.state.clone();
+        let (out, new_state) = (self.inner.call_fn)(&args)?;
+        let new_state = match new_state {
+            None => had_state,
+            Some(ns) => ns,
+        };
+        // New state goes back to the variables' dtypes (Keras assigns with a cast).
+        let new_state = if new_state.structure() == state_specs.structure() {
+            let dtypes: Vec<_> = state_specs.leaves().into_iter().copied().collect();
+            let leaves: Vec<Value> = new_state
+                .leaves()
+                .into_iter()
+                .zip(dtypes)
+                .map(|(v, d)| {
+                    if v.dtype().is_float() && d.is_float() {
+                        v.convert(d)
+                    } else {
+                        Ok(v.clone())
+                    }
+                })
+                .collect::<Result<_>>()?;
+            new_state.structure().unflatten(leaves)?
+        } else {
+            new_state
+        };
+        Ok((out, new_state))
+    }
+
+    fn dtype_policy(&self) -> DTypePolicy {
+        self.inner.policy
+    }
+}
+
+impl Sealed for JaxLayer {
+    fn hooks(&self, _: Seal) -> &dyn LayerHooks {
+        self
+    }
+}
+
+impl LayerHooks for JaxLayer {
+    fn as_dyn(&self) -> &dyn Layer {
+        self
+    }
+
+    fn client(&self) -> Option<Client> {
+        self.inner
+            .store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .client
+            .clone()
+    }
+
+    fn runner(&self) -> &Runner {
+        &self.inner.runner
     }
 
     fn swap_weights(&self, weights: Option<Weights>) -> Option<Weights> {
@@ -472,55 +524,5 @@ impl Layer for JaxLayer {
         let key = [self.inner.seed, s.counter];
         s.counter = s.counter.wrapping_add(1);
         key
-    }
-
-    fn trace_call(&self, _b: &Builder, args: CallArgs) -> Result<(Tree<Value>, Tree<Value>)> {
-        let policy = self.inner.policy;
-        let compute = policy.compute_dtype();
-        let state_specs = args.state.map_leaves(&mut |v| v.dtype());
-        let cast = |t: &Tree<Value>| -> Result<Tree<Value>> {
-            if policy == DTypePolicy::Float32 {
-                Ok(t.clone())
-            } else {
-                DTypePolicy::cast_floats(t, compute)
-            }
-        };
-        let args = CallArgs {
-            params: cast(&args.params)?,
-            state: cast(&args.state)?,
-            rng: args.rng,
-            inputs: cast(&args.inputs)?,
-            training: args.training,
-        };
-        let had_state = args.state.clone();
-        let (out, new_state) = (self.inner.call_fn)(&args)?;
-        let new_state = match new_state {
-            None => had_state,
-            Some(ns) => ns,
-        };
-        // New state goes back to the variables' dtypes (Keras assigns with a cast).
-        let new_state = if new_state.structure() == state_specs.structure() {
-            let dtypes: Vec<_> = state_specs.leaves().into_iter().copied().collect();
-            let leaves: Vec<Value> = new_state
-                .leaves()
-                .into_iter()
-                .zip(dtypes)
-                .map(|(v, d)| {
-                    if v.dtype().is_float() && d.is_float() {
-                        v.convert(d)
-                    } else {
-                        Ok(v.clone())
-                    }
-                })
-                .collect::<Result<_>>()?;
-            new_state.structure().unflatten(leaves)?
-        } else {
-            new_state
-        };
-        Ok((out, new_state))
-    }
-
-    fn dtype_policy(&self) -> DTypePolicy {
-        self.inner.policy
     }
 }

@@ -14,18 +14,23 @@ use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 use crate::pjrt::executable::{Arg, Executable};
 
+use super::layer::sealed::hooks;
 use super::layer::Layer;
+use super::signature::Training;
 
 /// What a traced forward receives for one layer.
-pub(crate) struct LayerValues {
+pub struct LayerValues {
+    /// The layer's params.
     pub params: Tree<Value>,
+    /// The layer's state.
     pub state: Tree<Value>,
+    /// Its random key, in training mode when it takes one.
     pub rng: Option<Value>,
 }
 
 /// Traces the forward: per-layer values and the inputs → outputs and the
 /// new state of every layer (in `layers` order).
-pub(crate) type TraceFn<'a> = dyn Fn(&Builder, Vec<LayerValues>, Tree<Value>, bool) -> Result<(Tree<Value>, Vec<Tree<Value>>)>
+pub(crate) type TraceFn<'a> = dyn Fn(&Builder, Vec<LayerValues>, Tree<Value>, Training) -> Result<(Tree<Value>, Vec<Tree<Value>>)>
     + 'a;
 
 struct Compiled {
@@ -74,7 +79,7 @@ impl Handover {
 
 /// A cache of compiled forwards, keyed by everything that shapes the program.
 #[derive(Default)]
-pub(crate) struct Runner {
+pub struct Runner {
     cache: Mutex<HashMap<u64, Arc<Compiled>>>,
     compiles: AtomicUsize,
     /// Serialises runs: state is handed to the executable during a run.
@@ -94,7 +99,7 @@ impl Runner {
         name: &str,
         layers: &[&dyn Layer],
         inputs: &Tree<&Buffer>,
-        training: bool,
+        training: Training,
         trace_fn: &TraceFn<'_>,
     ) -> Result<Tree<Buffer>> {
         let _guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -107,9 +112,9 @@ impl Runner {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             training.hash(&mut h);
             for l in layers {
-                let (fp, state) = l.layout_fingerprint()?;
+                let (fp, state) = hooks(*l).layout_fingerprint()?;
                 has_state |= state;
-                (training && l.uses_rng()).hash(&mut h);
+                (training.is_yes() && hooks(*l).uses_rng()).hash(&mut h);
                 fp.hash(&mut h);
             }
             inputs.hash_structure(&mut h);
@@ -131,7 +136,10 @@ impl Runner {
                     .iter()
                     .map(|l| l.weights())
                     .collect::<Result<Vec<_>>>()?;
-                let rng_used: Vec<bool> = layers.iter().map(|l| training && l.uses_rng()).collect();
+                let rng_used: Vec<bool> = layers
+                    .iter()
+                    .map(|l| training.is_yes() && hooks(*l).uses_rng())
+                    .collect();
                 let c = self.compile(
                     client, name, layers, &weights, &rng_used, inputs, training, trace_fn,
                 )?;
@@ -143,16 +151,16 @@ impl Runner {
             }
         };
         let mut rng_buffers: Vec<Buffer> = Vec::new();
-        if training {
-            for l in layers.iter().filter(|l| l.uses_rng()) {
-                rng_buffers.push(client.buffer_from_host(&l.next_rng(), &[2])?);
+        if training.is_yes() {
+            for l in layers.iter().filter(|l| hooks(**l).uses_rng()) {
+                rng_buffers.push(client.buffer_from_host(&hooks(*l).next_rng(), &[2])?);
             }
         }
         if !has_state {
             // Fast path: no state to hand over; params and inputs borrowed.
             let params: Vec<Arc<Buffer>> = layers
                 .iter()
-                .map(|l| l.flat_params())
+                .map(|l| hooks(*l).flat_params())
                 .collect::<Result<Vec<_>>>()?
                 .into_iter()
                 .flatten()
@@ -201,7 +209,7 @@ impl Runner {
         // Take the state out of the layers so that our handles are the only ones.
         let state_leaves: Vec<Arc<Buffer>> = layers
             .iter()
-            .flat_map(|l| l.replace_state(Tree::Empty).into_leaves())
+            .flat_map(|l| hooks(*l).replace_state(Tree::Empty).into_leaves())
             .collect();
         let mut args: Vec<Arg<'_>> = params.iter().map(|b| Arg::Borrowed(b.as_ref())).collect();
         let mut handover = Handover::new(state_leaves);
@@ -217,7 +225,7 @@ impl Runner {
         for (layer, tree) in layers.iter().zip(&compiled.state_trees) {
             let leaves: Vec<Arc<Buffer>> =
                 state_out.by_ref().take(tree.len()).map(Arc::new).collect();
-            layer.replace_state(tree.unflatten(leaves)?);
+            hooks(*layer).replace_state(tree.unflatten(leaves)?);
         }
         compiled.out_tree.unflatten(outs)
     }
@@ -231,7 +239,7 @@ impl Runner {
         weights: &[super::layer::Weights],
         rng_used: &[bool],
         inputs: &Tree<&Buffer>,
-        training: bool,
+        training: Training,
         trace_fn: &TraceFn<'_>,
     ) -> Result<Arc<Compiled>> {
         // Parameters, in order: every layer's params, every layer's state,

@@ -17,6 +17,7 @@ use crate::builder::autodiff::value_and_grad_with_aux;
 use crate::builder::{trace, Builder, Tree, Value};
 use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
+use crate::layers::layer::sealed::hooks;
 use crate::layers::runner::{Handover, LayerValues};
 use crate::layers::{HostArray, Model, Weights};
 use crate::pjrt::buffer::Buffer;
@@ -209,7 +210,10 @@ impl Model {
         train: bool,
     ) -> Result<Step> {
         let layers = self.layers();
-        let rng_used: Vec<bool> = layers.iter().map(|l| train && l.uses_rng()).collect();
+        let rng_used: Vec<bool> = layers
+            .iter()
+            .map(|l| train && hooks(l.as_ref()).uses_rng())
+            .collect();
         let mut specs: Vec<ArraySpec> = Vec::new();
         let mut donors = Vec::new();
         for w in weights {
@@ -287,7 +291,7 @@ impl Model {
                         })
                         .collect();
                     let (out, new_states) =
-                        self.trace_forward(lv, Tree::Leaf(xv.clone()), train)?;
+                        self.trace_forward(lv, Tree::Leaf(xv.clone()), train.into())?;
                     let pred = out.into_leaf()?;
                     let loss = cfg.loss.compute(&yv, &pred)?;
                     let mut aux = vec![Tree::Leaf(pred)];
@@ -430,8 +434,8 @@ impl Model {
         let (xb, yb) = (upload(client, x)?, upload(client, y)?);
         let rngs: Vec<Buffer> = layers
             .iter()
-            .filter(|l| l.uses_rng())
-            .map(|l| client.buffer_from_host(&l.next_rng(), &[2]))
+            .filter(|l| hooks(l.as_ref()).uses_rng())
+            .map(|l| client.buffer_from_host(&hooks(l.as_ref()).next_rng(), &[2]))
             .collect::<Result<_>>()?;
         // Check every argument before handing anything over.
         {
@@ -453,7 +457,7 @@ impl Model {
         // Take params, state and optimizer state out so that they can be donated.
         let taken: Vec<Weights> = layers
             .iter()
-            .map(|l| l.swap_weights(None).unwrap_or_default())
+            .map(|l| hooks(l.as_ref()).swap_weights(None).unwrap_or_default())
             .collect();
         let opt = opt_guard.take().unwrap_or(Tree::Empty);
         let mut handles: Vec<Arc<Buffer>> = Vec::new();
@@ -485,7 +489,7 @@ impl Model {
                 .unflatten(it.by_ref().take(step.opt.len()).map(Arc::new).collect())?,
         );
         for ((l, p), s) in layers.iter().zip(new_params).zip(new_states) {
-            l.swap_weights(Some(Weights {
+            hooks(l.as_ref()).swap_weights(Some(Weights {
                 params: p,
                 state: s,
             }));
@@ -497,13 +501,8 @@ impl Model {
     /// batches, shuffling each epoch; returns the per-epoch history.
     ///
     /// Errors: not compiled; data that does not fit the model's input.
-    pub fn fit(
-        &self,
-        client: &Client,
-        x: &HostArray,
-        y: &HostArray,
-        options: &FitOptions,
-    ) -> Result<History> {
+    pub fn fit(&self, x: &HostArray, y: &HostArray, options: &FitOptions) -> Result<History> {
+        let client = self.client();
         let cfg = self.config()?;
         let n = self.check_data(x, y)?;
         if options.batch_size == 0 || n == 0 {
@@ -561,7 +560,7 @@ impl Model {
                 .map(|(k, v)| (k.clone(), (v / n as f64) as f32))
                 .collect();
             if let Some((vx, vy)) = &options.validation_data {
-                for (k, v) in self.evaluate(client, vx, vy, options.batch_size)? {
+                for (k, v) in self.evaluate(vx, vy, options.batch_size)? {
                     e.insert(format!("val_{k}"), v);
                 }
             }
@@ -574,11 +573,11 @@ impl Model {
     /// mode (averaged over rows), weights unchanged.
     pub fn evaluate(
         &self,
-        client: &Client,
         x: &HostArray,
         y: &HostArray,
         batch_size: usize,
     ) -> Result<BTreeMap<String, f32>> {
+        let client = self.client();
         let cfg = self.config()?;
         let n = self.check_data(x, y)?;
         if batch_size == 0 || n == 0 {
