@@ -37,6 +37,7 @@ pub mod error;
 pub mod export;
 pub mod flax;
 pub mod io;
+pub(crate) mod jit;
 pub mod layers;
 pub mod models;
 pub mod pjrt;

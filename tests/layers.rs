@@ -632,3 +632,45 @@ fn haiku_transform_with_state_and_without_apply_rng() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn forwards_are_jit_cached_per_mode_and_loaded_from_the_compile_cache() -> Result<()> {
+    use xlayer::CompileCache;
+    let c = client();
+    let dir = std::env::temp_dir().join(format!("xlayer-jit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // A stateful model: the train and inference programs differ (the state
+    // update), and the training mode is part of the jit key.
+    let make = || -> Result<Model> {
+        let layer = JaxLayer::builder(counting_call)
+            .params(fixture_params()?)
+            .state(Tree::leaf(c.scalar(0f32)?))
+            .name("counting")
+            .build()?;
+        let inp = Input::new(&c, &[28, 28, 1], DType::F32);
+        Ok(Model::new(inp.clone(), layer.apply(&inp)?)?.with_compile_cache(CompileCache::at(&dir)))
+    };
+    let first = make()?;
+    let y = first.call1(&x()?, Training::No)?.to_vec::<f32>()?;
+    first.call1(&x()?, Training::Yes)?;
+    first.call1(&x()?, Training::No)?;
+    first.call1(&x()?, Training::Yes)?;
+    assert_eq!(first.compile_count(), 2, "one program per mode");
+    let s = first.compile_cache().stats();
+    assert_eq!((s.compiles, s.writes, s.hits), (2, 2, 0), "{s:?}");
+
+    // A second model of the same layout loads both programs from disk and
+    // computes the same values.
+    let second = make()?;
+    assert_eq!(second.call1(&x()?, Training::No)?.to_vec::<f32>()?, y);
+    second.call1(&x()?, Training::Yes)?;
+    let s = second.compile_cache().stats();
+    assert_eq!((s.compiles, s.hits), (0, 2), "{s:?}");
+    assert_eq!(
+        second.layers()[0].weights()?.state.leaves()[0].to_scalar::<f32>()?,
+        1.0,
+        "the loaded train program updates (donated) state"
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

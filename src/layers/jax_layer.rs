@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use crate::builder::{Builder, Tree, Value};
 use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
+use crate::jit::Layout;
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 
@@ -18,9 +19,9 @@ use super::signature::{CallArgs, DynFn, IntoCallFn, IntoInitFn, Needs, Training}
 struct Store {
     weights: Option<Weights>,
     /// Cached for the call fast path: params in flatten order, and the
-    /// layout fingerprint; refreshed whenever `weights` is replaced.
+    /// layout; refreshed whenever `weights` is replaced.
     flat_params: Vec<Arc<Buffer>>,
-    fingerprint: (u64, bool),
+    layout: Option<(Layout, bool)>,
     counter: u32,
     /// Fixed at build (or by ready weights' buffers).
     client: Option<Client>,
@@ -38,7 +39,7 @@ impl Store {
                 .map(|b| b.client().clone());
         }
         self.flat_params = w.params.leaves().into_iter().cloned().collect();
-        self.fingerprint = w.fingerprint();
+        self.layout = Some((w.layout(), !w.state.is_empty()));
         self.weights = Some(w);
     }
 }
@@ -322,7 +323,7 @@ impl JaxLayerBuilder {
                     let mut store = Store {
                         weights: None,
                         flat_params: Vec::new(),
-                        fingerprint: (0, false),
+                        layout: None,
                         counter: 0,
                         client: None,
                     };
@@ -504,11 +505,11 @@ impl LayerHooks for JaxLayer {
         }
     }
 
-    fn layout_fingerprint(&self) -> Result<(u64, bool)> {
+    fn layout(&self) -> Result<(Layout, bool)> {
         let s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
-        match s.weights {
-            Some(_) => Ok(s.fingerprint),
-            None => Err(Error::Invalid(format!(
+        match (&s.weights, &s.layout) {
+            (Some(_), Some(layout)) => Ok(layout.clone()),
+            _ => Err(Error::Invalid(format!(
                 "layer `{}` is not built yet",
                 self.inner.name
             ))),

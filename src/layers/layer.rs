@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::builder::{Builder, Tree, Value};
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
+use crate::jit::Layout;
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 
@@ -104,17 +105,10 @@ impl Weights {
         self.state.map_leaves(&mut |b| b.spec().clone())
     }
 
-    /// A hash of the layout (structure, dtypes, shapes), and whether there is state.
-    pub fn fingerprint(&self) -> (u64, bool) {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        for t in [&self.params, &self.state] {
-            t.hash_structure(&mut h);
-            for b in t.leaves() {
-                b.spec().hash(&mut h);
-            }
-        }
-        (h.finish(), !self.state.is_empty())
+    /// The layout (structure, dtypes, shapes of params and state), for jit
+    /// keys.
+    pub(crate) fn layout(&self) -> Layout {
+        Layout::new(Tree::tuple([self.param_specs(), self.state_specs()]))
     }
 
     /// Number of scalars in the params.
@@ -293,6 +287,7 @@ pub(crate) mod sealed {
 
     use crate::builder::Tree;
     use crate::error::Result;
+    use crate::jit::Layout;
     use crate::pjrt::buffer::Buffer;
     use crate::pjrt::client::Client;
 
@@ -327,9 +322,9 @@ pub(crate) mod sealed {
         /// The params' buffers in flatten order (cheap: no tree is built).
         fn flat_params(&self) -> Result<Vec<Arc<Buffer>>>;
 
-        /// A hash of the weights' layout (structure, dtypes, shapes) and
-        /// whether the layer has state.
-        fn layout_fingerprint(&self) -> Result<(u64, bool)>;
+        /// The weights' layout (structure, dtypes, shapes of params and
+        /// state) and whether the layer has state.
+        fn layout(&self) -> Result<(Layout, bool)>;
 
         /// Swaps the state for `state` without checks and returns the old
         /// one (runners hand state buffers to an executable, donated, and

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::builder::{Tree, Value};
+use crate::cache::CompileCache;
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
 use crate::pjrt::buffer::Buffer;
@@ -316,6 +317,19 @@ impl Model {
         })
     }
 
+    /// Compiles the model's forwards through `cache` (default: the
+    /// environment's, [`CompileCache::from_env`], or none when that has no
+    /// home). Programs traced before are forgotten.
+    pub fn with_compile_cache(mut self, cache: CompileCache) -> Self {
+        self.runner = Runner::new(cache);
+        self
+    }
+
+    /// The persistent compilation cache of the model's forwards.
+    pub fn compile_cache(&self) -> &CompileCache {
+        self.runner.compile_cache()
+    }
+
     /// Renames the model (used as the compiled module's name).
     pub fn with_name(mut self, name: &str) -> Self {
         self.name = name.to_string();
@@ -341,7 +355,9 @@ impl Model {
         &self.layers
     }
 
-    /// Number of compiles done by this model's calls so far.
+    /// Number of programs this model's calls have traced and compiled (or
+    /// loaded from the compilation cache) so far: one per input specs and
+    /// mode.
     pub fn compile_count(&self) -> usize {
         self.runner.compiles()
     }

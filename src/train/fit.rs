@@ -6,23 +6,23 @@
 //! and layer state are donated to it, so a step moves only the batch in and
 //! the scalars out.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::builder::autodiff::value_and_grad_with_aux;
-use crate::builder::{trace, Builder, Tree, Value};
+use crate::builder::{trace, Builder, Computation, Tree, Value};
 use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
+use crate::jit::{JitCache, JitKey};
 use crate::layers::layer::sealed::hooks;
 use crate::layers::runner::{Handover, LayerValues};
-use crate::layers::{HostArray, Model, Weights};
+use crate::layers::{HostArray, Model, Training, Weights};
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
-use crate::pjrt::executable::{Arg, Executable};
+use crate::pjrt::executable::Arg;
 
 use super::loss::{accuracy, Loss};
 use super::optim::Optimizer;
@@ -56,16 +56,9 @@ pub struct TrainConfig {
     metrics: Vec<Metric>,
     /// The optimizer state on the device, by layer name (created at the first step).
     opt_state: Mutex<Option<Tree<Arc<Buffer>>>>,
-    steps: Mutex<HashMap<u64, Arc<Step>>>,
-    evals: Mutex<HashMap<u64, Arc<Step>>>,
-}
-
-struct Step {
-    exe: Executable,
-    /// Structure of each layer's params and state, and of the optimizer state.
-    params: Vec<Tree<()>>,
-    states: Vec<Tree<()>>,
-    opt: Tree<()>,
+    /// Train steps (outputs: each layer's params, each layer's state, the
+    /// optimizer state, then the loss and metrics) and eval steps.
+    jit: JitCache,
 }
 
 /// Options of [`Model::fit`].
@@ -146,8 +139,7 @@ impl Model {
             loss,
             metrics: metrics.to_vec(),
             opt_state: Mutex::new(None),
-            steps: Mutex::new(HashMap::new()),
-            evals: Mutex::new(HashMap::new()),
+            jit: JitCache::from_env(),
         };
         *self.training.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(cfg));
     }
@@ -198,17 +190,15 @@ impl Model {
 
     /// Traces forward + loss (+ metrics) for batch specs; `train` adds the
     /// backward pass and the optimizer update.
-    #[allow(clippy::too_many_arguments)]
     fn build_step(
         &self,
-        client: &Client,
         cfg: &TrainConfig,
         weights: &[Weights],
         opt: Option<&Tree<Arc<Buffer>>>,
         x: &ArraySpec,
         y: &ArraySpec,
         train: bool,
-    ) -> Result<Step> {
+    ) -> Result<(Computation, Vec<Tree<()>>)> {
         let layers = self.layers();
         let rng_used: Vec<bool> = layers
             .iter()
@@ -326,14 +316,15 @@ impl Model {
                 Ok(Tree::List(results.into_iter().map(Tree::Leaf).collect()))
             },
         )?;
-        let comp = comp.with_donors(&donors)?;
-        let exe = comp.compile(client)?;
-        Ok(Step {
-            exe,
-            params: weights.iter().map(|w| w.params.structure()).collect(),
-            states: weights.iter().map(|w| w.state.structure()).collect(),
-            opt: opt_tree,
-        })
+        // The step's outputs before the loss and metrics: a train step's
+        // new params, state and optimizer state; none for an eval step.
+        let mut outputs: Vec<Tree<()>> = Vec::new();
+        if train {
+            outputs.extend(weights.iter().map(|w| w.params.structure()));
+            outputs.extend(weights.iter().map(|w| w.state.structure()));
+            outputs.push(opt_tree);
+        }
+        Ok((comp.with_donors(&donors)?, outputs))
     }
 
     fn init_opt_state(
@@ -370,22 +361,29 @@ impl Model {
         out_tree.unflatten(outs.into_iter().map(Arc::new).collect())
     }
 
+    /// The jit key of a train (`Training::Yes`) or eval step on batches
+    /// of `x` and `y` specs.
     fn step_key(
+        &self,
         weights: &[Weights],
-        opt: Option<&Tree<Arc<Buffer>>>,
         x: &ArraySpec,
         y: &ArraySpec,
-    ) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        for w in weights {
-            w.fingerprint().hash(&mut h);
-        }
-        if let Some(o) = opt {
-            o.hash_structure(&mut h);
-        }
-        x.hash(&mut h);
-        y.hash(&mut h);
-        h.finish()
+        training: Training,
+    ) -> JitKey {
+        let function = if training.is_yes() {
+            "train_step"
+        } else {
+            "eval_step"
+        };
+        let inputs = Tree::tuple([Tree::Leaf(x.clone()), Tree::Leaf(y.clone())]);
+        let mut key = JitKey::new(function, self.client(), inputs, training);
+        key.weights = weights.iter().map(Weights::layout).collect();
+        key.rngs = self
+            .layers()
+            .iter()
+            .map(|l| training.is_yes() && hooks(l.as_ref()).uses_rng())
+            .collect();
+        key
     }
 
     /// One train step on a batch; returns `[loss, metrics...]`.
@@ -405,32 +403,10 @@ impl Model {
         if opt_guard.is_none() {
             *opt_guard = Some(self.init_opt_state(client, cfg, &weights)?);
         }
-        let key = Model::step_key(&weights, opt_guard.as_ref(), &x.spec, &y.spec);
-        let cached = cfg
-            .steps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
-        let step = match cached {
-            Some(s) => s,
-            None => {
-                let s = Arc::new(self.build_step(
-                    client,
-                    cfg,
-                    &weights,
-                    opt_guard.as_ref(),
-                    &x.spec,
-                    &y.spec,
-                    true,
-                )?);
-                cfg.steps
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, s.clone());
-                s
-            }
-        };
+        let key = self.step_key(&weights, &x.spec, &y.spec, Training::Yes);
+        let step = cfg.jit.get_or_compile(client, key, || {
+            self.build_step(cfg, &weights, opt_guard.as_ref(), &x.spec, &y.spec, true)
+        })?;
         let (xb, yb) = (upload(client, x)?, upload(client, y)?);
         let rngs: Vec<Buffer> = layers
             .iter()
@@ -476,18 +452,14 @@ impl Model {
         args.extend([Arg::Borrowed(&xb), Arg::Borrowed(&yb)]);
         let outs = step.exe.execute_args(args)?;
         let mut it = outs.into_iter();
-        let mut new_params = Vec::new();
-        for t in &step.params {
-            new_params.push(t.unflatten(it.by_ref().take(t.len()).map(Arc::new).collect())?);
+        let mut trees = Vec::with_capacity(step.outputs.len());
+        for t in &step.outputs {
+            trees.push(t.unflatten(it.by_ref().take(t.len()).map(Arc::new).collect())?);
         }
-        let mut new_states = Vec::new();
-        for t in &step.states {
-            new_states.push(t.unflatten(it.by_ref().take(t.len()).map(Arc::new).collect())?);
-        }
-        *opt_guard = Some(
-            step.opt
-                .unflatten(it.by_ref().take(step.opt.len()).map(Arc::new).collect())?,
-        );
+        let n = layers.len();
+        *opt_guard = trees.pop();
+        let new_states = trees.split_off(n);
+        let new_params = trees;
         for ((l, p), s) in layers.iter().zip(new_params).zip(new_states) {
             hooks(l.as_ref()).swap_weights(Some(Weights {
                 params: p,
@@ -597,26 +569,10 @@ impl Model {
                 .iter()
                 .map(|l| l.weights())
                 .collect::<Result<Vec<_>>>()?;
-            let key = Model::step_key(&weights, None, &xb.spec, &yb.spec);
-            let cached = cfg
-                .evals
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-                .cloned();
-            let step = match cached {
-                Some(s) => s,
-                None => {
-                    let s = Arc::new(
-                        self.build_step(client, &cfg, &weights, None, &xb.spec, &yb.spec, false)?,
-                    );
-                    cfg.evals
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(key, s.clone());
-                    s
-                }
-            };
+            let key = self.step_key(&weights, &xb.spec, &yb.spec, Training::No);
+            let step = cfg.jit.get_or_compile(client, key, || {
+                self.build_step(&cfg, &weights, None, &xb.spec, &yb.spec, false)
+            })?;
             let (xd, yd) = (upload(client, &xb)?, upload(client, &yb)?);
             let mut args: Vec<&Buffer> = Vec::new();
             for w in &weights {
