@@ -12,6 +12,7 @@
 //! - [`dtype`]: element types and array specs shared by every layer.
 //! - [`bench`]: timing executables against a roofline.
 //! - [`cache`]: the persistent compilation cache.
+//! - [`gguf`]: GGUF model files (llama.cpp's format), validated, with host dequantization.
 //! - [`models`]: pretrained models (BERT / all-MiniLM-L6-v2) from safetensors.
 //! - [`layers`]: Keras-style layers and models; [`flax`]: Flax linen modules and `FlaxLayer`.
 //!
@@ -36,12 +37,14 @@ pub mod dtype;
 pub mod error;
 pub mod export;
 pub mod flax;
+pub mod gguf;
 pub mod io;
 pub(crate) mod jit;
 pub mod layers;
 pub mod models;
 pub mod pjrt;
 pub mod program;
+mod st_header;
 pub mod train;
 pub mod weights;
 

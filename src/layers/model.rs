@@ -216,6 +216,11 @@ pub struct Model {
     layers: Vec<Arc<dyn Layer>>,
     runner: Runner,
     pub(crate) training: std::sync::Mutex<Option<Arc<crate::train::fit::TrainConfig>>>,
+    /// Makes a swap of all weights atomic: held for reading while a call or
+    /// a snapshot reads the layers' weights, for writing while
+    /// [`Model::load_weights`] or a train step replaces them, so a call
+    /// sees either all old or all new weights, never a mix.
+    swap: std::sync::RwLock<()>,
 }
 
 fn node_key(n: &Arc<SymNode>) -> usize {
@@ -314,6 +319,7 @@ impl Model {
             layers,
             runner: Runner::default(),
             training: Default::default(),
+            swap: Default::default(),
         })
     }
 
@@ -362,8 +368,20 @@ impl Model {
         self.runner.compiles()
     }
 
-    /// Every layer's weights, by layer name.
+    /// Shared access to the weights (calls, snapshots): excludes a swap.
+    pub(crate) fn weights_shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.swap.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Exclusive access to the weights (swaps): waits for running calls.
+    pub(crate) fn weights_exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.swap.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every layer's weights, by layer name (one consistent snapshot: never
+    /// half of a concurrent [`Model::load_weights`]).
     pub fn weights(&self) -> Result<Vec<(String, Weights)>> {
+        let _shared = self.weights_shared();
         self.layers
             .iter()
             .map(|l| Ok((l.name(), l.weights()?)))
@@ -492,6 +510,7 @@ impl Model {
             }
         }
         let layers: Vec<&dyn Layer> = self.layers.iter().map(|l| l.as_ref()).collect();
+        let _shared = self.weights_shared();
         self.runner.run(
             &self.client,
             &self.name,
@@ -642,6 +661,11 @@ impl Model {
     /// checked (missing, unexpected, shape, dtype) before any layer changes:
     /// a failed load leaves the model exactly as it was. The weights go to
     /// the model's client.
+    ///
+    /// The swap is atomic with respect to this model's calls, snapshots and
+    /// train steps on other threads: each sees either all the old weights or
+    /// all the new ones (a load waits for running calls to finish). Setting
+    /// weights on the layers directly ([`Layer::set_weights`]) is not.
     pub fn load_weights(&self, path: impl AsRef<Path>) -> Result<()> {
         let client = &self.client;
         let file = SafetensorsFile::open(path)?;
@@ -685,6 +709,7 @@ impl Model {
             old.check_same_layout(&w, &format!("load_weights of layer `{name}`"))?;
             new.push((l.clone(), w));
         }
+        let _exclusive = self.weights_exclusive();
         for (l, w) in new {
             l.set_weights(w)?;
         }
@@ -706,6 +731,7 @@ impl HostArray {
     /// From a slice of native values and dimensions.
     pub fn from_slice<T: crate::NativeType>(data: &[T], dims: &[usize]) -> Result<HostArray> {
         let spec = ArraySpec::new(T::DTYPE, dims);
+        spec.check_size(|| "HostArray".into())?;
         if data.len() != spec.element_count() {
             return Err(Error::HostDataSize {
                 expected: spec.element_count(),
@@ -770,7 +796,12 @@ impl HostArray {
                 other.spec, self.spec
             )));
         }
-        self.spec.dims[0] += other.spec.dims[0];
+        self.spec.dims[0] = self.spec.dims[0]
+            .checked_add(other.spec.dims[0])
+            .ok_or_else(|| Error::ShapeTooLarge {
+                what: "stacked rows".into(),
+                spec: other.spec.clone(),
+            })?;
         self.bytes.extend_from_slice(&other.bytes);
         Ok(self)
     }

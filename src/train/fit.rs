@@ -394,6 +394,9 @@ impl Model {
         x: &HostArray,
         y: &HostArray,
     ) -> Result<Vec<f32>> {
+        // The step takes the weights out and puts new ones back: no call may
+        // see them in between.
+        let _exclusive = self.weights_exclusive();
         let layers = self.layers();
         let weights = layers
             .iter()
@@ -564,6 +567,7 @@ impl Model {
         for start in (0..n).step_by(batch_size) {
             let idx: Vec<usize> = (start..(start + batch_size).min(n)).collect();
             let (xb, yb) = (take_rows(x, &idx)?, take_rows(y, &idx)?);
+            let _shared = self.weights_shared();
             let weights = self
                 .layers()
                 .iter()

