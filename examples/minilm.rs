@@ -26,7 +26,15 @@ fn main() -> Result<()> {
     let mut json = false;
     let mut verbose = false;
     let mut texts: Vec<String> = Vec::new();
-    for a in std::env::args().skip(1) {
+    for a in std::env::args_os().skip(1) {
+        // Not `std::env::args`, which panics on an argument that is not UTF-8.
+        let a = match a.into_string() {
+            Ok(a) => a,
+            Err(a) => bail!(
+                "argument `{}` is not valid UTF-8; pass sentences as UTF-8 text",
+                a.to_string_lossy()
+            ),
+        };
         match a.as_str() {
             "--json" => json = true,
             "--verbose" | "-v" => verbose = true,

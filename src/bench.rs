@@ -426,6 +426,7 @@ pub fn bench(exe: &Executable, args: &[&Buffer], options: &BenchOptions) -> Resu
 /// f32 arrays filled with 0.5 (the measured programs' inputs: the values
 /// do not change their speed, and filling is much faster than sampling).
 fn filled_inputs(client: &Client, specs: &[ArraySpec]) -> Result<Vec<Buffer>> {
+    check_host_memory("input", specs, available_memory())?;
     specs
         .iter()
         .map(|spec| {
@@ -435,10 +436,49 @@ fn filled_inputs(client: &Client, specs: &[ArraySpec]) -> Result<Vec<Buffer>> {
         .collect()
 }
 
+/// Bytes of host memory available now (`MemAvailable` of
+/// `/proc/meminfo`), or `None` where that is not known.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+/// Checks, before anything is allocated, that arrays of `specs` can be
+/// made on the host: each type must exist ([`ArraySpec::check_size`]), and
+/// the host copy plus the device copy (host memory too on CPU) of all of
+/// them together must fit in `limit` bytes when a limit is known.
+///
+/// Errors: [`Error::ShapeTooLarge`], or [`Error::HostMemory`] naming the
+/// first array past the limit (`what` and its index).
+pub fn check_host_memory(what: &str, specs: &[ArraySpec], limit: Option<u64>) -> Result<()> {
+    let mut total: u64 = 0;
+    for (i, spec) in specs.iter().enumerate() {
+        let bytes = spec.check_size(|| format!("{what} {i}"))? as u64;
+        total = total.saturating_add(bytes.saturating_mul(2));
+        if let Some(limit) = limit {
+            if total > limit {
+                return Err(Error::HostMemory {
+                    what: format!("{what} {i}"),
+                    spec: spec.clone(),
+                    bytes: total,
+                    limit,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Random device arrays of the given types on `client`'s default device,
 /// reproducible from `seed`: floats uniform in [-1, 1), integers in
 /// [0, 16), booleans fair.
+///
+/// Errors: [`Error::ShapeTooLarge`] or [`Error::HostMemory`] (see
+/// [`check_host_memory`]) before anything is allocated.
 pub fn random_inputs(client: &Client, specs: &[ArraySpec], seed: u64) -> Result<Vec<Buffer>> {
+    check_host_memory("random input", specs, available_memory())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     specs
         .iter()
@@ -507,6 +547,23 @@ mod tests {
         assert!((r.roofline_fraction().unwrap() - 0.5).abs() < 1e-9);
         assert_eq!(r.compute_bound(), Some(false));
         assert!(r.to_string().contains("50.0% of given peak"), "{r}");
+    }
+
+    #[test]
+    fn host_memory_is_checked_before_allocating() {
+        let big = ArraySpec::of::<f32>([100_000_000_000]);
+        let e = check_host_memory("random input", &[big.clone()], Some(1 << 30)).unwrap_err();
+        assert!(
+            matches!(e, Error::HostMemory { ref spec, bytes: 800_000_000_000, limit, .. } if *spec == big && limit == 1 << 30),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("random input 0"), "{e}");
+        let small = ArraySpec::of::<f32>([256]);
+        check_host_memory("input", &[small.clone(), small.clone()], Some(4096)).unwrap();
+        let e = check_host_memory("input", &[small.clone(), small], Some(4095)).unwrap_err();
+        assert!(e.to_string().contains("input 1"), "{e}");
+        let e = check_host_memory("x", &[ArraySpec::of::<u8>([usize::MAX])], None).unwrap_err();
+        assert!(matches!(e, Error::ShapeTooLarge { .. }), "{e:?}");
     }
 
     #[test]

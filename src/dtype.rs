@@ -254,14 +254,57 @@ impl ArraySpec {
         ArraySpec::new(T::DTYPE, dims)
     }
 
-    /// Number of elements (1 for a scalar).
+    /// Number of elements (1 for a scalar). Saturates at `usize::MAX` for
+    /// a type too large to exist (see [`ArraySpec::checked_size_in_bytes`]);
+    /// xlayer checks every type it builds, uploads or reads from a program,
+    /// so such a type never reaches an allocation or the plugin.
     pub fn element_count(&self) -> usize {
-        self.dims.iter().product()
+        self.dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .unwrap_or(usize::MAX)
     }
 
-    /// Size of the data in bytes.
+    /// Size of the data in bytes; saturates like [`ArraySpec::element_count`].
     pub fn size_in_bytes(&self) -> usize {
-        self.element_count() * self.dtype.size_in_bytes()
+        self.element_count()
+            .saturating_mul(self.dtype.size_in_bytes())
+    }
+
+    /// Number of elements, or `None` when the type is too large to exist
+    /// (see [`ArraySpec::checked_size_in_bytes`]).
+    pub fn checked_element_count(&self) -> Option<usize> {
+        self.checked_size_in_bytes()?;
+        Some(self.element_count())
+    }
+
+    /// Size of the data in bytes, or `None` when the type is too large to
+    /// exist: a dimension above `i64::MAX`, or a product of the non-zero
+    /// dimensions times the element size above `i64::MAX` (what XLA's
+    /// shapes and the PJRT C API can hold). A zero dimension does not
+    /// excuse the others: `[2^40, 2^40, 0]` is refused, as XLA would.
+    pub fn checked_size_in_bytes(&self) -> Option<usize> {
+        let max = i64::MAX as u64;
+        let mut bytes = self.dtype.size_in_bytes() as u64;
+        let mut zero = false;
+        for &d in &self.dims {
+            let d = u64::try_from(d).ok().filter(|&d| d <= max)?;
+            zero |= d == 0;
+            bytes = bytes.checked_mul(d.max(1)).filter(|&b| b <= max)?;
+        }
+        usize::try_from(if zero { 0 } else { bytes }).ok()
+    }
+
+    /// Checks that the type can exist (see
+    /// [`ArraySpec::checked_size_in_bytes`]) and returns its size in bytes.
+    ///
+    /// Errors: [`crate::Error::ShapeTooLarge`] naming `what()` and the type.
+    pub fn check_size(&self, what: impl FnOnce() -> String) -> crate::Result<usize> {
+        self.checked_size_in_bytes()
+            .ok_or_else(|| crate::Error::ShapeTooLarge {
+                what: what(),
+                spec: self.clone(),
+            })
     }
 
     /// Number of dimensions.
@@ -317,6 +360,45 @@ mod tests {
         assert_eq!(scalar.to_string(), "u8[]");
         assert_eq!(scalar.mlir_type(), "tensor<ui8>");
         assert_eq!(scalar.element_count(), 1);
+    }
+
+    #[test]
+    fn sizes_are_checked_not_wrapped() {
+        let huge = ArraySpec::of::<f32>([1 << 32, 1 << 32]);
+        assert_eq!(huge.checked_size_in_bytes(), None);
+        assert_eq!(huge.checked_element_count(), None);
+        assert_eq!(huge.element_count(), usize::MAX);
+        assert_eq!(huge.size_in_bytes(), usize::MAX);
+        let e = huge.check_size(|| "test".into()).unwrap_err();
+        assert!(matches!(e, crate::Error::ShapeTooLarge { ref spec, .. } if *spec == huge));
+        // a dimension that would be -1 as i64
+        assert_eq!(
+            ArraySpec::of::<u8>([usize::MAX]).checked_size_in_bytes(),
+            None
+        );
+        // bytes overflow although the element count fits in i64
+        assert_eq!(
+            ArraySpec::of::<f64>([1 << 61]).checked_size_in_bytes(),
+            None
+        );
+        assert_eq!(
+            ArraySpec::of::<u8>([1 << 62]).checked_size_in_bytes(),
+            Some(1 << 62)
+        );
+        // zero dimensions do not hide overflowing ones
+        assert_eq!(
+            ArraySpec::of::<u8>([1 << 40, 1 << 40, 0]).checked_size_in_bytes(),
+            None
+        );
+        assert_eq!(
+            ArraySpec::of::<u8>([1 << 40, 0]).checked_size_in_bytes(),
+            Some(0)
+        );
+        assert_eq!(
+            ArraySpec::of::<f32>([2, 3]).checked_size_in_bytes(),
+            Some(24)
+        );
+        assert_eq!(ArraySpec::of::<f32>([]).checked_element_count(), Some(1));
     }
 
     #[test]

@@ -318,6 +318,152 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    // --- harden-build ---
+    /// A dimension number given to an op is not below the rank it indexes
+    /// (`what` names the list or field, e.g. `kernel_spatial`, `offset_dims`).
+    #[error(
+        "{op}: dimension {dim} in {what} is out of range for the {target}, which has rank {rank} (operand {operand})"
+    )]
+    DimensionOutOfRange {
+        /// The op, e.g. `convolution`.
+        op: &'static str,
+        /// The dimension list or field at fault.
+        what: &'static str,
+        /// The dimension number given.
+        dim: usize,
+        /// What the number indexes (`input`, `kernel`, `output`, `operand`).
+        target: &'static str,
+        /// The rank it must be below.
+        rank: usize,
+        /// The op's (first) operand.
+        operand: ArraySpec,
+    },
+
+    /// A dimension number is given twice where each must appear once
+    /// (`dims` is the whole list, with the lists it shares a space with).
+    #[error("{op}: dimension {dim} appears twice in {what} {dims:?} (operand {operand})")]
+    DuplicateDimension {
+        /// The op.
+        op: &'static str,
+        /// The dimension list(s) at fault.
+        what: &'static str,
+        /// The repeated dimension.
+        dim: usize,
+        /// The list as given.
+        dims: Vec<usize>,
+        /// The op's (first) operand.
+        operand: ArraySpec,
+    },
+
+    /// An array type too large to describe: a dimension above `i64::MAX`,
+    /// or an element count or byte size above `i64::MAX` (what XLA and the
+    /// C API can hold). `what` names the array (an op's output, a program
+    /// parameter, an upload).
+    #[error("{what}: array type {spec} is too large (each dimension, the element count and the size in bytes must fit in i64)")]
+    ShapeTooLarge {
+        /// The array, e.g. `output of broadcast_in_dim` or `parameter 0 of @main`.
+        what: String,
+        /// Its type.
+        spec: ArraySpec,
+    },
+
+    /// The shape arithmetic of an op (windows, padding, dilation, sums of
+    /// sizes) overflows.
+    #[error(
+        "{op}: the output shape overflows for operands [{}] ({detail})",
+        list_specs(operands)
+    )]
+    ShapeOverflow {
+        /// The op.
+        op: &'static str,
+        /// Its operands' types.
+        operands: Vec<ArraySpec>,
+        /// The computation that overflowed.
+        detail: String,
+    },
+
+    /// Host memory for an array was refused before allocating: it needs
+    /// more than `limit` bytes (the memory available, or a fixed limit).
+    #[error(
+        "{what}: {spec} needs {bytes} bytes of host memory, more than the {limit} bytes available"
+    )]
+    HostMemory {
+        /// What the memory is for, e.g. `random input 0`.
+        what: String,
+        /// The array's type.
+        spec: ArraySpec,
+        /// Bytes it needs.
+        bytes: u64,
+        /// Bytes that may be used.
+        limit: u64,
+    },
+
+    /// A program's declared signature differs from the compiled or
+    /// deserialized executable's own parameter or result types.
+    #[error(
+        "executable `{program}`: its {part} are ({}), but the signature declares ({})",
+        list_specs(compiled),
+        list_specs(declared)
+    )]
+    SignatureMismatch {
+        /// The executable's name.
+        program: String,
+        /// `parameters` or `results`.
+        part: &'static str,
+        /// The types the signature declares.
+        declared: Vec<ArraySpec>,
+        /// The executable's own types.
+        compiled: Vec<ArraySpec>,
+    },
+
+    // --- harden-io ---
+    /// A path that must name a file names a directory.
+    #[error("{what} {}: is a directory, not a file", path.display())]
+    IsADirectory {
+        /// What the file was wanted for, e.g. "safetensors file".
+        what: &'static str,
+        /// The directory.
+        path: PathBuf,
+    },
+
+    /// A safetensors header lists the same tensor name more than once.
+    #[error("safetensors file {}: the header lists tensor `{tensor}` more than once", path.display())]
+    DuplicateTensor {
+        /// The file.
+        path: PathBuf,
+        /// The repeated name.
+        tensor: String,
+    },
+
+    /// A safetensors file is shorter than its header says: `tensor` is the
+    /// first tensor whose data lies (partly) past the end of the file.
+    #[error("safetensors file {}: truncated: tensor `{tensor}` ends at byte {needed} but the file has {actual} bytes", path.display())]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// The first tensor whose data is cut off.
+        tensor: String,
+        /// The file size its data needs (header included).
+        needed: u64,
+        /// The file's size.
+        actual: u64,
+    },
+
+    /// A model's `config.json` holds a value that is missing, out of
+    /// bounds, or contradicted by the checkpoint (checked before anything
+    /// is allocated for it).
+    #[error("model config {}: `{field}` = {value}: {reason}", file.display())]
+    ModelConfig {
+        /// The `config.json` file.
+        file: PathBuf,
+        /// The field at fault, e.g. `num_hidden_layers`.
+        field: &'static str,
+        /// Its value as written (`missing` when absent).
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     // --- llm ---
     /// A GGUF file is truncated, corrupt, or holds what xlayer cannot use
     /// (see [`crate::gguf::GgufProblem`]); `tensor` names the tensor at
@@ -339,6 +485,15 @@ fn tensor_prefix(tensor: &Option<String>) -> String {
         .as_ref()
         .map(|t| format!("tensor `{t}`: "))
         .unwrap_or_default()
+}
+
+/// `f32[2], i32[]`: a list of array types for messages.
+fn list_specs(specs: &[ArraySpec]) -> String {
+    specs
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The tail of an [`Error::Weights`] message: one line per further problem.

@@ -43,17 +43,22 @@ pub(crate) fn dtype_from_st(d: safetensors::Dtype) -> Option<DType> {
 
 /// Reads every tensor of a safetensors file, in file order.
 ///
-/// Errors: [`Error::Io`] if the file cannot be read, [`Error::Safetensors`]
+/// Errors: [`Error::IsADirectory`] for a directory, [`Error::Truncated`]
+/// and [`Error::DuplicateTensor`] as for
+/// [`crate::weights::SafetensorsFile::open`], [`Error::Io`] if the file
+/// cannot be read, [`Error::Safetensors`]
 /// if it is not a valid safetensors file or holds a dtype xlayer does not.
 pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<HostTensor>> {
     let path = path.as_ref();
+    crate::st_header::not_a_directory("safetensors file", path)?;
     let data = std::fs::read(path).map_err(|source| Error::Io {
         what: "cannot read safetensors file",
         path: path.to_path_buf(),
         source,
     })?;
+    crate::st_header::check(path, &data)?;
     let st = safetensors::SafeTensors::deserialize(&data)
-        .map_err(|e| st_err(path, format!("not a valid safetensors file: {e}")))?;
+        .map_err(|e| crate::st_header::refusal(path, &e, &data))?;
     let mut out = Vec::new();
     for (name, view) in st.iter() {
         let dtype = dtype_from_st(view.dtype()).ok_or_else(|| {

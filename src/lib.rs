@@ -43,6 +43,7 @@ pub mod layers;
 pub mod models;
 pub mod pjrt;
 pub mod program;
+mod st_header;
 pub mod train;
 pub mod weights;
 

@@ -80,7 +80,8 @@ impl Program {
     pub fn mlir_text(text: impl Into<String>) -> Result<Program> {
         let text = text.into();
         let signature = parse_signature(&text)?;
-        let name = module_name(&text).unwrap_or_else(|| "main".to_string());
+        let name =
+            module_name(&mask_comments_and_strings(&text)).unwrap_or_else(|| "main".to_string());
         Ok(Program::new(
             text.into_bytes(),
             ProgramFormat::MlirText,
@@ -385,8 +386,46 @@ fn type_and_attrs(entry: &str) -> (&str, &str) {
     }
 }
 
-/// Reads the signature of `func.func @main` from StableHLO text.
+/// `text` with the contents of `//` comments and of string literals
+/// replaced by spaces (byte offsets kept), so that a `func.func @main(...)`
+/// inside a comment or a string is not taken for the real one.
+fn mask_comments_and_strings(text: &str) -> String {
+    let mut out = text.as_bytes().to_vec();
+    let mut i = 0;
+    while i < out.len() {
+        match out[i] {
+            b'"' => {
+                i += 1;
+                while i < out.len() && out[i] != b'"' {
+                    let escaped = out[i] == b'\\';
+                    out[i] = b' ';
+                    i += 1;
+                    if escaped && i < out.len() && out[i] != b'\n' {
+                        out[i] = b' ';
+                        i += 1;
+                    }
+                }
+                i += 1;
+            }
+            b'/' if out.get(i + 1) == Some(&b'/') => {
+                while i < out.len() && out[i] != b'\n' {
+                    out[i] = b' ';
+                    i += 1;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    // Only whole characters were blanked (comments and strings end at ASCII
+    // bytes), so this cannot fail; fall back to the text itself regardless.
+    String::from_utf8(out).unwrap_or_else(|_| text.to_string())
+}
+
+/// Reads the signature of `func.func @main` from StableHLO text; comments
+/// and string literals are ignored.
 pub fn parse_signature(text: &str) -> Result<Signature> {
+    let masked = mask_comments_and_strings(text);
+    let text = masked.as_str();
     let at = text
         .match_indices("@main(")
         .map(|(i, _)| i)
@@ -402,7 +441,10 @@ pub fn parse_signature(text: &str) -> Result<Signature> {
     let mut sig = Signature::default();
     for entry in split_top_level(&text[open + 1..close]) {
         let (ty, attrs) = type_and_attrs(entry);
-        sig.inputs.push(parse_tensor_type(ty)?);
+        let spec = parse_tensor_type(ty)?;
+        let index = sig.inputs.len();
+        spec.check_size(|| format!("parameter {index} of @main"))?;
+        sig.inputs.push(spec);
         sig.donors.push(
             attrs.contains("jax.buffer_donor = true") || attrs.contains("tf.aliasing_output"),
         );
@@ -418,7 +460,10 @@ pub fn parse_signature(text: &str) -> Result<Signature> {
             .ok_or_else(|| Error::Signature("unbalanced result list of @main".into()))?;
         for entry in split_top_level(&text[offset + 1..rclose]) {
             let (ty, _) = type_and_attrs(entry);
-            sig.outputs.push(parse_tensor_type(ty)?);
+            let spec = parse_tensor_type(ty)?;
+            let index = sig.outputs.len();
+            spec.check_size(|| format!("result {index} of @main"))?;
+            sig.outputs.push(spec);
         }
     } else {
         let end = results.find('{').unwrap_or(results.len());
@@ -427,7 +472,9 @@ pub fn parse_signature(text: &str) -> Result<Signature> {
             .strip_suffix("attributes")
             .map(str::trim)
             .unwrap_or(single);
-        sig.outputs.push(parse_tensor_type(single)?);
+        let spec = parse_tensor_type(single)?;
+        spec.check_size(|| "result 0 of @main".into())?;
+        sig.outputs.push(spec);
     }
     Ok(sig)
 }
@@ -466,6 +513,19 @@ mod tests {
             vec![ArraySpec::of::<u8>([4]), ArraySpec::of::<bool>([])]
         );
         assert_eq!(sig.outputs, vec![ArraySpec::of::<u8>([4])]);
+    }
+
+    #[test]
+    fn ignores_main_in_comments_and_strings() {
+        let text = "// func.func public @main(%a: tensor<4xi32>) -> tensor<4xi32>\n\
+            module @m attributes {x.doc = \"func.func public @main(%b: tensor<2xi8>)\"} {\n\
+            func.func public @main(%a: tensor<4xf32> {jax.result_info = \"a // b\"}) -> tensor<4xf32> {\n\
+            return %a : tensor<4xf32> // func.func @main(%c: tensor<i1>)\n}\n}";
+        let sig = parse_signature(text).unwrap();
+        assert_eq!(sig.inputs, vec![ArraySpec::of::<f32>([4])]);
+        assert_eq!(sig.outputs, vec![ArraySpec::of::<f32>([4])]);
+        let masked = mask_comments_and_strings("a \"x\\\"y\" // é\nb");
+        assert_eq!(masked, "a \"    \"      \nb");
     }
 
     #[test]

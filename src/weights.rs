@@ -57,7 +57,20 @@ struct Entry {
 
 /// A safetensors file mapped into memory, its header parsed and checked
 /// (by the `safetensors` crate: offsets, sizes, and that the tensor data
-/// exactly fills the file).
+/// exactly fills the file; by xlayer: no tensor name listed twice).
+///
+/// # A file must not shrink while it is open
+///
+/// The tensor data is read straight from the memory map. If another
+/// process truncates the file while this handle is alive, reading a page
+/// past the new end raises `SIGBUS` and the process dies: no Rust code can
+/// turn that into an error. Checkpoints are expected to be immutable once
+/// written (xlayer itself only ever writes new files by rename, see
+/// [`save_tree`]); replace a checkpoint by writing a new file and renaming
+/// it over the old one, never by rewriting it in place. A file that is
+/// *already* truncated when it is opened is refused by
+/// [`SafetensorsFile::open`] with [`Error::Truncated`], naming the first
+/// tensor whose data is missing.
 #[derive(Debug)]
 pub struct SafetensorsFile {
     map: MappedFile,
@@ -74,19 +87,20 @@ fn bad_file(path: &Path, reason: impl Into<String>) -> Error {
 impl SafetensorsFile {
     /// Maps and validates `path` (header, offsets, sizes, dtypes).
     ///
-    /// Errors: [`Error::Io`] if unreadable; [`Error::Safetensors`] naming the
-    /// file (and the tensor, when one is at fault) if it is corrupt or holds a
-    /// dtype xlayer does not support.
+    /// Errors: [`Error::IsADirectory`] for a directory; [`Error::Io`] if
+    /// unreadable; [`Error::Truncated`] naming the file and the first tensor
+    /// whose data lies past its end; [`Error::DuplicateTensor`] naming a
+    /// tensor the header lists twice; [`Error::Safetensors`] naming the
+    /// file (and the tensor, when one is at fault) if it is otherwise corrupt
+    /// or holds a dtype xlayer does not support.
     pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
         let path = path.as_ref();
+        crate::st_header::not_a_directory("safetensors file", path)?;
         let map = MappedFile::open(path)?;
         let bytes = map.bytes();
-        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
-            bad_file(
-                path,
-                format!("not a valid safetensors file: {}", explain(&e, bytes)),
-            )
-        })?;
+        crate::st_header::check(path, bytes)?;
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| crate::st_header::refusal(path, &e, bytes))?;
         let mut entries = BTreeMap::new();
         for (name, view) in st.iter() {
             let dtype = dtype_from_st(view.dtype()).ok_or_else(|| {
@@ -161,55 +175,6 @@ impl SafetensorsFile {
             self.map.release(e.start..e.end);
         }
     }
-}
-
-/// Why the `safetensors` crate refused a file, in terms of the file: the
-/// size checks (header length and tensor data against the file size) say
-/// how many bytes were claimed and how many the file has.
-fn explain(e: &safetensors::SafeTensorError, bytes: &[u8]) -> String {
-    use safetensors::SafeTensorError as E;
-    let len = bytes.len();
-    let claimed = bytes
-        .get(..8)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
-    match (e, claimed) {
-        (E::HeaderTooSmall, _) | (_, None) => {
-            format!("the file is {len} bytes, too short for a header (truncated?)")
-        }
-        (E::HeaderTooLarge | E::InvalidHeaderLength, Some(n)) => {
-            if n.saturating_add(8) > len as u64 {
-                format!("header claims {n} bytes but the file has {len} (truncated, or not safetensors)")
-            } else {
-                format!("header claims {n} bytes, more than safetensors allows")
-            }
-        }
-        (E::InvalidHeader(err), _) => format!("header is not valid UTF-8: {err}"),
-        (E::InvalidHeaderDeserialization(err), _) => format!("header is not valid JSON: {err}"),
-        (E::MetadataIncompleteBuffer, Some(n)) => {
-            let have = len.saturating_sub(8 + n as usize);
-            match bytes.get(8..8 + n as usize).and_then(data_end) {
-                Some(need) if need > have => format!(
-                    "the header describes {need} bytes of tensor data but the file holds {have} (truncated?)"
-                ),
-                Some(need) => format!(
-                    "the header describes {need} bytes of tensor data but the file holds {have} (trailing bytes)"
-                ),
-                None => format!("tensor data does not fill the file ({have} bytes): {e}"),
-            }
-        }
-        _ => e.to_string(),
-    }
-}
-
-/// The end of the last tensor's data, from a header that has already been
-/// parsed successfully once (`None` if it has no `data_offsets`).
-fn data_end(header: &[u8]) -> Option<usize> {
-    let v: serde_json::Value = serde_json::from_slice(header).ok()?;
-    v.as_object()?
-        .values()
-        .filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64())
-        .max()
-        .map(|end| end as usize)
 }
 
 /// How tree paths (`Dense_0/kernel`) map to checkpoint tensor names.
@@ -414,6 +379,15 @@ fn check<'a>(
             have.dtype
         ));
     }
+    if problems.is_empty() && have.dtype == DType::Bool {
+        let bytes = file.bytes(&key).unwrap_or_default();
+        if let Some(at) = bytes.iter().position(|&b| b > 1) {
+            problems.push(format!(
+                "bool data holds byte {} at element {at}; bool tensors hold only 0 and 1",
+                bytes[at]
+            ));
+        }
+    }
     if !problems.is_empty() {
         return Err((key, problems.join("; ")));
     }
@@ -436,7 +410,8 @@ fn check<'a>(
 /// Errors (all before anything is uploaded): one [`Error::Weights`] naming
 /// the file and listing every problem, each naming its tensor: missing
 /// tensors, shape or dtype mismatches, and (unless
-/// [`NameMap::allow_unused`]) tensors no path asked for.
+/// [`NameMap::allow_unused`]) tensors no path asked for, bool tensors
+/// holding bytes other than 0 and 1.
 pub fn load_tree(
     client: &Client,
     file: &SafetensorsFile,

@@ -126,7 +126,8 @@ fn bytecode_needs_and_checks_a_signature() {
     let p = Program::from_file_with_signature(&path, Some(wrong)).unwrap();
     let e = client.compile(&p).unwrap_err();
     assert!(
-        matches!(e, Error::Signature(_)) && e.to_string().contains("f32[2,3]"),
+        matches!(e, Error::SignatureMismatch { part: "parameters", ref compiled, .. } if compiled[0] == inputs[0])
+            && e.to_string().contains("f32[2,3]"),
         "{e}"
     );
 }

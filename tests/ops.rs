@@ -725,17 +725,22 @@ fn every_fixture_case_is_tested() {
 
 // ------------------------------------------------------------------ misuse
 
-/// `r` must be `Error::Op` for `op` whose message names every one of `shapes`.
+/// `r` must be an error of `op` (`Error::Op`, or a typed dimension or
+/// shape error) whose message names every one of `shapes`.
 fn misuse<T: std::fmt::Debug>(r: Result<T>, op: &str, shapes: &[&str]) {
-    match r {
-        Err(Error::Op { op: got, message }) => {
-            assert_eq!(got, op, "op name in {message:?}");
-            let text = format!("{got}: {message}");
-            for s in shapes {
-                assert!(text.contains(s), "{text:?} does not name {s:?}");
-            }
-        }
-        other => panic!("{op}: expected Error::Op, got {other:?}"),
+    let got = match &r {
+        Err(
+            Error::Op { op: got, .. }
+            | Error::DimensionOutOfRange { op: got, .. }
+            | Error::DuplicateDimension { op: got, .. }
+            | Error::ShapeOverflow { op: got, .. },
+        ) => *got,
+        other => panic!("{op}: expected an error of the op, got {other:?}"),
+    };
+    let text = r.unwrap_err().to_string();
+    assert_eq!(got, op, "op name in {text:?}");
+    for s in shapes {
+        assert!(text.contains(s), "{text:?} does not name {s:?}");
     }
 }
 
@@ -778,7 +783,7 @@ fn misuse_names_op_and_shapes() -> Result<()> {
     );
     // shapes
     misuse(f23.reshape(&[4, 2]), "reshape", &["f32[2,3]", "[4, 2]"]);
-    misuse(f23.transpose(&[0, 0]), "transpose", &["[0, 0]", "[2, 3]"]);
+    misuse(f23.transpose(&[0, 0]), "transpose", &["[0, 0]", "f32[2,3]"]);
     misuse(
         f23.broadcast_in_dim(&[5, 4], &[0, 1]),
         "broadcast_in_dim",
@@ -806,7 +811,7 @@ fn misuse_names_op_and_shapes() -> Result<()> {
         &["f32[2,3]", "f32[3,4]"],
     );
     misuse(f23.pad(&i0, &[0, 0], &[0, 0], &[0, 0]), "pad", &["i32[]"]);
-    misuse(f23.reverse(&[2]), "reverse", &["[2, 3]"]);
+    misuse(f23.reverse(&[2]), "reverse", &["f32[2,3]", "dimension 2"]);
     misuse(b.iota(DType::F32, &[2, 3], 2), "iota", &["[2, 3]"]);
     // linalg
     misuse(f23.matmul(&f4), "matmul", &["f32[2,3]", "f32[4]"]);

@@ -355,12 +355,22 @@ fn bench_cmd(
     json: bool,
 ) -> Result<()> {
     let program = load_program(args)?;
+    if inputs.is_none() {
+        // Refuse inputs too large for the host before compiling.
+        xlayer::bench::check_host_memory(
+            "random input",
+            &program.signature().inputs,
+            xlayer::bench::available_memory(),
+        )?;
+    }
     let client = Client::default_plugin()?;
+    let exe = client.compile(&program)?;
     let buffers = match inputs {
         Some(p) => load_inputs(&client, &program, p)?,
-        None => random_inputs(&client, &program.signature().inputs, 0)?,
+        // The compiled executable's own parameter types, sizes checked
+        // against the host memory before anything is allocated.
+        None => random_inputs(&client, &exe.signature().inputs, 0)?,
     };
-    let exe = client.compile(&program)?;
     let mut opts = BenchOptions::new().iters(iters).warmup(warmup);
     match roof {
         Some(RooflineChoice::Given(g, b)) => opts = opts.roofline(Roofline::new(g, b)?),

@@ -120,6 +120,74 @@ pub(crate) fn op_err(op: &'static str, message: impl Into<String>) -> Error {
     }
 }
 
+/// Checks dimension numbers from the caller: each below `rank`, none twice.
+///
+/// Errors: [`Error::DimensionOutOfRange`] or [`Error::DuplicateDimension`],
+/// naming `op`, the list (`what`), what it indexes (`target`) and `operand`.
+pub(crate) fn check_dim_list(
+    op: &'static str,
+    what: &'static str,
+    target: &'static str,
+    dims: &[usize],
+    rank: usize,
+    operand: &ArraySpec,
+) -> Result<()> {
+    let mut seen = vec![false; rank];
+    for &dim in dims {
+        if dim >= rank {
+            return Err(Error::DimensionOutOfRange {
+                op,
+                what,
+                dim,
+                target,
+                rank,
+                operand: operand.clone(),
+            });
+        }
+        if seen[dim] {
+            return Err(Error::DuplicateDimension {
+                op,
+                what,
+                dim,
+                dims: dims.to_vec(),
+                operand: operand.clone(),
+            });
+        }
+        seen[dim] = true;
+    }
+    Ok(())
+}
+
+/// Output length of a windowed op (convolution, reduce_window) along one
+/// dimension: the input of `size` dilated by `base_dilation`, padded by
+/// `padding`, swept by a window of `window` elements dilated by
+/// `window_dilation` with `stride`. `None` when the arithmetic overflows
+/// (dilations and strides are positive here).
+pub(crate) fn window_output_size(
+    size: usize,
+    base_dilation: usize,
+    padding: (i64, i64),
+    window: usize,
+    window_dilation: usize,
+    stride: usize,
+) -> Option<usize> {
+    let dilate = |n: usize, d: usize| -> Option<i128> {
+        if n == 0 {
+            Some(0)
+        } else {
+            (n as i128 - 1).checked_mul(d as i128)?.checked_add(1)
+        }
+    };
+    let padded = dilate(size, base_dilation)?
+        .checked_add(i128::from(padding.0))?
+        .checked_add(i128::from(padding.1))?;
+    let w = dilate(window, window_dilation)?;
+    if padded < w {
+        return Some(0);
+    }
+    usize::try_from((padded - w) / stride as i128 + 1).ok()
+}
+
 impl Builder {
     /// An empty graph.
     pub fn new() -> Builder {
@@ -161,6 +229,7 @@ impl Builder {
     /// Errors: [`Error::HostDataSize`] when `data.len()` is not the product of `dims`.
     pub fn constant<T: NativeType>(&self, data: &[T], dims: &[usize]) -> Result<Value> {
         let spec = ArraySpec::new(T::DTYPE, dims);
+        spec.check_size(|| "constant".into())?;
         if data.len() != spec.element_count() {
             return Err(Error::HostDataSize {
                 expected: spec.element_count(),
@@ -260,6 +329,13 @@ impl Builder {
         let name = op.name();
         for v in operands {
             self.check_value(name, v)?;
+        }
+        for (i, spec) in outputs.iter().enumerate() {
+            spec.check_size(|| match &op {
+                Op::Parameter { name, .. } => format!("parameter `{name}`"),
+                _ if outputs.len() == 1 => format!("output of {name}"),
+                _ => format!("output {i} of {name}"),
+            })?;
         }
         let mut s = self.state.borrow_mut();
         let scope = s.scope;

@@ -4,7 +4,7 @@
 use crate::dtype::{ArraySpec, DType};
 use crate::error::Result;
 
-use super::core::{op_err, Value};
+use super::core::{check_dim_list, op_err, Value};
 use super::op::{BinaryOp, GatherDims, Op, ScatterDims};
 
 /// How a scatter combines the existing value with the update.
@@ -78,9 +78,24 @@ impl Value {
         } else {
             indices.dims()[dims.index_vector_dim]
         };
-        if dims.start_index_map.len() != index_len
-            || dims.start_index_map.iter().any(|&d| d >= self.rank())
-        {
+        let r = self.rank();
+        check_dim_list(
+            "gather",
+            "start_index_map",
+            "operand",
+            &dims.start_index_map,
+            r,
+            &self.spec,
+        )?;
+        check_dim_list(
+            "gather",
+            "collapsed_slice_dims",
+            "operand",
+            &dims.collapsed_slice_dims,
+            r,
+            &self.spec,
+        )?;
+        if dims.start_index_map.len() != index_len {
             return Err(err(
                 "start_index_map must map each index component to an operand dimension".into(),
             ));
@@ -88,7 +103,7 @@ impl Value {
         if dims
             .collapsed_slice_dims
             .iter()
-            .any(|&d| d >= self.rank() || slice_sizes[d] != 1)
+            .any(|&d| slice_sizes[d] != 1)
         {
             return Err(err("collapsed dimensions must have slice size 1".into()));
         }
@@ -101,9 +116,15 @@ impl Value {
             .map(|d| slice_sizes[d])
             .collect();
         let out_rank = batch.len() + offsets.len();
-        if dims.offset_dims.len() != offsets.len()
-            || dims.offset_dims.iter().any(|&d| d >= out_rank)
-        {
+        check_dim_list(
+            "gather",
+            "offset_dims",
+            "output",
+            &dims.offset_dims,
+            out_rank,
+            &self.spec,
+        )?;
+        if dims.offset_dims.len() != offsets.len() {
             return Err(err(format!(
                 "offset_dims must list {} output dimensions",
                 offsets.len()
@@ -212,12 +233,32 @@ impl Value {
         } else {
             indices.dims()[dims.index_vector_dim]
         };
-        if dims.scatter_dims_to_operand_dims.len() != index_len
-            || dims
-                .scatter_dims_to_operand_dims
-                .iter()
-                .any(|&d| d >= self.rank())
-        {
+        let r = self.rank();
+        check_dim_list(
+            "scatter",
+            "scatter_dims_to_operand_dims",
+            "operand",
+            &dims.scatter_dims_to_operand_dims,
+            r,
+            &self.spec,
+        )?;
+        check_dim_list(
+            "scatter",
+            "inserted_window_dims",
+            "operand",
+            &dims.inserted_window_dims,
+            r,
+            &self.spec,
+        )?;
+        check_dim_list(
+            "scatter",
+            "update_window_dims",
+            "updates",
+            &dims.update_window_dims,
+            updates.rank(),
+            &self.spec,
+        )?;
+        if dims.scatter_dims_to_operand_dims.len() != index_len {
             return Err(err(
                 "scatter_dims_to_operand_dims must map each index component".into(),
             ));

@@ -3,9 +3,9 @@
 use std::collections::BTreeSet;
 
 use crate::dtype::ArraySpec;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-use super::core::{op_err, Value};
+use super::core::{check_dim_list, op_err, window_output_size, Value};
 use super::op::{ConvAttrs, DotDims, Op};
 
 impl Value {
@@ -307,6 +307,56 @@ impl Value {
                 )));
             }
         }
+        // Every dimension number must be below the rank, and each of the
+        // input, kernel and output layouts a permutation of 0..n+2.
+        let rank = n + 2;
+        let layouts: [(&'static str, &'static str, Vec<(&'static str, usize)>); 3] = [
+            (
+                "input dimension numbers",
+                "input",
+                [
+                    ("input_batch", d.input_batch),
+                    ("input_feature", d.input_feature),
+                ]
+                .into_iter()
+                .chain(d.input_spatial.iter().map(|&x| ("input_spatial", x)))
+                .collect(),
+            ),
+            (
+                "kernel dimension numbers",
+                "kernel",
+                [
+                    ("kernel_input_feature", d.kernel_input_feature),
+                    ("kernel_output_feature", d.kernel_output_feature),
+                ]
+                .into_iter()
+                .chain(d.kernel_spatial.iter().map(|&x| ("kernel_spatial", x)))
+                .collect(),
+            ),
+            (
+                "output dimension numbers",
+                "output",
+                [
+                    ("output_batch", d.output_batch),
+                    ("output_feature", d.output_feature),
+                ]
+                .into_iter()
+                .chain(d.output_spatial.iter().map(|&x| ("output_spatial", x)))
+                .collect(),
+            ),
+        ];
+        for (what, target, fields) in &layouts {
+            let operand = if *target == "kernel" {
+                &kernel.spec
+            } else {
+                &self.spec
+            };
+            for &(field, dim) in fields {
+                check_dim_list("convolution", field, target, &[dim], rank, operand)?;
+            }
+            let all: Vec<usize> = fields.iter().map(|&(_, x)| x).collect();
+            check_dim_list("convolution", what, target, &all, rank, operand)?;
+        }
         let (g, bg) = (attrs.feature_group_count, attrs.batch_group_count);
         if g == 0 || bg == 0 {
             return Err(err("group counts must be positive".into()));
@@ -315,7 +365,7 @@ impl Value {
         let k_in = kernel.dims()[d.kernel_input_feature];
         let k_out = kernel.dims()[d.kernel_output_feature];
         let batch = self.dims()[d.input_batch];
-        if in_f != k_in * g {
+        if k_in.checked_mul(g) != Some(in_f) {
             return Err(err(format!(
                 "input features {in_f} != kernel input features {k_in} x feature_group_count {g}"
             )));
@@ -332,24 +382,22 @@ impl Value {
                     "spatial dimension {i}: strides and dilations must be positive"
                 )));
             }
-            let size = self.dims()[d.input_spatial[i]] as i64;
-            let dilated = if size == 0 {
-                0
-            } else {
-                (size - 1) * attrs.lhs_dilation[i] as i64 + 1
-            };
-            let padded = dilated + attrs.padding[i].0 + attrs.padding[i].1;
-            let k = kernel.dims()[d.kernel_spatial[i]] as i64;
-            let kd = if k == 0 {
-                0
-            } else {
-                (k - 1) * attrs.rhs_dilation[i] as i64 + 1
-            };
-            out[d.output_spatial[i]] = if padded < kd {
-                0
-            } else {
-                ((padded - kd) / attrs.strides[i] as i64 + 1) as usize
-            };
+            out[d.output_spatial[i]] = window_output_size(
+                self.dims()[d.input_spatial[i]],
+                attrs.lhs_dilation[i],
+                attrs.padding[i],
+                kernel.dims()[d.kernel_spatial[i]],
+                attrs.rhs_dilation[i],
+                attrs.strides[i],
+            )
+            .ok_or_else(|| Error::ShapeOverflow {
+                op: "convolution",
+                operands: vec![self.spec.clone(), kernel.spec.clone()],
+                detail: format!(
+                    "spatial dimension {i}: padding {:?}, lhs_dilation {}, rhs_dilation {}, stride {}",
+                    attrs.padding[i], attrs.lhs_dilation[i], attrs.rhs_dilation[i], attrs.strides[i]
+                ),
+            })?;
         }
         let spec = ArraySpec::new(self.dtype(), out);
         Ok(self

@@ -2,9 +2,9 @@
 //! argmax/argmin, `reduce_window` pooling, cumulative sums and maxima.
 
 use crate::dtype::{ArraySpec, DType};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-use super::core::{op_err, scalar_bytes, Builder, Value};
+use super::core::{check_dim_list, op_err, scalar_bytes, window_output_size, Builder, Value};
 use super::op::{BinaryOp, Op, WindowAttrs};
 
 /// The identity of a reduction for a dtype: the value `x op identity == x`.
@@ -85,7 +85,12 @@ impl Padding {
                 .zip(strides)
                 .map(|((&i, &w), &s)| {
                     let out = i.div_ceil(s.max(1));
-                    let total = ((out.saturating_sub(1)) * s + w).saturating_sub(i) as i64;
+                    // Saturating: a size past i64 is refused by the op using it.
+                    let total = (out.saturating_sub(1))
+                        .saturating_mul(s)
+                        .saturating_add(w)
+                        .saturating_sub(i)
+                        .min(i64::MAX as usize) as i64;
                     (total / 2, total - total / 2)
                 })
                 .collect(),
@@ -94,15 +99,9 @@ impl Padding {
 }
 
 fn normalize_axes(op: &'static str, v: &Value, axes: &[usize]) -> Result<Vec<usize>> {
+    check_dim_list(op, "axes", "operand", axes, v.rank(), &v.spec)?;
     let mut a = axes.to_vec();
     a.sort_unstable();
-    a.dedup();
-    if a.len() != axes.len() || a.iter().any(|&x| x >= v.rank()) {
-        return Err(op_err(
-            op,
-            format!("axes {axes:?} out of range or repeated for {}", v.spec),
-        ));
-    }
     Ok(a)
 }
 
@@ -227,19 +226,21 @@ impl Builder {
                     format!("dimension {i}: window sizes, strides and dilations must be positive"),
                 ));
             }
-            let s = first.dims()[i] as i64;
-            let dilated = if s == 0 {
-                0
-            } else {
-                (s - 1) * w.base_dilation[i] as i64 + 1
-            };
-            let padded = dilated + w.padding[i].0 + w.padding[i].1;
-            let wd = (w.dims[i] as i64 - 1) * w.window_dilation[i] as i64 + 1;
-            dims.push(if padded < wd {
-                0
-            } else {
-                ((padded - wd) / w.strides[i] as i64 + 1) as usize
-            });
+            dims.push(
+                window_output_size(
+                    first.dims()[i],
+                    w.base_dilation[i],
+                    w.padding[i],
+                    w.dims[i],
+                    w.window_dilation[i],
+                    w.strides[i],
+                )
+                .ok_or_else(|| Error::ShapeOverflow {
+                    op: "reduce_window",
+                    operands: inputs.iter().map(|x| x.spec.clone()).collect(),
+                    detail: format!("dimension {i} of window {w:?}"),
+                })?,
+            );
         }
         let scalars: Vec<ArraySpec> = inputs
             .iter()
@@ -610,8 +611,8 @@ impl Value {
         strides: &[usize],
         padding: &Padding,
     ) -> Result<Value> {
-        let n: usize = window.iter().product();
-        self.sum_pool(window, strides, padding)? / n as f64
+        let n: f64 = window.iter().map(|&w| w as f64).product();
+        self.sum_pool(window, strides, padding)? / n
     }
 
     fn cumulative(

@@ -2,25 +2,10 @@
 //! pad, reverse, and the numpy-style helpers built on them.
 
 use crate::dtype::ArraySpec;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-use super::core::{op_err, Value};
+use super::core::{check_dim_list, op_err, Value};
 use super::op::Op;
-
-fn check_dims_unique(op: &'static str, dims: &[usize], shape: &[usize], what: &str) -> Result<()> {
-    let rank = shape.len();
-    let mut seen = vec![false; rank];
-    for &d in dims {
-        if d >= rank || seen[d] {
-            return Err(op_err(
-                op,
-                format!("{what} {dims:?} are out of range or repeated for shape {shape:?}"),
-            ));
-        }
-        seen[d] = true;
-    }
-    Ok(())
-}
 
 impl Value {
     /// Broadcasts into `dims`: operand dimension i becomes output dimension
@@ -47,11 +32,13 @@ impl Value {
                 ),
             ));
         }
-        check_dims_unique(
+        check_dim_list(
             "broadcast_in_dim",
-            broadcast_dims,
-            dims,
             "broadcast dimensions",
+            "output",
+            broadcast_dims,
+            dims.len(),
+            &self.spec,
         )?;
         for (i, &d) in broadcast_dims.iter().enumerate() {
             if self.dims()[i] != 1 && self.dims()[i] != dims[d] {
@@ -126,7 +113,14 @@ impl Value {
                 format!("permutation {perm:?} does not match {}", self.spec),
             ));
         }
-        check_dims_unique("transpose", perm, self.dims(), "permutation")?;
+        check_dim_list(
+            "transpose",
+            "permutation",
+            "operand",
+            perm,
+            self.rank(),
+            &self.spec,
+        )?;
         let dims: Vec<usize> = perm.iter().map(|&p| self.dims()[p]).collect();
         Ok(self
             .builder
@@ -361,7 +355,14 @@ impl Value {
                     ),
                 ));
             }
-            dims[dim] += v.dims()[dim];
+            dims[dim] =
+                dims[dim]
+                    .checked_add(v.dims()[dim])
+                    .ok_or_else(|| Error::ShapeOverflow {
+                        op: "concatenate",
+                        operands: values.iter().map(|v| v.spec.clone()).collect(),
+                        detail: format!("the sum of the sizes of dimension {dim}"),
+                    })?;
         }
         let refs: Vec<&Value> = values.iter().collect();
         Ok(first
@@ -416,8 +417,10 @@ impl Value {
         }
         let mut dims = Vec::with_capacity(r);
         for i in 0..r {
-            let d = self.dims()[i] as i64;
-            let size = low[i] + high[i] + d + (d - 1).max(0) * interior[i] as i64;
+            // i128: no i64 or usize input can overflow it.
+            let d = self.dims()[i] as i128;
+            let size =
+                i128::from(low[i]) + i128::from(high[i]) + d + (d - 1).max(0) * interior[i] as i128;
             if size < 0 {
                 return Err(op_err(
                     "pad",
@@ -427,7 +430,14 @@ impl Value {
                     ),
                 ));
             }
-            dims.push(size as usize);
+            dims.push(usize::try_from(size).map_err(|_| Error::ShapeOverflow {
+                op: "pad",
+                operands: vec![self.spec.clone()],
+                detail: format!(
+                    "dimension {i}: low {}, high {}, interior {}",
+                    low[i], high[i], interior[i]
+                ),
+            })?);
         }
         let op = Op::Pad {
             low: low.to_vec(),
@@ -453,7 +463,14 @@ impl Value {
     /// # Ok::<(), xlayer::Error>(())
     /// ```
     pub fn reverse(&self, dims: &[usize]) -> Result<Value> {
-        check_dims_unique("reverse", dims, self.dims(), "dimensions")?;
+        check_dim_list(
+            "reverse",
+            "dimensions",
+            "operand",
+            dims,
+            self.rank(),
+            &self.spec,
+        )?;
         Ok(self
             .builder
             .push(
@@ -503,7 +520,7 @@ impl Value {
     /// # Ok::<(), xlayer::Error>(())
     /// ```
     pub fn squeeze(&self, axes: &[usize]) -> Result<Value> {
-        check_dims_unique("squeeze", axes, self.dims(), "axes")?;
+        check_dim_list("squeeze", "axes", "operand", axes, self.rank(), &self.spec)?;
         if let Some(&a) = axes.iter().find(|&&a| self.dims()[a] != 1) {
             return Err(op_err(
                 "squeeze",

@@ -177,7 +177,12 @@ fn key_words(op: &'static str, key: &Value) -> Result<(Value, Value)> {
 /// The 64-bit row-major counter of each element of `dims`, as `(hi, lo)`
 /// `u32` arrays (JAX's `iota_2x32_shape`).
 fn counters(b: &Builder, dims: &[usize]) -> Result<(Value, Value)> {
-    let n: usize = dims.iter().product();
+    let n = ArraySpec::new(DType::U64, dims)
+        .checked_element_count()
+        .ok_or_else(|| crate::Error::ShapeTooLarge {
+            what: "random bits".into(),
+            spec: ArraySpec::new(DType::U32, dims),
+        })?;
     if n == 0 || (n as u64) - 1 <= u64::from(u32::MAX) {
         let lo = b.iota(DType::U32, &[n], 0)?.reshape(dims)?;
         let hi = b.zeros(DType::U32, dims)?;

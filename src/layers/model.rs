@@ -631,6 +631,7 @@ impl HostArray {
     /// From a slice of native values and dimensions.
     pub fn from_slice<T: crate::NativeType>(data: &[T], dims: &[usize]) -> Result<HostArray> {
         let spec = ArraySpec::new(T::DTYPE, dims);
+        spec.check_size(|| "HostArray".into())?;
         if data.len() != spec.element_count() {
             return Err(Error::HostDataSize {
                 expected: spec.element_count(),
@@ -695,7 +696,12 @@ impl HostArray {
                 other.spec, self.spec
             )));
         }
-        self.spec.dims[0] += other.spec.dims[0];
+        self.spec.dims[0] = self.spec.dims[0]
+            .checked_add(other.spec.dims[0])
+            .ok_or_else(|| Error::ShapeTooLarge {
+                what: "stacked rows".into(),
+                spec: other.spec.clone(),
+            })?;
         self.bytes.extend_from_slice(&other.bytes);
         Ok(self)
     }

@@ -7,13 +7,13 @@
 //! checkpoint, whose `Linear` weights are `(out, in)` and get transposed on
 //! load by [`crate::weights::load_tree`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use crate::builder::{nn, Builder, Computation, DotDims, Tree, Value};
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
-use crate::weights::NameMap;
+use crate::weights::{NameMap, SafetensorsFile};
 
 /// The shape of a BERT model (`config.json`).
 #[derive(Debug, Clone, PartialEq)]
@@ -53,7 +53,14 @@ impl BertConfig {
 
     /// Reads a Hugging Face `config.json` (only BERT with GELU, absolute positions).
     ///
-    /// Errors: [`Error::Io`], or [`Error::Invalid`] naming the file and the field.
+    /// Every size is bounded ([`CONFIG_LIMITS`]) so that a corrupt or
+    /// hostile config cannot make the loader allocate without limit; check
+    /// it against the checkpoint with [`BertConfig::check_checkpoint`]
+    /// before building its parameter list.
+    ///
+    /// Errors: [`Error::Io`]; [`Error::ModelConfig`] naming the file and the
+    /// field (missing, not an integer, out of bounds, heads not dividing the
+    /// width, an unsupported activation).
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<BertConfig> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
@@ -61,20 +68,39 @@ impl BertConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let bad = |m: String| Error::Invalid(format!("model config {}: {m}", path.display()));
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-        let num = |k: &str| {
-            v.get(k)
-                .and_then(|x| x.as_u64())
-                .map(|x| x as usize)
-                .ok_or_else(|| bad(format!("missing integer `{k}`")))
+        let bad = |field: &'static str, value: String, reason: String| Error::ModelConfig {
+            file: path.to_path_buf(),
+            field,
+            value,
+            reason,
         };
-        if let Some(act) = v.get("hidden_act").and_then(|a| a.as_str()) {
-            if act != "gelu" {
-                return Err(bad(format!(
-                    "hidden_act `{act}` is not supported (gelu only)"
-                )));
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| bad("(file)", "-".into(), format!("not JSON: {e}")))?;
+        let num = |k: &'static str| -> Result<usize> {
+            let Some(raw) = v.get(k) else {
+                return Err(bad(k, "missing".into(), "an integer is required".into()));
+            };
+            let max = CONFIG_LIMITS
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map_or(usize::MAX, |(_, m)| *m);
+            match raw.as_u64() {
+                Some(n) if n >= 1 && n <= max as u64 => Ok(n as usize),
+                Some(_) => Err(bad(
+                    k,
+                    raw.to_string(),
+                    format!("must be between 1 and {max}"),
+                )),
+                None => Err(bad(k, raw.to_string(), "not a positive integer".into())),
+            }
+        };
+        if let Some(act) = v.get("hidden_act") {
+            if act.as_str() != Some("gelu") {
+                return Err(bad(
+                    "hidden_act",
+                    act.to_string(),
+                    "not supported (gelu only)".into(),
+                ));
             }
         }
         let cfg = BertConfig {
@@ -90,15 +116,110 @@ impl BertConfig {
                 .and_then(|x| x.as_f64())
                 .unwrap_or(1e-12),
         };
-        if cfg.num_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_heads) {
-            return Err(bad(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                cfg.hidden_size, cfg.num_heads
-            )));
+        if !cfg.hidden_size.is_multiple_of(cfg.num_heads) {
+            return Err(bad(
+                "num_attention_heads",
+                cfg.num_heads.to_string(),
+                format!("does not divide hidden_size {}", cfg.hidden_size),
+            ));
         }
         Ok(cfg)
     }
+
+    /// Checks this config (read from `config`) against a checkpoint in the
+    /// Hugging Face layout of [`checkpoint_names`], from tensor names and
+    /// shapes only: the number of `encoder.layer.N` layers and the shapes of
+    /// the embedding tables and of the first MLP. Cheap, and done before
+    /// [`params`] builds one entry per tensor the config implies.
+    ///
+    /// Errors: [`Error::ModelConfig`] naming the field the checkpoint
+    /// contradicts and what the checkpoint holds. Tensors missing from the
+    /// checkpoint are left to [`crate::weights::load_tree`], which lists them.
+    pub fn check_checkpoint(&self, config: &Path, file: &SafetensorsFile) -> Result<()> {
+        let bad = |field: &'static str, value: usize, reason: String| Error::ModelConfig {
+            file: config.to_path_buf(),
+            field,
+            value: value.to_string(),
+            reason: format!("{reason} in {}", file.path().display()),
+        };
+        let layers: BTreeSet<usize> = file
+            .names()
+            .iter()
+            .filter_map(|n| {
+                n.strip_prefix("encoder.layer.")?
+                    .split('.')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        let count = layers.last().map_or(0, |l| l + 1);
+        if self.num_layers != count || layers.len() != count {
+            return Err(bad(
+                "num_hidden_layers",
+                self.num_layers,
+                format!(
+                    "the checkpoint holds {} encoder layer(s) (indices {:?})",
+                    layers.len(),
+                    layers.iter().take(8).collect::<Vec<_>>()
+                ),
+            ));
+        }
+        let h = self.hidden_size;
+        let tables: [(&str, &'static str, usize); 4] = [
+            (
+                "embeddings.word_embeddings.weight",
+                "vocab_size",
+                self.vocab_size,
+            ),
+            (
+                "embeddings.position_embeddings.weight",
+                "max_position_embeddings",
+                self.max_position_embeddings,
+            ),
+            (
+                "embeddings.token_type_embeddings.weight",
+                "type_vocab_size",
+                self.type_vocab_size,
+            ),
+            (
+                "encoder.layer.0.intermediate.dense.weight",
+                "intermediate_size",
+                self.intermediate_size,
+            ),
+        ];
+        for (tensor, field, rows) in tables {
+            let Some(spec) = file.spec(tensor) else {
+                continue;
+            };
+            let dims = &spec.dims;
+            if dims.len() == 2 && dims[1] != h {
+                return Err(bad(
+                    "hidden_size",
+                    h,
+                    format!("tensor `{tensor}` is {spec}"),
+                ));
+            }
+            if dims.len() != 2 || dims[0] != rows {
+                return Err(bad(field, rows, format!("tensor `{tensor}` is {spec}")));
+            }
+        }
+        Ok(())
+    }
 }
+
+/// Upper bounds of the sizes in a BERT `config.json` (field, largest value
+/// accepted): far above any released BERT, far below what would exhaust
+/// memory merely by listing the parameters.
+pub const CONFIG_LIMITS: [(&str, usize); 7] = [
+    ("vocab_size", 1 << 22),
+    ("hidden_size", 1 << 16),
+    ("num_hidden_layers", 1 << 10),
+    ("num_attention_heads", 1 << 10),
+    ("intermediate_size", 1 << 18),
+    ("max_position_embeddings", 1 << 20),
+    ("type_vocab_size", 1 << 16),
+];
 
 const PER_LAYER: usize = 16;
 const EMBEDDING_PARAMS: usize = 5;

@@ -112,12 +112,23 @@ impl MiniLm {
     /// Loads a model folder holding `config.json`, `tokenizer.json` and
     /// `model.safetensors`, compiling through `cache`.
     ///
+    /// The config is bounded and checked against the checkpoint's tensor
+    /// names and shapes before anything is allocated from it.
+    ///
     /// Errors: [`Error::Io`]/[`Error::Safetensors`] for unreadable or
-    /// malformed files, [`Error::Weights`] listing every tensor of a
+    /// malformed files, [`Error::ModelConfig`] naming a `config.json` field
+    /// that is out of bounds or that the checkpoint contradicts,
+    /// [`Error::Weights`] listing every tensor of a
     /// checkpoint that does not fit (nothing is uploaded then),
     /// [`Error::Tokenizer`].
     pub fn load_from_dir(client: &Client, dir: &Path, cache: CompileCache) -> Result<MiniLm> {
-        let cfg = BertConfig::from_json_file(dir.join("config.json"))?;
+        let config_path = dir.join("config.json");
+        let cfg = BertConfig::from_json_file(&config_path)?;
+        let start = Instant::now();
+        let file = SafetensorsFile::open(dir.join("model.safetensors"))?;
+        // Before anything is built from the config's sizes.
+        cfg.check_checkpoint(&config_path, &file)?;
+        let open_time = start.elapsed();
         let tokenizer_path = dir.join("tokenizer.json");
         let mut tokenizer =
             tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| Error::Tokenizer {
@@ -135,11 +146,10 @@ impl MiniLm {
                 reason: e.to_string(),
             })?;
         let start = Instant::now();
-        let file = SafetensorsFile::open(dir.join("model.safetensors"))?;
         let wanted = bert::param_tree(&cfg);
         let (tree, report) = load_tree(client, &file, &wanted, &bert::checkpoint_names())?;
         let weights = bert::in_program_order(&cfg, tree)?;
-        let weights_time = start.elapsed();
+        let weights_time = open_time + start.elapsed();
         Ok(MiniLm {
             client: client.clone(),
             cfg,

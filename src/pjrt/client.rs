@@ -330,7 +330,9 @@ impl Client {
 
     /// Uploads `data` as an array of shape `dims` to the default device.
     ///
-    /// Errors: [`Error::HostDataSize`] when `data.len()` is not the product of `dims`.
+    /// Errors: [`Error::HostDataSize`] when `data.len()` is not the product
+    /// of `dims`; [`Error::ShapeTooLarge`] when `dims` overflow (their
+    /// product, or one of them, past `i64::MAX`).
     pub fn buffer_from_host<T: NativeType>(&self, data: &[T], dims: &[usize]) -> Result<Buffer> {
         self.buffer_from_host_on(data, dims, self.default_device())
     }
@@ -343,6 +345,7 @@ impl Client {
         device: &Device,
     ) -> Result<Buffer> {
         let spec = ArraySpec::new(T::DTYPE, dims);
+        spec.check_size(|| "upload".into())?;
         let expected = spec.element_count();
         if data.len() != expected {
             return Err(Error::HostDataSize {
@@ -362,14 +365,15 @@ impl Client {
     /// Uploads raw little-endian bytes holding an array of `spec` to `device`.
     ///
     /// Errors: [`Error::HostDataSize`] when the byte count does not match
-    /// `spec`; [`Error::Invalid`] for a `bool` array holding bytes other than 0 and 1.
+    /// `spec`; [`Error::ShapeTooLarge`] for a type too large to exist;
+    /// [`Error::Invalid`] for a `bool` array holding bytes other than 0 and 1.
     pub fn buffer_from_bytes(
         &self,
         bytes: &[u8],
         spec: &ArraySpec,
         device: &Device,
     ) -> Result<Buffer> {
-        let expected = spec.size_in_bytes();
+        let expected = spec.check_size(|| "upload".into())?;
         if bytes.len() != expected {
             return Err(Error::HostDataSize {
                 spec: spec.clone(),
@@ -392,6 +396,8 @@ impl Client {
 
     fn upload(&self, bytes: &[u8], spec: ArraySpec, device: &Device) -> Result<Buffer> {
         self.check_device(device, "the target device of an upload")?;
+        spec.check_size(|| "upload".into())?;
+        // Every dimension fits in i64: checked just above.
         let dims: Vec<i64> = spec.dims.iter().map(|&d| d as i64).collect();
         let mut a = sys::PJRT_Client_BufferFromHostBuffer_Args::new();
         a.client = self.inner.raw;

@@ -9,7 +9,7 @@ use super::plugin::{pjrt_call, Args};
 use super::sys;
 use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
-use crate::program::{Program, ProgramFormat, Signature};
+use crate::program::{Program, Signature};
 
 /// One argument of [`Executable::execute_args`]: a borrowed buffer, or an
 /// owned one whose device memory the executable may reuse (donation).
@@ -125,8 +125,13 @@ pub fn compile_count() -> u64 {
 impl Client {
     /// Compiles `program` for the default device with default options.
     ///
+    /// The executable's parameter and result types are the compiled
+    /// module's own; arguments are checked against them.
+    ///
     /// Errors: the compiler's own message ([`Error::Pjrt`]) for a program
-    /// it rejects (parse errors name the line and column).
+    /// it rejects (parse errors name the line and column);
+    /// [`Error::SignatureMismatch`] when the program's declared signature
+    /// differs from the compiled module's types.
     pub fn compile(&self, program: &Program) -> Result<Executable> {
         self.compile_with(program, &CompileOptions::new())
     }
@@ -176,12 +181,16 @@ impl Client {
             portable: options.device_index.is_some(),
             donor_indices: Vec::new(),
         };
-        exe.finish_load(program.format())?;
+        exe.finish_load()?;
         Ok(exe)
     }
 
     /// Loads an executable serialized by [`Executable::serialize`] with the
-    /// same plugin build. `signature` is the program's, as it was compiled.
+    /// same plugin build. `signature` is the program's, as it was compiled
+    /// (outputs may be left empty).
+    ///
+    /// Errors: [`Error::SignatureMismatch`] when `signature` differs from
+    /// the deserialized executable's own parameter or result types.
     pub fn deserialize_executable(
         &self,
         bytes: &[u8],
@@ -206,57 +215,37 @@ impl Client {
             portable: false,
             donor_indices: Vec::new(),
         };
-        exe.finish_load(ProgramFormat::MlirText)?;
+        exe.finish_load()?;
         Ok(exe)
     }
 }
 
 impl Executable {
-    /// Reads the output types from the compiled executable and checks them
-    /// against the program's signature.
-    fn finish_load(&mut self, format: ProgramFormat) -> Result<()> {
+    /// Takes the parameter and result types from the compiled executable
+    /// itself and checks the declared signature against them, so that
+    /// arguments are validated against what really runs: declared results
+    /// must match (left empty, they are taken as compiled), and declared
+    /// parameters must match the compiled module's (read from its optimized
+    /// HLO; kept as declared only when the plugin cannot return it).
+    fn finish_load(&mut self) -> Result<()> {
         let outputs = self.compiled_output_specs()?;
-        if format == ProgramFormat::MlirText && outputs != self.signature.outputs {
-            return Err(Error::Signature(format!(
-                "the compiled executable returns ({}), but @main declares ({})",
-                outputs
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                self.signature
-                    .outputs
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+        if !self.signature.outputs.is_empty() && outputs != self.signature.outputs {
+            return Err(Error::SignatureMismatch {
+                program: self.name.clone(),
+                part: "results",
+                declared: self.signature.outputs.clone(),
+                compiled: outputs,
+            });
         }
         self.signature.outputs = outputs;
-        if format == ProgramFormat::MlirBytecode {
-            // Bytecode cannot be read here: its declared inputs came from the
-            // user or an export artifact. Check them against the compiled
-            // module's parameters so wrong arguments never reach the plugin.
-            match self.optimized_hlo() {
-                Ok(hlo) => {
-                    if let Some(params) = hlo.parameter_specs() {
-                        if params != self.signature.inputs {
-                            let list = |v: &[ArraySpec]| {
-                                v.iter()
-                                    .map(|s| s.to_string())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            };
-                            return Err(Error::Signature(format!(
-                                "the bytecode program's @main takes ({}), but its signature was declared as ({})",
-                                list(&params),
-                                list(&self.signature.inputs)
-                            )));
-                        }
-                    }
-                }
-                Err(Error::Unsupported { .. }) => {}
-                Err(e) => return Err(e),
+        if let Some(params) = self.compiled_parameter_specs()? {
+            if params != self.signature.inputs {
+                return Err(Error::SignatureMismatch {
+                    program: self.name.clone(),
+                    part: "parameters",
+                    declared: self.signature.inputs.clone(),
+                    compiled: params,
+                });
             }
         }
         self.donor_indices = self
@@ -268,6 +257,17 @@ impl Executable {
             .map(|(i, _)| i as i64)
             .collect();
         Ok(())
+    }
+
+    /// The entry parameters of the compiled module, from its optimized
+    /// HLO; `None` when the plugin does not return an HLO proto xlayer can
+    /// read.
+    fn compiled_parameter_specs(&self) -> Result<Option<Vec<ArraySpec>>> {
+        match self.optimized_hlo() {
+            Ok(hlo) => Ok(hlo.parameter_specs()),
+            Err(Error::Unsupported { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The raw loaded executable (valid while `self` lives).
@@ -332,13 +332,21 @@ impl Executable {
             let mut at = 0;
             for (ty, &rank) in types.iter().zip(ranks) {
                 let dtype = from_pjrt_type(*ty)?;
-                out.push(ArraySpec::new(
+                let raw = &dims[at..at + rank];
+                let spec = ArraySpec::new(
                     dtype,
-                    dims[at..at + rank]
-                        .iter()
-                        .map(|&x| x as usize)
-                        .collect::<Vec<_>>(),
-                ));
+                    raw.iter()
+                        .map(|&x| usize::try_from(x).ok())
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| {
+                            Error::NotSupported(format!(
+                                "the executable's output {} has dimensions {raw:?} (dynamic or negative)",
+                                out.len()
+                            ))
+                        })?,
+                );
+                spec.check_size(|| format!("output {} of the executable", out.len()))?;
+                out.push(spec);
                 at += rank;
             }
             Ok(out)

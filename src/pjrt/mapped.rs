@@ -22,9 +22,14 @@ pub struct MappedFile {
 impl MappedFile {
     /// Maps `path` read-only.
     ///
-    /// Errors: [`Error::Io`] naming the file when it cannot be opened or mapped.
+    /// The file must not be truncated while the map lives: reading a page
+    /// past its new end raises `SIGBUS` (see `weights::SafetensorsFile`).
+    ///
+    /// Errors: [`Error::IsADirectory`] for a directory; [`Error::Io`] naming
+    /// the file when it cannot be opened or mapped.
     pub fn open(path: impl AsRef<Path>) -> Result<MappedFile> {
         let path = path.as_ref();
+        crate::st_header::not_a_directory("file to map", path)?;
         let io = |what| {
             move |source| Error::Io {
                 what,
@@ -35,10 +40,12 @@ impl MappedFile {
         let file = File::open(path).map_err(io("cannot open"))?;
         // SAFETY: the mapping is read-only and private to this handle; we
         // only ever read it as bytes. The one hazard is another process
-        // truncating or rewriting the file while it is mapped: like every
-        // mmap-based loader we rely on checkpoints being immutable once
-        // written (the safetensors convention; xlayer itself writes new files
-        // by rename, never in place). Bounds are checked against the length
+        // truncating or rewriting the file while it is mapped (a read of a
+        // page past the new end raises SIGBUS, which kills the process):
+        // like every mmap-based loader we rely on checkpoints being
+        // immutable once written (the safetensors convention; xlayer itself
+        // writes new files by rename, never in place; documented on
+        // `weights::SafetensorsFile`). Bounds are checked against the length
         // seen here.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io("cannot map"))?;
         Ok(MappedFile {
