@@ -65,6 +65,7 @@ fn corrupted_bytecode_crashes_only_the_child() {
             Ok(_)
             | Err(Error::Pjrt { .. })
             | Err(Error::Signature(_))
+            | Err(Error::SignatureMismatch { .. })
             | Err(Error::PluginCrashed { .. }) => {}
             Err(other) => panic!("byte {at}: unexpected error {other:?}"),
         }

@@ -60,8 +60,11 @@ impl fmt::Debug for Builder {
 /// A symbolic array: one output of a recorded op, with its dtype and shape.
 ///
 /// Ops are methods (`x.exp()`, `x.matmul(&w)`) and operators (`&x + &y`),
-/// all returning [`Result`]: misuse is an [`Error::Op`] naming the op and
-/// the shapes, at trace time.
+/// all returning [`Result`]: misuse is an [`Error::Op`] (or a typed
+/// dimension or size error: [`Error::DimensionOutOfRange`],
+/// [`Error::DuplicateDimension`], [`Error::ShapeTooLarge`],
+/// [`Error::ShapeOverflow`], [`Error::AttributeTooLarge`]) naming the op
+/// and the shapes, at trace time.
 #[derive(Clone)]
 pub struct Value {
     pub(crate) builder: Builder,

@@ -2,8 +2,10 @@
 //!
 //! A closure receives symbolic [`Value`]s (dtype + shape, no data), calls
 //! ops on them, and returns symbolic outputs. Every op checks shapes and
-//! dtypes as it is recorded and fails with [`crate::Error::Op`] naming the
-//! op and the shapes. The graph is kept as data ([`Graph`], a closed [`Op`]
+//! dtypes as it is recorded and fails with [`crate::Error::Op`] (or, for
+//! dimension numbers and sizes, a typed variant such as
+//! [`crate::Error::DimensionOutOfRange`] or [`crate::Error::ShapeTooLarge`])
+//! naming the op and the shapes. The graph is kept as data ([`Graph`], a closed [`Op`]
 //! enum) so later passes (reverse-mode autodiff) can walk it; emission to
 //! StableHLO text is one such pass.
 //!
