@@ -7,6 +7,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::builder::Path;
 use crate::dtype::{ArraySpec, DType};
 
 /// A PJRT error code (the absl status codes the C API reports).
@@ -316,6 +317,35 @@ pub enum Error {
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
+    },
+
+    // --- api-names ---
+    /// No leaf of a tree (or weight of a [`crate::builder::VarBuilder`])
+    /// lives at `path`.
+    #[error("no value at path `{path}`")]
+    UnknownPath {
+        /// The full path that was asked for.
+        path: Path,
+    },
+
+    /// A weight exists at `path` but with another shape or dtype than the
+    /// code using it asks for.
+    #[error("weight `{path}` is {found}, expected {expected}")]
+    SpecMismatch {
+        /// The weight's full path.
+        path: Path,
+        /// What the code asks for.
+        expected: ArraySpec,
+        /// What the weight is.
+        found: ArraySpec,
+    },
+
+    /// Building a tree from paths found `path` twice, or both as a leaf and
+    /// as the prefix of another path (`a` and `a/b`).
+    #[error("path `{path}` is given twice, or both as a leaf and as a map")]
+    PathConflict {
+        /// The path at fault.
+        path: Path,
     },
 
     // --- harden-build ---

@@ -39,6 +39,7 @@ pub mod export;
 pub mod flax;
 pub mod gguf;
 pub mod io;
+pub(crate) mod jit;
 pub mod layers;
 pub mod models;
 pub mod pjrt;

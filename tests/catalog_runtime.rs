@@ -78,6 +78,21 @@ case!(cli_bench_random_checks_the_size_before_allocating, {
         err.contains("parameter 0 of @main: array type f32[4294967296,4294967296] is too large"),
         "{err}"
     );
+    // the same size in a bytecode program's declared signature
+    let bytecode = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/interchange/mlp.mlirbc");
+    let (code, err) = xlayer(&[
+        os("bench"),
+        os("--random"),
+        bytecode.as_os_str(),
+        os("--signature"),
+        os("f32[4294967296,4294967296],f32[3,4],f32[4]"),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("parameter 0 of the declared signature: array type f32[4294967296,4294967296] is too large"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).ok();
 });
 

@@ -591,14 +591,14 @@ fn value_and_grad_over_a_param_tree_with_aux() -> Result<()> {
             ]);
             let x = a[2].clone();
             let (loss, aux, g) = value_and_grad_with_aux(b, &params, |_, p| {
-                let y = x.matmul(p.get("w").unwrap())?.add(p.get("b").unwrap())?;
+                let y = x.matmul(p.get("w")?)?.add(p.get("b")?)?;
                 Ok((y.square()?.sum(&[0, 1], false)?, Tree::leaf(y)))
             })?;
             Ok(vec![
                 loss,
                 aux.into_leaves().remove(0),
-                g.get("w").unwrap().clone(),
-                g.get("b").unwrap().clone(),
+                g.get("w")?.clone(),
+                g.get("b")?.clone(),
             ])
         },
     )?;

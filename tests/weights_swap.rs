@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use xlayer::builder::Tree;
-use xlayer::layers::{Apply, Input, Inputs, JaxLayer, Model, Out, Params};
+use xlayer::layers::{Apply, Input, Inputs, JaxLayer, Model, Out, Params, Training};
 use xlayer::weights::{save_tree, NameMap};
 use xlayer::{Buffer, Client, DType};
 
@@ -47,7 +47,7 @@ fn checkpoint(client: &Client, path: &std::path::Path, w: f32) {
 #[test]
 fn calls_never_see_a_mix_of_two_checkpoints() {
     let client = Client::cpu().unwrap();
-    let input = Input::new(&[1], DType::F32);
+    let input = Input::new(&client, &[1], DType::F32);
     let mut y = input.clone();
     for i in 0..LAYERS {
         y = scale(&client, &format!("scale_{i}"), 1.0)
@@ -66,12 +66,11 @@ fn calls_never_see_a_mix_of_two_checkpoints() {
     let done = Arc::new(AtomicBool::new(false));
     let loads = Arc::new(AtomicUsize::new(0));
     let loader = {
-        let (model, client, done, loads) =
-            (model.clone(), client.clone(), done.clone(), loads.clone());
+        let (model, done, loads) = (model.clone(), done.clone(), loads.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
                 for p in [&a, &b] {
-                    model.load_weights(&client, p).unwrap();
+                    model.load_weights(p).unwrap();
                     loads.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -85,7 +84,7 @@ fn calls_never_see_a_mix_of_two_checkpoints() {
                 let mut torn = Vec::new();
                 for _ in 0..1500 {
                     let v = model
-                        .call1(&client, &x, false)
+                        .call1(&x, Training::No)
                         .unwrap()
                         .to_vec::<f32>()
                         .unwrap()[0];
