@@ -14,6 +14,7 @@ use xlayer::flax::{
     avg_pool, make_causal_mask, Conv, Dense, FlaxLayer, FnModule, LayerNorm,
     MultiHeadDotProductAttention,
 };
+use xlayer::layers::{Layer, Training};
 use xlayer::{Client, DType};
 
 fn cnn() -> FnModule {
@@ -53,14 +54,14 @@ fn time(name: &str, layer: &FlaxLayer, client: &Client, dims: &[usize]) -> xlaye
         .collect();
     let x = client.buffer_from_host(&data, dims)?;
     for _ in 0..5 {
-        layer.call1(client, &x, false)?.block_until_ready()?;
+        layer.call1(&x, Training::No)?.block_until_ready()?;
     }
     let (rounds, calls) = (9, 20);
     let mut means = vec![];
     for _ in 0..rounds {
         let t = Instant::now();
         for _ in 0..calls {
-            layer.call1(client, &x, false)?.block_until_ready()?;
+            layer.call1(&x, Training::No)?.block_until_ready()?;
         }
         means.push(t.elapsed().as_secs_f64() / calls as f64);
     }

@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use xlayer::builder::{jit, nn, Padding, Tree, Value};
-use xlayer::layers::{Inputs, JaxLayer, Out, Params, Sequential};
+use xlayer::layers::{Inputs, JaxLayer, Layer, Out, Params, Sequential, Training};
 use xlayer::{ArraySpec, Buffer, Client};
 
 mod common;
@@ -58,13 +58,13 @@ fn overhead(client: &Client) -> xlayer::Result<()> {
     let w = client.buffer_from_host(&[0.5f32; 12], &[3, 4])?;
     let bias = client.buffer_from_host(&[1f32; 4], &[4])?;
     let want = raw.execute(&[&bias, &w, &x])?[0].to_vec::<f32>()?;
-    assert_eq!(layer.call1(client, &x, false)?.to_vec::<f32>()?, want);
+    assert_eq!(layer.call1(&x, Training::No)?.to_vec::<f32>()?, want);
     let (calls, rounds) = (2_000, 31);
     let (mut t_layer, mut t_raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         let r = mean_ns(calls, || drop(raw.execute(&[&bias, &w, &x]).expect("raw")));
         let l = mean_ns(calls, || {
-            drop(layer.call1(client, &x, false).expect("layer"))
+            drop(layer.call1(&x, Training::No).expect("layer"))
         });
         t_raw.push(r);
         t_layer.push(l);
@@ -102,7 +102,7 @@ fn mlp(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {
     let n = x.dims()[0];
     let mut h = x.reshape(&[n, x.element_count() / n])?;
     for i in 0..3 {
-        h = (h.matmul(p.get(&format!("w{i}")).expect("w"))? + p.get(&format!("b{i}")).expect("b"))?;
+        h = (h.matmul(p.get(format!("w{i}"))?)? + p.get(format!("b{i}"))?)?;
         h = if i < 2 {
             h.tanh()?
         } else {
@@ -125,17 +125,12 @@ fn cnn(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {
     Ok(Out::from(nn::softmax(&h, 1)?))
 }
 
-fn time_model(
-    client: &Client,
-    model: &Sequential,
-    x: &Buffer,
-    iters: usize,
-) -> xlayer::Result<f64> {
-    model.call1(client, x, false)?.block_until_ready()?;
+fn time_model(model: &Sequential, x: &Buffer, iters: usize) -> xlayer::Result<f64> {
+    model.call1(x, Training::No)?.block_until_ready()?;
     let mut t = Vec::new();
     for _ in 0..iters {
         let s = Instant::now();
-        model.call1(client, x, false)?.block_until_ready()?;
+        model.call1(x, Training::No)?.block_until_ready()?;
         t.push(s.elapsed().as_secs_f64() * 1e3);
     }
     Ok(median(t))
@@ -173,8 +168,8 @@ fn forward(client: &Client) -> xlayer::Result<()> {
     for batch in [32usize, 256] {
         let x = client.buffer_from_host(&vec![0.5f32; batch * 784], &[batch, 28, 28, 1])?;
         let iters = if batch == 32 { 200 } else { 40 };
-        let m = time_model(client, &mlp_model, &x, iters)?;
-        let c = time_model(client, &cnn_model, &x, iters / 4)?;
+        let m = time_model(&mlp_model, &x, iters)?;
+        let c = time_model(&cnn_model, &x, iters / 4)?;
         println!("| MLP 784-300-100-10 forward, batch {batch} | {m:.3} ms |");
         println!("| CNN Conv32-Conv64-Dense200-Dense10 forward, batch {batch} | {c:.3} ms |");
     }

@@ -21,7 +21,7 @@ const BATCH: usize = 128;
 const STEPS: usize = 20;
 
 fn dense(p: &Tree<Value>, x: &Value, i: usize) -> xlayer::Result<Value> {
-    x.matmul(p.get(&format!("w{i}")).expect("w"))? + p.get(&format!("b{i}")).expect("b")
+    x.matmul(p.get(format!("w{i}"))?)? + p.get(format!("b{i}"))?
 }
 
 fn mlp(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {
@@ -90,7 +90,7 @@ fn cnn_init(Rng(key): Rng, Inputs(_x): Inputs) -> xlayer::Result<Init> {
     ])))
 }
 
-fn time_steps(client: &Client, model: &Model, x: &HostArray, y: &HostArray) -> xlayer::Result<f64> {
+fn time_steps(model: &Model, x: &HostArray, y: &HostArray) -> xlayer::Result<f64> {
     model.compile(
         Adam::new(1e-3),
         Loss::SparseCategoricalCrossentropy { from_logits: true },
@@ -103,11 +103,11 @@ fn time_steps(client: &Client, model: &Model, x: &HostArray, y: &HostArray) -> x
         verbose: false,
         ..Default::default()
     };
-    model.fit(client, &x.rows(0, BATCH)?, &y.rows(0, BATCH)?, &opts)?; // compile + warm-up
+    model.fit(&x.rows(0, BATCH)?, &y.rows(0, BATCH)?, &opts)?; // compile + warm-up
     let mut per_step = Vec::new();
     for _ in 0..3 {
         let s = Instant::now();
-        model.fit(client, x, y, &opts)?;
+        model.fit(x, y, &opts)?;
         per_step.push(s.elapsed().as_secs_f64() * 1e3 / STEPS as f64);
     }
     per_step.sort_by(f64::total_cmp);
@@ -136,9 +136,9 @@ fn main() -> xlayer::Result<()> {
             JaxLayer::builder(cnn).init_fn(cnn_init).seed(0).build()?,
         ),
     ] {
-        let inp = Input::new(&[28, 28, 1], DType::F32);
+        let inp = Input::new(&client, &[28, 28, 1], DType::F32);
         let model = Model::new(inp.clone(), layer.apply(&inp)?)?;
-        println!("| {name} | {:.3} |", time_steps(&client, &model, &x, &y)?);
+        println!("| {name} | {:.3} |", time_steps(&model, &x, &y)?);
     }
     Ok(())
 }

@@ -5,16 +5,38 @@
 //! `XLAYER_CACHE_DIR=off` (or `0`, `false`, `none`) disables it, as does
 //! [`CompileCache::disabled`].
 //!
-//! An entry is keyed by the sha256 of everything that decides what the
-//! compiler produces: the program's code and format, its signature, the
-//! serialized compile options, the client's platform name and version, and
-//! the plugin's `xla_version` attribute and C API version. Each file holds a
-//! header (magic, format version, the full key, the payload length and the
-//! payload's sha256) before the serialized executable. A file whose header,
-//! key, length or checksum does not match, or that the plugin refuses to
-//! load, is never trusted: the program is recompiled and the entry
-//! rewritten. Writes go to a temporary file in the same folder, renamed into
+//! An entry is keyed by a [`CacheKey`]: everything that decides what the
+//! compiler produces: the program (code, format, signature, donated inputs),
+//! the serialized compile options, the client's platform name and version,
+//! the plugin's C API version and `xla_version` attribute, and **the sha256
+//! of the plugin file's content**. Different plugin builds report the same
+//! `xla_version`, and loading an executable serialized by another build is
+//! undefined, so the build is identified by its bytes. The file is hashed
+//! once per file (0.9-1.6 s for the 260 MB CPU plugin on a busy 2-core
+//! machine), then remembered by path and stamp (inode, size, modification
+//! and change times) in the process and in a sidecar under `plugins/` in
+//! the cache folder, so later starts only `stat` it. A plugin file replaced or touched after it was loaded is not
+//! hashed (its content would not be the running code's): such a client
+//! compiles without the cache, with a warning.
+//!
+//! Each entry file holds a header (magic, format version, the full encoded
+//! key, the payload's length and sha256) before the serialized executable.
+//! A file whose header, key, length or checksum does not match what this
+//! compile expects is never given to the plugin; neither is one the plugin
+//! refuses to load: the program is recompiled and the entry rewritten.
+//! Writes go to a private temporary file in the same folder, renamed into
 //! place, so a reader never sees half an entry.
+//!
+//! # Trust
+//!
+//! An entry is machine code that the process loads and runs, so whoever can
+//! write the cache folder can make the process run their code. The folder
+//! is created private (mode 0700, entries 0600), and an existing folder is
+//! refused when its group or others can write it
+//! ([`Error::CacheDirWritableByOthers`]), or when it belongs to another
+//! user, root excepted ([`Error::CacheDirNotOwned`]). Folders above it are not checked; keep it where
+//! only you can rename things (under `$HOME`, as by default). A cache folder
+//! shared between users is not supported: give each user their own.
 //!
 //! ```no_run
 //! use xlayer::{cache::CompileCache, Client, CompileOptions, Program};
@@ -27,23 +49,31 @@
 //! ```
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+#[cfg(doc)]
+use crate::error::Error;
+use crate::error::Result;
 use crate::pjrt::client::Client;
 use crate::pjrt::compile_options::CompileOptions;
 use crate::pjrt::executable::Executable;
-use crate::program::{Program, ProgramFormat};
+use crate::program::Program;
+
+mod dir;
+mod key;
+
+use key::{hex, write_atomically};
+pub use key::{plugin_sha256, CacheKey};
 
 const MAGIC: &[u8; 8] = b"XLXCACHE";
-const FORMAT_VERSION: u32 = 1;
-/// magic (8) + version (4) + key (32) + payload length (8) + payload sha256 (32).
-const HEADER_LEN: usize = 8 + 4 + 32 + 8 + 32;
+const FORMAT_VERSION: u32 = 2;
+/// magic (8) + version (4) + key length (4); then the key, then payload
+/// length (8) + payload sha256 (32), then the payload.
+const PREFIX_LEN: usize = 8 + 4 + 4;
 
 /// What a cache did since it was made (shared by its clones).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,7 +84,8 @@ pub struct CacheStats {
     pub hits: u64,
     /// Entries written.
     pub writes: u64,
-    /// Entries found but rejected (corrupt, truncated, stale) and replaced.
+    /// Entries found but rejected (corrupt, truncated, stored for another
+    /// key, or refused by the plugin) and replaced.
     pub rejected: u64,
 }
 
@@ -72,14 +103,6 @@ struct Counters {
 pub struct CompileCache {
     dir: Option<PathBuf>,
     counters: Arc<Counters>,
-}
-
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 impl CompileCache {
@@ -101,7 +124,9 @@ impl CompileCache {
         }
     }
 
-    /// A cache in `dir` (created on first write).
+    /// A cache in `dir`, created private (mode 0700) on first use. An
+    /// existing folder is checked on each compile (see the module's Trust
+    /// section).
     pub fn at(dir: impl Into<PathBuf>) -> CompileCache {
         CompileCache {
             dir: Some(dir.into()),
@@ -134,56 +159,76 @@ impl CompileCache {
     }
 
     /// The key of `program` compiled with `options` on `client`.
-    pub fn key(client: &Client, program: &Program, options: &CompileOptions) -> [u8; 32] {
-        let mut h = Sha256::new();
-        let mut field = |name: &str, bytes: &[u8]| {
-            h.update((name.len() as u64).to_le_bytes());
-            h.update(name.as_bytes());
-            h.update((bytes.len() as u64).to_le_bytes());
-            h.update(bytes);
-        };
-        field("xlayer-compile-cache", &FORMAT_VERSION.to_le_bytes());
-        field("code", program.code());
-        let format: &[u8] = match program.format() {
-            ProgramFormat::MlirText => b"mlir-text",
-            ProgramFormat::MlirBytecode => b"mlir-bytecode",
-        };
-        field("format", format);
-        field("signature", program.signature().to_string().as_bytes());
-        let donors: Vec<u8> = program
-            .signature()
-            .donors
-            .iter()
-            .map(|&d| d as u8)
-            .collect();
-        field("donors", &donors);
-        field("options", &options.to_bytes());
-        field("platform", client.platform_name().as_bytes());
-        field("platform_version", client.platform_version().as_bytes());
-        let plugin = client.plugin();
-        let xla = plugin
-            .attribute("xla_version")
-            .map(|v| v.to_string())
-            .unwrap_or_default();
-        field("xla_version", xla.as_bytes());
-        let (major, minor) = plugin.api_version();
-        field("api", format!("{major}.{minor}").as_bytes());
-        h.finalize().into()
+    ///
+    /// Hashes the plugin file the first time a process sees it (see
+    /// [`plugin_sha256`]); with a cache folder, creates and checks it and
+    /// remembers the plugin's digest there.
+    /// Errors: those of the folder check ([`Error::CacheDirWritableByOthers`],
+    /// [`Error::CacheDirNotOwned`], [`Error::CacheDirNotAFolder`]),
+    /// [`Error::PluginFileChanged`], [`Error::Io`].
+    pub fn key(
+        &self,
+        client: &Client,
+        program: &Program,
+        options: &CompileOptions,
+    ) -> Result<CacheKey> {
+        if let Some(d) = &self.dir {
+            dir::create_private(d)?;
+        }
+        let plugin = plugin_sha256(client.plugin(), self.dir.as_deref())?;
+        Ok(CacheKey::new(client, program, options, plugin))
     }
 
-    /// The file of an entry.
-    pub fn entry_path(&self, key: &[u8; 32]) -> Option<PathBuf> {
+    /// The file of an entry (named by the key's digest).
+    pub fn entry_path(&self, key: &CacheKey) -> Option<PathBuf> {
         self.dir
             .as_ref()
-            .map(|d| d.join(format!("{}.xlexe", hex(key))))
+            .map(|d| d.join(format!("{}.xlexe", hex(&key.digest()))))
+    }
+
+    /// The key and entry file of a compile in folder `d`; `None` (with a
+    /// warning) when the cache cannot be used for it: the folder cannot be
+    /// created or read (a read-only disk: the cache is an optimization), or
+    /// the plugin file cannot be hashed. A folder others can write is an
+    /// error.
+    fn locate(
+        &self,
+        d: &Path,
+        client: &Client,
+        program: &Program,
+        options: &CompileOptions,
+    ) -> Result<Option<(CacheKey, PathBuf)>> {
+        let usable = match dir::create_private(d) {
+            Err(e @ crate::Error::Io { .. }) => Err(e),
+            Err(refused) => return Err(refused),
+            Ok(()) => plugin_sha256(client.plugin(), Some(d)),
+        };
+        match usable {
+            Ok(digest) => {
+                let key = CacheKey::new(client, program, options, digest);
+                Ok(self.entry_path(&key).map(|p| (key, p)))
+            }
+            Err(e) => {
+                eprintln!("xlayer: warning: compiling without the compilation cache: {e}");
+                Ok(None)
+            }
+        }
     }
 
     /// Loads `program` from the cache, or compiles it (and stores it).
     ///
     /// A compile for an explicit device other than the default one bypasses
-    /// the cache (a deserialized executable loads on the default device).
-    /// Errors: the compiler's; a failure to write the entry is not an error
-    /// (the executable is returned, a warning goes to stderr).
+    /// the cache (a deserialized executable loads on the default device), as
+    /// does a plugin whose file changed on disk since it was loaded (with a
+    /// warning on stderr). An entry is loaded only if it holds exactly this
+    /// compile's key.
+    ///
+    /// Errors: the compiler's; a cache folder that is not private to this
+    /// user ([`Error::CacheDirWritableByOthers`], [`Error::CacheDirNotOwned`])
+    /// or not a folder ([`Error::CacheDirNotAFolder`]). A folder that cannot
+    /// be created or read, or an entry that cannot be written, is not an
+    /// error: the executable is compiled and returned, a warning goes to
+    /// stderr.
     pub fn compile(
         &self,
         client: &Client,
@@ -191,19 +236,16 @@ impl CompileCache {
         options: &CompileOptions,
     ) -> Result<Executable> {
         let cacheable = matches!(options.device_index, None | Some(0));
-        let path = match (&self.dir, cacheable) {
-            (Some(_), true) => {
-                let key = Self::key(client, program, options);
-                self.entry_path(&key).map(|p| (key, p))
-            }
+        let keyed = match (&self.dir, cacheable) {
+            (Some(d), true) => self.locate(d, client, program, options)?,
             _ => None,
         };
-        let Some((key, path)) = path else {
+        let Some((key, path)) = keyed else {
             self.counters.compiles.fetch_add(1, Ordering::Relaxed);
             return client.compile_with(program, options);
         };
         if let Ok(bytes) = fs::read(&path) {
-            match payload(&bytes, &key) {
+            match payload(&bytes, &key.to_bytes()) {
                 Some(exe_bytes) => match client.deserialize_executable(
                     exe_bytes,
                     program.name(),
@@ -224,7 +266,10 @@ impl CompileCache {
         }
         self.counters.compiles.fetch_add(1, Ordering::Relaxed);
         let exe = client.compile_with(program, options)?;
-        match exe.serialize().and_then(|b| write_entry(&path, &key, &b)) {
+        match exe
+            .serialize()
+            .and_then(|b| write_atomically(&path, &entry_bytes(&key.to_bytes(), &b)))
+        {
             Ok(()) => {
                 self.counters.writes.fetch_add(1, Ordering::Relaxed);
             }
@@ -234,58 +279,43 @@ impl CompileCache {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The payload of an entry if its header is intact and matches `key`.
-fn payload<'a>(bytes: &'a [u8], key: &[u8; 32]) -> Option<&'a [u8]> {
-    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+/// The payload of an entry if its header is intact and holds exactly `key`.
+fn payload<'a>(bytes: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    if bytes.len() < PREFIX_LEN || &bytes[..8] != MAGIC {
         return None;
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().ok()?);
-    if version != FORMAT_VERSION || &bytes[12..44] != key {
+    let key_len = u32::from_le_bytes(bytes[12..16].try_into().ok()?) as usize;
+    if version != FORMAT_VERSION || key_len != key.len() {
         return None;
     }
-    let len = u64::from_le_bytes(bytes[44..52].try_into().ok()?);
-    let body = &bytes[HEADER_LEN..];
+    let rest = &bytes[PREFIX_LEN..];
+    if rest.get(..key_len)? != key {
+        return None;
+    }
+    let rest = &rest[key_len..];
+    let len = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+    let sum = rest.get(8..40)?;
+    let body = &rest[40..];
     if body.len() as u64 != len {
         return None;
     }
-    let sum: [u8; 32] = Sha256::digest(body).into();
-    (sum[..] == bytes[52..84]).then_some(body)
+    let actual: [u8; 32] = Sha256::digest(body).into();
+    (actual[..] == *sum).then_some(body)
 }
 
-fn write_entry(path: &Path, key: &[u8; 32], body: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_err("cannot create cache folder", dir))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let tmp = dir.join(format!(
-        ".{}.{}-{nanos}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
-        let sum: [u8; 32] = Sha256::digest(body).into();
-        let mut header = Vec::with_capacity(HEADER_LEN);
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        header.extend_from_slice(key);
-        header.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        header.extend_from_slice(&sum);
-        f.write_all(&header).map_err(io_err("cannot write", &tmp))?;
-        f.write_all(body).map_err(io_err("cannot write", &tmp))?;
-        f.sync_all().map_err(io_err("cannot sync", &tmp))?;
-        fs::rename(&tmp, path).map_err(io_err("cannot move into place", path))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+/// An entry file's bytes: header with the full key, then `body`.
+fn entry_bytes(key: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PREFIX_LEN + key.len() + 40 + body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    let sum: [u8; 32] = Sha256::digest(body).into();
+    out.extend_from_slice(&sum);
+    out.extend_from_slice(body);
+    out
 }
 
 #[cfg(test)]
@@ -295,12 +325,13 @@ mod tests {
     #[test]
     fn header_round_trip_and_corruptions() {
         let dir = std::env::temp_dir().join(format!("xlayer-cache-unit-{}", std::process::id()));
-        let key = [7u8; 32];
+        let key = [7u8; 40];
         let path = dir.join("e.xlexe");
-        write_entry(&path, &key, b"payload bytes").unwrap();
+        write_atomically(&path, &entry_bytes(&key, b"payload bytes")).unwrap();
         let bytes = fs::read(&path).unwrap();
         assert_eq!(payload(&bytes, &key), Some(&b"payload bytes"[..]));
-        assert_eq!(payload(&bytes, &[8u8; 32]), None, "other key");
+        assert_eq!(payload(&bytes, &[8u8; 40]), None, "other key");
+        assert_eq!(payload(&bytes, &[7u8; 39]), None, "other key length");
         assert_eq!(payload(&bytes[..bytes.len() - 1], &key), None, "truncated");
         assert_eq!(payload(&bytes[..10], &key), None, "header only");
         let mut flipped = bytes.clone();

@@ -39,6 +39,7 @@ pub mod export;
 pub mod flax;
 pub mod gguf;
 pub mod io;
+pub(crate) mod jit;
 pub mod layers;
 pub mod models;
 pub mod pjrt;
@@ -55,6 +56,7 @@ pub use pjrt::buffer::Buffer;
 pub use pjrt::client::{Client, ClientOptions, Device};
 pub use pjrt::compile_options::{CompileOptions, XlaFlag};
 pub use pjrt::executable::{compile_count, Arg, Executable};
+pub use pjrt::logging::set_plugin_logging;
 pub use pjrt::plugin::{NamedValue, Plugin};
 pub use program::{Program, ProgramFormat, Signature};
 

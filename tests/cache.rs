@@ -1,12 +1,16 @@
 //! The persistent compilation cache against the real CPU plugin: a first
 //! compile writes an entry, a fresh cache over the same folder (as a second
 //! process would) loads it without compiling, and a truncated or corrupted
-//! entry is detected, recompiled and replaced.
+//! entry is detected, recompiled and replaced. Two different builds of the
+//! CPU plugin (the pinned one and `cpu-zml`, fetched here when absent,
+//! sha256-pinned) never load each other's entries, and the folder is
+//! private: created 0700, refused when others can write it.
 
 use std::fs;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
-use xlayer::{Client, CompileCache, CompileOptions, Program};
+use xlayer::{Client, ClientOptions, CompileCache, CompileOptions, Error, Plugin, Program};
 
 fn program(scale: f32) -> Program {
     Program::mlir_text(format!(
@@ -31,10 +35,12 @@ fn run(client: &Client, cache: &CompileCache, p: &Program) -> Vec<f32> {
     exe.execute(&[&x]).unwrap()[0].to_vec::<f32>().unwrap()
 }
 
-fn entries(dir: &PathBuf) -> Vec<PathBuf> {
+/// The entry files of a cache folder (and any temporary file left over).
+fn entries(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
         .collect();
     v.sort();
     v
@@ -109,10 +115,148 @@ fn disabled_cache_always_compiles() {
 #[test]
 fn key_depends_on_program_and_options() {
     let client = Client::cpu().unwrap();
+    let cache = CompileCache::disabled();
+    let key = |p: &Program, o: &CompileOptions| cache.key(&client, p, o).unwrap();
     let o = CompileOptions::new();
-    let k1 = CompileCache::key(&client, &program(2.0), &o);
-    assert_eq!(k1, CompileCache::key(&client, &program(2.0), &o));
-    assert_ne!(k1, CompileCache::key(&client, &program(4.0), &o));
+    let k1 = key(&program(2.0), &o);
+    assert_eq!(k1, key(&program(2.0), &o));
+    assert_eq!(k1.digest(), key(&program(2.0), &o).digest());
+    assert_ne!(k1, key(&program(4.0), &o));
+    assert_ne!(k1.digest(), key(&program(4.0), &o).digest());
     let fast = CompileOptions::new().xla_flag("xla_cpu_enable_fast_math", true);
-    assert_ne!(k1, CompileCache::key(&client, &program(2.0), &fast));
+    assert_ne!(k1, key(&program(2.0), &fast));
+    let file = xlayer::cache::plugin_sha256(client.plugin(), None).unwrap();
+    assert_eq!(
+        k1.plugin_sha256, file,
+        "the key holds the plugin's content digest"
+    );
+}
+
+/// A client of the second CPU plugin build (`cpu-zml`), fetched if absent.
+fn zml_client() -> Client {
+    let path = xla_build::ensure_recipe(&xla_build::CPU_ZML).unwrap();
+    let plugin = Plugin::load(path).unwrap();
+    Client::new(&plugin, &ClientOptions::new().cpu_device_count(1)).unwrap()
+}
+
+#[test]
+fn two_plugin_builds_never_load_each_others_entries() {
+    let a = Client::cpu().unwrap();
+    let b = zml_client();
+    assert_ne!(a.plugin().path(), b.plugin().path());
+    // The premise: both builds call themselves the same XLA version.
+    assert_eq!(
+        a.plugin().attribute("xla_version"),
+        b.plugin().attribute("xla_version")
+    );
+    let dir = temp_dir("two-builds");
+    let p = program(2.0);
+
+    // A then B on one folder: two compiles, no cross hit, two entries.
+    let first = CompileCache::at(&dir);
+    assert_eq!(run(&a, &first, &p), vec![2.0, 4.0, 6.0]);
+    assert_eq!(run(&b, &first, &p), vec![2.0, 4.0, 6.0]);
+    let s = first.stats();
+    assert_eq!((s.compiles, s.hits, s.writes), (2, 0, 2), "{s:?}");
+    assert_eq!(entries(&dir).len(), 2);
+    let ka = first.key(&a, &p, &CompileOptions::new()).unwrap();
+    let kb = first.key(&b, &p, &CompileOptions::new()).unwrap();
+    assert_ne!(ka.plugin_sha256, kb.plugin_sha256);
+    assert_eq!(ka.xla_version, kb.xla_version);
+
+    // Each build then finds its own entry.
+    let second = CompileCache::at(&dir);
+    assert_eq!(run(&a, &second, &p), vec![2.0, 4.0, 6.0]);
+    assert_eq!(run(&b, &second, &p), vec![2.0, 4.0, 6.0]);
+    let s = second.stats();
+    assert_eq!((s.compiles, s.hits, s.rejected), (0, 2, 0), "{s:?}");
+
+    // A's entry under B's name (a stored key that differs): not loaded,
+    // recompiled, replaced by B's own.
+    let (pa, pb) = (
+        second.entry_path(&ka).unwrap(),
+        second.entry_path(&kb).unwrap(),
+    );
+    fs::copy(&pa, &pb).unwrap();
+    let third = CompileCache::at(&dir);
+    assert_eq!(run(&b, &third, &p), vec![2.0, 4.0, 6.0]);
+    let s = third.stats();
+    assert_eq!(
+        (s.compiles, s.hits, s.rejected, s.writes),
+        (1, 0, 1, 1),
+        "{s:?}"
+    );
+    let fourth = CompileCache::at(&dir);
+    assert_eq!(run(&b, &fourth, &p), vec![2.0, 4.0, 6.0]);
+    assert_eq!(fourth.stats().hits, 1);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn created_cache_folder_is_private() {
+    let client = Client::cpu().unwrap();
+    let root = temp_dir("private");
+    let dir = root.join("nested").join("cache");
+    let cache = CompileCache::at(&dir);
+    run(&client, &cache, &program(6.0));
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&root.join("nested")), 0o700);
+    let files = entries(&dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(mode(&files[0]), 0o600);
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn cache_folder_that_others_can_write_is_refused() {
+    let client = Client::cpu().unwrap();
+    for bits in [0o770, 0o707, 0o1777] {
+        let dir = temp_dir(&format!("shared-{bits:o}"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(bits)).unwrap();
+        let cache = CompileCache::at(&dir);
+        let err = cache
+            .compile(&client, &program(7.0), &CompileOptions::new())
+            .expect_err("refused");
+        let text = err.to_string();
+        match err {
+            Error::CacheDirWritableByOthers { path, mode } => {
+                assert_eq!((path, mode), (dir.clone(), bits));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(text.contains(&dir.display().to_string()), "{text}");
+        assert!(text.contains(&format!("{bits:03o}")), "{text}");
+        assert_eq!(cache.stats().compiles, 0);
+        assert!(entries(&dir).is_empty(), "nothing written");
+        // Made private, it is used.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        run(&client, &cache, &program(7.0));
+        assert_eq!(cache.stats().writes, 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn cache_folder_that_cannot_be_created_only_costs_the_cache() {
+    let client = Client::cpu().unwrap();
+    let root = temp_dir("uncreatable");
+    fs::create_dir_all(&root).unwrap();
+    let file = root.join("a-file");
+    fs::write(&file, b"x").unwrap();
+    // Under a regular file: cannot be created (ENOTDIR), whoever runs this.
+    let cache = CompileCache::at(file.join("cache"));
+    assert_eq!(run(&client, &cache, &program(8.0)), vec![8.0, 16.0, 24.0]);
+    let s = cache.stats();
+    assert_eq!((s.compiles, s.writes), (1, 0), "{s:?}");
+    // A path that is a file is refused, not silently unused.
+    let err = CompileCache::at(&file)
+        .compile(&client, &program(8.0), &CompileOptions::new())
+        .expect_err("not a folder");
+    assert!(
+        matches!(&err, Error::CacheDirNotAFolder { path } if *path == file),
+        "{err:?}"
+    );
+    fs::remove_dir_all(&root).unwrap();
 }

@@ -49,8 +49,8 @@ fn digits() -> &'static (HostArray, HostArray) {
 fn mlp_forward(p: &Tree<Value>, x: Value) -> xlayer::Result<Value> {
     let n = x.dims()[0];
     let x = x.reshape(&[n, x.element_count() / n])?;
-    let h = (x.matmul(p.get("w0").unwrap())? + p.get("b0").unwrap())?.tanh()?;
-    h.matmul(p.get("w1").unwrap())? + p.get("b1").unwrap()
+    let h = (x.matmul(p.get("w0")?)? + p.get("b0")?)?.tanh()?;
+    h.matmul(p.get("w1")?)? + p.get("b1")?
 }
 
 /// A model on 8×8×1 digit images around `layer`, compiled with Adam and
@@ -61,7 +61,7 @@ fn digits_model<L: Layer + Clone + 'static>(
     from_logits: bool,
     metrics: &[Metric],
 ) -> Result<Model> {
-    let inp = Input::new(&[8, 8, 1], DType::F32);
+    let inp = Input::new(&client(), &[8, 8, 1], DType::F32);
     let model = Model::new(inp.clone(), layer.apply(&inp)?)?;
     model.compile(
         Adam::new(lr),
@@ -127,7 +127,6 @@ fn twenty_adam_steps_follow_jax_and_optax() -> Result<()> {
             ..Default::default()
         };
         let h = model.fit(
-            &c,
             &x.rows(i * 16, (i + 1) * 16)?,
             &y.rows(i * 16, (i + 1) * 16)?,
             &opts,
@@ -140,7 +139,7 @@ fn twenty_adam_steps_follow_jax_and_optax() -> Result<()> {
             "step {i}: loss {g} vs JAX+optax {w}"
         );
     }
-    let w0 = layer.weights()?.params.get("w0").unwrap().to_vec::<f32>()?;
+    let w0 = layer.weights()?.params.get("w0")?.to_vec::<f32>()?;
     let want_w0 = f32s(&f, "final.w0");
     let worst = w0
         .iter()
@@ -155,11 +154,11 @@ fn counting_call(
     Params(p): Params,
     State(s): State,
     Inputs(x): Inputs,
-    Training(t): Training,
+    t: Training,
 ) -> xlayer::Result<OutState> {
     let out = nn::softmax(&mlp_forward(&p, x.into_leaf()?)?, 1)?;
     let count = s.into_leaf()?;
-    let next = if t { (&count + 1.0)? } else { count };
+    let next = if t.is_yes() { (&count + 1.0)? } else { count };
     Ok(OutState(out.into(), next.into()))
 }
 
@@ -185,7 +184,6 @@ fn counting_init(Rng(key): Rng, Inputs(x): Inputs) -> xlayer::Result<InitState> 
 
 #[test]
 fn one_epoch_of_ten_steps_changes_every_weight_and_predict_does_not() -> Result<()> {
-    let c = client();
     let layer = JaxLayer::builder(counting_call)
         .init_fn(counting_init)
         .seed(11)
@@ -195,7 +193,6 @@ fn one_epoch_of_ten_steps_changes_every_weight_and_predict_does_not() -> Result<
     let before: Vec<Vec<u8>> = leaf_bytes(&layer.weights()?.params)?;
     let (x, y) = digits();
     let h = model.fit(
-        &c,
         &x.rows(0, 320)?,
         &y.rows(0, 320)?,
         &FitOptions {
@@ -217,7 +214,7 @@ fn one_epoch_of_ten_steps_changes_every_weight_and_predict_does_not() -> Result<
         "the state counts the 10 training steps"
     );
     // predict changes nothing.
-    model.predict(&c, &x.rows(0, 64)?, 32)?;
+    model.predict(&x.rows(0, 64)?, 32)?;
     let again: Vec<Vec<u8>> = leaf_bytes(&layer.weights()?.params)?;
     assert_eq!(after, again);
     assert_eq!(layer.weights()?.state.leaves()[0].to_scalar::<f32>()?, 10.0);
@@ -255,7 +252,6 @@ fn split_digits() -> Result<(HostArray, HostArray, HostArray, HostArray)> {
 
 #[test]
 fn digits_mlp_reaches_95_percent() -> Result<()> {
-    let c = client();
     let layer = JaxLayer::builder(|Params(p): Params, Inputs(x): Inputs| {
         Ok(Out::from(mlp_forward(&p, x.into_leaf()?)?))
     })
@@ -280,10 +276,10 @@ fn digits_mlp_reaches_95_percent() -> Result<()> {
         validation_data: Some((xv.clone(), yv.clone())),
         ..Default::default()
     };
-    let h = model.fit(&c, &xt, &yt, &opts)?;
+    let h = model.fit(&xt, &yt, &opts)?;
     let loss = h.get("loss");
     assert!(loss.last().unwrap() < &loss[0], "loss decreases: {loss:?}");
-    let acc = model.evaluate(&c, &xv, &yv, 128)?["accuracy"];
+    let acc = model.evaluate(&xv, &yv, 128)?["accuracy"];
     assert!(acc >= 0.95, "test accuracy {acc}");
     let val = *h.get("val_accuracy").last().unwrap();
     assert!(
@@ -295,17 +291,14 @@ fn digits_mlp_reaches_95_percent() -> Result<()> {
 
 #[test]
 fn digits_cnn_reaches_95_percent() -> Result<()> {
-    let c = client();
     let layer = JaxLayer::builder(|Params(p): Params, Inputs(x): Inputs| {
         let x = x.into_leaf()?;
         let attrs = ConvAttrs::new(ConvDims::nhwc(2)).padding(&[(1, 1), (1, 1)]);
-        let h = nn::relu(&(x.conv_general(p.get("k").unwrap(), &attrs)? + p.get("c").unwrap())?)?;
+        let h = nn::relu(&(x.conv_general(p.get("k")?, &attrs)? + p.get("c")?)?)?;
         let h = h.max_pool(&[1, 2, 2, 1], &[1, 2, 2, 1], &Padding::Valid)?;
         let n = h.dims()[0];
         let h = h.reshape(&[n, 4 * 4 * 16])?;
-        Ok(Out::from(
-            (h.matmul(p.get("w").unwrap())? + p.get("b").unwrap())?,
-        ))
+        Ok(Out::from((h.matmul(p.get("w")?)? + p.get("b")?)?))
     })
     .init_fn(|Rng(key): Rng, Inputs(_x): Inputs| {
         let shapes: [(&str, &[usize]); 4] = [
@@ -321,7 +314,6 @@ fn digits_cnn_reaches_95_percent() -> Result<()> {
     let model = digits_model(&layer, 1e-2, true, &[Metric::Accuracy])?;
     let (xt, yt, xv, yv) = split_digits()?;
     model.fit(
-        &c,
         &xt,
         &yt,
         &FitOptions {
@@ -332,7 +324,7 @@ fn digits_cnn_reaches_95_percent() -> Result<()> {
             ..Default::default()
         },
     )?;
-    let acc = model.evaluate(&c, &xv, &yv, 128)?["accuracy"];
+    let acc = model.evaluate(&xv, &yv, 128)?["accuracy"];
     assert!(acc >= 0.95, "test accuracy {acc}");
     Ok(())
 }
@@ -341,25 +333,24 @@ fn digits_cnn_reaches_95_percent() -> Result<()> {
 fn fit_errors_are_clear() -> Result<()> {
     let c = client();
     let layer = JaxLayer::new(|Inputs(x): Inputs| Ok(Out::from(x.into_leaf()?)))?;
-    let inp = Input::new(&[3], DType::F32);
+    let inp = Input::new(&c, &[3], DType::F32);
     let model = Model::new(inp.clone(), layer.apply(&inp)?)?;
     let x = HostArray::from_slice(&[0f32; 6], &[2, 3])?;
     let y = HostArray::from_slice(&[0i32; 2], &[2])?;
     let err = model
-        .fit(&c, &x, &y, &FitOptions::default())
+        .fit(&x, &y, &FitOptions::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("compile"), "{err}");
     model.compile(Adam::new(1e-3), Loss::MeanSquaredError, &[]);
     let bad = HostArray::from_slice(&[0f32; 8], &[2, 4])?;
     let err = model
-        .fit(&c, &bad, &y, &FitOptions::default())
+        .fit(&bad, &y, &FitOptions::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("f32[2,4]") && err.contains("[3]"), "{err}");
     let err = model
         .fit(
-            &c,
             &x,
             &HostArray::from_slice(&[0i32; 3], &[3])?,
             &FitOptions::default(),
@@ -376,7 +367,6 @@ fn fit_errors_are_clear() -> Result<()> {
 #[test]
 fn flax_layer_batchnorm_dropout_trains() -> Result<()> {
     use xlayer::flax::{BatchNorm, Conv, Dense, Dropout, FlaxLayer, FnModule};
-    let c = client();
     let module = FnModule::new("BNDigits").call_training(|s, x, training| {
         let training = training.unwrap_or(false);
         let bn = || BatchNorm {
@@ -404,7 +394,6 @@ fn flax_layer_batchnorm_dropout_trains() -> Result<()> {
     assert!(!s0.is_empty(), "the module has batch_stats");
     let (x, y) = digits();
     model.fit(
-        &c,
         &x.rows(0, 320)?,
         &y.rows(0, 320)?,
         &FitOptions {

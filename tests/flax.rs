@@ -10,11 +10,12 @@ use std::sync::OnceLock;
 use anyhow::Result;
 use xlayer::builder::{nn, Padding, Tree, Value};
 use xlayer::flax::{
-    self, avg_pool, make_causal_mask, max_pool, min_pool, BatchNorm, Conv, ConvPadding,
-    ConvTranspose, Dense, DenseGeneral, Dropout, Embed, FlaxLayer, FnModule, GroupNorm, LayerNorm,
-    Method, Module, MultiHeadDotProductAttention, Mutable, RMSNorm, Rngs, Scope,
+    self, avg_pool, make_causal_mask, max_pool, min_pool, ApplyOptions, BatchNorm, Conv,
+    ConvPadding, ConvTranspose, Dense, DenseGeneral, Dropout, Embed, FlaxLayer, FnModule,
+    GroupNorm, InitOptions, LayerNorm, Method, Module, MultiHeadDotProductAttention, Mutable,
+    RMSNorm, Rngs, Scope,
 };
-use xlayer::layers::{Apply, DTypePolicy, Input, Layer, Model, Sequential};
+use xlayer::layers::{Apply, DTypePolicy, Input, Layer, Model, Sequential, Training};
 use xlayer::weights::SafetensorsFile;
 use xlayer::{bf16, f16, Buffer, Client, DType};
 
@@ -149,9 +150,16 @@ fn check_init(
     rngs: &Rngs,
     training: Option<bool>,
 ) -> Result<()> {
-    let c = client();
     let x = inputs(case)?;
-    let vars = flax::init(&c, module, method, rngs, &refs(&x), training)?;
+    let vars = flax::init(
+        module,
+        rngs,
+        &refs(&x),
+        &InitOptions {
+            method: method.clone(),
+            training: training.map(Training::from),
+        },
+    )?;
     let want = fixture_tree(&format!("{case}.init"))?;
     assert_eq!(vars.paths(), want.paths(), "{case}: variable names");
     for ((p, g), w) in vars.entries().into_iter().zip(want.leaves()) {
@@ -168,17 +176,23 @@ fn check_init_stats(
     method: &Method,
     seed: u64,
 ) -> Result<Tree<Buffer>> {
-    let c = client();
     let x = inputs(case)?;
     let vars = flax::init(
-        &c,
         module,
-        method,
         &Rngs::seed(seed),
         &refs(&x),
-        Some(false),
+        &InitOptions::new()
+            .method(method.clone())
+            .training(Training::No),
     )
-    .or_else(|_| flax::init(&c, module, method, &Rngs::seed(seed), &refs(&x), None))?;
+    .or_else(|_| {
+        flax::init(
+            module,
+            &Rngs::seed(seed),
+            &refs(&x),
+            &InitOptions::new().method(method.clone()),
+        )
+    })?;
     let names: Vec<String> = fixture()
         .names()
         .into_iter()
@@ -230,18 +244,18 @@ fn check_apply(
     training: Option<bool>,
     tol: f64,
 ) -> Result<(Tree<Buffer>, Tree<Buffer>)> {
-    let c = client();
     let x = inputs(case)?;
     let check_mut = mutable != Mutable::Nothing;
     let (y, m) = flax::apply(
-        &c,
         module,
-        method,
         &refs(vars),
-        rngs,
-        mutable,
         &refs(&x),
-        training,
+        &ApplyOptions {
+            method: method.clone(),
+            rngs: rngs.clone(),
+            mutable,
+            training: training.map(Training::from),
+        },
     )?;
     let yb = match &y {
         Tree::Leaf(b) => b,
@@ -571,15 +585,12 @@ fn dropout_masks_are_flax_bit_for_bit() -> Result<()> {
         ),
     ] {
         let vars = Tree::Map(BTreeMap::new());
-        let c = client();
         let x = inputs(case)?;
         let init = flax::init(
-            &c,
             &module,
-            &Method::Call,
             &Rngs::seed(seed),
             &refs(&x),
-            Some(false),
+            &InitOptions::new().training(Training::No),
         )?;
         assert!(init.is_empty(), "dropout has no variables");
         check_apply(
@@ -713,18 +724,8 @@ fn sequential_pooling_and_activations_match_flax() -> Result<()> {
         ];
         Ok(Tree::leaf(Value::concatenate(&parts, 0)?))
     });
-    let c = client();
     let x = inputs("pools")?;
-    let (y, _) = flax::apply(
-        &c,
-        &pools,
-        &Method::Call,
-        &Tree::Empty,
-        &Rngs::new(),
-        Mutable::Nothing,
-        &refs(&x),
-        None,
-    )?;
+    let (y, _) = flax::apply(&pools, &Tree::Empty, &refs(&x), &ApplyOptions::new())?;
     assert_close(&buf_f64(y.leaves()[0]), &fx("pools.y"), 1e-6, "pools");
     Ok(())
 }
@@ -868,12 +869,10 @@ fn flax_layer_bound_method_cnn() -> Result<()> {
     let c = client();
     // From Flax's variables: Flax's outputs.
     let vars = flax::init(
-        &c,
         &cnn(),
-        &Method::named("forward"),
         &Rngs::seed(70),
         &Tree::leaf(&x28()?),
-        None,
+        &InitOptions::new().method(Method::named("forward")),
     )?;
     let layer = FlaxLayer::builder(cnn())
         .method(Method::named("forward"))
@@ -883,7 +882,7 @@ fn flax_layer_bound_method_cnn() -> Result<()> {
     assert_eq!(layer.trainable_weight_count()?, 8);
     assert_eq!(layer.weights()?.param_count(), 648_226);
     assert_eq!(layer.non_trainable_weight_count()?, 0);
-    let y = layer.call1(&c, &x28()?, false)?;
+    let y = layer.call1(&x28()?, Training::No)?;
     let want = fx("cnn.y");
     assert_close(
         &host(&y).iter().map(|&v| v as f64).collect::<Vec<_>>(),
@@ -894,13 +893,13 @@ fn flax_layer_bound_method_cnn() -> Result<()> {
     assert_eq!(layer.kind(), "FlaxLayer");
 
     // In a functional model and a Sequential.
-    let inp = Input::new(&[28, 28, 1], DType::F32);
+    let inp = Input::new(&c, &[28, 28, 1], DType::F32);
     let model = Model::new(inp.clone(), layer.apply(&inp)?)?;
     assert_eq!(model.count_params()?, 648_226);
-    assert_eq!(host(&model.call1(&c, &x28()?, false)?), host(&y));
+    assert_eq!(host(&model.call1(&x28()?, Training::No)?), host(&y));
     assert!(model.summary()?.contains("cnn (FlaxLayer)"));
     let seq = Sequential::new().add(layer.clone());
-    assert_eq!(host(&seq.call1(&c, &x28()?, false)?), host(&y));
+    assert_eq!(host(&seq.call1(&x28()?, Training::No)?), host(&y));
 
     // Flax checkpoint interchange: `.`-joined keys, load back.
     let dir = std::env::temp_dir().join(format!("xlayer-flax-{}", std::process::id()));
@@ -916,7 +915,7 @@ fn flax_layer_bound_method_cnn() -> Result<()> {
         .method(Method::named("forward"))
         .variables(loaded)
         .build()?;
-    assert_eq!(host(&rebuilt.call1(&c, &x28()?, false)?), host(&y));
+    assert_eq!(host(&rebuilt.call1(&x28()?, Training::No)?), host(&y));
     // Model save/load round trip.
     let mpath = dir.join("model.safetensors");
     model.save_weights(&mpath)?;
@@ -925,21 +924,20 @@ fn flax_layer_bound_method_cnn() -> Result<()> {
         .name("cnn")
         .seed(1)
         .build()?;
-    let inp2 = Input::new(&[28, 28, 1], DType::F32);
+    let inp2 = Input::new(&c, &[28, 28, 1], DType::F32);
     let model2 = Model::new(inp2.clone(), fresh.apply(&inp2)?)?;
-    assert_ne!(host(&model2.call1(&c, &x28()?, false)?), host(&y));
-    model2.load_weights(&c, &mpath)?;
-    assert_eq!(host(&model2.call1(&c, &x28()?, false)?), host(&y));
+    assert_ne!(host(&model2.call1(&x28()?, Training::No)?), host(&y));
+    model2.load_weights(&mpath)?;
+    assert_eq!(host(&model2.call1(&x28()?, Training::No)?), host(&y));
     // A Flax checkpoint loads into a built layer; a wrong one is refused whole.
-    fresh.load_variables(&c, &path)?;
-    assert_eq!(host(&fresh.call1(&c, &x28()?, false)?), host(&y));
+    fresh.load_variables(&path)?;
+    assert_eq!(host(&fresh.call1(&x28()?, Training::No)?), host(&y));
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 
 #[test]
 fn flax_layer_unbound_method_with_dropout_rng() -> Result<()> {
-    let c = client();
     let module = FnModule::new("CNNDropout").method("forward", true, cnn_forward);
     // Keras's wrapper(module, inputs, training): a free function taking the module first.
     let wrapper = Method::free(
@@ -950,16 +948,16 @@ fn flax_layer_unbound_method_with_dropout_rng() -> Result<()> {
     );
     let layer = FlaxLayer::builder(module).method(wrapper).seed(3).build()?;
     let x = x28()?;
-    let y0 = host(&layer.call1(&c, &x, false)?);
+    let y0 = host(&layer.call1(&x, Training::No)?);
     assert_eq!(layer.trainable_weight_count()?, 8);
     assert_eq!(layer.weights()?.param_count(), 648_226);
     assert_eq!(
-        host(&layer.call1(&c, &x, false)?),
+        host(&layer.call1(&x, Training::No)?),
         y0,
         "inference is deterministic"
     );
-    let t1 = host(&layer.call1(&c, &x, true)?);
-    let t2 = host(&layer.call1(&c, &x, true)?);
+    let t1 = host(&layer.call1(&x, Training::Yes)?);
+    let t2 = host(&layer.call1(&x, Training::Yes)?);
     assert_ne!(t1, y0, "training applies dropout");
     assert_ne!(t1, t2, "each training call gets a fresh dropout rng");
     assert_eq!(y0.len(), 4 * 10);
@@ -968,7 +966,6 @@ fn flax_layer_unbound_method_with_dropout_rng() -> Result<()> {
 
 #[test]
 fn flax_layer_batchnorm_dropout_without_method() -> Result<()> {
-    let c = client();
     let x = x28()?;
     let mut outs = vec![];
     for policy in [DTypePolicy::Float32, DTypePolicy::MixedFloat16] {
@@ -976,7 +973,7 @@ fn flax_layer_batchnorm_dropout_without_method() -> Result<()> {
             .seed(11)
             .dtype_policy(policy)
             .build()?;
-        let y_before = layer.call1(&c, &x, false)?;
+        let y_before = layer.call1(&x, Training::No)?;
         let w = layer.weights()?;
         assert_eq!(
             (w.params.len(), w.param_count()),
@@ -996,7 +993,7 @@ fn flax_layer_batchnorm_dropout_without_method() -> Result<()> {
             .map(|b| b.to_bytes().unwrap())
             .collect();
         // Inference keeps the state; training updates every batch_stats leaf.
-        layer.call1(&c, &x, false)?;
+        layer.call1(&x, Training::No)?;
         let same: Vec<Vec<u8>> = layer
             .weights()?
             .state
@@ -1005,7 +1002,7 @@ fn flax_layer_batchnorm_dropout_without_method() -> Result<()> {
             .map(|b| b.to_bytes().unwrap())
             .collect();
         assert_eq!(stats0, same);
-        let yt = layer.call1(&c, &x, true)?;
+        let yt = layer.call1(&x, Training::Yes)?;
         assert_eq!(yt.dims(), &[4, 10]);
         let after: Vec<Vec<u8>> = layer
             .weights()?
@@ -1020,7 +1017,7 @@ fn flax_layer_batchnorm_dropout_without_method() -> Result<()> {
                 "{policy:?}: state leaf {i} changed by a training call"
             );
         }
-        let y = layer.call1(&c, &x, false)?;
+        let y = layer.call1(&x, Training::No)?;
         assert_ne!(buf_f64(&y), buf_f64(&y_before));
         let y64 = buf_f64(&y);
         assert!(y64.iter().all(|v| v.is_finite()));
@@ -1050,10 +1047,10 @@ fn flax_layer_state_only_variables_count_calls() -> Result<()> {
     );
     let x = c.buffer_from_host(&[1f32, 2.0], &[1, 2])?;
     for _ in 0..3 {
-        layer.call1(&c, &x, true)?;
+        layer.call1(&x, Training::Yes)?;
     }
-    layer.call1(&c, &x, false)?;
-    let count = layer.variables()?.get("a/b").unwrap().to_vec::<f32>()?[0];
+    layer.call1(&x, Training::No)?;
+    let count = layer.variables()?.get("a/b")?.to_vec::<f32>()?[0];
     assert_eq!(count, 3.0, "training calls count, inference calls do not");
     Ok(())
 }
@@ -1069,8 +1066,8 @@ fn same_seed_same_variables_and_fresh_rng_per_layer() -> Result<()> {
     let a = FlaxLayer::builder(m()).seed(9).build()?;
     let b = FlaxLayer::builder(m()).seed(9).build()?;
     assert_eq!(
-        host(&a.call1(&c, &x, false)?),
-        host(&b.call1(&c, &x, false)?)
+        host(&a.call1(&x, Training::No)?),
+        host(&b.call1(&x, Training::No)?)
     );
     Ok(())
 }
@@ -1108,38 +1105,25 @@ fn errors_name_the_method_path_stream_and_collection() -> Result<()> {
             ]),
         )]),
     )]);
-    let err = flax::apply(
-        &c,
-        &mlp,
-        &Method::Call,
-        &refs(&bad),
-        &Rngs::new(),
-        Mutable::Nothing,
-        &Tree::leaf(&x),
-        None,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = flax::apply(&mlp, &refs(&bad), &Tree::leaf(&x), &ApplyOptions::new())
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("/Dense_0") && err.contains("kernel") && err.contains("[4, 2]"),
         "{err}"
     );
     // A FlaxLayer given such variables fails at its first call, also naming it.
     let layer = FlaxLayer::builder(mlp.clone()).variables(bad).build()?;
-    let err = layer.call1(&c, &x, false).unwrap_err().to_string();
+    let err = layer.call1(&x, Training::No).unwrap_err().to_string();
     assert!(err.contains("/Dense_0"), "{err}");
 
     // Missing rng stream.
     let drop = Dropout::new(0.5);
     let err = flax::apply(
-        &c,
         &drop,
-        &Method::Call,
         &Tree::Empty,
-        &Rngs::new(),
-        Mutable::Nothing,
         &Tree::leaf(&x),
-        Some(true),
+        &ApplyOptions::new().training(Training::Yes),
     )
     .unwrap_err()
     .to_string();
@@ -1151,14 +1135,7 @@ fn errors_name_the_method_path_stream_and_collection() -> Result<()> {
         ..BatchNorm::new()
     };
     let xs = c.buffer_from_host(&[1f32, 2.0, 3.0, 5.0], &[2, 2])?;
-    let vars = flax::init(
-        &c,
-        &bn,
-        &Method::Call,
-        &Rngs::seed(0),
-        &Tree::leaf(&xs),
-        None,
-    )?;
+    let vars = flax::init(&bn, &Rngs::seed(0), &Tree::leaf(&xs), &InitOptions::new())?;
     assert_eq!(
         vars.paths(),
         vec![
@@ -1168,47 +1145,25 @@ fn errors_name_the_method_path_stream_and_collection() -> Result<()> {
             "params/scale"
         ]
     );
-    let err = flax::apply(
-        &c,
-        &bn,
-        &Method::Call,
-        &refs(&vars),
-        &Rngs::new(),
-        Mutable::Nothing,
-        &Tree::leaf(&xs),
-        None,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = flax::apply(&bn, &refs(&vars), &Tree::leaf(&xs), &ApplyOptions::new())
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("batch_stats") && err.contains("immutable"),
         "{err}"
     );
     // With `batch_stats` mutable it works and returns only that collection.
     let (_, m) = flax::apply(
-        &c,
         &bn,
-        &Method::Call,
         &refs(&vars),
-        &Rngs::new(),
-        Mutable::Only(vec!["batch_stats".into()]),
         &Tree::leaf(&xs),
-        None,
+        &ApplyOptions::new().mutable(Mutable::Only(vec!["batch_stats".into()])),
     )?;
     assert_eq!(m.paths(), vec!["batch_stats/mean", "batch_stats/var"]);
     // Missing params outside init.
-    let err = flax::apply(
-        &c,
-        &mlp,
-        &Method::Call,
-        &Tree::Empty,
-        &Rngs::new(),
-        Mutable::Nothing,
-        &Tree::leaf(&x),
-        None,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = flax::apply(&mlp, &Tree::Empty, &Tree::leaf(&x), &ApplyOptions::new())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("params") && err.contains("/Dense_0"), "{err}");
     Ok(())
 }

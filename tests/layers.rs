@@ -62,8 +62,8 @@ fn mlp_forward(p: &Tree<Value>, x: Value) -> xlayer::Result<Value> {
     let n = x.dims()[0];
     let mut h = x.reshape(&[n, x.element_count() / n])?;
     for i in 0..3 {
-        let w = p.get(&format!("{i}/0")).expect("w");
-        let b = p.get(&format!("{i}/1")).expect("b");
+        let w = p.get(format!("{i}/0"))?;
+        let b = p.get(format!("{i}/1"))?;
         h = (h.matmul(w)? + b)?;
         h = if i < 2 {
             h.tanh()?
@@ -110,7 +110,7 @@ fn fixture_params() -> Result<Tree<Buffer>> {
 #[test]
 fn stateless_layer_has_no_weights_and_matches_jax() -> Result<()> {
     let layer = JaxLayer::new(stateless_call)?;
-    let y = layer.call1(&client(), &x()?, false)?;
+    let y = layer.call1(&x()?, Training::No)?;
     assert_eq!(layer.trainable_weight_count()?, 0);
     assert_eq!(layer.non_trainable_weight_count()?, 0);
     assert_eq!(y.dims(), &[32, 10]);
@@ -138,14 +138,14 @@ fn training_independent_mlp_counts_and_outputs() -> Result<()> {
     let layer = JaxLayer::builder(mlp_call)
         .params(fixture_params()?)
         .build()?;
-    let y = layer.call1(&c, &x()?, false)?;
+    let y = layer.call1(&x()?, Training::No)?;
     assert_eq!(y.dims(), &[32, 10]);
     assert_close(&y.to_vec::<f32>()?, &f32s("mlp.out"), 2e-5, "mlp");
     // Training mode gives the same outputs (training-independent), and the
     // cache compiled once per mode.
-    let yt = layer.call1(&c, &x()?, true)?;
+    let yt = layer.call1(&x()?, Training::Yes)?;
     assert_close(&yt.to_vec::<f32>()?, &f32s("mlp.out"), 2e-5, "mlp training");
-    layer.call1(&c, &x()?, false)?;
+    layer.call1(&x()?, Training::No)?;
     assert_eq!(layer.compile_count(), 2);
     Ok(())
 }
@@ -154,11 +154,11 @@ fn counting_call(
     Params(p): Params,
     State(s): State,
     Inputs(x): Inputs,
-    Training(t): Training,
+    t: Training,
 ) -> xlayer::Result<OutState> {
     let out = mlp_forward(&p, x.into_leaf()?)?;
     let count = s.clone().into_leaf()?;
-    let new = if t { (&count + 1.0)? } else { count };
+    let new = if t.is_yes() { (&count + 1.0)? } else { count };
     Ok(OutState(Tree::leaf(out), Tree::leaf(new)))
 }
 
@@ -189,10 +189,10 @@ fn training_state_counts_training_calls_only() -> Result<()> {
     );
     assert_eq!(layer.weights()?.state_count(), 1);
     for i in 1..=3 {
-        layer.call1(&c, &x()?, true)?;
+        layer.call1(&x()?, Training::Yes)?;
         assert_eq!(state_value(&layer)?, i as f32);
     }
-    layer.call1(&c, &x()?, false)?;
+    layer.call1(&x()?, Training::No)?;
     assert_eq!(
         state_value(&layer)?,
         3.0,
@@ -209,7 +209,7 @@ fn mixed_float16_computes_in_half_keeps_weights_f32() -> Result<()> {
         .state(Tree::leaf(c.scalar(0f32)?))
         .dtype_policy(DTypePolicy::MixedFloat16)
         .build()?;
-    let y = layer.call1(&c, &x()?, true)?;
+    let y = layer.call1(&x()?, Training::Yes)?;
     assert_eq!(y.dtype(), DType::F16);
     let got: Vec<f32> = y.to_vec::<f16>()?.iter().map(|v| v.to_f32()).collect();
     assert_close(&got, &f32s("mlp_f16.out"), 2e-2, "mixed_float16");
@@ -229,11 +229,11 @@ fn functional_and_sequential_models_match_the_layer() -> Result<()> {
         .build()?;
     let want = f32s("mlp.out");
 
-    let inp = Input::new(&[28, 28, 1], DType::F32);
+    let inp = Input::new(&c, &[28, 28, 1], DType::F32);
     let model = Model::new(inp.clone(), layer.apply(&inp)?)?;
     assert_eq!(model.trainable_weight_count()?, 6);
     assert_eq!(model.count_params()?, 266_610);
-    let y = model.call1(&c, &x()?, false)?;
+    let y = model.call1(&x()?, Training::No)?;
     assert_close(&y.to_vec::<f32>()?, &want, 2e-5, "functional");
     let summary = model.summary()?;
     assert!(
@@ -244,13 +244,13 @@ fn functional_and_sequential_models_match_the_layer() -> Result<()> {
     );
 
     let seq = Sequential::new().add(layer.clone());
-    let y = seq.call1(&c, &x()?, false)?;
+    let y = seq.call1(&x()?, Training::No)?;
     assert_close(&y.to_vec::<f32>()?, &want, 2e-5, "sequential");
 
     // predict over batches of 8 gives (32, 10), the same values, and does not change weights.
     let xs = HostArray::from_slice(&f32s("x"), &[32, 28, 28, 1])?;
     let before: Vec<Vec<u8>> = leaf_bytes(&layer.weights()?.params)?;
-    let p = model.predict(&c, &xs, 8)?;
+    let p = model.predict(&xs, 8)?;
     assert_eq!(p.spec.dims, vec![32, 10]);
     assert_close(&p.to_vec::<f32>()?, &want, 2e-5, "predict");
     let after: Vec<Vec<u8>> = leaf_bytes(&layer.weights()?.params)?;
@@ -266,10 +266,10 @@ fn rebuild_from_exported_weights_and_save_load_round_trip() -> Result<()> {
         .seed(5)
         .name("counter_mlp")
         .build()?;
-    let inp = Input::new(&[28, 28, 1], DType::F32);
+    let inp = Input::new(&c, &[28, 28, 1], DType::F32);
     let model = Model::new(inp.clone(), layer.apply(&inp)?)?;
-    model.call1(&c, &x()?, true)?;
-    let y0 = model.call1(&c, &x()?, false)?.to_vec::<f32>()?;
+    model.call1(&x()?, Training::Yes)?;
+    let y0 = model.call1(&x()?, Training::No)?.to_vec::<f32>()?;
 
     // Rebuild a new layer from the exported params/state.
     let w = layer.weights()?;
@@ -278,7 +278,7 @@ fn rebuild_from_exported_weights_and_save_load_round_trip() -> Result<()> {
         .params(copy(&w.params)?)
         .state(copy(&w.state)?)
         .build()?;
-    assert_eq!(rebuilt.call1(&c, &x()?, false)?.to_vec::<f32>()?, y0);
+    assert_eq!(rebuilt.call1(&x()?, Training::No)?.to_vec::<f32>()?, y0);
     assert_eq!(state_value(&rebuilt)?, 1.0);
 
     // Save, change the model, reload: same outputs and state.
@@ -286,11 +286,11 @@ fn rebuild_from_exported_weights_and_save_load_round_trip() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("model.safetensors");
     model.save_weights(&path)?;
-    model.call1(&c, &x()?, true)?;
+    model.call1(&x()?, Training::Yes)?;
     assert_eq!(state_value(&layer)?, 2.0);
-    model.load_weights(&c, &path)?;
+    model.load_weights(&path)?;
     assert_eq!(state_value(&layer)?, 1.0);
-    assert_eq!(model.call1(&c, &x()?, false)?.to_vec::<f32>()?, y0);
+    assert_eq!(model.call1(&x()?, Training::No)?.to_vec::<f32>()?, y0);
 
     // A file with one tensor of the wrong shape fails and changes nothing.
     let other = JaxLayer::builder(stateless_call).build()?;
@@ -307,7 +307,7 @@ fn rebuild_from_exported_weights_and_save_load_round_trip() -> Result<()> {
         ]),
     )]);
     xlayer::weights::save_tree(&bad, &wrong, &xlayer::weights::NameMap::new())?;
-    let err = model.load_weights(&c, &bad).unwrap_err().to_string();
+    let err = model.load_weights(&bad).unwrap_err().to_string();
     assert!(
         err.contains("bad.safetensors") && err.contains("counter_mlp/params/0/0"),
         "{err}"
@@ -317,7 +317,7 @@ fn rebuild_from_exported_weights_and_save_load_round_trip() -> Result<()> {
         1.0,
         "a failed load must leave the model as it was"
     );
-    assert_eq!(model.call1(&c, &x()?, false)?.to_vec::<f32>()?, y0);
+    assert_eq!(model.call1(&x()?, Training::No)?.to_vec::<f32>()?, y0);
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
@@ -358,22 +358,20 @@ fn call_must_take_inputs_and_state_rules_hold() {
 fn training_only_in_call_and_free_argument_order() -> Result<()> {
     let c = client();
     // training in call but not in init; arguments in an unusual order.
-    let layer = JaxLayer::builder(
-        |Training(t): Training, Inputs(x): Inputs, Params(p): Params| {
-            let x = x.into_leaf()?;
-            let y = (x.sum(&[1, 2, 3], false)? * p.clone().into_leaf()?)?;
-            Ok(Out::from(if t { (y * 2.0)? } else { y }))
-        },
-    )
+    let layer = JaxLayer::builder(|t: Training, Inputs(x): Inputs, Params(p): Params| {
+        let x = x.into_leaf()?;
+        let y = (x.sum(&[1, 2, 3], false)? * p.clone().into_leaf()?)?;
+        Ok(Out::from(if t.is_yes() { (y * 2.0)? } else { y }))
+    })
     .init_fn(|Inputs(x): Inputs| Ok(Init(Tree::leaf(x.into_leaf()?.builder().scalar(3f32)?))))
     .build()?;
     let input = c.buffer_from_host(&[1f32; 8], &[2, 2, 2, 1])?;
     assert_eq!(
-        layer.call1(&c, &input, false)?.to_vec::<f32>()?,
+        layer.call1(&input, Training::No)?.to_vec::<f32>()?,
         vec![12.0, 12.0]
     );
     assert_eq!(
-        layer.call1(&c, &input, true)?.to_vec::<f32>()?,
+        layer.call1(&input, Training::Yes)?.to_vec::<f32>()?,
         vec![24.0, 24.0]
     );
     Ok(())
@@ -383,8 +381,8 @@ fn training_only_in_call_and_free_argument_order() -> Result<()> {
 fn map_inputs_give_tuple_outputs() -> Result<()> {
     let c = client();
     let layer = JaxLayer::new(|Inputs(x): Inputs| {
-        let a = x.get("a").unwrap();
-        let b = x.get("b").unwrap();
+        let a = x.get("a")?;
+        let b = x.get("b")?;
         Ok(Out(Tree::tuple([
             Tree::leaf((a + b)?),
             Tree::leaf((a * b)?),
@@ -393,9 +391,8 @@ fn map_inputs_give_tuple_outputs() -> Result<()> {
     let a = c.buffer_from_host(&[1f32, 2.0], &[2])?;
     let b = c.buffer_from_host(&[3f32, 4.0], &[2])?;
     let out = layer.call(
-        &c,
         &Tree::map([("a", Tree::leaf(&a)), ("b", Tree::leaf(&b))]),
-        false,
+        Training::No,
     )?;
     let Tree::Tuple(items) = out else {
         panic!("expected a tuple")
@@ -421,7 +418,7 @@ fn sixty_list_inputs() -> Result<()> {
         .map(|i| c.buffer_from_host(&[i as f32], &[1]))
         .collect::<xlayer::Result<_>>()?;
     let tree = Tree::List(bufs.iter().map(Tree::leaf).collect());
-    let y = layer.call(&c, &tree, false)?;
+    let y = layer.call(&tree, Training::No)?;
     assert_eq!(
         y.leaves()[0].to_vec::<f32>()?,
         vec![(0..60).sum::<i32>() as f32]
@@ -434,7 +431,7 @@ fn state_only_layer_counts_calls() -> Result<()> {
     // Flax-style state-only variables {"a": {"b": 0}} counting calls.
     let c = client();
     let layer = JaxLayer::builder(|State(s): State, Inputs(x): Inputs| {
-        let count = s.get("a/b").unwrap();
+        let count = s.get("a/b")?;
         let next = (count + 1.0)?;
         Ok(OutState(
             x,
@@ -448,7 +445,7 @@ fn state_only_layer_counts_calls() -> Result<()> {
     .build()?;
     let input = c.buffer_from_host(&[1f32], &[1])?;
     for _ in 0..4 {
-        layer.call1(&c, &input, false)?;
+        layer.call1(&input, Training::No)?;
     }
     assert_eq!(
         layer
@@ -498,7 +495,7 @@ fn six_mismatched_state_structures_are_rejected() -> Result<()> {
     let input = c.buffer_from_host(&[1f32], &[1])?;
     for (what, make) in cases {
         let layer = JaxLayer::builder(move |State(s): State, Inputs(x): Inputs| {
-            let v = s.get("a").unwrap().clone();
+            let v = s.get("a")?.clone();
             Ok(OutState(x, make(&v)?))
         })
         .state(Tree::map([
@@ -506,7 +503,7 @@ fn six_mismatched_state_structures_are_rejected() -> Result<()> {
             ("b", Tree::leaf(c.scalar(0f32)?)),
         ]))
         .build()?;
-        let err = layer.call1(&c, &input, true).unwrap_err().to_string();
+        let err = layer.call1(&input, Training::Yes).unwrap_err().to_string();
         assert!(
             err.contains("new state") || err.contains("structure"),
             "{what}: {err}"
@@ -551,11 +548,14 @@ fn rng_is_fresh_per_training_call_and_absent_in_inference() -> Result<()> {
         }))
     })?;
     let x = c.scalar(0f32)?;
-    let a = layer.call1(&c, &x, true)?.to_vec::<f32>()?;
-    let b = layer.call1(&c, &x, true)?.to_vec::<f32>()?;
+    let a = layer.call1(&x, Training::Yes)?.to_vec::<f32>()?;
+    let b = layer.call1(&x, Training::Yes)?.to_vec::<f32>()?;
     assert_ne!(a, b, "each training call gets a new key");
     assert_eq!(a[1] + 1.0, b[1], "Keras keys are [seed, counter]");
-    assert_eq!(layer.call1(&c, &x, false)?.to_vec::<f32>()?, vec![0.0, 0.0]);
+    assert_eq!(
+        layer.call1(&x, Training::No)?.to_vec::<f32>()?,
+        vec![0.0, 0.0]
+    );
     Ok(())
 }
 
@@ -572,7 +572,7 @@ fn haiku_transform_with_state_and_without_apply_rng() -> Result<()> {
         let x = x.into_leaf()?;
         let w = hk.get_parameter("linear/w", &[x.dims()[1], 2], DType::F32, &init::ones())?;
         let n = hk.get_state("counter/n", &[], DType::I32, &init::zeros())?;
-        if hk.training() && !hk.running_init() {
+        if hk.training().is_yes() && !hk.running_init() {
             hk.set_state("counter/n", (n + 1.0)?)?;
         }
         Ok(x.matmul(&w)?.into())
@@ -582,11 +582,14 @@ fn haiku_transform_with_state_and_without_apply_rng() -> Result<()> {
         .seed(1)
         .build()?;
     let x = c.buffer_from_host(&[1f32, 2.0, 3.0], &[1, 3])?;
-    assert_eq!(layer.call1(&c, &x, true)?.to_vec::<f32>()?, vec![6.0, 6.0]);
-    layer.call1(&c, &x, true)?;
-    layer.call1(&c, &x, false)?;
+    assert_eq!(
+        layer.call1(&x, Training::Yes)?.to_vec::<f32>()?,
+        vec![6.0, 6.0]
+    );
+    layer.call1(&x, Training::Yes)?;
+    layer.call1(&x, Training::No)?;
     let w = layer.weights()?;
-    assert_eq!(w.state.get("counter/n").unwrap().to_scalar::<i32>()?, 2);
+    assert_eq!(w.state.get("counter/n")?.to_scalar::<i32>()?, 2);
     assert_eq!(w.params.paths(), vec!["linear/w"]);
 
     // without_apply_rng: the layer never asks for a key.
@@ -599,14 +602,14 @@ fn haiku_transform_with_state_and_without_apply_rng() -> Result<()> {
         .init_fn(t.init())
         .seed(2)
         .build()?;
-    assert!(!layer.uses_rng());
-    let y = layer.call1(&c, &x, true)?.to_vec::<f32>()?;
+    assert!(!layer.call_needs().rng);
+    let y = layer.call1(&x, Training::Yes)?.to_vec::<f32>()?;
     assert_eq!(y.len(), 3);
 
     // A module that uses hk.next_rng_key for dropout in training only.
     let t = haiku::transform(|hk: &mut Hk, x| {
         let x = x.into_leaf()?;
-        if !hk.training() {
+        if !hk.training().is_yes() {
             return Ok(x.into());
         }
         let keep = random::bernoulli(&hk.next_rng_key()?, 0.5, x.dims())?;
@@ -619,13 +622,55 @@ fn haiku_transform_with_state_and_without_apply_rng() -> Result<()> {
         .seed(3)
         .build()?;
     let ones = c.buffer_from_host(&[1f32; 64], &[1, 64])?;
-    let a = layer.call1(&c, &ones, true)?.to_vec::<f32>()?;
-    let b = layer.call1(&c, &ones, true)?.to_vec::<f32>()?;
+    let a = layer.call1(&ones, Training::Yes)?.to_vec::<f32>()?;
+    let b = layer.call1(&ones, Training::Yes)?.to_vec::<f32>()?;
     assert_ne!(a, b, "dropout masks differ between training calls");
     assert!(a.iter().all(|v| *v == 0.0 || *v == 2.0));
     assert_eq!(
-        layer.call1(&c, &ones, false)?.to_vec::<f32>()?,
+        layer.call1(&ones, Training::No)?.to_vec::<f32>()?,
         vec![1.0; 64]
     );
+    Ok(())
+}
+
+#[test]
+fn forwards_are_jit_cached_per_mode_and_loaded_from_the_compile_cache() -> Result<()> {
+    use xlayer::CompileCache;
+    let c = client();
+    let dir = std::env::temp_dir().join(format!("xlayer-jit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // A stateful model: the train and inference programs differ (the state
+    // update), and the training mode is part of the jit key.
+    let make = || -> Result<Model> {
+        let layer = JaxLayer::builder(counting_call)
+            .params(fixture_params()?)
+            .state(Tree::leaf(c.scalar(0f32)?))
+            .name("counting")
+            .build()?;
+        let inp = Input::new(&c, &[28, 28, 1], DType::F32);
+        Ok(Model::new(inp.clone(), layer.apply(&inp)?)?.with_compile_cache(CompileCache::at(&dir)))
+    };
+    let first = make()?;
+    let y = first.call1(&x()?, Training::No)?.to_vec::<f32>()?;
+    first.call1(&x()?, Training::Yes)?;
+    first.call1(&x()?, Training::No)?;
+    first.call1(&x()?, Training::Yes)?;
+    assert_eq!(first.compile_count(), 2, "one program per mode");
+    let s = first.compile_cache().stats();
+    assert_eq!((s.compiles, s.writes, s.hits), (2, 2, 0), "{s:?}");
+
+    // A second model of the same layout loads both programs from disk and
+    // computes the same values.
+    let second = make()?;
+    assert_eq!(second.call1(&x()?, Training::No)?.to_vec::<f32>()?, y);
+    second.call1(&x()?, Training::Yes)?;
+    let s = second.compile_cache().stats();
+    assert_eq!((s.compiles, s.hits), (0, 2), "{s:?}");
+    assert_eq!(
+        second.layers()[0].weights()?.state.leaves()[0].to_scalar::<f32>()?,
+        1.0,
+        "the loaded train program updates (donated) state"
+    );
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

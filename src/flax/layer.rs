@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::builder::{random, Builder, Tree, Value};
 use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
+use crate::layers::layer::sealed::{LayerHooks, Seal, Sealed};
 use crate::layers::{
     CallArgs, DTypePolicy, Inputs, JaxLayer, Layer, OutState, Params, Rng, State, Training, Weights,
 };
@@ -77,6 +78,7 @@ pub fn join_variables<T: Clone>(params: &Tree<T>, state: &Tree<T>) -> Tree<T> {
 /// ```
 /// use xlayer::builder::{nn, Tree};
 /// use xlayer::flax::{Dense, FlaxLayer, FnModule};
+/// use xlayer::layers::{Layer, Training};
 /// use xlayer::Client;
 /// let client = Client::cpu()?;
 /// let module = FnModule::new("MLP").call(|s, x, _| {
@@ -86,7 +88,7 @@ pub fn join_variables<T: Clone>(params: &Tree<T>, state: &Tree<T>) -> Tree<T> {
 /// });
 /// let layer = FlaxLayer::builder(module).seed(0).build()?;
 /// let x = client.buffer_from_host(&[1f32, 2.0, 3.0], &[1, 3])?;
-/// assert_eq!(layer.call1(&client, &x, false)?.dims(), &[1, 2]);
+/// assert_eq!(layer.call1(&x, Training::No)?.dims(), &[1, 2]);
 /// assert_eq!(layer.trainable_weight_count()?, 4); // Dense_0/1 kernel and bias
 /// # Ok::<(), xlayer::Error>(())
 /// ```
@@ -168,13 +170,13 @@ impl FlaxLayerBuilder {
                 format!("flax_layer_{n}")
             }
         });
-        let training_arg = move |t: bool| if takes_training { Some(t) } else { None };
+        let training_arg = move |t: Training| takes_training.then_some(t.is_yes());
         let (m1, me1) = (self.module.clone(), self.method.clone());
         let call = move |Params(p): Params,
                          State(st): State,
                          rng: Option<Rng>,
                          Inputs(x): Inputs,
-                         Training(t): Training| {
+                         t: Training| {
             let b = builder_of(&x, &p, &st);
             let vars = join_variables(&p, &st);
             let mut rngs = BTreeMap::new();
@@ -191,7 +193,7 @@ impl FlaxLayerBuilder {
                 &x,
                 training_arg(t),
             )?;
-            let new_state = if t && !st.is_empty() {
+            let new_state = if t.is_yes() && !st.is_empty() {
                 split_variables(mutated)?.1
             } else {
                 st
@@ -199,7 +201,7 @@ impl FlaxLayerBuilder {
             Ok(OutState(y, new_state))
         };
         let (m2, me2) = (self.module.clone(), self.method.clone());
-        let init = move |Rng(k): Rng, Inputs(x): Inputs, Training(t): Training| {
+        let init = move |Rng(k): Rng, Inputs(x): Inputs, t: Training| {
             let b = k.builder().clone();
             let keys = random::split_keys(&k, 2)?;
             let rngs = BTreeMap::from([
@@ -256,21 +258,6 @@ impl FlaxLayer {
         &self.module_name
     }
 
-    /// Calls the layer on a tree of input buffers (building it first).
-    pub fn call(
-        &self,
-        client: &Client,
-        inputs: &Tree<&Buffer>,
-        training: bool,
-    ) -> Result<Tree<Buffer>> {
-        self.inner.call(client, inputs, training)
-    }
-
-    /// [`FlaxLayer::call`] for one input and one output array.
-    pub fn call1(&self, client: &Client, input: &Buffer, training: bool) -> Result<Buffer> {
-        self.inner.call1(client, input, training)
-    }
-
     /// Number of trainable weight arrays (the `params` leaves).
     pub fn trainable_weight_count(&self) -> Result<usize> {
         self.inner.trainable_weight_count()
@@ -294,8 +281,14 @@ impl FlaxLayer {
     }
 
     /// Loads a Flax-style checkpoint into the (built) layer: every tensor is
-    /// checked against the current variables before anything changes.
-    pub fn load_variables(&self, client: &Client, path: impl AsRef<Path>) -> Result<()> {
+    /// checked against the current variables before anything changes. The
+    /// variables go to the layer's client.
+    ///
+    /// Errors: an unbuilt layer; those of [`super::load_variables`].
+    pub fn load_variables(&self, path: impl AsRef<Path>) -> Result<()> {
+        let client = &self.inner.client().ok_or_else(|| {
+            Error::Invalid(format!("layer `{}` is not built yet", self.inner.name()))
+        })?;
         let current = self.inner.weights()?;
         let wanted = join_variables(&current.param_specs(), &current.state_specs());
         let vars = load_variables(client, path, Some(&wanted))?;
@@ -326,28 +319,16 @@ impl Layer for FlaxLayer {
     fn set_weights(&self, weights: Weights) -> Result<()> {
         self.inner.set_weights(weights)
     }
-    fn replace_state(&self, state: Tree<Arc<Buffer>>) -> Tree<Arc<Buffer>> {
-        self.inner.replace_state(state)
-    }
-    fn swap_weights(&self, weights: Option<Weights>) -> Option<Weights> {
-        self.inner.swap_weights(weights)
-    }
-    fn flat_params(&self) -> Result<Vec<Arc<Buffer>>> {
-        self.inner.flat_params()
-    }
-    fn layout_fingerprint(&self) -> Result<(u64, bool)> {
-        self.inner.layout_fingerprint()
-    }
-    fn uses_rng(&self) -> bool {
-        self.inner.uses_rng()
-    }
-    fn next_rng(&self) -> [u32; 2] {
-        self.inner.next_rng()
-    }
     fn trace_call(&self, b: &Builder, args: CallArgs) -> Result<(Tree<Value>, Tree<Value>)> {
         self.inner.trace_call(b, args)
     }
     fn dtype_policy(&self) -> DTypePolicy {
         self.inner.dtype_policy()
+    }
+}
+
+impl Sealed for FlaxLayer {
+    fn hooks(&self, _: Seal) -> &dyn LayerHooks {
+        &self.inner
     }
 }

@@ -21,7 +21,7 @@
 //!
 //! ```
 //! use xlayer::builder::{nn, Tree};
-//! use xlayer::flax::{apply, init, Conv, Dense, FnModule, Method, Mutable, Rngs, avg_pool};
+//! use xlayer::flax::{apply, init, avg_pool, ApplyOptions, Conv, Dense, FnModule, InitOptions, Rngs};
 //! use xlayer::builder::Padding;
 //! use xlayer::Client;
 //! let client = Client::cpu()?;
@@ -33,11 +33,11 @@
 //!     Ok(Tree::leaf(Dense::new(3).apply(s, &x)?))
 //! });
 //! let x = client.buffer_from_host(&vec![0.5f32; 2 * 8 * 8], &[2, 8, 8, 1])?;
-//! let vars = init(&client, &cnn, &Method::Call, &Rngs::seed(0), &Tree::leaf(&x), None)?;
+//! let vars = init(&cnn, &Rngs::seed(0), &Tree::leaf(&x), &InitOptions::new())?;
 //! assert_eq!(vars.paths(), vec!["params/Conv_0/bias", "params/Conv_0/kernel",
 //!                               "params/Dense_0/bias", "params/Dense_0/kernel"]);
 //! let v = vars.structure().unflatten(vars.leaves())?;
-//! let (y, _) = apply(&client, &cnn, &Method::Call, &v, &Rngs::new(), Mutable::Nothing, &Tree::leaf(&x), None)?;
+//! let (y, _) = apply(&cnn, &v, &Tree::leaf(&x), &ApplyOptions::new())?;
 //! assert_eq!(y.leaves()[0].dims(), &[2, 3]);
 //! # Ok::<(), xlayer::Error>(())
 //! ```
@@ -62,8 +62,8 @@ pub use linear::{
 };
 pub use misc::{avg_pool, max_pool, min_pool, Dropout, Sequential, Step, StepFn};
 pub use module::{
-    apply, apply_traced, init, init_traced, promote_dtype, FnModule, FreeFn, Method, MethodFn,
-    MethodSig, Module, Rngs, CALL,
+    apply, apply_traced, init, init_traced, promote_dtype, ApplyOptions, FnModule, FreeFn,
+    InitOptions, Method, MethodFn, MethodSig, Module, Rngs, CALL,
 };
 pub use norm::{compute_stats, BatchNorm, GroupNorm, LayerNorm, RMSNorm};
 pub use scope::{Mutable, Scope, Variable};

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::builder::{trace, Builder, Tree, Value};
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
+use crate::layers::Training;
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 
@@ -284,7 +285,7 @@ pub fn init_traced(
         true,
     )?;
     let out = method.invoke(module, &scope, inputs, training)?;
-    Ok((out, unflatten_vars(&scope.take_vars())))
+    Ok((out, unflatten_vars(&scope.take_vars())?))
 }
 
 /// Traced `module.apply`: runs `method` over `variables` with rngs `rngs`;
@@ -306,7 +307,7 @@ pub fn apply_traced(
     let m = scope.mutable();
     let mut vars = scope.take_vars();
     vars.retain(|c, _| m.allows(c));
-    Ok((out, unflatten_vars(&vars)))
+    Ok((out, unflatten_vars(&vars)?))
 }
 
 /// Named rng streams as raw `u32[2]` key data (`jax.random.PRNGKey`).
@@ -393,59 +394,188 @@ fn run_traced(
     out_tree.unflatten(outs)
 }
 
-/// `module.init(rngs, inputs)` compiled and run on `client`: the variables
-/// `{collection: {...}}` as device buffers.
+/// The client of the first buffer in `trees` (the data decides where a
+/// functional `init`/`apply` runs).
+fn client_of(what: &str, trees: &[&Tree<&Buffer>]) -> Result<Client> {
+    trees
+        .iter()
+        .find_map(|t| t.leaves().first().map(|b| b.client().clone()))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "{what}: no input or variable buffers to take the client from"
+            ))
+        })
+}
+
+/// Options of [`init`]: Flax's `module.init(rngs, x, method=..., train=...)`
+/// keyword arguments.
+#[derive(Clone)]
+pub struct InitOptions {
+    /// The method to run (default: the call).
+    pub method: Method,
+    /// The mode passed to methods that take `training` (default: none).
+    pub training: Option<Training>,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            method: Method::Call,
+            training: None,
+        }
+    }
+}
+
+impl InitOptions {
+    /// The defaults: the call, no `training`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `method` instead of the call.
+    pub fn method(mut self, method: Method) -> Self {
+        self.method = method;
+        self
+    }
+
+    /// Passes `training` to a method that takes it.
+    pub fn training(mut self, training: impl Into<Training>) -> Self {
+        self.training = Some(training.into());
+        self
+    }
+}
+
+/// Options of [`apply`]: Flax's `module.apply(v, x, rngs=..., method=...,
+/// mutable=..., train=...)` keyword arguments.
+///
+/// ```
+/// use xlayer::flax::{ApplyOptions, Mutable, Rngs};
+/// use xlayer::layers::Training;
+/// let o = ApplyOptions::new()
+///     .rngs(Rngs::new().with_seed("dropout", 1))
+///     .mutable(Mutable::all_but_params())
+///     .training(Training::Yes);
+/// assert_eq!(o.training, Some(Training::Yes));
+/// ```
+#[derive(Clone)]
+pub struct ApplyOptions {
+    /// The method to run (default: the call).
+    pub method: Method,
+    /// Named rng streams (default: none).
+    pub rngs: Rngs,
+    /// Which collections may change (default: nothing).
+    pub mutable: Mutable,
+    /// The mode passed to methods that take `training` (default: none).
+    pub training: Option<Training>,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            method: Method::Call,
+            rngs: Rngs::new(),
+            mutable: Mutable::Nothing,
+            training: None,
+        }
+    }
+}
+
+impl ApplyOptions {
+    /// The defaults: the call, no rngs, nothing mutable, no `training`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `method` instead of the call.
+    pub fn method(mut self, method: Method) -> Self {
+        self.method = method;
+        self
+    }
+
+    /// The rng streams (`rngs={"dropout": key}`).
+    pub fn rngs(mut self, rngs: Rngs) -> Self {
+        self.rngs = rngs;
+        self
+    }
+
+    /// The collections the call may change (`mutable=[...]`).
+    pub fn mutable(mut self, mutable: Mutable) -> Self {
+        self.mutable = mutable;
+        self
+    }
+
+    /// Passes `training` to a method that takes it.
+    pub fn training(mut self, training: impl Into<Training>) -> Self {
+        self.training = Some(training.into());
+        self
+    }
+}
+
+/// `module.init(rngs, inputs)` compiled and run on the inputs' client: the
+/// variables `{collection: {...}}` as device buffers.
+///
+/// Errors: no input buffers; those of the module and its compile.
 ///
 /// ```
 /// use xlayer::builder::Tree;
-/// use xlayer::flax::{init, Dense, Method, Rngs};
+/// use xlayer::flax::{init, Dense, InitOptions, Rngs};
 /// use xlayer::Client;
 /// let client = Client::cpu()?;
 /// let x = client.buffer_from_host(&[1f32, 2.0, 3.0], &[1, 3])?;
-/// let vars = init(&client, &Dense::new(4), &Method::Call, &Rngs::seed(0), &Tree::leaf(&x), None)?;
+/// let vars = init(&Dense::new(4), &Rngs::seed(0), &Tree::leaf(&x), &InitOptions::new())?;
 /// assert_eq!(vars.paths(), vec!["params/bias", "params/kernel"]);
 /// # Ok::<(), xlayer::Error>(())
 /// ```
 pub fn init(
-    client: &Client,
     module: &dyn Module,
-    method: &Method,
     rngs: &Rngs,
     inputs: &Tree<&Buffer>,
-    training: Option<bool>,
+    options: &InitOptions,
 ) -> Result<Tree<Buffer>> {
+    let client = client_of("flax::init", &[inputs])?;
+    let training = options.training.map(Training::is_yes);
     run_traced(
-        client,
+        &client,
         &format!("{}_init", module.type_name()),
         rngs,
         &Tree::Empty,
         inputs,
-        |b, r, _, ins| Ok(init_traced(b, module, method, r, &ins, training)?.1),
+        |b, r, _, ins| Ok(init_traced(b, module, &options.method, r, &ins, training)?.1),
     )
 }
 
 /// `module.apply(variables, inputs, rngs=..., mutable=...)` compiled and run
-/// on `client`: the outputs and the mutable collections.
-#[allow(clippy::too_many_arguments)]
+/// on the client of `variables` and `inputs`: the outputs and the mutable
+/// collections.
+///
+/// Errors: no buffers at all; variables that are not a map of collections;
+/// those of the module and its compile.
 pub fn apply(
-    client: &Client,
     module: &dyn Module,
-    method: &Method,
     variables: &Tree<&Buffer>,
-    rngs: &Rngs,
-    mutable: Mutable,
     inputs: &Tree<&Buffer>,
-    training: Option<bool>,
+    options: &ApplyOptions,
 ) -> Result<(Tree<Buffer>, Tree<Buffer>)> {
     flatten_vars(variables)?;
+    let client = client_of("flax::apply", &[inputs, variables])?;
+    let training = options.training.map(Training::is_yes);
     let out = run_traced(
-        client,
+        &client,
         &format!("{}_apply", module.type_name()),
-        rngs,
+        &options.rngs,
         variables,
         inputs,
         |b, r, vars, ins| {
-            let (y, m) = apply_traced(b, module, method, &vars, r, mutable, &ins, training)?;
+            let (y, m) = apply_traced(
+                b,
+                module,
+                &options.method,
+                &vars,
+                r,
+                options.mutable.clone(),
+                &ins,
+                training,
+            )?;
             Ok(Tree::tuple([y, m]))
         },
     )?;

@@ -5,7 +5,7 @@
 //!
 //! ```
 //! use xlayer::builder::{init, nn};
-//! use xlayer::layers::{haiku, JaxLayer, Layer};
+//! use xlayer::layers::{haiku, JaxLayer, Layer, Training};
 //! use xlayer::{Client, DType};
 //! // hk.Linear(4) followed by relu, written as a module function.
 //! let t = haiku::transform(|hk: &mut haiku::Hk, x| {
@@ -17,7 +17,7 @@
 //! let layer = JaxLayer::builder(t.apply()).init_fn(t.init()).seed(0).build()?;
 //! let client = Client::cpu()?;
 //! let x = client.buffer_from_host(&[1f32; 6], &[2, 3])?;
-//! assert_eq!(layer.call1(&client, &x, false)?.dims(), &[2, 4]);
+//! assert_eq!(layer.call1(&x, Training::No)?.dims(), &[2, 4]);
 //! assert_eq!(layer.weights()?.params.paths(), vec!["linear/b", "linear/w"]);
 //! # Ok::<(), xlayer::Error>(())
 //! ```
@@ -46,7 +46,7 @@ pub struct Hk {
     state: BTreeMap<String, Value>,
     rng: Option<Value>,
     rng_count: u32,
-    training: bool,
+    training: Training,
 }
 
 fn tree_of(m: &BTreeMap<String, Value>) -> Result<Tree<Value>> {
@@ -94,8 +94,8 @@ impl Hk {
         &self.builder
     }
 
-    /// True in training mode.
-    pub fn training(&self) -> bool {
+    /// The mode of the call ([`Training::Yes`] in training).
+    pub fn training(&self) -> Training {
         self.training
     }
 
@@ -234,7 +234,7 @@ fn run(
     state: Tree<Value>,
     rng: Option<Value>,
     inputs: Tree<Value>,
-    training: bool,
+    training: Training,
 ) -> Result<(Tree<Value>, Hk)> {
     let builder = inputs
         .leaves()
@@ -261,7 +261,7 @@ impl Transformed {
     /// The init function: `(rng, inputs, training) -> params`.
     pub fn init(&self) -> impl Fn(Rng, Inputs, Training) -> Result<Init> + Send + Sync + 'static {
         let f = self.f.clone();
-        move |Rng(key), Inputs(x), Training(t)| {
+        move |Rng(key), Inputs(x), t: Training| {
             let (_, hk) = run(
                 f.as_ref(),
                 Mode::Init,
@@ -281,7 +281,7 @@ impl Transformed {
         &self,
     ) -> impl Fn(Params, Option<Rng>, Inputs, Training) -> Result<Out> + Send + Sync + 'static {
         let f = self.f.clone();
-        move |Params(p), rng: Option<Rng>, Inputs(x), Training(t)| {
+        move |Params(p), rng: Option<Rng>, Inputs(x), t: Training| {
             let (out, _) = run(
                 f.as_ref(),
                 Mode::Apply,
@@ -300,7 +300,7 @@ impl Transformed {
         &self,
     ) -> impl Fn(Params, Inputs, Training) -> Result<Out> + Send + Sync + 'static {
         let f = self.f.clone();
-        move |Params(p), Inputs(x), Training(t)| {
+        move |Params(p), Inputs(x), t: Training| {
             let (out, _) = run(f.as_ref(), Mode::Apply, p, Tree::Empty, None, x, t)?;
             Ok(Out(out))
         }
@@ -313,7 +313,7 @@ impl TransformedWithState {
         &self,
     ) -> impl Fn(Rng, Inputs, Training) -> Result<InitState> + Send + Sync + 'static {
         let f = self.f.clone();
-        move |Rng(key), Inputs(x), Training(t)| {
+        move |Rng(key), Inputs(x), t: Training| {
             let (_, hk) = run(
                 f.as_ref(),
                 Mode::Init,
@@ -333,7 +333,7 @@ impl TransformedWithState {
     ) -> impl Fn(Params, State, Option<Rng>, Inputs, Training) -> Result<OutState> + Send + Sync + 'static
     {
         let f = self.f.clone();
-        move |Params(p), State(s), rng: Option<Rng>, Inputs(x), Training(t)| {
+        move |Params(p), State(s), rng: Option<Rng>, Inputs(x), t: Training| {
             let structure = s.structure();
             let (out, hk) = run(f.as_ref(), Mode::Apply, p, s, rng.map(|r| r.0), x, t)?;
             let new_state = tree_of(&hk.state)?;

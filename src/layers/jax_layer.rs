@@ -7,26 +7,39 @@ use std::sync::{Arc, Mutex};
 use crate::builder::{Builder, Tree, Value};
 use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
+use crate::jit::Layout;
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 
+use super::layer::sealed::{LayerHooks, Seal, Sealed};
 use super::layer::{DTypePolicy, Layer, Weights};
-use super::runner::{LayerValues, Runner};
-use super::signature::{CallArgs, DynFn, IntoCallFn, IntoInitFn, Needs};
+use super::runner::Runner;
+use super::signature::{CallArgs, DynFn, IntoCallFn, IntoInitFn, Needs, Training};
 
 struct Store {
     weights: Option<Weights>,
     /// Cached for the call fast path: params in flatten order, and the
-    /// layout fingerprint; refreshed whenever `weights` is replaced.
+    /// layout; refreshed whenever `weights` is replaced.
     flat_params: Vec<Arc<Buffer>>,
-    fingerprint: (u64, bool),
+    layout: Option<(Layout, bool)>,
     counter: u32,
+    /// Fixed at build (or by ready weights' buffers).
+    client: Option<Client>,
 }
 
 impl Store {
     fn set(&mut self, w: Weights) {
+        if self.client.is_none() {
+            self.client = w
+                .params
+                .leaves()
+                .into_iter()
+                .chain(w.state.leaves())
+                .next()
+                .map(|b| b.client().clone());
+        }
         self.flat_params = w.params.leaves().into_iter().cloned().collect();
-        self.fingerprint = w.fingerprint();
+        self.layout = Some((w.layout(), !w.state.is_empty()));
         self.weights = Some(w);
     }
 }
@@ -51,20 +64,21 @@ struct Inner {
 /// `init_fn` takes any of `Rng`, `Inputs`, `Training` and returns
 /// [`Init`](super::Init) or [`InitState`](super::InitState); it runs once at
 /// build with placeholder inputs shaped (and typed) like the first real input
-/// and `training = true`. Params and state live on the device as buffers.
+/// and [`Training::Yes`]. Params and state live on the device as buffers,
+/// on the client the layer is built on (see [`Layer`]).
 ///
 /// Cloning gives the same layer (shared weights).
 ///
 /// ```
 /// use xlayer::builder::{nn, Tree};
-/// use xlayer::layers::{Init, Inputs, JaxLayer, Out, Params, Rng};
+/// use xlayer::layers::{Init, Inputs, JaxLayer, Layer, Out, Params, Rng, Training};
 /// use xlayer::{ArraySpec, Client, DType};
 /// let client = Client::cpu()?;
 /// // Keras: def call(params, inputs) / def init(rng, inputs)
 /// let layer = JaxLayer::builder(|Params(p): Params, Inputs(x): Inputs| {
 ///     let x = x.into_leaf()?;
-///     let y = x.matmul(p.get("w").unwrap())?;
-///     Ok(Out::from(nn::relu(&(y + p.get("b").unwrap())?)?))
+///     let y = x.matmul(p.get("w")?)?;
+///     Ok(Out::from(nn::relu(&(y + p.get("b")?)?)?))
 /// })
 /// .init_fn(|Inputs(x): Inputs| {
 ///     let x = x.into_leaf()?;
@@ -77,7 +91,7 @@ struct Inner {
 /// })
 /// .build()?;
 /// let x = client.buffer_from_host(&[1f32, 2.0, 3.0, -1.0, -2.0, -3.0], &[2, 3])?;
-/// let y = layer.call1(&client, &x, false)?;
+/// let y = layer.call1(&x, Training::No)?;
 /// assert_eq!(y.to_vec::<f32>()?, vec![6.0, 6.0, 6.0, 6.0, 0.0, 0.0, 0.0, 0.0]);
 /// assert_eq!(layer.trainable_weight_count()?, 2);
 /// # Ok::<(), xlayer::Error>(())
@@ -127,54 +141,6 @@ impl JaxLayer {
         JaxLayer::builder(call_fn).build()
     }
 
-    /// Calls the layer on a tree of input buffers (building it first if
-    /// needed) and returns the outputs. In training mode a stateful layer's
-    /// state is replaced by the new state, and `rng` is a fresh key.
-    pub fn call(
-        &self,
-        client: &Client,
-        inputs: &Tree<&Buffer>,
-        training: bool,
-    ) -> Result<Tree<Buffer>> {
-        if !self.is_built() {
-            self.build(client, &inputs.map_leaves(&mut |b| b.spec().clone()))?;
-        }
-        let me: &dyn Layer = self;
-        self.inner.runner.run(
-            client,
-            &self.inner.name,
-            &[me],
-            inputs,
-            training,
-            &|b, mut lv, ins, training| {
-                let LayerValues { params, state, rng } = lv.remove(0);
-                let (out, new_state) = self.trace_call(
-                    b,
-                    CallArgs {
-                        params,
-                        state,
-                        rng,
-                        inputs: ins,
-                        training,
-                    },
-                )?;
-                Ok((out, vec![new_state]))
-            },
-        )
-    }
-
-    /// [`JaxLayer::call`] for one input array and one output array.
-    pub fn call1(&self, client: &Client, input: &Buffer, training: bool) -> Result<Buffer> {
-        let out = self.call(client, &Tree::Leaf(input), training)?;
-        match out {
-            Tree::Leaf(b) => Ok(b),
-            other => Err(Error::Invalid(format!(
-                "call1: the layer returns a tree with paths {:?}",
-                other.paths()
-            ))),
-        }
-    }
-
     /// Number of trainable weight arrays.
     pub fn trainable_weight_count(&self) -> Result<usize> {
         Ok(self.weights()?.params.len())
@@ -183,6 +149,12 @@ impl JaxLayer {
     /// Number of non-trainable weight arrays.
     pub fn non_trainable_weight_count(&self) -> Result<usize> {
         Ok(self.weights()?.state.len())
+    }
+
+    /// Which arguments the call function takes (whether it takes an `Rng`,
+    /// `State`, ...).
+    pub fn call_needs(&self) -> Needs {
+        self.inner.call_needs
     }
 
     /// Number of compiles this layer's standalone calls have done.
@@ -213,7 +185,7 @@ impl JaxLayer {
                     state: Tree::Empty,
                     rng: Some(key),
                     inputs,
-                    training: true,
+                    training: Training::Yes,
                 };
                 let (params, state) = init(&args)?;
                 let state = state.unwrap_or(Tree::Empty);
@@ -351,8 +323,9 @@ impl JaxLayerBuilder {
                     let mut store = Store {
                         weights: None,
                         flat_params: Vec::new(),
-                        fingerprint: (0, false),
+                        layout: None,
                         counter: 0,
+                        client: None,
                     };
                     if let Some(w) = weights {
                         store.set(w);
@@ -393,12 +366,17 @@ impl Layer for JaxLayer {
     }
 
     fn build(&self, client: &Client, input: &Tree<ArraySpec>) -> Result<()> {
-        if self.is_built() {
-            return Ok(());
+        {
+            let mut s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
+            if s.weights.is_some() {
+                s.client.get_or_insert_with(|| client.clone());
+                return Ok(());
+            }
         }
         let weights = self.run_init(client, input)?;
         let mut s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
         if s.weights.is_none() {
+            s.client = Some(client.clone());
             s.set(weights);
         }
         Ok(())
@@ -421,57 +399,6 @@ impl Layer for JaxLayer {
         }
         s.set(weights);
         Ok(())
-    }
-
-    fn swap_weights(&self, weights: Option<Weights>) -> Option<Weights> {
-        let mut s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
-        let old = s.weights.take();
-        match weights {
-            Some(w) => s.set(w),
-            None => s.flat_params.clear(),
-        }
-        old
-    }
-
-    fn replace_state(&self, state: Tree<Arc<Buffer>>) -> Tree<Arc<Buffer>> {
-        let mut s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
-        match &mut s.weights {
-            Some(w) => std::mem::replace(&mut w.state, state),
-            None => Tree::Empty,
-        }
-    }
-
-    fn flat_params(&self) -> Result<Vec<Arc<Buffer>>> {
-        let s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
-        match s.weights {
-            Some(_) => Ok(s.flat_params.clone()),
-            None => Err(Error::Invalid(format!(
-                "layer `{}` is not built yet",
-                self.inner.name
-            ))),
-        }
-    }
-
-    fn layout_fingerprint(&self) -> Result<(u64, bool)> {
-        let s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
-        match s.weights {
-            Some(_) => Ok(s.fingerprint),
-            None => Err(Error::Invalid(format!(
-                "layer `{}` is not built yet",
-                self.inner.name
-            ))),
-        }
-    }
-
-    fn uses_rng(&self) -> bool {
-        self.inner.call_needs.rng
-    }
-
-    fn next_rng(&self) -> [u32; 2] {
-        let mut s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
-        let key = [self.inner.seed, s.counter];
-        s.counter = s.counter.wrapping_add(1);
-        key
     }
 
     fn trace_call(&self, _b: &Builder, args: CallArgs) -> Result<(Tree<Value>, Tree<Value>)> {
@@ -522,5 +449,81 @@ impl Layer for JaxLayer {
 
     fn dtype_policy(&self) -> DTypePolicy {
         self.inner.policy
+    }
+}
+
+impl Sealed for JaxLayer {
+    fn hooks(&self, _: Seal) -> &dyn LayerHooks {
+        self
+    }
+}
+
+impl LayerHooks for JaxLayer {
+    fn as_dyn(&self) -> &dyn Layer {
+        self
+    }
+
+    fn client(&self) -> Option<Client> {
+        self.inner
+            .store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .client
+            .clone()
+    }
+
+    fn runner(&self) -> &Runner {
+        &self.inner.runner
+    }
+
+    fn swap_weights(&self, weights: Option<Weights>) -> Option<Weights> {
+        let mut s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
+        let old = s.weights.take();
+        match weights {
+            Some(w) => s.set(w),
+            None => s.flat_params.clear(),
+        }
+        old
+    }
+
+    fn replace_state(&self, state: Tree<Arc<Buffer>>) -> Tree<Arc<Buffer>> {
+        let mut s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut s.weights {
+            Some(w) => std::mem::replace(&mut w.state, state),
+            None => Tree::Empty,
+        }
+    }
+
+    fn flat_params(&self) -> Result<Vec<Arc<Buffer>>> {
+        let s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
+        match s.weights {
+            Some(_) => Ok(s.flat_params.clone()),
+            None => Err(Error::Invalid(format!(
+                "layer `{}` is not built yet",
+                self.inner.name
+            ))),
+        }
+    }
+
+    fn layout(&self) -> Result<(Layout, bool)> {
+        let s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
+        match (&s.weights, &s.layout) {
+            (Some(_), Some(layout)) => Ok(layout.clone()),
+            _ => Err(Error::Invalid(format!(
+                "layer `{}` is not built yet",
+                self.inner.name
+            ))),
+        }
+    }
+
+    fn uses_rng(&self) -> bool {
+        self.inner.call_needs.rng
+    }
+
+    fn next_rng(&self) -> [u32; 2] {
+        let mut s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
+        let key = [self.inner.seed, s.counter];
+        s.counter = s.counter.wrapping_add(1);
+        key
     }
 }

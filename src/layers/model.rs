@@ -7,15 +7,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::builder::{Tree, Value};
+use crate::cache::CompileCache;
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 use crate::weights::{load_tree, save_tree, NameMap, SafetensorsFile};
 
+use super::layer::sealed::hooks;
 use super::layer::{output_specs, Layer, Weights};
 use super::runner::{LayerValues, Runner};
-use super::signature::CallArgs;
+use super::signature::{CallArgs, Training};
 
 enum SymNode {
     Input {
@@ -38,6 +40,8 @@ pub struct Symbolic {
     /// Which output leaf of the node.
     leaf: usize,
     spec: ArraySpec,
+    /// The client layers applied to it are built on.
+    client: Client,
 }
 
 impl std::fmt::Debug for Symbolic {
@@ -57,19 +61,24 @@ fn shape_string(spec: &ArraySpec) -> String {
 
 static INPUT_IDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Keras's `Input`: a symbolic model input of per-example shape `dims`.
+/// Keras's `Input`: a symbolic model input of per-example shape `dims`,
+/// on the client that layers applied to it are built on (and that the model
+/// runs on).
 ///
 /// ```
 /// use xlayer::layers::Input;
-/// let x = Input::new(&[28, 28, 1], xlayer::DType::F32);
+/// let client = xlayer::Client::cpu()?;
+/// let x = Input::new(&client, &[28, 28, 1], xlayer::DType::F32);
 /// assert_eq!(x.dims(), &[1, 28, 28, 1]); // batch traced as 1
+/// # Ok::<(), xlayer::Error>(())
 /// ```
 pub struct Input;
 
 impl Input {
-    /// A symbolic input of per-example shape `dims` (the batch dimension is added).
+    /// A symbolic input of per-example shape `dims` (the batch dimension is
+    /// added) on `client`.
     #[allow(clippy::new_ret_no_self)]
-    pub fn new(dims: &[usize], dtype: DType) -> Symbolic {
+    pub fn new(client: &Client, dims: &[usize], dtype: DType) -> Symbolic {
         let mut full = vec![1];
         full.extend_from_slice(dims);
         let spec = ArraySpec::new(dtype, full);
@@ -81,6 +90,7 @@ impl Input {
             }),
             leaf: 0,
             spec,
+            client: client.clone(),
         }
     }
 }
@@ -95,11 +105,16 @@ impl Symbolic {
     pub fn dtype(&self) -> DType {
         self.spec.dtype
     }
+
+    /// The client layers applied to it are built on.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
 }
 
 /// Applying a layer to symbolic inputs (the functional API). Implemented for
-/// every layer type; the layer is built (on [`Client::default_client`]) from
-/// the symbolic input specs.
+/// every layer type; the layer is built from the symbolic input specs, on
+/// the inputs' client.
 pub trait Apply {
     /// Applies to one symbolic array; the layer must return one array.
     fn apply(&self, x: &Symbolic) -> Result<Symbolic>;
@@ -125,11 +140,16 @@ impl<L: Layer + Clone + 'static> Apply for L {
     }
 }
 
-/// Applies a shared layer handle to symbolic inputs.
+/// Applies a shared layer handle to symbolic inputs, building it on their
+/// client.
+///
+/// Errors: no symbolic inputs; inputs of different clients; those of the
+/// layer's build and call function.
 pub fn apply_layer(layer: Arc<dyn Layer>, x: &Tree<Symbolic>) -> Result<Tree<Symbolic>> {
+    let client = common_client(&x.leaves(), &layer.name())?;
     let specs = x.map_leaves(&mut |s| s.spec.clone());
-    layer.build(&Client::default_client()?, &specs)?;
-    let outputs = output_specs(layer.as_ref(), &specs, false)?;
+    layer.build(&client, &specs)?;
+    let outputs = output_specs(layer.as_ref(), &specs, Training::No)?;
     let node = Arc::new(SymNode::Apply {
         layer,
         inputs: x.clone(),
@@ -141,44 +161,66 @@ pub fn apply_layer(layer: Arc<dyn Layer>, x: &Tree<Symbolic>) -> Result<Tree<Sym
             node: node.clone(),
             leaf: i,
             spec: s.clone(),
+            client: client.clone(),
         };
         i += 1;
         sym
     }))
 }
 
+/// The one client of symbolic arrays `xs` (applied to by `what`).
+fn common_client(xs: &[&Symbolic], what: &str) -> Result<Client> {
+    let first = xs
+        .first()
+        .ok_or_else(|| Error::Invalid(format!("{what}: no symbolic inputs")))?;
+    if let Some(other) = xs.iter().find(|s| s.client.id() != first.client.id()) {
+        return Err(Error::ForeignClient {
+            what: format!("a symbolic input {} of {what}", shape_string(&other.spec)),
+            other: format!("{:?}", other.client),
+            this: format!("{:?}", first.client),
+        });
+    }
+    Ok(first.client.clone())
+}
+
 /// A model: inputs, outputs, and the layers between them, compiled as one
-/// program per input shape and mode.
+/// program per input shape and mode, run on its inputs' client.
 ///
 /// ```
 /// use xlayer::builder::{nn, Tree};
-/// use xlayer::layers::{Apply, Init, Input, Inputs, JaxLayer, Model, Out, Params};
+/// use xlayer::layers::{Apply, Init, Input, Inputs, JaxLayer, Model, Out, Params, Training};
 /// use xlayer::{Client, DType};
 /// let dense = |n: usize| JaxLayer::builder(|Params(p): Params, Inputs(x): Inputs| {
-///         Ok(Out::from(x.into_leaf()?.matmul(p.get("w").unwrap())?))
+///         Ok(Out::from(x.into_leaf()?.matmul(p.get("w")?)?))
 ///     })
 ///     .init_fn(move |Inputs(x): Inputs| {
 ///         let x = x.into_leaf()?;
 ///         Ok(Init(Tree::map([("w", Tree::leaf(x.builder().full(0.5, DType::F32, &[x.dims()[1], n])?))])))
 ///     })
 ///     .build();
-/// let x = Input::new(&[3], DType::F32);
+/// let client = Client::cpu()?;
+/// let x = Input::new(&client, &[3], DType::F32);
 /// let y = dense(2)?.apply(&dense(4)?.apply(&x)?)?;
 /// let model = Model::new(x, y)?;
 /// assert_eq!(model.count_params()?, 3 * 4 + 4 * 2);
-/// let client = Client::default_client()?;
 /// let input = client.buffer_from_host(&[1f32, 1.0, 1.0], &[1, 3])?;
-/// let out = model.call1(&client, &input, false)?;
+/// let out = model.call1(&input, Training::No)?;
 /// assert_eq!(out.to_vec::<f32>()?, vec![3.0, 3.0]);
 /// # Ok::<(), xlayer::Error>(())
 /// ```
 pub struct Model {
     name: String,
+    client: Client,
     inputs: Tree<Symbolic>,
     outputs: Tree<Symbolic>,
     layers: Vec<Arc<dyn Layer>>,
     runner: Runner,
     pub(crate) training: std::sync::Mutex<Option<Arc<crate::train::fit::TrainConfig>>>,
+    /// Makes a swap of all weights atomic: held for reading while a call or
+    /// a snapshot reads the layers' weights, for writing while
+    /// [`Model::load_weights`] or a train step replaces them, so a call
+    /// sees either all old or all new weights, never a mix.
+    swap: std::sync::RwLock<()>,
 }
 
 fn node_key(n: &Arc<SymNode>) -> usize {
@@ -190,10 +232,12 @@ fn layer_key(l: &Arc<dyn Layer>) -> usize {
 }
 
 impl Model {
-    /// A model from symbolic inputs to symbolic outputs.
+    /// A model from symbolic inputs to symbolic outputs, on the inputs'
+    /// client.
     ///
-    /// Errors: an output that does not depend only on the given inputs, or
-    /// two different layers with the same name.
+    /// Errors: an output that does not depend only on the given inputs;
+    /// inputs or layers of different clients; two different layers with the
+    /// same name.
     pub fn new(
         inputs: impl Into<Tree<Symbolic>>,
         outputs: impl Into<Tree<Symbolic>>,
@@ -246,6 +290,16 @@ impl Model {
         for o in outputs.leaves() {
             visit(o, &input_ids, &mut seen_nodes, &mut layers)?;
         }
+        let client = common_client(&inputs.leaves(), "Model::new")?;
+        for l in &layers {
+            if let Some(c) = hooks(l.as_ref()).client().filter(|c| c.id() != client.id()) {
+                return Err(Error::ForeignClient {
+                    what: format!("layer `{}`", l.name()),
+                    other: format!("{c:?}"),
+                    this: format!("{client:?}"),
+                });
+            }
+        }
         let mut names = HashMap::new();
         for l in &layers {
             if let Some(prev) = names.insert(l.name(), layer_key(l)) {
@@ -259,12 +313,27 @@ impl Model {
         }
         Ok(Model {
             name: "model".into(),
+            client,
             inputs,
             outputs,
             layers,
             runner: Runner::default(),
             training: Default::default(),
+            swap: Default::default(),
         })
+    }
+
+    /// Compiles the model's forwards through `cache` (default: the
+    /// environment's, [`CompileCache::from_env`], or none when that has no
+    /// home). Programs traced before are forgotten.
+    pub fn with_compile_cache(mut self, cache: CompileCache) -> Self {
+        self.runner = Runner::new(cache);
+        self
+    }
+
+    /// The persistent compilation cache of the model's forwards.
+    pub fn compile_cache(&self) -> &CompileCache {
+        self.runner.compile_cache()
     }
 
     /// Renames the model (used as the compiled module's name).
@@ -277,6 +346,11 @@ impl Model {
         &self.name
     }
 
+    /// The client the model runs on (its inputs').
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The symbolic inputs' specs (batch dimension traced as 1).
     pub fn input_specs(&self) -> Tree<ArraySpec> {
         self.inputs.map_leaves(&mut |s| s.spec.clone())
@@ -287,13 +361,27 @@ impl Model {
         &self.layers
     }
 
-    /// Number of compiles done by this model's calls so far.
+    /// Number of programs this model's calls have traced and compiled (or
+    /// loaded from the compilation cache) so far: one per input specs and
+    /// mode.
     pub fn compile_count(&self) -> usize {
         self.runner.compiles()
     }
 
-    /// Every layer's weights, by layer name.
+    /// Shared access to the weights (calls, snapshots): excludes a swap.
+    pub(crate) fn weights_shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.swap.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Exclusive access to the weights (swaps): waits for running calls.
+    pub(crate) fn weights_exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.swap.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every layer's weights, by layer name (one consistent snapshot: never
+    /// half of a concurrent [`Model::load_weights`]).
     pub fn weights(&self) -> Result<Vec<(String, Weights)>> {
+        let _shared = self.weights_shared();
         self.layers
             .iter()
             .map(|l| Ok((l.name(), l.weights()?)))
@@ -324,7 +412,7 @@ impl Model {
         &self,
         lv: Vec<LayerValues>,
         inputs: Tree<Value>,
-        training: bool,
+        training: Training,
     ) -> Result<(Tree<Value>, Vec<Tree<Value>>)> {
         let mut per_layer: HashMap<usize, LayerValues> = HashMap::new();
         for (l, v) in self.layers.iter().zip(lv) {
@@ -340,7 +428,7 @@ impl Model {
             values: &mut HashMap<usize, Vec<Value>>,
             per_layer: &HashMap<usize, LayerValues>,
             new_states: &mut HashMap<usize, Tree<Value>>,
-            training: bool,
+            training: Training,
         ) -> Result<Value> {
             let key = node_key(&s.node);
             if let Some(v) = values.get(&key) {
@@ -395,15 +483,13 @@ impl Model {
         Ok((out, states))
     }
 
-    /// Runs the model on device buffers (structured like its inputs) and
-    /// returns the outputs. Input specs must match the model's inputs except
-    /// for the batch dimension.
-    pub fn call(
-        &self,
-        client: &Client,
-        inputs: &Tree<&Buffer>,
-        training: bool,
-    ) -> Result<Tree<Buffer>> {
+    /// Runs the model on device buffers (structured like its inputs, on the
+    /// model's client) and returns the outputs. Input specs must match the
+    /// model's inputs except for the batch dimension.
+    ///
+    /// Errors: inputs of another structure, dtype or per-example shape;
+    /// buffers of another client ([`Error::ForeignClient`]).
+    pub fn call(&self, inputs: &Tree<&Buffer>, training: Training) -> Result<Tree<Buffer>> {
         if inputs.structure() != self.inputs.structure() {
             return Err(Error::Invalid(format!(
                 "model `{}` takes inputs with paths {:?}, got {:?}",
@@ -424,8 +510,9 @@ impl Model {
             }
         }
         let layers: Vec<&dyn Layer> = self.layers.iter().map(|l| l.as_ref()).collect();
+        let _shared = self.weights_shared();
         self.runner.run(
-            client,
+            &self.client,
             &self.name,
             &layers,
             inputs,
@@ -435,8 +522,10 @@ impl Model {
     }
 
     /// [`Model::call`] for one input and one output array.
-    pub fn call1(&self, client: &Client, input: &Buffer, training: bool) -> Result<Buffer> {
-        match self.call(client, &Tree::Leaf(input), training)? {
+    ///
+    /// Errors: those of [`Model::call`]; a model with several outputs.
+    pub fn call1(&self, input: &Buffer, training: Training) -> Result<Buffer> {
+        match self.call(&Tree::Leaf(input), training)? {
             Tree::Leaf(b) => Ok(b),
             other => Err(Error::Invalid(format!(
                 "call1: the model returns a tree with paths {:?}",
@@ -448,7 +537,10 @@ impl Model {
     /// Keras's `predict` for one input and one output: runs `x` (host data,
     /// batch first) through the model in inference mode, `batch_size` rows at
     /// a time, with a progress bar on a terminal, and returns the rows.
-    pub fn predict(&self, client: &Client, x: &HostArray, batch_size: usize) -> Result<HostArray> {
+    ///
+    /// Errors: `batch_size` 0 or unbatched `x`; those of [`Model::call1`].
+    pub fn predict(&self, x: &HostArray, batch_size: usize) -> Result<HostArray> {
+        let client = &self.client;
         if batch_size == 0 || x.spec.rank() == 0 {
             return Err(Error::Invalid(format!(
                 "predict needs batch_size > 0 and batched input, got {} and {}",
@@ -468,7 +560,7 @@ impl Model {
         for s in 0..steps {
             let rows = x.rows(s * batch_size, ((s + 1) * batch_size).min(n))?;
             let buf = client.buffer_from_bytes(&rows.bytes, &rows.spec, client.default_device())?;
-            let y = self.call1(client, &buf, false)?;
+            let y = self.call1(&buf, Training::No)?;
             let y = HostArray {
                 spec: y.spec().clone(),
                 bytes: y.to_bytes()?,
@@ -567,8 +659,15 @@ impl Model {
 
     /// Loads weights saved by [`Model::save_weights`]. Every tensor is
     /// checked (missing, unexpected, shape, dtype) before any layer changes:
-    /// a failed load leaves the model exactly as it was.
-    pub fn load_weights(&self, client: &Client, path: impl AsRef<Path>) -> Result<()> {
+    /// a failed load leaves the model exactly as it was. The weights go to
+    /// the model's client.
+    ///
+    /// The swap is atomic with respect to this model's calls, snapshots and
+    /// train steps on other threads: each sees either all the old weights or
+    /// all the new ones (a load waits for running calls to finish). Setting
+    /// weights on the layers directly ([`Layer::set_weights`]) is not.
+    pub fn load_weights(&self, path: impl AsRef<Path>) -> Result<()> {
+        let client = &self.client;
         let file = SafetensorsFile::open(path)?;
         let current = self.weights()?;
         let mut wanted = BTreeMap::new();
@@ -610,6 +709,7 @@ impl Model {
             old.check_same_layout(&w, &format!("load_weights of layer `{name}`"))?;
             new.push((l.clone(), w));
         }
+        let _exclusive = self.weights_exclusive();
         for (l, w) in new {
             l.set_weights(w)?;
         }
@@ -712,14 +812,14 @@ impl HostArray {
 ///
 /// ```
 /// use xlayer::builder::nn;
-/// use xlayer::layers::{Inputs, JaxLayer, Out, Sequential};
+/// use xlayer::layers::{Inputs, JaxLayer, Out, Sequential, Training};
 /// use xlayer::Client;
 /// let relu = JaxLayer::new(|Inputs(x): Inputs| Ok(Out::from(nn::relu(&x.into_leaf()?)?)))?;
 /// let double = JaxLayer::new(|Inputs(x): Inputs| Ok(Out::from((x.into_leaf()? * 2.0)?)))?;
 /// let model = Sequential::new().add(relu).add(double);
-/// let client = Client::default_client()?;
+/// let client = Client::cpu()?;
 /// let x = client.buffer_from_host(&[-1f32, 2.0], &[1, 2])?;
-/// assert_eq!(model.call1(&client, &x, false)?.to_vec::<f32>()?, vec![0.0, 4.0]);
+/// assert_eq!(model.call1(&x, Training::No)?.to_vec::<f32>()?, vec![0.0, 4.0]);
 /// # Ok::<(), xlayer::Error>(())
 /// ```
 #[derive(Default)]
@@ -749,19 +849,22 @@ impl Sequential {
         self
     }
 
-    /// Builds for per-example input shape `dims` (without the batch dimension).
-    pub fn build(&self, dims: &[usize], dtype: DType) -> Result<Arc<Model>> {
+    /// Builds on `client` for per-example input shape `dims` (without the
+    /// batch dimension); the model is kept and reused for the same input.
+    ///
+    /// Errors: no layers; those of the layers' builds.
+    pub fn build(&self, client: &Client, dims: &[usize], dtype: DType) -> Result<Arc<Model>> {
         let mut guard = self.model.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = guard.as_ref() {
             let want = &m.inputs.leaves()[0].spec;
-            if want.dtype == dtype && want.dims[1..] == *dims {
+            if want.dtype == dtype && want.dims[1..] == *dims && m.client.id() == client.id() {
                 return Ok(m.clone());
             }
         }
         if self.layers.is_empty() {
             return Err(Error::Invalid("Sequential has no layers".into()));
         }
-        let x = Input::new(dims, dtype);
+        let x = Input::new(client, dims, dtype);
         let mut y = Tree::Leaf(x.clone());
         for l in &self.layers {
             y = apply_layer(l.clone(), &y)?;
@@ -776,13 +879,17 @@ impl Sequential {
         self.model.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Runs on one input array (building on first use) and returns one output.
-    pub fn call1(&self, client: &Client, x: &Buffer, training: bool) -> Result<Buffer> {
+    /// Runs on one input array (building on its client on first use) and
+    /// returns one output.
+    ///
+    /// Errors: an input without a batch dimension; those of
+    /// [`Sequential::build`] and [`Model::call1`].
+    pub fn call1(&self, x: &Buffer, training: Training) -> Result<Buffer> {
         let dims = x
             .dims()
             .get(1..)
             .ok_or_else(|| Error::Invalid("Sequential input needs a batch dimension".into()))?;
-        self.build(dims, x.dtype())?.call1(client, x, training)
+        self.build(x.client(), dims, x.dtype())?.call1(x, training)
     }
 }
 

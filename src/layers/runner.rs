@@ -1,38 +1,37 @@
 //! Compiling and running a forward pass over a set of layers: one trace and
-//! one compile per distinct (weights layout, input specs, training), the
-//! executable cached and reused; state buffers donated and replaced.
+//! one compile per distinct [`JitKey`] (weights layouts, input specs,
+//! training, rng use), kept in the runner's [`JitCache`]; state buffers
+//! donated and replaced.
 
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::builder::{trace, Builder, Tree, Value};
+use crate::builder::{trace, Builder, Computation, Tree, Value};
+use crate::cache::CompileCache;
 use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
+use crate::jit::{JitCache, JitKey};
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
-use crate::pjrt::executable::{Arg, Executable};
+use crate::pjrt::executable::Arg;
 
+use super::layer::sealed::hooks;
 use super::layer::Layer;
+use super::signature::Training;
 
 /// What a traced forward receives for one layer.
-pub(crate) struct LayerValues {
+pub struct LayerValues {
+    /// The layer's params.
     pub params: Tree<Value>,
+    /// The layer's state.
     pub state: Tree<Value>,
+    /// Its random key, in training mode when it takes one.
     pub rng: Option<Value>,
 }
 
 /// Traces the forward: per-layer values and the inputs → outputs and the
 /// new state of every layer (in `layers` order).
-pub(crate) type TraceFn<'a> = dyn Fn(&Builder, Vec<LayerValues>, Tree<Value>, bool) -> Result<(Tree<Value>, Vec<Tree<Value>>)>
+pub(crate) type TraceFn<'a> = dyn Fn(&Builder, Vec<LayerValues>, Tree<Value>, Training) -> Result<(Tree<Value>, Vec<Tree<Value>>)>
     + 'a;
-
-struct Compiled {
-    exe: Executable,
-    out_tree: Tree<()>,
-    state_trees: Vec<Tree<()>>,
-}
 
 /// Buffers handed to an executable: each one whose only handle we hold is
 /// donated (its memory may be reused for an output); the others, still
@@ -72,19 +71,32 @@ impl Handover {
     }
 }
 
-/// A cache of compiled forwards, keyed by everything that shapes the program.
+/// Runs forwards through a [`JitCache`]: one trace and compile per
+/// [`JitKey`] (weights layouts, input specs, training, rng use).
 #[derive(Default)]
-pub(crate) struct Runner {
-    cache: Mutex<HashMap<u64, Arc<Compiled>>>,
-    compiles: AtomicUsize,
+pub struct Runner {
+    jit: JitCache,
     /// Serialises runs: state is handed to the executable during a run.
     running: Mutex<()>,
 }
 
 impl Runner {
-    /// How many programs this runner has compiled.
+    /// A runner compiling through `cache`.
+    pub(crate) fn new(cache: CompileCache) -> Runner {
+        Runner {
+            jit: JitCache::new(cache),
+            running: Mutex::new(()),
+        }
+    }
+
+    /// The persistent cache behind the runner's programs.
+    pub(crate) fn compile_cache(&self) -> &CompileCache {
+        self.jit.disk()
+    }
+
+    /// How many programs this runner has traced and compiled.
     pub(crate) fn compiles(&self) -> usize {
-        self.compiles.load(Ordering::Relaxed)
+        self.jit.traced()
     }
 
     /// Runs the forward of `layers` on `inputs`.
@@ -94,65 +106,45 @@ impl Runner {
         name: &str,
         layers: &[&dyn Layer],
         inputs: &Tree<&Buffer>,
-        training: bool,
+        training: Training,
         trace_fn: &TraceFn<'_>,
     ) -> Result<Tree<Buffer>> {
         let _guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let input_leaves = inputs.leaves();
-        // The cache key: a hash of everything that shapes the program. A
-        // collision cannot give wrong results: arguments are checked against
-        // the executable's signature before it runs.
+        let mut key = JitKey::new(
+            "forward",
+            client,
+            inputs.map_leaves(&mut |b| b.spec().clone()),
+            training,
+        );
         let mut has_state = false;
-        let key = {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            training.hash(&mut h);
-            for l in layers {
-                let (fp, state) = l.layout_fingerprint()?;
-                has_state |= state;
-                (training && l.uses_rng()).hash(&mut h);
-                fp.hash(&mut h);
-            }
-            inputs.hash_structure(&mut h);
-            for b in &input_leaves {
-                b.spec().hash(&mut h);
-            }
-            h.finish()
-        };
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
-        let compiled = match cached {
-            Some(c) => c,
-            None => {
-                let weights = layers
-                    .iter()
-                    .map(|l| l.weights())
-                    .collect::<Result<Vec<_>>>()?;
-                let rng_used: Vec<bool> = layers.iter().map(|l| training && l.uses_rng()).collect();
-                let c = self.compile(
-                    client, name, layers, &weights, &rng_used, inputs, training, trace_fn,
-                )?;
-                self.cache
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, c.clone());
-                c
-            }
-        };
+        for l in layers {
+            let (layout, state) = hooks(*l).layout()?;
+            has_state |= state;
+            key.weights.push(layout);
+            key.rngs.push(training.is_yes() && hooks(*l).uses_rng());
+        }
+        let rng_used = key.rngs.clone();
+        let compiled = self.jit.get_or_compile(client, key, || {
+            let weights = layers
+                .iter()
+                .map(|l| l.weights())
+                .collect::<Result<Vec<_>>>()?;
+            trace_forward(
+                name, layers, &weights, &rng_used, inputs, training, trace_fn,
+            )
+        })?;
         let mut rng_buffers: Vec<Buffer> = Vec::new();
-        if training {
-            for l in layers.iter().filter(|l| l.uses_rng()) {
-                rng_buffers.push(client.buffer_from_host(&l.next_rng(), &[2])?);
+        if training.is_yes() {
+            for l in layers.iter().filter(|l| hooks(**l).uses_rng()) {
+                rng_buffers.push(client.buffer_from_host(&hooks(*l).next_rng(), &[2])?);
             }
         }
         if !has_state {
             // Fast path: no state to hand over; params and inputs borrowed.
             let params: Vec<Arc<Buffer>> = layers
                 .iter()
-                .map(|l| l.flat_params())
+                .map(|l| hooks(*l).flat_params())
                 .collect::<Result<Vec<_>>>()?
                 .into_iter()
                 .flatten()
@@ -163,7 +155,7 @@ impl Runner {
             args.extend(rng_buffers.iter().map(Arg::Borrowed));
             args.extend(input_leaves.iter().map(|b| Arg::Borrowed(b)));
             let outs = compiled.exe.execute_args(args)?;
-            return compiled.out_tree.unflatten(outs);
+            return compiled.outputs[0].unflatten(outs);
         }
         let weights = layers
             .iter()
@@ -201,7 +193,7 @@ impl Runner {
         // Take the state out of the layers so that our handles are the only ones.
         let state_leaves: Vec<Arc<Buffer>> = layers
             .iter()
-            .flat_map(|l| l.replace_state(Tree::Empty).into_leaves())
+            .flat_map(|l| hooks(*l).replace_state(Tree::Empty).into_leaves())
             .collect();
         let mut args: Vec<Arg<'_>> = params.iter().map(|b| Arg::Borrowed(b.as_ref())).collect();
         let mut handover = Handover::new(state_leaves);
@@ -211,113 +203,108 @@ impl Runner {
         let mut outs = compiled.exe.execute_args(args)?;
 
         // Split outputs from the new state of each layer, and put the state back.
-        let n_out = compiled.out_tree.len();
+        let n_out = compiled.outputs[0].len();
         let state_out = outs.split_off(n_out);
         let mut state_out = state_out.into_iter();
-        for (layer, tree) in layers.iter().zip(&compiled.state_trees) {
+        for (layer, tree) in layers.iter().zip(&compiled.outputs[1..]) {
             let leaves: Vec<Arc<Buffer>> =
                 state_out.by_ref().take(tree.len()).map(Arc::new).collect();
-            layer.replace_state(tree.unflatten(leaves)?);
+            hooks(*layer).replace_state(tree.unflatten(leaves)?);
         }
-        compiled.out_tree.unflatten(outs)
+        compiled.outputs[0].unflatten(outs)
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn compile(
-        &self,
-        client: &Client,
-        name: &str,
-        layers: &[&dyn Layer],
-        weights: &[super::layer::Weights],
-        rng_used: &[bool],
-        inputs: &Tree<&Buffer>,
-        training: bool,
-        trace_fn: &TraceFn<'_>,
-    ) -> Result<Arc<Compiled>> {
-        // Parameters, in order: every layer's params, every layer's state,
-        // the rng keys of layers that use one, the inputs.
-        let mut specs: Vec<(String, ArraySpec)> = Vec::new();
-        for (l, w) in layers.iter().zip(weights) {
-            for (p, b) in w.params.entries() {
-                specs.push((format!("{}/params/{p}", l.name()), b.spec().clone()));
-            }
+/// Traces the forward of `layers`: the computation, then its output
+/// structures (the outputs, then each layer's new state).
+#[allow(clippy::too_many_arguments)]
+fn trace_forward(
+    name: &str,
+    layers: &[&dyn Layer],
+    weights: &[super::layer::Weights],
+    rng_used: &[bool],
+    inputs: &Tree<&Buffer>,
+    training: Training,
+    trace_fn: &TraceFn<'_>,
+) -> Result<(Computation, Vec<Tree<()>>)> {
+    // Parameters, in order: every layer's params, every layer's state,
+    // the rng keys of layers that use one, the inputs.
+    let mut specs: Vec<(String, ArraySpec)> = Vec::new();
+    for (l, w) in layers.iter().zip(weights) {
+        for (p, b) in w.params.entries() {
+            specs.push((format!("{}/params/{p}", l.name()), b.spec().clone()));
         }
-        let mut donors = vec![false; specs.len()];
-        for (l, w) in layers.iter().zip(weights) {
-            for (p, b) in w.state.entries() {
-                specs.push((format!("{}/state/{p}", l.name()), b.spec().clone()));
-                donors.push(true);
-            }
-        }
-        for (l, _) in layers.iter().zip(rng_used).filter(|(_, &u)| u) {
-            specs.push((format!("{}/rng", l.name()), ArraySpec::of::<u32>([2])));
-            donors.push(false);
-        }
-        for (p, b) in inputs.entries() {
-            specs.push((
-                if p.is_empty() {
-                    "inputs".into()
-                } else {
-                    format!("inputs/{p}")
-                },
-                b.spec().clone(),
-            ));
-            donors.push(false);
-        }
-        let flat = Tree::List(specs.iter().map(|(_, s)| Tree::Leaf(s.clone())).collect());
-        let mut out_tree = Tree::Empty;
-        let mut state_trees = Vec::new();
-        let computation = trace(name, &flat, |b, t| {
-            let mut leaves = t.into_leaves().into_iter();
-            let mut per_layer: Vec<LayerValues> = weights
-                .iter()
-                .map(|w| {
-                    let params = w
-                        .params
-                        .structure()
-                        .unflatten(leaves.by_ref().take(w.params.len()).collect())?;
-                    Ok(LayerValues {
-                        params,
-                        state: Tree::Empty,
-                        rng: None,
-                    })
-                })
-                .collect::<Result<_>>()?;
-            for (lv, w) in per_layer.iter_mut().zip(weights) {
-                lv.state = w
-                    .state
-                    .structure()
-                    .unflatten(leaves.by_ref().take(w.state.len()).collect())?;
-            }
-            for (lv, &used) in per_layer.iter_mut().zip(rng_used) {
-                if used {
-                    lv.rng = leaves.next();
-                }
-            }
-            let ins = inputs.structure().unflatten(leaves.collect())?;
-            let (out, new_states) = trace_fn(b, per_layer, ins, training)?;
-            let mut results: Vec<Value> = out.leaves().into_iter().cloned().collect();
-            out_tree = out.structure();
-            for ((l, w), new) in layers.iter().zip(weights).zip(&new_states) {
-                check_new_state(
-                    &l.name(),
-                    &w.state.map_leaves(&mut |b| b.spec().clone()),
-                    new,
-                )?;
-                results.extend(new.leaves().into_iter().cloned());
-                state_trees.push(new.structure());
-            }
-            Ok(Tree::List(results.into_iter().map(Tree::Leaf).collect()))
-        })?;
-        let computation = computation.with_donors(&donors)?;
-        let exe = computation.compile(client)?;
-        self.compiles.fetch_add(1, Ordering::Relaxed);
-        Ok(Arc::new(Compiled {
-            exe,
-            out_tree,
-            state_trees,
-        }))
     }
+    let mut donors = vec![false; specs.len()];
+    for (l, w) in layers.iter().zip(weights) {
+        for (p, b) in w.state.entries() {
+            specs.push((format!("{}/state/{p}", l.name()), b.spec().clone()));
+            donors.push(true);
+        }
+    }
+    for (l, _) in layers.iter().zip(rng_used).filter(|(_, &u)| u) {
+        specs.push((format!("{}/rng", l.name()), ArraySpec::of::<u32>([2])));
+        donors.push(false);
+    }
+    for (p, b) in inputs.entries() {
+        specs.push((
+            if p.is_empty() {
+                "inputs".into()
+            } else {
+                format!("inputs/{p}")
+            },
+            b.spec().clone(),
+        ));
+        donors.push(false);
+    }
+    let flat = Tree::List(specs.iter().map(|(_, s)| Tree::Leaf(s.clone())).collect());
+    let mut out_tree = Tree::Empty;
+    let mut state_trees = Vec::new();
+    let computation = trace(name, &flat, |b, t| {
+        let mut leaves = t.into_leaves().into_iter();
+        let mut per_layer: Vec<LayerValues> = weights
+            .iter()
+            .map(|w| {
+                let params = w
+                    .params
+                    .structure()
+                    .unflatten(leaves.by_ref().take(w.params.len()).collect())?;
+                Ok(LayerValues {
+                    params,
+                    state: Tree::Empty,
+                    rng: None,
+                })
+            })
+            .collect::<Result<_>>()?;
+        for (lv, w) in per_layer.iter_mut().zip(weights) {
+            lv.state = w
+                .state
+                .structure()
+                .unflatten(leaves.by_ref().take(w.state.len()).collect())?;
+        }
+        for (lv, &used) in per_layer.iter_mut().zip(rng_used) {
+            if used {
+                lv.rng = leaves.next();
+            }
+        }
+        let ins = inputs.structure().unflatten(leaves.collect())?;
+        let (out, new_states) = trace_fn(b, per_layer, ins, training)?;
+        let mut results: Vec<Value> = out.leaves().into_iter().cloned().collect();
+        out_tree = out.structure();
+        for ((l, w), new) in layers.iter().zip(weights).zip(&new_states) {
+            check_new_state(
+                &l.name(),
+                &w.state.map_leaves(&mut |b| b.spec().clone()),
+                new,
+            )?;
+            results.extend(new.leaves().into_iter().cloned());
+            state_trees.push(new.structure());
+        }
+        Ok(Tree::List(results.into_iter().map(Tree::Leaf).collect()))
+    })?;
+    let mut outputs = vec![out_tree];
+    outputs.extend(state_trees);
+    Ok((computation.with_donors(&donors)?, outputs))
 }
 
 /// The new state must have the old state's structure, dtypes and shapes.

@@ -13,7 +13,7 @@
 //! // Keras: def stateless_call(params, inputs): ...
 //! let layer = JaxLayer::new(|Params(p): Params, Inputs(x): Inputs| {
 //!     let x = x.into_leaf()?;
-//!     Ok(Out(x.matmul(p.get("w").unwrap())?.into()))
+//!     Ok(Out(x.matmul(p.get("w")?)?.into()))
 //! });
 //! # let _ = layer;
 //! ```
@@ -38,9 +38,49 @@ pub struct Rng(pub Value);
 #[derive(Debug, Clone)]
 pub struct Inputs(pub Tree<Value>);
 
-/// True in training mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Training(pub bool);
+/// Training or inference mode: Keras's `training` argument (Flax's
+/// `deterministic` / `use_running_average` are its negation). A call
+/// function that takes it gets the mode of the call.
+///
+/// ```
+/// use xlayer::layers::Training;
+/// assert!(Training::Yes.is_yes() && !Training::No.is_yes());
+/// assert_eq!(Training::from(true), Training::Yes);
+/// assert_eq!(Training::default(), Training::No); // inference unless asked
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub enum Training {
+    /// Inference (Keras `training=False`): dropout off, running statistics
+    /// used, state unchanged.
+    #[default]
+    No,
+    /// Training (Keras `training=True`): dropout on, batch statistics used
+    /// and state updated.
+    Yes,
+}
+
+impl Training {
+    /// True in training mode.
+    pub const fn is_yes(self) -> bool {
+        matches!(self, Training::Yes)
+    }
+}
+
+impl From<bool> for Training {
+    fn from(training: bool) -> Training {
+        if training {
+            Training::Yes
+        } else {
+            Training::No
+        }
+    }
+}
+
+impl From<Training> for bool {
+    fn from(t: Training) -> bool {
+        t.is_yes()
+    }
+}
 
 /// What a stateless call function returns: the outputs.
 #[derive(Debug, Clone)]
@@ -96,8 +136,8 @@ pub struct CallArgs {
     pub rng: Option<Value>,
     /// Inputs.
     pub inputs: Tree<Value>,
-    /// Training mode.
-    pub training: bool,
+    /// Training or inference.
+    pub training: Training,
 }
 
 /// One argument of a call or init function: built from [`CallArgs`].
@@ -181,7 +221,7 @@ impl Arg for Training {
         training: true,
     };
     fn extract(a: &CallArgs, _: &str) -> Result<Self> {
-        Ok(Training(a.training))
+        Ok(a.training)
     }
 }
 

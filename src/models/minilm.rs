@@ -21,13 +21,16 @@
 //! # Ok::<(), xlayer::Error>(())
 //! ```
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::builder::Tree;
 use crate::cache::CompileCache;
+use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
+use crate::jit::{JitCache, JitKey};
+use crate::layers::Training;
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 use crate::pjrt::executable::Executable;
@@ -74,8 +77,8 @@ pub struct MiniLm {
     tokenizer: tokenizers::Tokenizer,
     tokenizer_path: PathBuf,
     weights: Vec<Buffer>,
-    cache: CompileCache,
-    programs: Mutex<HashMap<(usize, usize), Arc<Executable>>>,
+    /// The compiled buckets, by input specs.
+    jit: JitCache,
     info: LoadInfo,
 }
 
@@ -146,9 +149,10 @@ impl MiniLm {
                 reason: e.to_string(),
             })?;
         let start = Instant::now();
-        let wanted = bert::param_tree(&cfg);
+        let wanted = bert::param_tree(&cfg)?;
         let (tree, report) = load_tree(client, &file, &wanted, &bert::checkpoint_names())?;
-        let weights = bert::in_program_order(&cfg, tree)?;
+        // The program takes the weights in the tree's flatten order.
+        let weights = tree.into_leaves();
         let weights_time = open_time + start.elapsed();
         Ok(MiniLm {
             client: client.clone(),
@@ -156,8 +160,7 @@ impl MiniLm {
             tokenizer,
             tokenizer_path,
             weights,
-            cache,
-            programs: Mutex::new(HashMap::new()),
+            jit: JitCache::new(cache),
             info: LoadInfo {
                 dir: dir.to_path_buf(),
                 file_bytes: file.file_size(),
@@ -185,7 +188,7 @@ impl MiniLm {
 
     /// The compilation cache in use.
     pub fn cache(&self) -> &CompileCache {
-        &self.cache
+        self.jit.disk()
     }
 
     /// Tokenizes as sentence-transformers does (special tokens, truncation
@@ -270,14 +273,18 @@ impl MiniLm {
     /// The executable of one (batch, length) bucket, compiled (or loaded
     /// from the cache) on first use.
     pub fn program(&self, batch: usize, seq: usize) -> Result<Arc<Executable>> {
-        let mut programs = self.programs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = programs.get(&(batch, seq)) {
-            return Ok(e.clone());
-        }
-        let c = bert::trace_sentence_embedding(&self.cfg, batch, seq)?;
-        let exe = Arc::new(c.compile_cached(&self.client, &self.cache)?);
-        programs.insert((batch, seq), exe.clone());
-        Ok(exe)
+        let inputs = Tree::tuple([
+            Tree::Leaf(ArraySpec::of::<i32>([batch, seq])),
+            Tree::Leaf(ArraySpec::of::<f32>([batch, seq])),
+        ]);
+        let key = JitKey::new("sentence_embedding", &self.client, inputs, Training::No);
+        let jitted = self.jit.get_or_compile(&self.client, key, || {
+            Ok((
+                bert::trace_sentence_embedding(&self.cfg, batch, seq)?,
+                Vec::new(),
+            ))
+        })?;
+        Ok(jitted.exe.clone())
     }
 
     /// Runs one padded bucket: `ids`/`mask` are `batch × seq`, row-major.

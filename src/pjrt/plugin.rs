@@ -272,12 +272,44 @@ macro_rules! pjrt_call {
 }
 pub(crate) use pjrt_call;
 
+/// What identifies a file's content without reading it: device, inode, size,
+/// and modification and status-change times (ns). Any write, replacement
+/// (rename), truncation, `touch` or `chmod` changes at least one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileStamp {
+    /// The device holding the file.
+    pub dev: u64,
+    /// Its inode number.
+    pub ino: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Last modification, ns since the epoch.
+    pub mtime_ns: i128,
+    /// Last status change, ns since the epoch (not settable by `touch`).
+    pub ctime_ns: i128,
+}
+
+impl FileStamp {
+    /// The stamp of a file from its metadata.
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        }
+    }
+}
+
 /// A loaded PJRT plugin: its C API table and attributes.
 ///
 /// Obtain one with [`Plugin::load`], [`Plugin::cpu`] or
 /// [`Plugin::default_plugin`]; it stays loaded for the life of the process.
 pub struct Plugin {
     path: PathBuf,
+    stamp: FileStamp,
     api: &'static sys::PJRT_Api,
     version: (i32, i32),
     attributes: Vec<(String, NamedValue)>,
@@ -348,6 +380,16 @@ impl Plugin {
             path: path.to_path_buf(),
             reason: e.to_string(),
         };
+        // The file as it is when opened: what the compilation cache's key
+        // identifies (it refuses to hash a file whose stamp changed since).
+        let stamp = std::fs::metadata(path)
+            .map(|m| FileStamp::of(&m))
+            .map_err(|e| Error::PluginLoad {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        // Quiet by default: the plugin reads its log level once (see logging).
+        super::logging::before_first_plugin_load();
         // SAFETY: loading a shared library runs its initialisers; the file is
         // one the user (or our provisioning) designated as a PJRT plugin.
         let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }.map_err(load_err)?;
@@ -390,6 +432,7 @@ impl Plugin {
         }
         let mut plugin = Plugin {
             path: path.to_path_buf(),
+            stamp,
             api,
             version,
             attributes: Vec::new(),
@@ -411,6 +454,12 @@ impl Plugin {
     /// The file this plugin was loaded from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The stamp (inode, size, times) of [`Plugin::path`] when it was
+    /// loaded: a file on disk with another stamp is not the code that runs.
+    pub fn file_stamp(&self) -> FileStamp {
+        self.stamp
     }
 
     /// The C API version the plugin implements, `(major, minor)`.

@@ -6,22 +6,23 @@
 //! and layer state are donated to it, so a step moves only the batch in and
 //! the scalars out.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::builder::autodiff::value_and_grad_with_aux;
-use crate::builder::{trace, Builder, Tree, Value};
+use crate::builder::{trace, Builder, Computation, Tree, Value};
 use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
+use crate::jit::{JitCache, JitKey};
+use crate::layers::layer::sealed::hooks;
 use crate::layers::runner::{Handover, LayerValues};
-use crate::layers::{HostArray, Model, Weights};
+use crate::layers::{HostArray, Model, Training, Weights};
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
-use crate::pjrt::executable::{Arg, Executable};
+use crate::pjrt::executable::Arg;
 
 use super::loss::{accuracy, Loss};
 use super::optim::Optimizer;
@@ -55,16 +56,9 @@ pub struct TrainConfig {
     metrics: Vec<Metric>,
     /// The optimizer state on the device, by layer name (created at the first step).
     opt_state: Mutex<Option<Tree<Arc<Buffer>>>>,
-    steps: Mutex<HashMap<u64, Arc<Step>>>,
-    evals: Mutex<HashMap<u64, Arc<Step>>>,
-}
-
-struct Step {
-    exe: Executable,
-    /// Structure of each layer's params and state, and of the optimizer state.
-    params: Vec<Tree<()>>,
-    states: Vec<Tree<()>>,
-    opt: Tree<()>,
+    /// Train steps (outputs: each layer's params, each layer's state, the
+    /// optimizer state, then the loss and metrics) and eval steps.
+    jit: JitCache,
 }
 
 /// Options of [`Model::fit`].
@@ -145,8 +139,7 @@ impl Model {
             loss,
             metrics: metrics.to_vec(),
             opt_state: Mutex::new(None),
-            steps: Mutex::new(HashMap::new()),
-            evals: Mutex::new(HashMap::new()),
+            jit: JitCache::from_env(),
         };
         *self.training.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(cfg));
     }
@@ -197,19 +190,20 @@ impl Model {
 
     /// Traces forward + loss (+ metrics) for batch specs; `train` adds the
     /// backward pass and the optimizer update.
-    #[allow(clippy::too_many_arguments)]
     fn build_step(
         &self,
-        client: &Client,
         cfg: &TrainConfig,
         weights: &[Weights],
         opt: Option<&Tree<Arc<Buffer>>>,
         x: &ArraySpec,
         y: &ArraySpec,
         train: bool,
-    ) -> Result<Step> {
+    ) -> Result<(Computation, Vec<Tree<()>>)> {
         let layers = self.layers();
-        let rng_used: Vec<bool> = layers.iter().map(|l| train && l.uses_rng()).collect();
+        let rng_used: Vec<bool> = layers
+            .iter()
+            .map(|l| train && hooks(l.as_ref()).uses_rng())
+            .collect();
         let mut specs: Vec<ArraySpec> = Vec::new();
         let mut donors = Vec::new();
         for w in weights {
@@ -287,7 +281,7 @@ impl Model {
                         })
                         .collect();
                     let (out, new_states) =
-                        self.trace_forward(lv, Tree::Leaf(xv.clone()), train)?;
+                        self.trace_forward(lv, Tree::Leaf(xv.clone()), train.into())?;
                     let pred = out.into_leaf()?;
                     let loss = cfg.loss.compute(&yv, &pred)?;
                     let mut aux = vec![Tree::Leaf(pred)];
@@ -322,14 +316,15 @@ impl Model {
                 Ok(Tree::List(results.into_iter().map(Tree::Leaf).collect()))
             },
         )?;
-        let comp = comp.with_donors(&donors)?;
-        let exe = comp.compile(client)?;
-        Ok(Step {
-            exe,
-            params: weights.iter().map(|w| w.params.structure()).collect(),
-            states: weights.iter().map(|w| w.state.structure()).collect(),
-            opt: opt_tree,
-        })
+        // The step's outputs before the loss and metrics: a train step's
+        // new params, state and optimizer state; none for an eval step.
+        let mut outputs: Vec<Tree<()>> = Vec::new();
+        if train {
+            outputs.extend(weights.iter().map(|w| w.params.structure()));
+            outputs.extend(weights.iter().map(|w| w.state.structure()));
+            outputs.push(opt_tree);
+        }
+        Ok((comp.with_donors(&donors)?, outputs))
     }
 
     fn init_opt_state(
@@ -366,22 +361,29 @@ impl Model {
         out_tree.unflatten(outs.into_iter().map(Arc::new).collect())
     }
 
+    /// The jit key of a train (`Training::Yes`) or eval step on batches
+    /// of `x` and `y` specs.
     fn step_key(
+        &self,
         weights: &[Weights],
-        opt: Option<&Tree<Arc<Buffer>>>,
         x: &ArraySpec,
         y: &ArraySpec,
-    ) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        for w in weights {
-            w.fingerprint().hash(&mut h);
-        }
-        if let Some(o) = opt {
-            o.hash_structure(&mut h);
-        }
-        x.hash(&mut h);
-        y.hash(&mut h);
-        h.finish()
+        training: Training,
+    ) -> JitKey {
+        let function = if training.is_yes() {
+            "train_step"
+        } else {
+            "eval_step"
+        };
+        let inputs = Tree::tuple([Tree::Leaf(x.clone()), Tree::Leaf(y.clone())]);
+        let mut key = JitKey::new(function, self.client(), inputs, training);
+        key.weights = weights.iter().map(Weights::layout).collect();
+        key.rngs = self
+            .layers()
+            .iter()
+            .map(|l| training.is_yes() && hooks(l.as_ref()).uses_rng())
+            .collect();
+        key
     }
 
     /// One train step on a batch; returns `[loss, metrics...]`.
@@ -392,6 +394,9 @@ impl Model {
         x: &HostArray,
         y: &HostArray,
     ) -> Result<Vec<f32>> {
+        // The step takes the weights out and puts new ones back: no call may
+        // see them in between.
+        let _exclusive = self.weights_exclusive();
         let layers = self.layers();
         let weights = layers
             .iter()
@@ -401,37 +406,15 @@ impl Model {
         if opt_guard.is_none() {
             *opt_guard = Some(self.init_opt_state(client, cfg, &weights)?);
         }
-        let key = Model::step_key(&weights, opt_guard.as_ref(), &x.spec, &y.spec);
-        let cached = cfg
-            .steps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
-        let step = match cached {
-            Some(s) => s,
-            None => {
-                let s = Arc::new(self.build_step(
-                    client,
-                    cfg,
-                    &weights,
-                    opt_guard.as_ref(),
-                    &x.spec,
-                    &y.spec,
-                    true,
-                )?);
-                cfg.steps
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, s.clone());
-                s
-            }
-        };
+        let key = self.step_key(&weights, &x.spec, &y.spec, Training::Yes);
+        let step = cfg.jit.get_or_compile(client, key, || {
+            self.build_step(cfg, &weights, opt_guard.as_ref(), &x.spec, &y.spec, true)
+        })?;
         let (xb, yb) = (upload(client, x)?, upload(client, y)?);
         let rngs: Vec<Buffer> = layers
             .iter()
-            .filter(|l| l.uses_rng())
-            .map(|l| client.buffer_from_host(&l.next_rng(), &[2]))
+            .filter(|l| hooks(l.as_ref()).uses_rng())
+            .map(|l| client.buffer_from_host(&hooks(l.as_ref()).next_rng(), &[2]))
             .collect::<Result<_>>()?;
         // Check every argument before handing anything over.
         {
@@ -453,7 +436,7 @@ impl Model {
         // Take params, state and optimizer state out so that they can be donated.
         let taken: Vec<Weights> = layers
             .iter()
-            .map(|l| l.swap_weights(None).unwrap_or_default())
+            .map(|l| hooks(l.as_ref()).swap_weights(None).unwrap_or_default())
             .collect();
         let opt = opt_guard.take().unwrap_or(Tree::Empty);
         let mut handles: Vec<Arc<Buffer>> = Vec::new();
@@ -472,20 +455,16 @@ impl Model {
         args.extend([Arg::Borrowed(&xb), Arg::Borrowed(&yb)]);
         let outs = step.exe.execute_args(args)?;
         let mut it = outs.into_iter();
-        let mut new_params = Vec::new();
-        for t in &step.params {
-            new_params.push(t.unflatten(it.by_ref().take(t.len()).map(Arc::new).collect())?);
+        let mut trees = Vec::with_capacity(step.outputs.len());
+        for t in &step.outputs {
+            trees.push(t.unflatten(it.by_ref().take(t.len()).map(Arc::new).collect())?);
         }
-        let mut new_states = Vec::new();
-        for t in &step.states {
-            new_states.push(t.unflatten(it.by_ref().take(t.len()).map(Arc::new).collect())?);
-        }
-        *opt_guard = Some(
-            step.opt
-                .unflatten(it.by_ref().take(step.opt.len()).map(Arc::new).collect())?,
-        );
+        let n = layers.len();
+        *opt_guard = trees.pop();
+        let new_states = trees.split_off(n);
+        let new_params = trees;
         for ((l, p), s) in layers.iter().zip(new_params).zip(new_states) {
-            l.swap_weights(Some(Weights {
+            hooks(l.as_ref()).swap_weights(Some(Weights {
                 params: p,
                 state: s,
             }));
@@ -497,13 +476,8 @@ impl Model {
     /// batches, shuffling each epoch; returns the per-epoch history.
     ///
     /// Errors: not compiled; data that does not fit the model's input.
-    pub fn fit(
-        &self,
-        client: &Client,
-        x: &HostArray,
-        y: &HostArray,
-        options: &FitOptions,
-    ) -> Result<History> {
+    pub fn fit(&self, x: &HostArray, y: &HostArray, options: &FitOptions) -> Result<History> {
+        let client = self.client();
         let cfg = self.config()?;
         let n = self.check_data(x, y)?;
         if options.batch_size == 0 || n == 0 {
@@ -561,7 +535,7 @@ impl Model {
                 .map(|(k, v)| (k.clone(), (v / n as f64) as f32))
                 .collect();
             if let Some((vx, vy)) = &options.validation_data {
-                for (k, v) in self.evaluate(client, vx, vy, options.batch_size)? {
+                for (k, v) in self.evaluate(vx, vy, options.batch_size)? {
                     e.insert(format!("val_{k}"), v);
                 }
             }
@@ -574,11 +548,11 @@ impl Model {
     /// mode (averaged over rows), weights unchanged.
     pub fn evaluate(
         &self,
-        client: &Client,
         x: &HostArray,
         y: &HostArray,
         batch_size: usize,
     ) -> Result<BTreeMap<String, f32>> {
+        let client = self.client();
         let cfg = self.config()?;
         let n = self.check_data(x, y)?;
         if batch_size == 0 || n == 0 {
@@ -593,31 +567,16 @@ impl Model {
         for start in (0..n).step_by(batch_size) {
             let idx: Vec<usize> = (start..(start + batch_size).min(n)).collect();
             let (xb, yb) = (take_rows(x, &idx)?, take_rows(y, &idx)?);
+            let _shared = self.weights_shared();
             let weights = self
                 .layers()
                 .iter()
                 .map(|l| l.weights())
                 .collect::<Result<Vec<_>>>()?;
-            let key = Model::step_key(&weights, None, &xb.spec, &yb.spec);
-            let cached = cfg
-                .evals
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-                .cloned();
-            let step = match cached {
-                Some(s) => s,
-                None => {
-                    let s = Arc::new(
-                        self.build_step(client, &cfg, &weights, None, &xb.spec, &yb.spec, false)?,
-                    );
-                    cfg.evals
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(key, s.clone());
-                    s
-                }
-            };
+            let key = self.step_key(&weights, &xb.spec, &yb.spec, Training::No);
+            let step = cfg.jit.get_or_compile(client, key, || {
+                self.build_step(&cfg, &weights, None, &xb.spec, &yb.spec, false)
+            })?;
             let (xd, yd) = (upload(client, &xb)?, upload(client, &yb)?);
             let mut args: Vec<&Buffer> = Vec::new();
             for w in &weights {

@@ -208,6 +208,13 @@ impl FromStr for Target {
 /// One pinned wheel and the plugin file inside it.
 #[derive(Debug, Clone, Copy)]
 pub struct Recipe {
+    /// What `xla-build fetch NAME` calls it, and the start of its cache
+    /// folder's name: the target's name for the default recipes (`cpu`),
+    /// a longer one for an alternative build (`cpu-zml`).
+    pub name: &'static str,
+    /// The environment variable naming an existing copy of this plugin
+    /// (skips the cache and the download).
+    pub env: &'static str,
     /// The target this recipe provisions.
     pub target: Target,
     /// PyPI package name.
@@ -234,6 +241,8 @@ impl Recipe {
 }
 
 const CPU: Recipe = Recipe {
+    name: "cpu",
+    env: "XLAYER_PJRT_PLUGIN_CPU",
     target: Target::Cpu,
     package: "xla-cpu-pjrt",
     version: "0.0.1",
@@ -245,6 +254,8 @@ const CPU: Recipe = Recipe {
 };
 
 const CUDA12: Recipe = Recipe {
+    name: "cuda12",
+    env: "XLAYER_PJRT_PLUGIN_CUDA12",
     target: Target::Cuda12,
     package: "jax-cuda12-pjrt",
     version: "0.10.2",
@@ -259,6 +270,8 @@ const CUDA12: Recipe = Recipe {
 };
 
 const TPU: Recipe = Recipe {
+    name: "tpu",
+    env: "XLAYER_PJRT_PLUGIN_TPU",
     target: Target::Tpu,
     package: "libtpu",
     version: "0.0.52",
@@ -276,6 +289,29 @@ const TPU: Recipe = Recipe {
     runtime_note: "a Cloud TPU VM (the plugin finds its chips through /dev/accel* or /dev/vfio)",
 };
 
+/// A second, independent build of the XLA CPU plugin: ZML's `pjrt-cpu`
+/// (C API 0.106), as packaged on PyPI by `fastatomstruct-xla-cpu` (a 63 MB
+/// wheel). It reports the same `xla_version` attribute (2) as [`recipe`]`(Cpu)`
+/// (C API 0.81) although its code differs; the compilation cache's tests use
+/// the two to check that one build never loads the other's executables.
+/// Fetch it with `xla-build fetch cpu-zml` or [`ensure_recipe`].
+pub const CPU_ZML: Recipe = Recipe {
+    name: "cpu-zml",
+    env: "XLAYER_PJRT_PLUGIN_CPU_ZML",
+    target: Target::Cpu,
+    package: "fastatomstruct-xla-cpu",
+    version: "2026.6.23",
+    wheel: "fastatomstruct_xla_cpu-2026.6.23-py3-none-manylinux_2_27_x86_64.whl",
+    sha256: "88b1c430b341b4bea40a37420311c9c75db6e22b46d2ff95b6986577bee6afe9",
+    pip_args: &["--platform", "manylinux_2_27_x86_64"],
+    member: "fastatomstruct_xla_cpu/libpjrt_cpu.so",
+    runtime_note: "none: the CPU plugin is self-contained",
+};
+
+/// Every recipe: the default one of each [`Target`], then the alternative
+/// builds ([`CPU_ZML`]).
+pub const RECIPES: [&Recipe; 4] = [&CPU, &CUDA12, &TPU, &CPU_ZML];
+
 /// The pinned recipe for a target.
 pub fn recipe(target: Target) -> &'static Recipe {
     match target {
@@ -283,6 +319,13 @@ pub fn recipe(target: Target) -> &'static Recipe {
         Target::Cuda12 => &CUDA12,
         Target::Tpu => &TPU,
     }
+}
+
+/// The recipe called `name` (`cpu`, `cuda12`, `tpu`, `cpu-zml`), if any.
+pub fn recipe_named(name: &str) -> Option<&'static Recipe> {
+    RECIPES
+        .into_iter()
+        .find(|r| r.name.eq_ignore_ascii_case(name))
 }
 
 /// The cache folder: `$XLAYER_HOME`, else `$XDG_CACHE_HOME/xlayer`, else
@@ -306,13 +349,17 @@ pub fn home() -> Result<PathBuf> {
 
 /// Where the unpacked plugin of `target` lives (or will live) in the cache.
 pub fn cache_path(target: Target) -> Result<PathBuf> {
-    let r = recipe(target);
+    recipe_cache_path(recipe(target))
+}
+
+/// Where the unpacked plugin of `r` lives (or will live) in the cache.
+pub fn recipe_cache_path(r: &Recipe) -> Result<PathBuf> {
     Ok(plugin_dir(&home()?, r).join(r.plugin_file_name()))
 }
 
 fn plugin_dir(home: &Path, r: &Recipe) -> PathBuf {
     home.join("plugins")
-        .join(format!("{}-{}-{}", r.target, r.package, r.version))
+        .join(format!("{}-{}-{}", r.name, r.package, r.version))
 }
 
 fn override_path(var: &'static str) -> Result<Option<PathBuf>> {
@@ -332,10 +379,17 @@ fn override_path(var: &'static str) -> Result<Option<PathBuf>> {
 /// Where the plugin of `target` is already available, without downloading:
 /// the target's override variable, else the cache. `Ok(None)` when neither.
 pub fn find(target: Target) -> Result<Option<PathBuf>> {
-    if let Some(p) = override_path(target.env_var())? {
+    find_recipe(recipe(target))
+}
+
+/// Where the plugin of `r` is already available, without downloading: its
+/// override variable ([`Recipe::env`]), else the cache. `Ok(None)` when
+/// neither.
+pub fn find_recipe(r: &Recipe) -> Result<Option<PathBuf>> {
+    if let Some(p) = override_path(r.env)? {
         return Ok(Some(p));
     }
-    let p = cache_path(target)?;
+    let p = recipe_cache_path(r)?;
     Ok(p.is_file().then_some(p))
 }
 
@@ -344,9 +398,14 @@ pub fn find(target: Target) -> Result<Option<PathBuf>> {
 /// Returns the path of the shared library. Errors say what to run when the
 /// download fails (offline), and never leave a partial file in the cache.
 pub fn ensure(target: Target) -> Result<PathBuf> {
-    match find(target)? {
+    ensure_recipe(recipe(target))
+}
+
+/// The plugin of `r`, provisioned if it is not there yet (see [`ensure`]).
+pub fn ensure_recipe(r: &'static Recipe) -> Result<PathBuf> {
+    match find_recipe(r)? {
         Some(p) => Ok(p),
-        None => provision(target),
+        None => provision_recipe(r),
     }
 }
 
@@ -368,7 +427,7 @@ fn check_platform(r: &Recipe) -> Result<()> {
             target: r.target,
             os: OS,
             arch: ARCH,
-            env: r.target.env_var(),
+            env: r.env,
         })
     }
 }
@@ -379,14 +438,19 @@ fn check_platform(r: &Recipe) -> Result<()> {
 /// Concurrent callers (threads or processes) serialise on a lock file; the
 /// plugin appears in the cache by an atomic rename once complete.
 pub fn provision(target: Target) -> Result<PathBuf> {
-    let r = recipe(target);
+    provision_recipe(recipe(target))
+}
+
+/// Downloads, verifies and unpacks the plugin of `r` into the cache (see
+/// [`provision`]).
+pub fn provision_recipe(r: &'static Recipe) -> Result<PathBuf> {
     check_platform(r)?;
     let home = home()?;
     let final_dir = plugin_dir(&home, r);
     let plugin = final_dir.join(r.plugin_file_name());
     let locks = home.join("locks");
     fs::create_dir_all(&locks).map_err(io_err("cannot create", &locks))?;
-    let lock_path = locks.join(format!("{target}.lock"));
+    let lock_path = locks.join(format!("{}.lock", r.name));
     let lock = fs::File::create(&lock_path).map_err(io_err("cannot create", &lock_path))?;
     lock.lock().map_err(io_err("cannot lock", &lock_path))?;
     // Another process may have finished while we waited for the lock.
@@ -395,7 +459,7 @@ pub fn provision(target: Target) -> Result<PathBuf> {
     }
     let tmp_root = home.join("tmp");
     fs::create_dir_all(&tmp_root).map_err(io_err("cannot create", &tmp_root))?;
-    let tmp = tmp_root.join(format!("{target}-{}", std::process::id()));
+    let tmp = tmp_root.join(format!("{}-{}", r.name, std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     let result = download_and_unpack(r, &home, &tmp).and_then(|staged| {
         if let Some(parent) = final_dir.parent() {
@@ -452,9 +516,9 @@ fn pip_download(r: &Recipe, home: &Path, dest: &Path) -> Result<()> {
             version: r.version,
             wheel: r.wheel,
             pip_args: r.pip_args,
-            what: format!("the {} PJRT plugin", r.target),
-            fetch_name: r.target.name(),
-            env: r.target.env_var(),
+            what: format!("the {} PJRT plugin", r.name),
+            fetch_name: r.name,
+            env: r.env,
             home,
         },
         dest,
@@ -584,6 +648,11 @@ mod tests {
         for t in Target::ALL {
             let r = recipe(t);
             assert_eq!(r.target, t);
+            assert_eq!((r.name, r.env), (t.name(), t.env_var()));
+        }
+        for r in RECIPES {
+            let t = r.name;
+            assert_eq!(recipe_named(t).map(|x| x.name), Some(t));
             assert_eq!(r.sha256.len(), 64, "{t}");
             assert!(r
                 .sha256
@@ -594,6 +663,22 @@ mod tests {
                 "{t}"
             );
         }
+    }
+
+    #[test]
+    fn every_recipe_has_its_own_folder_lock_and_variable() {
+        let home = Path::new("/h");
+        for (i, a) in RECIPES.iter().enumerate() {
+            for b in &RECIPES[i + 1..] {
+                assert_ne!(plugin_dir(home, a), plugin_dir(home, b));
+                assert_ne!((a.name, a.env), (b.name, b.env));
+            }
+        }
+        assert_eq!(
+            recipe_named("CPU-ZML").map(|r| r.package),
+            Some(CPU_ZML.package)
+        );
+        assert!(recipe_named("rocm").is_none());
     }
 
     #[test]

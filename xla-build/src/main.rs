@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run -p xla-build -- fetch cpu      # download, verify, unpack (idempotent)
+//! cargo run -p xla-build -- fetch cpu-zml  # a second CPU plugin build (ZML's)
 //! cargo run -p xla-build -- path cpu       # print the plugin path, fetching if needed
 //! cargo run -p xla-build -- fetch minilm   # a pinned data asset (model weights)
 //! cargo run -p xla-build -- fetch smollm2  # the SmolLM2-135M GGUF decoder
@@ -13,8 +14,8 @@
 use std::process::ExitCode;
 
 use xla_build::{
-    asset, ensure, ensure_asset, find, find_asset, home, provision, provision_asset, recipe,
-    Target, ASSETS,
+    asset, ensure_asset, ensure_recipe, find_asset, find_recipe, home, provision_asset,
+    provision_recipe, recipe, recipe_named, Recipe, Target, ASSETS, RECIPES,
 };
 
 const USAGE: &str = "usage: xla-build <command> [target]
@@ -24,10 +25,10 @@ commands:
   path [TARGET|ASSET]   print its path (a file, or an asset's folder), fetching it first if needed
   status                show the cache folder, each recipe, and what is cached
 
-targets: cpu, cuda12, tpu
+targets: cpu, cuda12, tpu; cpu-zml (a second, independent CPU plugin build)
 assets: minilm (all-MiniLM-L6-v2: safetensors weights, tokenizer.json, configs)
         smollm2 (SmolLM2-135M-Instruct: one Q4_1 GGUF file, 98 MB)
-environment: XLAYER_HOME (cache), XLAYER_PJRT_PLUGIN[_CPU|_CUDA12|_TPU] (overrides),
+environment: XLAYER_HOME (cache), XLAYER_PJRT_PLUGIN[_CPU|_CUDA12|_TPU|_CPU_ZML] (overrides),
              XLAYER_MINILM_DIR, XLAYER_SMOLLM2_DIR (asset overrides), XLAYER_PYTHON";
 
 fn main() -> ExitCode {
@@ -41,8 +42,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn target_arg(args: &[String]) -> Result<Target, xla_build::Error> {
-    args.get(1).map_or(Ok(Target::Cpu), |s| s.parse())
+fn recipe_arg(args: &[String]) -> Result<&'static Recipe, xla_build::Error> {
+    match args.get(1) {
+        None => Ok(recipe(Target::Cpu)),
+        Some(s) => match recipe_named(s) {
+            Some(r) => Ok(r),
+            None => s.parse::<Target>().map(recipe),
+        },
+    }
 }
 
 fn run(args: &[String]) -> Result<(), xla_build::Error> {
@@ -62,25 +69,25 @@ fn run(args: &[String]) -> Result<(), xla_build::Error> {
     }
     match args.first().map(String::as_str) {
         Some("fetch") => {
-            let target = target_arg(args)?;
-            let path = provision(target)?;
+            let r = recipe_arg(args)?;
+            let path = provision_recipe(r)?;
             println!("{}", path.display());
             eprintln!(
-                "note: at run time the {target} plugin needs {}",
-                recipe(target).runtime_note
+                "note: at run time the {} plugin needs {}",
+                r.name, r.runtime_note
             );
         }
-        Some("path") => println!("{}", ensure(target_arg(args)?)?.display()),
+        Some("path") => println!("{}", ensure_recipe(recipe_arg(args)?)?.display()),
         Some("status") => {
             println!("cache: {}", home()?.display());
-            for t in Target::ALL {
-                let r = recipe(t);
-                let state = match find(t)? {
+            for r in RECIPES {
+                let state = match find_recipe(r)? {
                     Some(p) => format!("found at {}", p.display()),
                     None => "not fetched".to_string(),
                 };
                 println!(
-                    "{t:7} {}=={} sha256:{}… {state}",
+                    "{:7} {}=={} sha256:{}… {state}",
+                    r.name,
                     r.package,
                     r.version,
                     &r.sha256[..12]
