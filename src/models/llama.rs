@@ -13,7 +13,7 @@
 //! GGUF stores `attn_q`/`attn_k` for GGML's rotation of adjacent pairs
 //! (`x[2i]`, `x[2i+1]`), which is what [`rope`] applies.
 
-use crate::builder::{nn, DotDims, Value};
+use crate::builder::{nn, Value};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, GgufProblem};
@@ -151,19 +151,6 @@ impl LlamaConfig {
     }
 }
 
-/// `x @ w.T` for a weight stored `[out, in]` (as GGUF and PyTorch do).
-fn linear(x: &Value, w: &Value) -> Result<Value> {
-    x.dot_general(
-        w,
-        &DotDims {
-            lhs_batch: vec![],
-            rhs_batch: vec![],
-            lhs_contract: vec![x.rank() - 1],
-            rhs_contract: vec![1],
-        },
-    )
-}
-
 /// RMSNorm over the last axis with weight `w`.
 fn rms_norm(x: &Value, w: &Value, eps: f64) -> Result<Value> {
     let last = x.rank() - 1;
@@ -226,9 +213,9 @@ pub fn forward(
     for l in 0..cfg.layers {
         let wl = blk.pp(l);
         let xn = rms_norm(&x, &wl.get("attn_norm.weight")?, cfg.eps)?;
-        let q = linear(&xn, &wl.get("attn_q.weight")?)?.reshape(&[s, nh, dh])?;
-        let k = linear(&xn, &wl.get("attn_k.weight")?)?.reshape(&[s, nkv, dh])?;
-        let v = linear(&xn, &wl.get("attn_v.weight")?)?.reshape(&[s, nkv, dh])?;
+        let q = wl.linear("attn_q.weight", &xn)?.reshape(&[s, nh, dh])?;
+        let k = wl.linear("attn_k.weight", &xn)?.reshape(&[s, nkv, dh])?;
+        let v = wl.linear("attn_v.weight", &xn)?.reshape(&[s, nkv, dh])?;
         let q = (rope(&q, &cos, &sin)? * scale)?;
         let k = rope(&k, &cos, &sin)?;
         let li = b.scalar(l as i32)?;
@@ -241,11 +228,11 @@ pub fn forward(
         let scores = Value::einsum("sgrd,cgd->grsc", &qg, &kl)?;
         let probs = nn::softmax(&(scores + &mask_bias)?, 3)?;
         let ctx = Value::einsum("grsc,cgd->sgrd", &probs, &vl)?.reshape(&[s, h])?;
-        x = (x + linear(&ctx, &wl.get("attn_output.weight")?)?)?;
+        x = (x + wl.linear("attn_output.weight", &ctx)?)?;
         let xn = rms_norm(&x, &wl.get("ffn_norm.weight")?, cfg.eps)?;
-        let gate = nn::silu(&linear(&xn, &wl.get("ffn_gate.weight")?)?)?;
-        let up = linear(&xn, &wl.get("ffn_up.weight")?)?;
-        x = (x + linear(&(gate * up)?, &wl.get("ffn_down.weight")?)?)?;
+        let gate = nn::silu(&wl.linear("ffn_gate.weight", &xn)?)?;
+        let up = wl.linear("ffn_up.weight", &xn)?;
+        x = (x + wl.linear("ffn_down.weight", &(gate * up)?)?)?;
     }
     let last = (n - 1.0)?;
     let xl = x.dynamic_slice(&[last, zero_i], &[1, h])?;
@@ -255,6 +242,6 @@ pub fn forward(
     } else {
         "output.weight"
     };
-    let logits = linear(&xl, &w.get(head)?)?.reshape(&[cfg.vocab_size])?;
+    let logits = w.linear(head, &xl)?.reshape(&[cfg.vocab_size])?;
     Ok((logits, kc, vc))
 }

@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use crate::builder::{Builder, Value};
+use crate::builder::{Builder, DotDims, Value};
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
@@ -264,6 +264,68 @@ impl Weights {
             .collect::<Result<Vec<_>>>()?;
         dequant(l.ty, &picked)?.reshape(&[ids.element_count(), l.shape[1]])
     }
+
+    /// `x @ w.T` for weight `name` stored `[out, in]`, `x: f32[.., in]`.
+    ///
+    /// With one row in `x` (a decode step) and a block-quantized weight, the
+    /// product is computed block by block straight from the quantized
+    /// parts: `sum_b d[o,b] * sum_j q[o,b,j] x[b,j] (+ m[o,b] * sum_j
+    /// x[b,j])`, an elementwise product and two reductions that XLA fuses
+    /// into loops reading the 4- or 8-bit data, so the f32 weight is never
+    /// written to memory. Otherwise the weight is dequantized and multiplied
+    /// with `dot_general`.
+    ///
+    /// Errors: [`Error::Weights`] when no such tensor is bound; op errors
+    /// for an `x` whose last axis is not the weight's `in`.
+    pub fn linear(&self, name: &str, x: &Value) -> Result<Value> {
+        let (l, parts, _) = self.entry(name)?;
+        let rows = x.element_count() / x.dims().last().copied().unwrap_or(1).max(1);
+        let blocky = matches!(l.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0);
+        if rows == 1 && blocky && l.shape.len() == 2 {
+            let mut out_dims = x.dims().to_vec();
+            if let Some(last) = out_dims.last_mut() {
+                *last = l.shape[0];
+            }
+            return block_matvec(l, parts, x)?.reshape(&out_dims);
+        }
+        let w = self.get(name)?;
+        x.dot_general(
+            &w,
+            &DotDims {
+                lhs_batch: vec![],
+                rhs_batch: vec![],
+                lhs_contract: vec![x.rank() - 1],
+                rhs_contract: vec![1],
+            },
+        )
+    }
+}
+
+/// One row `x` (`in` elements) times a block-quantized `[out, in]` weight,
+/// without dequantizing the weight to memory: `f32[out]`.
+fn block_matvec(l: &QuantLayout, p: &[Value], x: &Value) -> Result<Value> {
+    let nb = l.shape[1] / 32;
+    let xb = x.reshape(&[1, nb, 32])?;
+    let scale = |d: &Value| d.convert(DType::F32);
+    if l.ty == GgmlType::Q8_0 {
+        let t = (p[1].convert(DType::F32)? * xb)?.sum(&[2], false)?;
+        return (t * scale(&p[0])?)?.sum(&[1], false);
+    }
+    let qs = if l.ty == GgmlType::Q4_1 { &p[2] } else { &p[1] };
+    let halves = xb.reshape(&[1, nb, 2, 16])?;
+    let x_lo = halves.slice_axis(2, 0, 1)?.reshape(&[1, nb, 16])?;
+    let x_hi = halves.slice_axis(2, 1, 2)?.reshape(&[1, nb, 16])?;
+    let lo = qs.and(&qs.scalar_like(15.0)?)?.convert(DType::F32)?;
+    let hi = qs
+        .shift_right_logical(&qs.scalar_like(4.0)?)?
+        .convert(DType::F32)?;
+    let t = ((lo * x_lo)? + (hi * x_hi)?)?.sum(&[2], false)?;
+    let xsum = xb.sum(&[2], false)?;
+    let y = match l.ty {
+        GgmlType::Q4_1 => ((t * scale(&p[0])?)? + (scale(&p[1])? * xsum)?)?,
+        _ => ((t - (xsum * 8.0)?)? * scale(&p[0])?)?,
+    };
+    y.sum(&[1], false)
 }
 
 /// The f32 values of one tensor's parts (shape `[rows, nb, 32]` for the

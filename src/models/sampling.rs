@@ -100,10 +100,26 @@ pub fn next_token(logits: &Value, seen: &Value, pos: &Value, s: &SamplingInputs)
         .select(&(logits / &pen)?, &(logits * &pen)?)?;
     let was_seen = seen.gt(&seen.scalar_like(0.0)?)?;
     let l = was_seen.select(&penalized, logits)?;
-    let greedy = l.argmax(0, DType::I32)?;
+    // Greedy and sampling are two branches of a conditional, so greedy
+    // decoding never pays for the sort.
+    let is_greedy = s.temperature.le(&s.temperature.scalar_like(0.0)?)?;
+    let out = b.cond(
+        &is_greedy,
+        || Ok(vec![l.argmax(0, DType::I32)?]),
+        || Ok(vec![sample(&l, pos, s)?]),
+    )?;
+    out.into_iter()
+        .next()
+        .ok_or_else(|| Error::Invalid("the sampling conditional returned nothing".into()))
+}
+
+/// Sampling at a temperature among the tokens top-k and top-p keep.
+fn sample(l: &Value, pos: &Value, s: &SamplingInputs) -> Result<Value> {
+    let b = l.builder().clone();
+    let v = l.dims()[0];
     // Temperature, then the top-k and top-p thresholds on the sorted logits.
     let t = s.temperature.maximum(&s.temperature.scalar_like(1e-6)?)?;
-    let scaled = (&l / &t)?;
+    let scaled = (l / &t)?;
     let sorted = scaled.sort(0, true)?;
     let k = s.top_k.clamp(&b.scalar(1i32)?, &b.scalar(v as i32)?)?;
     let kth = sorted.dynamic_slice(&[(k - 1.0)?], &[1])?.reshape(&[])?;
@@ -122,8 +138,5 @@ pub fn next_token(logits: &Value, seen: &Value, pos: &Value, s: &SamplingInputs)
     let gumbel = u.log()?.neg()?.log()?.neg()?;
     let noisy = (&scaled + &gumbel)?;
     let floor = b.full(f64::from(f32::MIN), DType::F32, &[v])?;
-    let sampled = allowed.select(&noisy, &floor)?.argmax(0, DType::I32)?;
-    s.temperature
-        .le(&s.temperature.scalar_like(0.0)?)?
-        .select(&greedy, &sampled)
+    allowed.select(&noisy, &floor)?.argmax(0, DType::I32)
 }
