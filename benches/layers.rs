@@ -102,7 +102,7 @@ fn mlp(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {
     let n = x.dims()[0];
     let mut h = x.reshape(&[n, x.element_count() / n])?;
     for i in 0..3 {
-        h = (h.matmul(p.get(&format!("w{i}")).expect("w"))? + p.get(&format!("b{i}")).expect("b"))?;
+        h = (h.matmul(p.get(format!("w{i}"))?)? + p.get(format!("b{i}"))?)?;
         h = if i < 2 {
             h.tanh()?
         } else {

@@ -21,7 +21,7 @@ const BATCH: usize = 128;
 const STEPS: usize = 20;
 
 fn dense(p: &Tree<Value>, x: &Value, i: usize) -> xlayer::Result<Value> {
-    x.matmul(p.get(&format!("w{i}")).expect("w"))? + p.get(&format!("b{i}")).expect("b")
+    x.matmul(p.get(format!("w{i}"))?)? + p.get(format!("b{i}"))?
 }
 
 fn mlp(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {

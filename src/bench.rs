@@ -552,7 +552,8 @@ mod tests {
     #[test]
     fn host_memory_is_checked_before_allocating() {
         let big = ArraySpec::of::<f32>([100_000_000_000]);
-        let e = check_host_memory("random input", &[big.clone()], Some(1 << 30)).unwrap_err();
+        let e = check_host_memory("random input", std::slice::from_ref(&big), Some(1 << 30))
+            .unwrap_err();
         assert!(
             matches!(e, Error::HostMemory { ref spec, bytes: 800_000_000_000, limit, .. } if *spec == big && limit == 1 << 30),
             "{e:?}"

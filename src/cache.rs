@@ -13,10 +13,9 @@
 //! `xla_version`, and loading an executable serialized by another build is
 //! undefined, so the build is identified by its bytes. The file is hashed
 //! once per file (0.9-1.6 s for the 260 MB CPU plugin on a busy 2-core
-//! machine), then remembered by path and stamp
-//! (inode, size, modification and change times) in the process and in a
-//! sidecar under `plugins/` in the cache folder, so later starts only
-//! `stat` it. A plugin file replaced or touched after it was loaded is not
+//! machine), then remembered by path and stamp (inode, size, modification
+//! and change times) in the process and in a sidecar under `plugins/` in
+//! the cache folder, so later starts only `stat` it. A plugin file replaced or touched after it was loaded is not
 //! hashed (its content would not be the running code's): such a client
 //! compiles without the cache, with a warning.
 //!
@@ -33,9 +32,9 @@
 //! An entry is machine code that the process loads and runs, so whoever can
 //! write the cache folder can make the process run their code. The folder
 //! is created private (mode 0700, entries 0600), and an existing folder is
-//! refused ([`Error::CacheDirWritableByOthers`](crate::Error::CacheDirWritableByOthers), [`Error::CacheDirNotOwned`](crate::Error::CacheDirNotOwned))
-//! when its group or others can write it, or when it belongs to another
-//! user (root excepted). Folders above it are not checked; keep it where
+//! refused when its group or others can write it
+//! ([`Error::CacheDirWritableByOthers`]), or when it belongs to another
+//! user, root excepted ([`Error::CacheDirNotOwned`]). Folders above it are not checked; keep it where
 //! only you can rename things (under `$HOME`, as by default). A cache folder
 //! shared between users is not supported: give each user their own.
 //!
@@ -56,6 +55,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+#[cfg(doc)]
+use crate::error::Error;
 use crate::error::Result;
 use crate::pjrt::client::Client;
 use crate::pjrt::compile_options::CompileOptions;
@@ -108,7 +109,7 @@ impl CompileCache {
     /// The cache the environment asks for: `XLAYER_CACHE_DIR` (a folder, or
     /// `off`), else `xla_build::home()/compile-cache`.
     ///
-    /// Errors: [`Error::Provision`](crate::Error::Provision) when no cache home can be determined.
+    /// Errors: [`Error::Provision`] when no cache home can be determined.
     pub fn from_env() -> Result<CompileCache> {
         match std::env::var_os("XLAYER_CACHE_DIR").filter(|v| !v.is_empty()) {
             Some(v) => {
@@ -162,9 +163,9 @@ impl CompileCache {
     /// Hashes the plugin file the first time a process sees it (see
     /// [`plugin_sha256`]); with a cache folder, creates and checks it and
     /// remembers the plugin's digest there.
-    /// Errors: those of the folder check ([`Error::CacheDirWritableByOthers`](crate::Error::CacheDirWritableByOthers),
-    /// [`Error::CacheDirNotOwned`](crate::Error::CacheDirNotOwned), [`Error::CacheDirNotAFolder`](crate::Error::CacheDirNotAFolder)),
-    /// [`Error::PluginFileChanged`](crate::Error::PluginFileChanged), [`Error::Io`](crate::Error::Io).
+    /// Errors: those of the folder check ([`Error::CacheDirWritableByOthers`],
+    /// [`Error::CacheDirNotOwned`], [`Error::CacheDirNotAFolder`]),
+    /// [`Error::PluginFileChanged`], [`Error::Io`].
     pub fn key(
         &self,
         client: &Client,
@@ -185,6 +186,35 @@ impl CompileCache {
             .map(|d| d.join(format!("{}.xlexe", hex(&key.digest()))))
     }
 
+    /// The key and entry file of a compile in folder `d`; `None` (with a
+    /// warning) when the cache cannot be used for it: the folder cannot be
+    /// created or read (a read-only disk: the cache is an optimization), or
+    /// the plugin file cannot be hashed. A folder others can write is an
+    /// error.
+    fn locate(
+        &self,
+        d: &Path,
+        client: &Client,
+        program: &Program,
+        options: &CompileOptions,
+    ) -> Result<Option<(CacheKey, PathBuf)>> {
+        let usable = match dir::create_private(d) {
+            Err(e @ crate::Error::Io { .. }) => Err(e),
+            Err(refused) => return Err(refused),
+            Ok(()) => plugin_sha256(client.plugin(), Some(d)),
+        };
+        match usable {
+            Ok(digest) => {
+                let key = CacheKey::new(client, program, options, digest);
+                Ok(self.entry_path(&key).map(|p| (key, p)))
+            }
+            Err(e) => {
+                eprintln!("xlayer: warning: compiling without the compilation cache: {e}");
+                Ok(None)
+            }
+        }
+    }
+
     /// Loads `program` from the cache, or compiles it (and stores it).
     ///
     /// A compile for an explicit device other than the default one bypasses
@@ -194,10 +224,11 @@ impl CompileCache {
     /// compile's key.
     ///
     /// Errors: the compiler's; a cache folder that is not private to this
-    /// user ([`Error::CacheDirWritableByOthers`](crate::Error::CacheDirWritableByOthers), [`Error::CacheDirNotOwned`](crate::Error::CacheDirNotOwned),
-    /// [`Error::CacheDirNotAFolder`](crate::Error::CacheDirNotAFolder)) or cannot be created ([`Error::Io`](crate::Error::Io)).
-    /// A failure to write the entry is not an error (the executable is
-    /// returned, a warning goes to stderr).
+    /// user ([`Error::CacheDirWritableByOthers`], [`Error::CacheDirNotOwned`])
+    /// or not a folder ([`Error::CacheDirNotAFolder`]). A folder that cannot
+    /// be created or read, or an entry that cannot be written, is not an
+    /// error: the executable is compiled and returned, a warning goes to
+    /// stderr.
     pub fn compile(
         &self,
         client: &Client,
@@ -206,19 +237,7 @@ impl CompileCache {
     ) -> Result<Executable> {
         let cacheable = matches!(options.device_index, None | Some(0));
         let keyed = match (&self.dir, cacheable) {
-            (Some(d), true) => {
-                dir::create_private(d)?;
-                match plugin_sha256(client.plugin(), Some(d)) {
-                    Ok(digest) => {
-                        let key = CacheKey::new(client, program, options, digest);
-                        self.entry_path(&key).map(|p| (key, p))
-                    }
-                    Err(e) => {
-                        eprintln!("xlayer: warning: compiling without the compilation cache: {e}");
-                        None
-                    }
-                }
-            }
+            (Some(d), true) => self.locate(d, client, program, options)?,
             _ => None,
         };
         let Some((key, path)) = keyed else {

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::builder::Path;
 use crate::dtype::{ArraySpec, DType};
 
 /// A PJRT error code (the absl status codes the C API reports).
@@ -318,6 +319,35 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    // --- api-names ---
+    /// No leaf of a tree (or weight of a [`crate::builder::VarBuilder`])
+    /// lives at `path`.
+    #[error("no value at path `{path}`")]
+    UnknownPath {
+        /// The full path that was asked for.
+        path: Path,
+    },
+
+    /// A weight exists at `path` but with another shape or dtype than the
+    /// code using it asks for.
+    #[error("weight `{path}` is {found}, expected {expected}")]
+    SpecMismatch {
+        /// The weight's full path.
+        path: Path,
+        /// What the code asks for.
+        expected: ArraySpec,
+        /// What the weight is.
+        found: ArraySpec,
+    },
+
+    /// Building a tree from paths found `path` twice, or both as a leaf and
+    /// as the prefix of another path (`a` and `a/b`).
+    #[error("path `{path}` is given twice, or both as a leaf and as a map")]
+    PathConflict {
+        /// The path at fault.
+        path: Path,
+    },
+
     // --- harden-build ---
     /// A dimension number given to an op is not below the rank it indexes
     /// (`what` names the list or field, e.g. `kernel_spatial`, `offset_dims`).
@@ -380,6 +410,21 @@ pub enum Error {
         operands: Vec<ArraySpec>,
         /// The computation that overflowed.
         detail: String,
+    },
+
+    /// An op's integer attribute (a stride, dilation, window size, group
+    /// count, interior padding) does not fit in the i64 that StableHLO
+    /// stores it in.
+    #[error("{op}: {what} {value} is larger than i64::MAX (operand {operand})")]
+    AttributeTooLarge {
+        /// The op.
+        op: &'static str,
+        /// The attribute, e.g. `strides`.
+        what: &'static str,
+        /// The value given.
+        value: usize,
+        /// The op's (first) operand.
+        operand: ArraySpec,
     },
 
     /// Host memory for an array was refused before allocating: it needs
@@ -522,6 +567,70 @@ pub enum Error {
         /// What is wrong.
         problem: crate::gguf::GgufProblem,
     },
+
+    /// An isolated compile ([`crate::CompileOptions::isolated`]) killed its
+    /// child process: the plugin crashed (or aborted) on this program. The
+    /// calling process is unaffected.
+    #[error("the PJRT plugin crashed compiling `{program}` in an isolated child process ({}); this process is unaffected{}", crate::pjrt::isolate::describe_exit(*signal, *exit_code), stderr_tail(stderr))]
+    PluginCrashed {
+        /// The program's name.
+        program: String,
+        /// The signal that killed the child (11 = SIGSEGV, 6 = SIGABRT,
+        /// 8 = SIGFPE...), if one did.
+        signal: Option<i32>,
+        /// The child's exit code, when it exited without a signal.
+        exit_code: Option<i32>,
+        /// The last lines the child wrote to stderr.
+        stderr: String,
+    },
+
+    /// An isolated compile could not be run: the child program was not
+    /// found, could not be started, or did not answer as an `xlayer`
+    /// binary does.
+    #[error("isolated compile with child {}: {reason}", child.display())]
+    Isolation {
+        /// The child program (the `xlayer` binary).
+        child: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// A text program nests types or attributes deeper than the plugin's
+    /// recursive parser can take without overflowing its stack.
+    #[error("program `{program}`: line {line} nests {depth} levels deep; more than {limit} is refused (the plugin's parser would overflow its stack)")]
+    ProgramTooDeep {
+        /// The program's name.
+        program: String,
+        /// The 1-based line where the limit is passed.
+        line: usize,
+        /// The depth reached there.
+        depth: usize,
+        /// The deepest nesting accepted.
+        limit: usize,
+    },
+
+    /// A text program divides integer constants by a constant zero, which
+    /// crashes XLA's constant folding (SIGFPE) instead of giving XLA's
+    /// defined result.
+    #[error("program `{program}`: line {line}: `{op}` of integer constants by the constant zero (XLA's constant folding crashes on it)")]
+    ConstantDivisionByZero {
+        /// The program's name.
+        program: String,
+        /// The 1-based line of the division.
+        line: usize,
+        /// The op, e.g. `stablehlo.remainder`.
+        op: String,
+    },
+}
+
+/// The tail of an [`Error::PluginCrashed`] message: the child's last
+/// stderr lines, if any.
+fn stderr_tail(stderr: &str) -> String {
+    if stderr.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; its stderr ends with:\n{}", stderr.trim_end())
+    }
 }
 
 /// `tensor `name`: ` for [`Error::Gguf`] messages about one tensor.

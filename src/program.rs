@@ -76,7 +76,8 @@ impl Program {
     /// A StableHLO text program; its `@main` signature is read from the text.
     ///
     /// Errors: [`Error::Signature`] if `@main` cannot be found or has a type
-    /// xlayer cannot hold (dynamic dimensions, complex numbers, tuples).
+    /// xlayer cannot hold (dynamic dimensions, complex numbers, tuples);
+    /// [`Error::ShapeTooLarge`] for a type whose size does not fit in i64.
     pub fn mlir_text(text: impl Into<String>) -> Result<Program> {
         let text = text.into();
         let signature = parse_signature(&text)?;
@@ -94,13 +95,20 @@ impl Program {
     /// caller states the signature of `@main` (outputs may be left empty:
     /// the compiled executable reports them).
     ///
-    /// Errors: [`Error::Invalid`] if `bytes` does not start with MLIR's magic.
+    /// Errors: [`Error::Invalid`] if `bytes` does not start with MLIR's
+    /// magic; [`Error::ShapeTooLarge`] for a declared type too large to exist.
     pub fn mlir_bytecode(bytes: impl Into<Vec<u8>>, signature: Signature) -> Result<Program> {
         let code = bytes.into();
         if !code.starts_with(MLIR_BYTECODE_MAGIC) {
             return Err(Error::Invalid(
                 "MLIR bytecode must start with the bytes `ML\\xefR`".into(),
             ));
+        }
+        for (i, spec) in signature.inputs.iter().enumerate() {
+            spec.check_size(|| format!("parameter {i} of the declared signature"))?;
+        }
+        for (i, spec) in signature.outputs.iter().enumerate() {
+            spec.check_size(|| format!("result {i} of the declared signature"))?;
         }
         let mut signature = signature;
         if signature.donors.len() != signature.inputs.len() {

@@ -28,7 +28,7 @@
 //! assert_eq!(file.names(), vec!["Dense_0/bias", "Dense_0/kernel"]);
 //! let wanted = params.map_leaves(&mut |b| b.spec().clone());
 //! let (back, report) = load_tree(&client, &file, &wanted, &NameMap::new())?;
-//! assert_eq!(back.get("Dense_0/kernel").unwrap().to_vec::<f32>()?, vec![1.0, 2.0, 3.0, 4.0]);
+//! assert_eq!(back.get("Dense_0/kernel")?.to_vec::<f32>()?, vec![1.0, 2.0, 3.0, 4.0]);
 //! assert!(report.unused.is_empty());
 //! # std::fs::remove_dir_all(&dir).unwrap();
 //! # Ok::<(), xlayer::Error>(())
@@ -40,7 +40,7 @@ use std::path::Path;
 
 use half::{bf16, f16};
 
-use crate::builder::Tree;
+use crate::builder::{Path as TreePath, Tree};
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
 use crate::io::{dtype_from_st, write_host_safetensors};
@@ -179,20 +179,25 @@ impl SafetensorsFile {
 
 /// How tree paths (`Dense_0/kernel`) map to checkpoint tensor names.
 ///
-/// A path is turned into a key by replacing `/` with the separator,
-/// applying the renames in order (substring replacements), and prefixing.
+/// A path's `/`-separated segments are renamed (each rename replaces whole
+/// segments, in the order the renames were added), joined with the
+/// separator, and prefixed.
 ///
 /// ```
 /// use xlayer::weights::NameMap;
 /// let m = NameMap::new().separator(".").prefix("encoder").rename("kernel", "weight");
 /// assert_eq!(m.key_for("layer_0/dense/kernel"), "encoder.layer_0.dense.weight");
+/// // Whole segments only: `Dense_1` does not rename `Dense_10`.
+/// let m = NameMap::new().rename("Dense_1", "out.proj");
+/// assert_eq!(m.key_for("Dense_1/kernel"), "out/proj/kernel");
+/// assert_eq!(m.key_for("Dense_10/kernel"), "Dense_10/kernel");
 /// ```
 #[derive(Debug, Clone)]
 pub struct NameMap {
     prefix: String,
     separator: String,
-    renames: Vec<(String, String)>,
-    transposed: Vec<String>,
+    renames: Vec<(TreePath, TreePath)>,
+    transposed: Vec<TreePath>,
     convert_dtypes: bool,
     allow_unused: bool,
 }
@@ -228,17 +233,22 @@ impl NameMap {
         self
     }
 
-    /// Replaces `from` by `to` in keys (after the separator is applied).
+    /// Renames the segments `from` (one segment, or several written with
+    /// `/` or `.`: `attention.out`) to those of `to`, wherever they appear
+    /// as whole segments of a path; renames apply in the order they were
+    /// added, each to the result of the previous ones.
     pub fn rename(mut self, from: &str, to: &str) -> Self {
-        self.renames.push((from.to_string(), to.to_string()));
+        self.renames
+            .push((TreePath::parse(from), TreePath::parse(to)));
         self
     }
 
-    /// Tensors whose path ends with `suffix` are stored transposed in the
-    /// checkpoint (2-D only), e.g. PyTorch's `(out, in)` Linear weights for
-    /// Flax's `(in, out)` kernels.
+    /// Tensors whose path ends with the segments of `suffix` (whole
+    /// segments: `kernel` matches `dense/kernel`, not `dense/my_kernel`) are
+    /// stored transposed in the checkpoint (2-D only), e.g. PyTorch's
+    /// `(out, in)` Linear weights for Flax's `(in, out)` kernels.
     pub fn transposed(mut self, suffix: &str) -> Self {
-        self.transposed.push(suffix.to_string());
+        self.transposed.push(TreePath::parse(suffix));
         self
     }
 
@@ -255,12 +265,14 @@ impl NameMap {
         self
     }
 
-    /// The checkpoint key of a tree path.
+    /// The checkpoint key of a tree path (`/`-separated, as
+    /// [`Tree::paths`] writes it).
     pub fn key_for(&self, path: &str) -> String {
-        let mut key = path.replace('/', &self.separator);
+        let mut p = tree_path(path);
         for (from, to) in &self.renames {
-            key = key.replace(from.as_str(), to);
+            p = p.replace(from, to);
         }
+        let key = p.joined(&self.separator);
         if self.prefix.is_empty() {
             key
         } else {
@@ -268,9 +280,17 @@ impl NameMap {
         }
     }
 
-    fn is_transposed(&self, path: &str) -> bool {
-        self.transposed.iter().any(|s| path.ends_with(s.as_str()))
+    /// Whether the tensor of a tree path is stored transposed (see
+    /// [`NameMap::transposed`]).
+    pub fn is_transposed(&self, path: &str) -> bool {
+        let p = tree_path(path);
+        self.transposed.iter().any(|s| p.ends_with(s))
     }
+}
+
+/// The segments of a `/`-joined tree path (a map key may hold a `.`).
+fn tree_path(path: &str) -> TreePath {
+    TreePath::from_segments(path.split('/').filter(|s| !s.is_empty()))
 }
 
 /// What a load did: which key fed which path, and what was left over.
@@ -478,4 +498,48 @@ pub fn save_tree<B: AsRef<Buffer>>(
         host.push((map.key_for(&p), b.spec().clone(), b.to_bytes()?));
     }
     write_host_safetensors(path, &host)
+}
+
+#[cfg(test)]
+mod name_map_tests {
+    use super::NameMap;
+
+    /// Regression: renames were substring replacements, so `Dense_1` also
+    /// renamed `Dense_10`, and `kernel` anything ending in "kernel".
+    #[test]
+    fn renames_and_transposes_match_whole_segments() {
+        let m = NameMap::new()
+            .separator(".")
+            .rename("Dense_1", "head")
+            .rename("kernel", "weight")
+            .transposed("kernel");
+        assert_eq!(m.key_for("Dense_1/kernel"), "head.weight");
+        assert_eq!(m.key_for("Dense_10/kernel"), "Dense_10.weight");
+        assert_eq!(m.key_for("Dense_1/my_kernel"), "head.my_kernel");
+        assert_eq!(m.key_for("kernels/bias"), "kernels.bias");
+        assert!(m.is_transposed("Dense_10/kernel"));
+        assert!(!m.is_transposed("Dense_0/my_kernel"));
+        assert!(!m.is_transposed("kernel/bias"));
+    }
+
+    #[test]
+    fn multi_segment_renames_apply_in_order() {
+        let m = NameMap::new()
+            .separator(".")
+            .prefix("bert")
+            .rename("attention/out", "attention.output.dense")
+            .rename("dense", "linear")
+            .transposed("out/kernel");
+        assert_eq!(
+            m.key_for("layer/0/attention/out/kernel"),
+            "bert.layer.0.attention.output.linear.kernel"
+        );
+        // `attention_out` is one segment, not `attention` then `out`.
+        assert_eq!(
+            m.key_for("attention_out/kernel"),
+            "bert.attention_out.kernel"
+        );
+        assert!(m.is_transposed("layer/0/attention/out/kernel"));
+        assert!(!m.is_transposed("layer/0/attention/layout/kernel"));
+    }
 }

@@ -237,3 +237,26 @@ fn cache_folder_that_others_can_write_is_refused() {
         fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+#[test]
+fn cache_folder_that_cannot_be_created_only_costs_the_cache() {
+    let client = Client::cpu().unwrap();
+    let root = temp_dir("uncreatable");
+    fs::create_dir_all(&root).unwrap();
+    let file = root.join("a-file");
+    fs::write(&file, b"x").unwrap();
+    // Under a regular file: cannot be created (ENOTDIR), whoever runs this.
+    let cache = CompileCache::at(file.join("cache"));
+    assert_eq!(run(&client, &cache, &program(8.0)), vec![8.0, 16.0, 24.0]);
+    let s = cache.stats();
+    assert_eq!((s.compiles, s.writes), (1, 0), "{s:?}");
+    // A path that is a file is refused, not silently unused.
+    let err = CompileCache::at(&file)
+        .compile(&client, &program(8.0), &CompileOptions::new())
+        .expect_err("not a folder");
+    assert!(
+        matches!(&err, Error::CacheDirNotAFolder { path } if *path == file),
+        "{err:?}"
+    );
+    fs::remove_dir_all(&root).unwrap();
+}

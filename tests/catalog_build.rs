@@ -1,50 +1,16 @@
 //! Regression tests for the reliability catalog (issue 11, section 3):
 //! builder inputs that used to panic, and sizes that used to overflow (a
 //! debug panic, or a wrapped size handed to XLA that aborts the process).
-//! Each must now be a typed `xlayer::Error` naming the culprit.
-//!
-//! Every case runs in a child process (this test binary, re-run with
-//! `--exact NAME` and `XLAYER_CATALOG_CHILD` set): a case that still
-//! panics or aborts fails alone, and cannot hide the others.
+//! Each must now be a typed `xlayer::Error` naming the culprit. Every case
+//! runs in a child process (see `tests/isolated`).
 
-use std::process::Command;
+#[macro_use]
+mod isolated;
+
 use std::sync::OnceLock;
 
 use xlayer::builder::{Builder, ConvAttrs, ConvDims, GatherDims, ScatterDims, ScatterMode, Value};
 use xlayer::{ArraySpec, Client, DType, Error, Program};
-
-const CHILD: &str = "XLAYER_CATALOG_CHILD";
-
-/// Runs `body` in a child process (see the module docs); in the child,
-/// runs it here.
-fn isolated(name: &str, body: impl FnOnce()) {
-    if std::env::var_os(CHILD).is_some() {
-        body();
-        println!("catalog case {name} passed");
-        return;
-    }
-    let out = Command::new(std::env::current_exe().expect("test binary"))
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .output()
-        .expect("run the test binary");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains(&format!("catalog case {name} passed")),
-        "case {name} failed in its child process ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
-}
-
-macro_rules! case {
-    ($name:ident, $body:block) => {
-        #[test]
-        fn $name() {
-            isolated(stringify!($name), || $body);
-        }
-    };
-}
 
 fn client() -> &'static Client {
     static C: OnceLock<Client> = OnceLock::new();
@@ -178,7 +144,22 @@ case!(conv_dilation_overflow, {
     let k = b
         .parameter(ArraySpec::of::<f32>([3, 3, 3, 4]), "k")
         .unwrap();
+    // past i64: would be emitted as -1
     let attrs = ConvAttrs::new(ConvDims::nhwc(2)).lhs_dilation(&[usize::MAX, 1]);
+    let e = img.conv_general(&k, &attrs).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::AttributeTooLarge {
+                op: "convolution",
+                what: "lhs_dilation",
+                value: usize::MAX,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let attrs = ConvAttrs::new(ConvDims::nhwc(2)).lhs_dilation(&[i64::MAX as usize, 1]);
     let e = img.conv_general(&k, &attrs).unwrap_err();
     assert!(
         matches!(
@@ -428,7 +409,40 @@ case!(op_outputs_whose_size_overflows, {
     let e = x
         .pad(&x.scalar_like(0.0).unwrap(), &[0], &[0], &[usize::MAX])
         .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::AttributeTooLarge {
+                op: "pad",
+                what: "interior",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = x
+        .pad(
+            &x.scalar_like(0.0).unwrap(),
+            &[0],
+            &[0],
+            &[i64::MAX as usize],
+        )
+        .unwrap_err();
     assert!(matches!(e, Error::ShapeOverflow { op: "pad", .. }), "{e:?}");
+    // a stride past i64 on a dimension of 1 passes the shape arithmetic
+    let one = f32_param(&b, &[1]);
+    let e = one.slice(&[0], &[1], &[usize::MAX]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::AttributeTooLarge {
+                op: "slice",
+                what: "strides",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     let e = b.constant::<f32>(&[], &[1 << 32, 1 << 32]).unwrap_err();
     assert_too_large(e, &[1 << 32, 1 << 32]);
 });
@@ -480,218 +494,20 @@ case!(text_program_with_overflowing_tensor_type, {
     assert_too_large(e, &[usize::MAX]);
 });
 
-// ------------------------------------------------------------ command line
-
-/// A fresh directory for one case's files.
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("xlayer-catalog-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Runs the `xlayer` binary; returns (exit code, stderr). A signal (abort)
-/// or a Rust panic fails the test.
-fn xlayer(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xlayer"))
-        .args(args)
-        .output()
-        .expect("run xlayer");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.code().is_some(),
-        "xlayer {args:?} was killed: {}\n{err}",
-        out.status
-    );
-    assert!(
-        !err.contains("panicked"),
-        "xlayer {args:?} panicked:\n{err}"
-    );
-    (out.status.code(), err)
-}
-
-fn os(s: &str) -> &std::ffi::OsStr {
-    std::ffi::OsStr::new(s)
-}
-
-case!(cli_bench_random_checks_the_size_before_allocating, {
-    // 1e11 f32 = 400 GB: used to be allocated first (abort on failure).
-    let dir = scratch("bench-random");
-    let big = dir.join("big.mlir");
-    std::fs::write(
-        &big,
-        "func.func public @main(%a: tensor<100000000000xf32>) -> tensor<100000000000xf32> {\n  return %a : tensor<100000000000xf32>\n}\n",
-    )
-    .unwrap();
-    let (code, err) = xlayer(&[os("bench"), os("--random"), big.as_os_str()]);
-    assert_eq!(code, Some(1), "{err}");
-    assert!(
-        err.contains("random input 0: f32[100000000000] needs 800000000000 bytes of host memory"),
-        "{err}"
-    );
-    // a type whose size overflows: refused when the program is read
-    let huge = dir.join("huge.mlir");
-    std::fs::write(
-        &huge,
-        "func.func public @main(%a: tensor<4294967296x4294967296xf32>) -> tensor<4294967296x4294967296xf32> {\n  return %a : tensor<4294967296x4294967296xf32>\n}\n",
-    )
-    .unwrap();
-    let (code, err) = xlayer(&[os("bench"), os("--random"), huge.as_os_str()]);
-    assert_eq!(code, Some(1), "{err}");
-    assert!(
-        err.contains("parameter 0 of @main: array type f32[4294967296,4294967296] is too large"),
-        "{err}"
-    );
-    std::fs::remove_dir_all(dir).ok();
-});
-
-case!(cli_non_utf8_arguments_are_clear_errors, {
-    use std::os::unix::ffi::OsStrExt;
-    let bad = std::ffi::OsStr::from_bytes(b"prog-\xff\xfe.mlir");
-    let (code, err) = xlayer(&[os("run"), bad]);
-    assert_eq!(code, Some(1), "{err}");
-    assert!(
-        err.contains("cannot read program") && err.contains("prog-"),
-        "{err}"
-    );
-    let (code, err) = xlayer(&[
-        os("hlo"),
-        os("p.mlir"),
-        os("--signature"),
-        std::ffi::OsStr::from_bytes(b"f32[\xff]"),
-    ]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("UTF-8"), "{err}");
-    let (code, err) = xlayer(&[
-        os("inspect"),
-        std::ffi::OsStr::from_bytes(b"\xff.safetensors"),
-    ]);
-    assert_eq!(code, Some(1), "{err}");
-});
-
-/// The `minilm` example's binary (`target/<profile>/examples`), brought up
-/// to date first: `cargo test --test catalog_build` alone does not rebuild
-/// examples, and a stale binary would test old code.
-fn minilm_example() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = profile_dir.join("examples").join("minilm");
-    {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "minilm", "--manifest-path"])
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "cargo build --example minilm failed");
-    }
-    path
-}
-
-case!(example_non_utf8_argument_is_a_clear_error, {
-    use std::os::unix::ffi::OsStrExt;
-    let out = Command::new(minilm_example())
-        .arg(std::ffi::OsStr::from_bytes(b"caf\xe9"))
-        .output()
-        .expect("run the minilm example");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(
-        err.contains("argument `caf\u{fffd}` is not valid UTF-8"),
-        "{err}"
-    );
-});
-
-// ------------------------------------------------------------ wrong results
-
-const ADD_ONE: &str = "// func.func public @main(%a: tensor<4xi32>) -> tensor<4xi32>\n\
-module @add_one {\n\
-  func.func public @main(%a: tensor<4xf32>) -> tensor<4xf32> {\n\
-    %one = stablehlo.constant dense<1.0> : tensor<4xf32>\n\
-    %0 = stablehlo.add %a, %one : tensor<4xf32>\n\
-    return %0 : tensor<4xf32>\n\
-  }\n\
-}\n";
-
-case!(main_signature_in_a_comment_does_not_fool_the_parser, {
-    let c = client();
-    let p = Program::mlir_text(ADD_ONE).unwrap();
-    assert_eq!(p.signature().to_string(), "(f32[4]) -> (f32[4])");
-    assert_eq!(p.name(), "add_one");
-    let exe = c.compile(&p).unwrap();
-    // an i32 buffer used to run and silently give [0, 0, 0, 0]
-    let i = c.buffer_from_host(&[1i32, 2, 3, 4], &[4]).unwrap();
-    let e = exe.execute(&[&i]).unwrap_err();
-    assert!(
-        matches!(e, Error::ArgumentType { index: 0, ref expected, ref actual, .. }
-            if *expected == ArraySpec::of::<f32>([4]) && *actual == ArraySpec::of::<i32>([4])),
-        "{e:?}"
-    );
-    let f = c.buffer_from_host(&[1f32, 2.0, 3.0, 4.0], &[4]).unwrap();
-    assert_eq!(
-        exe.execute(&[&f]).unwrap()[0].to_vec::<f32>().unwrap(),
-        [2.0, 3.0, 4.0, 5.0]
-    );
-});
-
-case!(executable_types_come_from_the_compiled_module, {
-    let c = client();
-    let exe = c.compile(&Program::mlir_text(ADD_ONE).unwrap()).unwrap();
-    let bytes = exe.serialize().unwrap();
-    let sig = |inputs: Vec<ArraySpec>, outputs: Vec<ArraySpec>| xlayer::Signature {
-        donors: vec![false; inputs.len()],
-        inputs,
-        outputs,
+case!(initializers_of_huge_shapes_are_errors_not_panics, {
+    use xlayer::builder::init::{variance_scaling, Distribution, Initializer, Mode};
+    let vs = variance_scaling(1.0, Mode::FanIn, Distribution::Normal, &[0, 1], &[2]);
+    let Initializer::VarianceScaling(v) = &vs else {
+        unreachable!()
     };
-    let f4 = ArraySpec::of::<f32>([4]);
-    let i4 = ArraySpec::of::<i32>([4]);
-    // deserialize_executable used to accept any signature
-    let e = c
-        .deserialize_executable(&bytes, "add_one", sig(vec![i4.clone()], vec![f4.clone()]))
+    // the fans of a shape whose element count overflows: computed in f64
+    let (fan_in, fan_out) = v.fans(&[1 << 40, 1 << 40, 1 << 40]).unwrap();
+    assert_eq!((fan_in, fan_out), (2f64.powi(80), 2f64.powi(40)));
+    // the array itself cannot exist
+    let b = Builder::new();
+    let key = xlayer::builder::random::key(&b, 0).unwrap();
+    let e = vs
+        .init(&key, &[1 << 40, 1 << 40, 1 << 40], DType::F32)
         .unwrap_err();
-    assert!(
-        matches!(e, Error::SignatureMismatch { part: "parameters", ref declared, ref compiled, .. }
-            if *declared == [i4.clone()] && *compiled == [f4.clone()]),
-        "{e:?}"
-    );
-    assert!(e.to_string().contains("add_one"), "{e}");
-    let e = c
-        .deserialize_executable(
-            &bytes,
-            "add_one",
-            sig(vec![f4.clone(), f4.clone()], vec![f4.clone()]),
-        )
-        .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::SignatureMismatch {
-                part: "parameters",
-                ..
-            }
-        ),
-        "{e:?}"
-    );
-    let e = c
-        .deserialize_executable(&bytes, "add_one", sig(vec![f4.clone()], vec![i4.clone()]))
-        .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::SignatureMismatch {
-                part: "results",
-                ..
-            }
-        ),
-        "{e:?}"
-    );
-    // outputs left empty are taken from the executable
-    let back = c
-        .deserialize_executable(&bytes, "add_one", sig(vec![f4.clone()], vec![]))
-        .unwrap();
-    assert_eq!(back.signature().outputs, [f4.clone()]);
-    let f = c.buffer_from_host(&[0f32; 4], &[4]).unwrap();
-    assert_eq!(
-        back.execute(&[&f]).unwrap()[0].to_vec::<f32>().unwrap(),
-        [1.0; 4]
-    );
+    assert!(matches!(e, Error::ShapeTooLarge { .. }), "{e:?}");
 });

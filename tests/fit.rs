@@ -49,8 +49,8 @@ fn digits() -> &'static (HostArray, HostArray) {
 fn mlp_forward(p: &Tree<Value>, x: Value) -> xlayer::Result<Value> {
     let n = x.dims()[0];
     let x = x.reshape(&[n, x.element_count() / n])?;
-    let h = (x.matmul(p.get("w0").unwrap())? + p.get("b0").unwrap())?.tanh()?;
-    h.matmul(p.get("w1").unwrap())? + p.get("b1").unwrap()
+    let h = (x.matmul(p.get("w0")?)? + p.get("b0")?)?.tanh()?;
+    h.matmul(p.get("w1")?)? + p.get("b1")?
 }
 
 /// A model on 8×8×1 digit images around `layer`, compiled with Adam and
@@ -139,7 +139,7 @@ fn twenty_adam_steps_follow_jax_and_optax() -> Result<()> {
             "step {i}: loss {g} vs JAX+optax {w}"
         );
     }
-    let w0 = layer.weights()?.params.get("w0").unwrap().to_vec::<f32>()?;
+    let w0 = layer.weights()?.params.get("w0")?.to_vec::<f32>()?;
     let want_w0 = f32s(&f, "final.w0");
     let worst = w0
         .iter()
@@ -294,13 +294,11 @@ fn digits_cnn_reaches_95_percent() -> Result<()> {
     let layer = JaxLayer::builder(|Params(p): Params, Inputs(x): Inputs| {
         let x = x.into_leaf()?;
         let attrs = ConvAttrs::new(ConvDims::nhwc(2)).padding(&[(1, 1), (1, 1)]);
-        let h = nn::relu(&(x.conv_general(p.get("k").unwrap(), &attrs)? + p.get("c").unwrap())?)?;
+        let h = nn::relu(&(x.conv_general(p.get("k")?, &attrs)? + p.get("c")?)?)?;
         let h = h.max_pool(&[1, 2, 2, 1], &[1, 2, 2, 1], &Padding::Valid)?;
         let n = h.dims()[0];
         let h = h.reshape(&[n, 4 * 4 * 16])?;
-        Ok(Out::from(
-            (h.matmul(p.get("w").unwrap())? + p.get("b").unwrap())?,
-        ))
+        Ok(Out::from((h.matmul(p.get("w")?)? + p.get("b")?)?))
     })
     .init_fn(|Rng(key): Rng, Inputs(_x): Inputs| {
         let shapes: [(&str, &[usize]); 4] = [

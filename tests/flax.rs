@@ -1050,7 +1050,7 @@ fn flax_layer_state_only_variables_count_calls() -> Result<()> {
         layer.call1(&x, Training::Yes)?;
     }
     layer.call1(&x, Training::No)?;
-    let count = layer.variables()?.get("a/b").unwrap().to_vec::<f32>()?[0];
+    let count = layer.variables()?.get("a/b")?.to_vec::<f32>()?[0];
     assert_eq!(count, 3.0, "training calls count, inference calls do not");
     Ok(())
 }

@@ -241,3 +241,33 @@ fn smollm2_file_validates() {
     assert_eq!(norm.len(), 576);
     assert!(norm.iter().all(|x| x.is_finite()) && norm.iter().any(|&x| x != 1.0));
 }
+
+#[test]
+fn llama_loader_names_missing_and_misshaped_tensors() {
+    use xlayer::models::llama::LlamaConfig;
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/bad_llama.gguf");
+    let f = GgufFile::open(&p).unwrap();
+    let err = LlamaConfig::from_gguf(&f).unwrap_err();
+    let Error::Weights { tensor, more, .. } = &err else {
+        panic!("expected a weights error, got {err}")
+    };
+    assert_eq!(tensor, "blk.0.attn_q.weight", "{err}");
+    assert_eq!(more.len(), 1, "{err}");
+    assert_eq!(more[0].0, "blk.0.ffn_down.weight");
+    assert!(
+        err.to_string().contains("[32, 64]") && err.to_string().contains("missing"),
+        "{err}"
+    );
+    // Another architecture.
+    let p = corrupted("mamba", |b| {
+        let mut pat = 5u64.to_le_bytes().to_vec();
+        pat.extend(b"llama");
+        let at = b.windows(pat.len()).position(|w| w == pat).unwrap() + 8;
+        b[at..at + 5].copy_from_slice(b"mamba");
+    });
+    let err = LlamaConfig::from_gguf(&GgufFile::open(&p).unwrap()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Gguf { problem: GgufProblem::Architecture { found, .. }, .. } if found == "mamba"),
+        "{err}"
+    );
+}

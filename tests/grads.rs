@@ -67,6 +67,12 @@ fn i32s(b: &Builder, v: i32) -> Result<Value> {
 /// each rounded, while JAX's XLA may fuse them differently).
 const ELEMENTWISE: Tol = Tol::UlpsOrAbs(4, 1e-7);
 
+/// Rules whose backward adds cotangents (the transpose of a broadcast is a
+/// sum, of a gather with repeated indices a scatter-add): the order of the
+/// additions is the CPU's and XLA build's choice, not fixed by IEEE, so not
+/// exact (docs/ops.md, "Tolerances").
+const REORDERED_SUM: Tol = Tol::UlpsOrAbs(4, 1e-6);
+
 #[test]
 fn unary_rules() {
     let ops = [
@@ -146,13 +152,14 @@ fn binary_select_clamp_convert_rules() {
 
 #[test]
 fn shape_and_dot_rules() {
-    // Shape rules only move cotangents (exact); products sum in another order.
+    // Shape rules only move cotangents (exact), except broadcast, whose
+    // transpose sums; products sum in another order.
     let dot = Tol::UlpsOrAbs(8, 1e-6);
     let cases = vec![
-        case("shape/broadcast_in_dim", Tol::Exact, |_, x| {
+        case("shape/broadcast_in_dim", REORDERED_SUM, |_, x| {
             x[0].broadcast_in_dim(&[2, 3, 4], &[0, 2])
         }),
-        case("shape/broadcast_ones", Tol::Exact, |_, x| {
+        case("shape/broadcast_ones", REORDERED_SUM, |_, x| {
             x[0].broadcast_in_dim(&[3, 4, 5], &[0, 1])
         }),
         case("shape/reshape", Tol::Exact, |_, x| x[0].reshape(&[4, 6])),
@@ -265,7 +272,7 @@ fn convolution_rules() {
 #[test]
 fn reduction_and_window_rules() {
     // Overlapping windows add several cotangents per input, in another order than JAX.
-    let sum = Tol::UlpsOrAbs(4, 1e-6);
+    let sum = REORDERED_SUM;
     let cases = vec![
         case("reduce/sum", Tol::Exact, |_, x| x[0].sum(&[0, 2], false)),
         case("reduce/max", Tol::Exact, |_, x| x[0].max(&[1], false)),
@@ -303,8 +310,10 @@ fn reduction_and_window_rules() {
 #[test]
 fn indexing_rules() {
     let cases = vec![
-        case("index/take", Tol::Exact, |_, x| x[0].take(&x[1], 0)),
-        case("index/take_axis1", Tol::Exact, |_, x| x[0].take(&x[1], 1)),
+        case("index/take", REORDERED_SUM, |_, x| x[0].take(&x[1], 0)),
+        case("index/take_axis1", REORDERED_SUM, |_, x| {
+            x[0].take(&x[1], 1)
+        }),
         case("index/scatter_add", Tol::Exact, |_, x| {
             x[0].at_add(&x[1], &x[2])
         }),
@@ -582,14 +591,14 @@ fn value_and_grad_over_a_param_tree_with_aux() -> Result<()> {
             ]);
             let x = a[2].clone();
             let (loss, aux, g) = value_and_grad_with_aux(b, &params, |_, p| {
-                let y = x.matmul(p.get("w").unwrap())?.add(p.get("b").unwrap())?;
+                let y = x.matmul(p.get("w")?)?.add(p.get("b")?)?;
                 Ok((y.square()?.sum(&[0, 1], false)?, Tree::leaf(y)))
             })?;
             Ok(vec![
                 loss,
                 aux.into_leaves().remove(0),
-                g.get("w").unwrap().clone(),
-                g.get("b").unwrap().clone(),
+                g.get("w")?.clone(),
+                g.get("b")?.clone(),
             ])
         },
     )?;

@@ -62,8 +62,8 @@ fn mlp_forward(p: &Tree<Value>, x: Value) -> xlayer::Result<Value> {
     let n = x.dims()[0];
     let mut h = x.reshape(&[n, x.element_count() / n])?;
     for i in 0..3 {
-        let w = p.get(&format!("{i}/0")).expect("w");
-        let b = p.get(&format!("{i}/1")).expect("b");
+        let w = p.get(format!("{i}/0"))?;
+        let b = p.get(format!("{i}/1"))?;
         h = (h.matmul(w)? + b)?;
         h = if i < 2 {
             h.tanh()?
@@ -381,8 +381,8 @@ fn training_only_in_call_and_free_argument_order() -> Result<()> {
 fn map_inputs_give_tuple_outputs() -> Result<()> {
     let c = client();
     let layer = JaxLayer::new(|Inputs(x): Inputs| {
-        let a = x.get("a").unwrap();
-        let b = x.get("b").unwrap();
+        let a = x.get("a")?;
+        let b = x.get("b")?;
         Ok(Out(Tree::tuple([
             Tree::leaf((a + b)?),
             Tree::leaf((a * b)?),
@@ -431,7 +431,7 @@ fn state_only_layer_counts_calls() -> Result<()> {
     // Flax-style state-only variables {"a": {"b": 0}} counting calls.
     let c = client();
     let layer = JaxLayer::builder(|State(s): State, Inputs(x): Inputs| {
-        let count = s.get("a/b").unwrap();
+        let count = s.get("a/b")?;
         let next = (count + 1.0)?;
         Ok(OutState(
             x,
@@ -495,7 +495,7 @@ fn six_mismatched_state_structures_are_rejected() -> Result<()> {
     let input = c.buffer_from_host(&[1f32], &[1])?;
     for (what, make) in cases {
         let layer = JaxLayer::builder(move |State(s): State, Inputs(x): Inputs| {
-            let v = s.get("a").unwrap().clone();
+            let v = s.get("a")?.clone();
             Ok(OutState(x, make(&v)?))
         })
         .state(Tree::map([
@@ -589,7 +589,7 @@ fn haiku_transform_with_state_and_without_apply_rng() -> Result<()> {
     layer.call1(&x, Training::Yes)?;
     layer.call1(&x, Training::No)?;
     let w = layer.weights()?;
-    assert_eq!(w.state.get("counter/n").unwrap().to_scalar::<i32>()?, 2);
+    assert_eq!(w.state.get("counter/n")?.to_scalar::<i32>()?, 2);
     assert_eq!(w.params.paths(), vec!["linear/w"]);
 
     // without_apply_rng: the layer never asks for a key.

@@ -146,7 +146,12 @@ fn wrong_dtype_is_named_and_nothing_is_uploaded() {
     let file = SafetensorsFile::open(dir.join("model.safetensors")).unwrap();
     let client = Client::cpu().unwrap();
     let cfg = BertConfig::minilm_l6();
-    match load_tree(&client, &file, &param_tree(&cfg), &checkpoint_names()) {
+    match load_tree(
+        &client,
+        &file,
+        &param_tree(&cfg).unwrap(),
+        &checkpoint_names(),
+    ) {
         Err(Error::Weights {
             tensor,
             reason,
@@ -193,7 +198,13 @@ fn wrong_shape_config_lists_every_problem() {
         intermediate_size: 1024,
         ..BertConfig::minilm_l6()
     };
-    let err = load_tree(&client, &file, &param_tree(&cfg), &checkpoint_names()).unwrap_err();
+    let err = load_tree(
+        &client,
+        &file,
+        &param_tree(&cfg).unwrap(),
+        &checkpoint_names(),
+    )
+    .unwrap_err();
     let problems = problems(err);
     // All 16 tensors of layer 6 missing; in each of the 6 layers present,
     // the MLP's kernels and inner bias of the wrong shape.

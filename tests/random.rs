@@ -2,8 +2,13 @@
 //! (`tests/fixtures/random.safetensors`, written by
 //! `tests/fixtures/gen_random.py`; no Python needed here).
 //!
-//! Every fixture is traced, compiled on the CPU plugin and compared bit for
-//! bit. Each tensor's name describes the JAX call (`fn|key=value|...`).
+//! Every fixture is traced, compiled on the CPU plugin and compared with
+//! JAX's output: bit for bit where the algorithm fixes the bits (threefry
+//! keys and bits, randint, bernoulli, uniform), within the bound of
+//! [`sample_tol`] for the samples that go through `erf_inv` (normal,
+//! truncated_normal, the initializers); docs/ops.md has the policy and the
+//! measurements. Each tensor's name describes the JAX call
+//! (`fn|key=value|...`).
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -185,9 +190,93 @@ fn build(c: &Case, b: &Builder, key: &Value) -> Result<Value> {
     })
 }
 
-/// Runs one fixture; `Ok(None)` when every element is within `tolerance`
-/// ulp of JAX's (0: bit-exact), else a description.
-fn run(c: &Case, tolerance: u64) -> Result<Option<String>> {
+/// How far an output may be from JAX's.
+#[derive(Debug, Clone, Copy)]
+enum Tol {
+    /// Same bytes.
+    Exact,
+    /// Each element within `ulps` units in the last place of JAX's, or
+    /// within `eps_of_max` machine epsilons of the dtype times the largest
+    /// |element| of JAX's output (an absolute bound on the distribution's
+    /// scale, for elements near 0 where an ulp means nothing).
+    UlpsOrAbs { ulps: u64, eps_of_max: f64 },
+}
+
+/// The bound for samples that go through XLA's `erf_inv` (normal,
+/// truncated_normal and every initializer: `sqrt(2) * erf_inv(u) * scale`,
+/// or `u * scale` for the uniform ones) on a dtype.
+///
+/// Why these numbers (docs/ops.md, "Tolerances"):
+/// - f32/f64: `erf_inv` is a polynomial whose vectorized and scalar code
+///   paths differ by CPU and XLA build (784x300 arrays against jaxlib 0.12:
+///   `erf_inv` up to 2 ulp on 0.5% of the elements, normal and
+///   truncated_normal 3 ulp, he_normal and glorot_normal 4 ulp, on 0.4%);
+///   the scale factor rounds once more and XLA may fold constant factors in
+///   another order. 8 ulp is twice the measured spread; near 0 the absolute
+///   part applies (measured at most 1.54 eps * max|x|).
+/// - f16/bf16: the chain `lo + (hi - lo) * bits`, `erf_inv`, `* scale` is
+///   computed in f32 and rounded once on some CPUs, with half-precision
+///   roundings between the steps on others (the fixture's CPU: errors up to
+///   5.2 half ulp against an f64 evaluation, against at most 1.2 on AMD
+///   EPYC). Away from 0 that is a few ulp (measured at most 3: 6 allowed);
+///   near 0 `lo + (hi - lo) * bits` cancels, its absolute error is about an
+///   ulp of |lo| (< 1), and `erf_inv` multiplies it by ~1.25 * scale, so
+///   the ulp error grows without bound (measured 20 ulp at 0.0137) while the
+///   absolute error stays below eps * scale (measured at most 0.17 eps *
+///   max|x|; allowed 4 eps * max|x|).
+///
+/// A real bug (a wrong constant such as the truncation's 0.8796 or sqrt(2),
+/// fan_in for fan_out, other bits) moves elements by percents, which is
+/// tens of half ulps (~10^5 f32 ulps) away from 0, and far above
+/// 4 eps * max|x| (0.4% of max|x| in f16) near 0; see
+/// `sample_tolerance_rejects_a_one_percent_error`.
+fn sample_tol(dtype: DType) -> Tol {
+    let ulps = if dtype.size_in_bytes() == 2 { 6 } else { 8 };
+    Tol::UlpsOrAbs {
+        ulps,
+        eps_of_max: 4.0,
+    }
+}
+
+/// The bound of a fixture (see [`sample_tol`] and docs/ops.md).
+fn tol_of(c: &Case, dtype: DType) -> Tol {
+    match c.func.as_str() {
+        "normal" | "truncated_normal" | "init" if dtype.is_float() => sample_tol(dtype),
+        _ => Tol::Exact,
+    }
+}
+
+/// Element `i` of little-endian float bytes as (bits, value).
+fn float_at(dtype: DType, b: &[u8], i: usize) -> (u64, f64) {
+    let w = dtype.size_in_bytes();
+    let bits = b[w * i..w * (i + 1)]
+        .iter()
+        .rev()
+        .fold(0u64, |acc, &x| (acc << 8) | u64::from(x));
+    let value = match dtype {
+        DType::F64 => f64::from_bits(bits),
+        DType::F32 => f64::from(f32::from_bits(bits as u32)),
+        DType::F16 => xlayer::f16::from_bits(bits as u16).to_f64(),
+        DType::BF16 => xlayer::bf16::from_bits(bits as u16).to_f64(),
+        other => panic!("not a float: {other}"),
+    };
+    (bits, value)
+}
+
+/// The machine epsilon of a float dtype.
+fn epsilon(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => f64::EPSILON,
+        DType::F32 => f64::from(f32::EPSILON),
+        DType::F16 => 2f64.powi(-10),
+        DType::BF16 => 2f64.powi(-7),
+        other => panic!("not a float: {other}"),
+    }
+}
+
+/// Runs one fixture; `Ok(None)` when every element is within the fixture's
+/// [`tol_of`] of JAX's, else a description.
+fn run(c: &Case) -> Result<Option<String>> {
     let mut dtype = None;
     let exe = jit(client(), &[ArraySpec::of::<u32>([2])], |b, key| {
         let v = build(c, b, &key[0]).map_err(|e| Error::Invalid(format!("{e:#}")))?;
@@ -208,31 +297,43 @@ fn run(c: &Case, tolerance: u64) -> Result<Option<String>> {
             c.bytes.len()
         )));
     }
+    Ok(outside(tol_of(c, dtype), dtype, &got, &c.bytes))
+}
+
+/// `None` when `got` is within `tol` of JAX's `want` (same length), else
+/// a description.
+fn outside(tol: Tol, dtype: DType, got: &[u8], want: &[u8]) -> Option<String> {
     let w = dtype.size_in_bytes();
-    let word = |b: &[u8]| {
-        b.iter()
-            .rev()
-            .fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
+    let n = got.len() / w;
+    let Tol::UlpsOrAbs { ulps, eps_of_max } = tol else {
+        let differing = (0..n)
+            .filter(|&i| got[w * i..w * (i + 1)] != want[w * i..w * (i + 1)])
+            .count();
+        return (differing > 0).then(|| format!("{differing} of {n} elements differ ({tol:?})"));
     };
-    let mut differing = 0;
-    let mut max_ulp = 0u64;
-    for (a, j) in got.chunks(w).zip(c.bytes.chunks(w)) {
-        if a != j {
+    let max_abs = (0..n)
+        .map(|i| float_at(dtype, want, i).1.abs())
+        .fold(0.0, f64::max);
+    let abs = eps_of_max * epsilon(dtype) * max_abs;
+    let (mut differing, mut outside, mut max_ulp) = (0, 0, 0u64);
+    for i in 0..n {
+        let (gb, gv) = float_at(dtype, got, i);
+        let (jb, jv) = float_at(dtype, want, i);
+        if gb != jb {
             differing += 1;
-            max_ulp = max_ulp.max(if dtype.is_float() {
-                ulp_distance(word(a), word(j), w * 8)
-            } else {
-                u64::MAX
-            });
+            let u = ulp_distance(gb, jb, w * 8);
+            max_ulp = max_ulp.max(u);
+            if u > ulps && (gv - jv).abs() > abs {
+                outside += 1;
+            }
         }
     }
-    if max_ulp <= tolerance {
-        return Ok(None);
-    }
-    Ok(Some(format!(
-        "{differing} of {} elements differ (max {max_ulp} ulp)",
-        got.len() / w
-    )))
+    (outside > 0).then(|| {
+        format!(
+            "{outside} of {n} elements outside {tol:?} (abs {abs:e}); \
+             {differing} differ, max {max_ulp} ulp"
+        )
+    })
 }
 
 /// The number of representable floats between two bit patterns of a width.
@@ -249,13 +350,14 @@ fn ulp_distance(a: u64, b: u64, bits: usize) -> u64 {
     (line(a) - line(b)).unsigned_abs() as u64
 }
 
-/// Runs every fixture whose function is in `funcs`, each within `tolerance` ulp.
-fn check(funcs: &[&str], tolerance: u64) -> Result<()> {
+/// Runs every fixture whose function is in `funcs`, each within its
+/// [`tol_of`].
+fn check(funcs: &[&str]) -> Result<()> {
     let mut failures = vec![];
     let mut n = 0;
     for c in cases().iter().filter(|c| funcs.contains(&c.func.as_str())) {
         n += 1;
-        if let Some(diff) = run(c, tolerance)? {
+        if let Some(diff) = run(c)? {
             failures.push(format!("{}: {diff}", c.name));
         }
     }
@@ -295,28 +397,92 @@ fn every_fixture_is_checked() {
 
 #[test]
 fn keys_split_fold_in_and_bits_match_jax() -> Result<()> {
-    check(&["key", "split", "fold_in", "bits"], 0)
+    check(&["key", "split", "fold_in", "bits"])
 }
 
 #[test]
 fn uniform_bernoulli_and_randint_match_jax() -> Result<()> {
-    check(&["uniform", "bernoulli", "randint"], 0)
+    check(&["uniform", "bernoulli", "randint"])
 }
 
-/// Bit-exact: `erf_inv` is a polynomial XLA expands identically here and in
-/// jaxlib, and the sample is computed at run time as in JAX.
+/// Within [`sample_tol`]: `erf_inv` is a polynomial whose result depends on
+/// the CPU's vector math, and f16/bf16 chains round differently by CPU.
 #[test]
 fn normal_and_truncated_normal_match_jax() -> Result<()> {
-    check(&["normal", "truncated_normal"], 0)
+    check(&["normal", "truncated_normal"])
 }
 
-/// Within 1 ulp of `jax.jit(init)`: the sample is bit-exact, but XLA's
+/// Within [`sample_tol`] of `jax.jit(init)`: the samples as above, and XLA's
 /// algebraic simplifier may reassociate constant factors such as
 /// `(sqrt(2) * erf_inv(u)) * stddev` differently between XLA versions (JAX
 /// itself gives results up to 2 ulp apart eagerly and under `jit`).
 #[test]
 fn initializers_match_jax() -> Result<()> {
-    check(&["init"], 1)
+    check(&["init"])
+}
+
+/// The bounds are tight enough to catch a wrong scale: every normal-family
+/// fixture, JAX's output scaled by 1% (bf16, which cannot resolve 1%: by 10
+/// of its ulps, 7.8%), is rejected by the comparison the tests use.
+#[test]
+fn sample_tolerance_rejects_a_one_percent_error() -> Result<()> {
+    let mut n = 0;
+    for c in cases().iter().filter(|c| {
+        matches!(c.func.as_str(), "normal" | "truncated_normal" | "init")
+            && !c.params.contains_key("value")
+    }) {
+        let dtype = c.dtype("dtype")?;
+        let factor = 1.0 + f64::max(0.01, 10.0 * epsilon(dtype));
+        let w = dtype.size_in_bytes();
+        let scaled: Vec<u8> = (0..c.bytes.len() / w)
+            .flat_map(|i| {
+                let v = float_at(dtype, &c.bytes, i).1 * factor;
+                match dtype {
+                    DType::F64 => v.to_le_bytes().to_vec(),
+                    DType::F32 => (v as f32).to_le_bytes().to_vec(),
+                    DType::F16 => xlayer::f16::from_f64(v).to_le_bytes().to_vec(),
+                    _ => xlayer::bf16::from_f64(v).to_le_bytes().to_vec(),
+                }
+            })
+            .collect();
+        assert!(
+            outside(tol_of(c, dtype), dtype, &scaled, &c.bytes).is_some(),
+            "{}: JAX's output times {factor} passes {:?}",
+            c.name,
+            tol_of(c, dtype)
+        );
+        n += 1;
+    }
+    assert!(n >= 10, "only {n} sample fixtures");
+    Ok(())
+}
+
+/// `uniform` is `(bits -> [1, 2)) - 1`, times `hi - lo`, plus `lo`, each
+/// rounded as IEEE says (JAX's program, as jaxlib 0.12 runs it): with
+/// bounds whose span is exactly 1 in f32 but whose `lo - 1` is not exact,
+/// a compiler that folds `(u - 1) + lo` into `u + (lo - 1)` rounds
+/// differently on most elements (the pinned plugin did, before the
+/// optimization barrier in `uniform`).
+#[test]
+fn uniform_is_computed_as_written() -> Result<()> {
+    let n = 4096;
+    let exe = jit(client(), &[ArraySpec::of::<u32>([2])], |_, k| {
+        Ok(vec![random::uniform(&k[0], &[n], DType::F32, -0.3, 0.7)?])
+    })?;
+    let key_data = random::key_data(5);
+    let key = client().buffer_from_host(&key_data, &[2])?;
+    let got = exe.execute(&[&key])?[0].to_vec::<f32>()?;
+    let (lo, hi) = (-0.3f32, 0.7f32);
+    let want: Vec<f32> = random::bits_data(key_data, n)
+        .into_iter()
+        .map(|b| {
+            let u = f32::from_bits((b >> 9) | 0x3f80_0000) - 1.0;
+            lo.max(u * (hi - lo) + lo)
+        })
+        .collect();
+    let differing = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+    assert_eq!(differing, 0, "{differing} of {n} elements differ");
+    Ok(())
 }
 
 fn u32s(bytes: &[u8]) -> Vec<u32> {
@@ -366,122 +532,5 @@ fn host_helpers_match_jax() -> Result<()> {
             _ => {}
         }
     }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------
-// Errors: each names the function and the shapes involved.
-
-fn err_text(r: xlayer::Result<Value>) -> String {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e @ Error::Op { .. }) => e.to_string(),
-        Err(e) => panic!("expected Error::Op, got {e:?}"),
-    }
-}
-
-#[test]
-fn bad_keys_are_rejected() -> Result<()> {
-    let b = Builder::new();
-    let wrong_shape = b.zeros(DType::U32, &[3])?;
-    let wrong_dtype = b.zeros(DType::I32, &[2])?;
-    let m = err_text(random::uniform(&wrong_shape, &[2], DType::F32, 0.0, 1.0));
-    assert!(m.contains("random.uniform") && m.contains("u32[3]"), "{m}");
-    let m = err_text(random::split(&wrong_dtype, 2));
-    assert!(m.contains("random.split") && m.contains("i32[2]"), "{m}");
-    let m = err_text(random::fold_in(&wrong_shape, 1));
-    assert!(m.contains("random.fold_in") && m.contains("u32[3]"), "{m}");
-    let m = err_text(random::normal(&wrong_dtype, &[4], DType::F32));
-    assert!(m.contains("random.normal") && m.contains("i32[2]"), "{m}");
-    let m = err_text(random::randint(&wrong_shape, &[4], 0, 3, DType::I32));
-    assert!(m.contains("random.randint") && m.contains("u32[3]"), "{m}");
-    let m = err_text(random::bits(
-        &b.zeros(DType::U32, &[2, 2])?,
-        &[4],
-        DType::U32,
-    ));
-    assert!(m.contains("random.bits") && m.contains("u32[2,2]"), "{m}");
-    Ok(())
-}
-
-#[test]
-fn bad_dtypes_and_arguments_are_rejected() -> Result<()> {
-    let b = Builder::new();
-    let k = random::key(&b, 0)?;
-    let m = err_text(random::uniform(&k, &[2, 3], DType::I32, 0.0, 1.0));
-    assert!(
-        m.contains("random.uniform") && m.contains("i32") && m.contains("[2, 3]"),
-        "{m}"
-    );
-    let m = err_text(random::normal(&k, &[5], DType::U8));
-    assert!(m.contains("random.normal") && m.contains("u8"), "{m}");
-    let m = err_text(random::truncated_normal(&k, -1.0, 1.0, &[5], DType::I64));
-    assert!(
-        m.contains("random.truncated_normal") && m.contains("i64"),
-        "{m}"
-    );
-    let m = err_text(random::bits(&k, &[4], DType::I32));
-    assert!(m.contains("random.bits") && m.contains("i32"), "{m}");
-    let m = err_text(random::randint(&k, &[4], 0, 10, DType::F32));
-    assert!(m.contains("random.randint") && m.contains("f32"), "{m}");
-    let m = err_text(random::randint(&k, &[4], 0, 1 << 40, DType::I8));
-    assert!(m.contains("random.randint") && m.contains("i8"), "{m}");
-    let m = err_text(random::fold_in_value(&k, &b.scalar(1.5f32)?));
-    assert!(m.contains("random.fold_in") && m.contains("f32[]"), "{m}");
-    let m = err_text(random::fold_in_value(&k, &b.zeros(DType::U32, &[2])?));
-    assert!(m.contains("random.fold_in") && m.contains("u32[2]"), "{m}");
-    let m = err_text(random::bernoulli_p(&k, &b.scalar(1i32)?, &[3]));
-    assert!(m.contains("random.bernoulli") && m.contains("i32[]"), "{m}");
-    let p = b.zeros(DType::F32, &[4])?;
-    let m = err_text(random::bernoulli_p(&k, &p, &[3]));
-    assert!(
-        m.contains("random.bernoulli") && m.contains("f32[4]") && m.contains("[3]"),
-        "{m}"
-    );
-    Ok(())
-}
-
-#[test]
-fn initializer_errors_name_the_shape() -> Result<()> {
-    let b = Builder::new();
-    let k = random::key(&b, 0)?;
-    let m = err_text(init::lecun_normal().init(&k, &[8], DType::F32));
-    assert!(
-        m.contains("init.variance_scaling") && m.contains("[8]"),
-        "{m}"
-    );
-    let vs = init::variance_scaling(
-        1.0,
-        init::Mode::FanIn,
-        init::Distribution::Normal,
-        &[3],
-        &[-1],
-    );
-    let m = err_text(vs.init(&k, &[4, 5], DType::F32));
-    assert!(m.contains("in_axis 3") && m.contains("[4, 5]"), "{m}");
-    let m = err_text(init::glorot_uniform().init(&k, &[4, 5], DType::I32));
-    assert!(
-        m.contains("init.variance_scaling") && m.contains("i32"),
-        "{m}"
-    );
-    let m = err_text(init::normal(1.0).init(&k, &[4, 5], DType::I32));
-    assert!(m.contains("random.normal") && m.contains("i32"), "{m}");
-    Ok(())
-}
-
-#[test]
-fn degenerate_ranges_follow_jax() -> Result<()> {
-    // JAX does not raise for maxval <= minval: randint returns minval,
-    // uniform returns max(minval, ...) = minval.
-    let exe = jit(client(), &[], |b, _| {
-        let k = random::key(b, 1)?;
-        Ok(vec![
-            random::randint(&k, &[5], 7, 3, DType::I32)?,
-            random::uniform(&k, &[5], DType::F32, 2.0, 2.0)?,
-        ])
-    })?;
-    let out = exe.execute(&[])?;
-    assert_eq!(out[0].to_vec::<i32>()?, vec![7; 5]);
-    assert_eq!(out[1].to_vec::<f32>()?, vec![2.0; 5]);
     Ok(())
 }

@@ -112,7 +112,7 @@ fn transposed_and_converted_tensors() -> Result<()> {
         .convert_dtypes(true);
     let (back, _) = load_tree(c, &file, &wanted, &map)?;
     assert_eq!(
-        back.get("dense/kernel").unwrap().to_vec::<f32>()?,
+        back.get("dense/kernel")?.to_vec::<f32>()?,
         vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     );
     // Without conversion allowed, the dtype mismatch is named.

@@ -21,6 +21,11 @@
 //! order; dtypes and shapes are checked before anything runs. Outputs are
 //! printed, or saved as `out0`, `out1`, ... with `--outputs`.
 //!
+//! `run`, `bench` and `hlo` compile `PROGRAM` in a child process (this
+//! binary, as `xlayer __isolated-compile`), so that a crash of the plugin's
+//! compiler on a corrupt file is reported as an error; `--no-isolate`
+//! compiles in this process.
+//!
 //! Exit status: 0 on success, 1 on an error (bad program file, missing or
 //! mismatched inputs, unreadable safetensors, plugin errors), 2 on a usage
 //! error. See `docs/cli.md`.
@@ -38,10 +43,15 @@ use xlayer::{ArraySpec, Buffer, Client, DType, Plugin, Program, Signature};
 ///
 /// Environment: XLAYER_PJRT_PLUGIN=/path/plugin.so overrides the default
 /// (CPU) plugin; XLAYER_HOME is where fetched plugins and the measured
-/// roofline are cached.
+/// roofline are cached; XLAYER_LOG=1 shows the plugin's own log lines (as
+/// --verbose does).
 #[derive(Parser)]
 #[command(name = "xlayer", version)]
 struct Cli {
+    /// Show the PJRT plugin's own log lines (absl/XLA INFO lines on stderr),
+    /// hidden by default; XLAYER_LOG=1 does the same.
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -122,9 +132,32 @@ struct ProgramArgs {
     /// Input types of a bytecode program, e.g. "f32[2,3],i32[],bool[4]".
     #[arg(long)]
     signature: Option<String>,
+    /// Compile in this process. By default the program, a file xlayer did
+    /// not write, is compiled in a child process, so that a crash of the
+    /// plugin's compiler on it is reported as an error.
+    #[arg(long)]
+    no_isolate: bool,
+}
+
+impl ProgramArgs {
+    /// The compile options: isolated unless `--no-isolate`.
+    fn compile_options(&self) -> xlayer::CompileOptions {
+        let opts = xlayer::CompileOptions::new();
+        if self.no_isolate {
+            opts
+        } else {
+            opts.isolated()
+        }
+    }
 }
 
 fn main() -> ExitCode {
+    // The child side of an isolated compile (CompileOptions::isolated).
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(xlayer::pjrt::isolate::CHILD_COMMAND))
+    {
+        return ExitCode::from(xlayer::pjrt::isolate::child_main() as u8);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -136,6 +169,10 @@ fn main() -> ExitCode {
             };
         }
     };
+    // Decided before any thread starts: the first plugin load, on this
+    // thread, then sets the variable the plugin reads with no other thread
+    // running (see xlayer::pjrt::logging).
+    xlayer::set_plugin_logging(cli.verbose || xlayer::pjrt::logging::log_requested_by_env());
     let result = match cli.command {
         Command::Doctor => doctor(),
         Command::Devices => devices(),
@@ -320,7 +357,7 @@ fn run(args: &ProgramArgs, inputs: Option<&Path>, outputs: Option<&Path>) -> Res
             program.signature()
         ),
     };
-    let exe = client.compile(&program)?;
+    let exe = client.compile_with(&program, &args.compile_options())?;
     let outs = exe.execute(&buffers.iter().collect::<Vec<_>>())?;
     match outputs {
         Some(path) => {
@@ -364,7 +401,7 @@ fn bench_cmd(
         )?;
     }
     let client = Client::default_plugin()?;
-    let exe = client.compile(&program)?;
+    let exe = client.compile_with(&program, &args.compile_options())?;
     let buffers = match inputs {
         Some(p) => load_inputs(&client, &program, p)?,
         // The compiled executable's own parameter types, sizes checked
@@ -391,7 +428,7 @@ fn bench_cmd(
 fn hlo(args: &ProgramArgs, cost: bool, proto: Option<&Path>) -> Result<()> {
     let program = load_program(args)?;
     let client = Client::default_plugin()?;
-    let (exe, text) = client.compile_with_hlo_text(&program, &xlayer::CompileOptions::new())?;
+    let (exe, text) = client.compile_with_hlo_text(&program, &args.compile_options())?;
     print!("{text}");
     if cost {
         println!("\n// cost analysis");

@@ -23,9 +23,9 @@
 //! let exe = jit(&client, &[ArraySpec::of::<f32>([2]), ArraySpec::of::<f32>([3, 2])], |b, a| {
 //!     let params = Tree::map([("w", Tree::leaf(a[0].clone()))]);
 //!     let (loss, g) = value_and_grad(b, &params, |_, p| {
-//!         a[1].matmul(p.get("w").unwrap())?.square()?.sum(&[0], false) // sum((x w)^2)
+//!         a[1].matmul(p.get("w")?)?.square()?.sum(&[0], false) // sum((x w)^2)
 //!     })?;
-//!     Ok(vec![loss, g.get("w").unwrap().clone()]) // 2 x^T x w
+//!     Ok(vec![loss, g.get("w")?.clone()]) // 2 x^T x w
 //! })?;
 //! let w = client.buffer_from_host(&[1f32, 0.0], &[2])?;
 //! let x = client.buffer_from_host(&[1f32, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 2])?;
@@ -147,10 +147,10 @@ pub fn vjp(
 /// let b = Builder::new();
 /// let p = Tree::map([("w", Tree::leaf(b.parameter(ArraySpec::of::<f32>([3]), "w")?))]);
 /// let (loss, aux, g) = value_and_grad_with_aux(&b, &p, |_b, p| {
-///     let w = p.get("w").unwrap();
+///     let w = p.get("w")?;
 ///     Ok((w.square()?.sum(&[0], false)?, Tree::leaf(w.clone())))
 /// })?;
-/// assert_eq!(g.get("w").unwrap().dims(), &[3]); // 2 w
+/// assert_eq!(g.get("w")?.dims(), &[3]); // 2 w
 /// # Ok::<(), xlayer::Error>(())
 /// ```
 pub fn value_and_grad_with_aux(
@@ -265,9 +265,11 @@ impl Value {
 // ------------------------------------------------------------------ the pass
 
 fn value_name(g: &Graph, v: ValueId) -> String {
-    match &g.nodes[v.node].op {
-        Op::Parameter { name, .. } => name.clone(),
-        op => format!("%{} ({})", v.node, op.name()),
+    let op = &g.nodes[v.node].op;
+    if let Op::Parameter { name, .. } = op {
+        name.clone()
+    } else {
+        format!("%{} ({})", v.node, op.name())
     }
 }
 
@@ -304,18 +306,6 @@ fn region_captures(g: &Graph) -> Vec<Vec<ValueId>> {
     caps
 }
 
-fn regions_of(op: &Op) -> Vec<RegionId> {
-    match op {
-        Op::Reduce { body, .. } | Op::ReduceWindow { body, .. } | Op::Scatter { body, .. } => {
-            vec![*body]
-        }
-        Op::Sort { comparator, .. } => vec![*comparator],
-        Op::While { cond, body } => vec![*cond, *body],
-        Op::Case { branches } => branches.clone(),
-        _ => Vec::new(),
-    }
-}
-
 /// Walks the entry function backwards from `outputs`; returns the cotangent
 /// of each `wrt` (None: no path).
 fn backprop(
@@ -331,7 +321,9 @@ fn backprop(
     };
     let caps = region_captures(&g);
     let node_caps = |n: NodeId| -> Vec<ValueId> {
-        regions_of(&g.nodes[n].op)
+        g.nodes[n]
+            .op
+            .regions()
             .iter()
             .flat_map(|r| caps[r.0].iter().copied())
             .collect()
@@ -743,10 +735,12 @@ fn rule(
             }
         }
         Op::Sort {
-            dim, comparator, ..
+            dim,
+            stable,
+            comparator,
         } => {
             let values: Vec<Value> = (0..ops.len()).map(x).collect();
-            let perm = sort_permutation(cx, &values, *dim, *comparator, node)?;
+            let perm = sort_permutation(cx, &values, *dim, *comparator, *stable)?;
             for (i, c) in cts.iter().enumerate() {
                 if let (Some(c), true) = (c, needs[i]) {
                     out.push((ops[i], scatter_along(c, &perm, *dim, values[i].dims())?));
@@ -1361,7 +1355,7 @@ fn sort_permutation(
     values: &[Value],
     dim: usize,
     comparator: RegionId,
-    node: &Node,
+    stable: bool,
 ) -> Result<Value> {
     let b = cx.b;
     let dims = values[0].dims().to_vec();
@@ -1376,10 +1370,6 @@ fn sort_permutation(
         let mut env = HashMap::new();
         replay_region(b, cx.g, comparator, &a[..n_old], &mut env)
     })?;
-    let stable = match node.op {
-        Op::Sort { stable, .. } => stable,
-        _ => true,
-    };
     let mut operands: Vec<&Value> = values.iter().collect();
     operands.push(&iota);
     let mut specs: Vec<ArraySpec> = values.iter().map(|v| v.spec.clone()).collect();
@@ -1489,7 +1479,31 @@ fn replay_node(b: &Builder, g: &Graph, n: NodeId, env: &mut HashMap<ValueId, Val
         Op::Parameter { .. } | Op::RegionArgs => {
             return Err(op_err(name, "internal: cannot replay a parameter"))
         }
-        other => other.clone(),
+        // No regions: the op as it is.
+        op @ (Op::Constant { .. }
+        | Op::Iota { .. }
+        | Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Compare(_)
+        | Op::Select
+        | Op::Clamp
+        | Op::Convert
+        | Op::BitcastConvert
+        | Op::OptimizationBarrier
+        | Op::BroadcastInDim { .. }
+        | Op::Reshape
+        | Op::Transpose { .. }
+        | Op::Slice { .. }
+        | Op::DynamicSlice { .. }
+        | Op::DynamicUpdateSlice
+        | Op::Concatenate { .. }
+        | Op::Pad { .. }
+        | Op::Reverse { .. }
+        | Op::DotGeneral(_)
+        | Op::Convolution(_)
+        | Op::Gather { .. }
+        | Op::TopK { .. }
+        | Op::StopGradient) => op.clone(),
     };
     let refs: Vec<&Value> = operands.iter().collect();
     let outs = b.push(op, &refs, node.outputs.clone())?;
@@ -1502,12 +1516,13 @@ fn replay_node(b: &Builder, g: &Graph, n: NodeId, env: &mut HashMap<ValueId, Val
 /// An i32 scalar constant's value.
 fn const_i32(g: &Graph, v: ValueId) -> Option<i32> {
     let node = &g.nodes[v.node];
-    match (&node.op, &node.outputs[..]) {
-        (Op::Constant { bytes }, [spec]) if spec.dtype == DType::I32 && spec.dims.is_empty() => {
-            Some(i32::from_le_bytes(bytes.get(..4)?.try_into().ok()?))
-        }
-        _ => None,
+    let (Op::Constant { bytes }, [spec]) = (&node.op, &node.outputs[..]) else {
+        return None;
+    };
+    if spec.dtype != DType::I32 || !spec.dims.is_empty() {
+        return None;
     }
+    Some(i32::from_le_bytes(bytes.get(..4)?.try_into().ok()?))
 }
 
 /// The trip count of a loop recorded by [`Builder::fori_loop`]: carry 0

@@ -60,8 +60,11 @@ impl fmt::Debug for Builder {
 /// A symbolic array: one output of a recorded op, with its dtype and shape.
 ///
 /// Ops are methods (`x.exp()`, `x.matmul(&w)`) and operators (`&x + &y`),
-/// all returning [`Result`]: misuse is an [`Error::Op`] naming the op and
-/// the shapes, at trace time.
+/// all returning [`Result`]: misuse is an [`Error::Op`] (or a typed
+/// dimension or size error: [`Error::DimensionOutOfRange`],
+/// [`Error::DuplicateDimension`], [`Error::ShapeTooLarge`],
+/// [`Error::ShapeOverflow`], [`Error::AttributeTooLarge`]) naming the op
+/// and the shapes, at trace time.
 #[derive(Clone)]
 pub struct Value {
     pub(crate) builder: Builder,
@@ -156,6 +159,27 @@ pub(crate) fn check_dim_list(
         seen[dim] = true;
     }
     Ok(())
+}
+
+/// Checks integer attributes that StableHLO stores as i64 (strides,
+/// dilations, window sizes, group counts, interior padding).
+///
+/// Errors: [`Error::AttributeTooLarge`] for the first value past `i64::MAX`.
+pub(crate) fn check_i64_attr(
+    op: &'static str,
+    what: &'static str,
+    values: &[usize],
+    operand: &ArraySpec,
+) -> Result<()> {
+    match values.iter().find(|&&v| i64::try_from(v).is_err()) {
+        Some(&value) => Err(Error::AttributeTooLarge {
+            op,
+            what,
+            value,
+            operand: operand.clone(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Output length of a windowed op (convolution, reduce_window) along one
@@ -331,10 +355,14 @@ impl Builder {
             self.check_value(name, v)?;
         }
         for (i, spec) in outputs.iter().enumerate() {
-            spec.check_size(|| match &op {
-                Op::Parameter { name, .. } => format!("parameter `{name}`"),
-                _ if outputs.len() == 1 => format!("output of {name}"),
-                _ => format!("output {i} of {name}"),
+            spec.check_size(|| {
+                if let Op::Parameter { name, .. } = &op {
+                    format!("parameter `{name}`")
+                } else if outputs.len() == 1 {
+                    format!("output of {name}")
+                } else {
+                    format!("output {i} of {name}")
+                }
             })?;
         }
         let mut s = self.state.borrow_mut();

@@ -16,8 +16,42 @@ fn vref(g: &Graph, v: ValueId) -> String {
         Op::RegionArgs => format!("%v{}_{}", v.node, v.output),
         // An identity for autodiff only: the operand itself.
         Op::StopGradient => vref(g, n.operands[0]),
-        _ if n.outputs.len() == 1 => format!("%v{}", v.node),
-        _ => format!("%v{}#{}", v.node, v.output),
+        Op::Parameter { .. }
+        | Op::Constant { .. }
+        | Op::Iota { .. }
+        | Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Compare(_)
+        | Op::Select
+        | Op::Clamp
+        | Op::Convert
+        | Op::BitcastConvert
+        | Op::OptimizationBarrier
+        | Op::BroadcastInDim { .. }
+        | Op::Reshape
+        | Op::Transpose { .. }
+        | Op::Slice { .. }
+        | Op::DynamicSlice { .. }
+        | Op::DynamicUpdateSlice
+        | Op::Concatenate { .. }
+        | Op::Pad { .. }
+        | Op::Reverse { .. }
+        | Op::DotGeneral(_)
+        | Op::Convolution(_)
+        | Op::Reduce { .. }
+        | Op::ReduceWindow { .. }
+        | Op::Gather { .. }
+        | Op::Scatter { .. }
+        | Op::Sort { .. }
+        | Op::TopK { .. }
+        | Op::While { .. }
+        | Op::Case { .. } => {
+            if n.outputs.len() == 1 {
+                format!("%v{}", v.node)
+            } else {
+                format!("%v{}#{}", v.node, v.output)
+            }
+        }
     }
 }
 
@@ -278,18 +312,6 @@ fn op_name(op: &Op) -> &'static str {
     }
 }
 
-fn regions_of(op: &Op) -> Vec<RegionId> {
-    match op {
-        Op::Reduce { body, .. } | Op::ReduceWindow { body, .. } | Op::Scatter { body, .. } => {
-            vec![*body]
-        }
-        Op::Sort { comparator, .. } => vec![*comparator],
-        Op::While { cond, body } => vec![*cond, *body],
-        Op::Case { branches } => branches.clone(),
-        _ => Vec::new(),
-    }
-}
-
 struct Emitter<'g> {
     g: &'g Graph,
     out: String,
@@ -299,10 +321,9 @@ impl Emitter<'_> {
     fn node(&mut self, node: NodeId, indent: usize) {
         let g = self.g;
         let n = &g.nodes[node];
-        if matches!(
-            n.op,
-            Op::Parameter { .. } | Op::RegionArgs | Op::StopGradient
-        ) {
+        // Parameters, region arguments and stop_gradient emit no op
+        // (`op_name` decides, over every variant).
+        if op_name(&n.op).is_empty() {
             return;
         }
         let pad = " ".repeat(indent);
@@ -319,7 +340,7 @@ impl Emitter<'_> {
             op_name(&n.op),
             operands.join(", ")
         );
-        let regions = regions_of(&n.op);
+        let regions = n.op.regions();
         if !regions.is_empty() {
             self.out.push_str(" (");
             for (i, r) in regions.iter().enumerate() {

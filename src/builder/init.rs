@@ -1,4 +1,6 @@
-//! `jax.nn.initializers` (as Flax re-exports them), bit for bit.
+//! `jax.nn.initializers` (as Flax re-exports them): the same algorithm and
+//! random bits as JAX, values within a few ulp (the `erf_inv` of the normal
+//! ones is CPU vector math; tolerances in docs/ops.md, "Tolerances").
 //!
 //! An [`Initializer`] is a small configuration value; [`Initializer::init`]
 //! turns `(key, dims, dtype)` into a [`Value`] exactly as the JAX
@@ -366,7 +368,8 @@ impl VarianceScaling {
             ));
         }
         let size = |what: &str, axes: &[isize]| -> Result<f64> {
-            let mut p = 1usize;
+            // f64 products: exact below 2^53, and no overflow for any dims.
+            let mut p = 1f64;
             for &a in axes {
                 let i = if a < 0 { a + dims.len() as isize } else { a };
                 if i < 0 || i as usize >= dims.len() {
@@ -375,9 +378,9 @@ impl VarianceScaling {
                         format!("{what} {a} is out of range for a weight of shape {dims:?}"),
                     ));
                 }
-                p *= dims[i as usize];
+                p *= dims[i as usize] as f64;
             }
-            Ok(p as f64)
+            Ok(p)
         };
         let in_size = size("in_axis", &self.in_axis)?;
         let out_size = size("out_axis", &self.out_axis)?;
@@ -388,7 +391,7 @@ impl VarianceScaling {
                 format!("a weight of shape {dims:?} has a fan axis of size 0"),
             ));
         }
-        let total = dims.iter().product::<usize>() as f64;
+        let total: f64 = dims.iter().map(|&d| d as f64).product();
         let receptive = total / in_size / out_size / batch_size;
         Ok((in_size * receptive, out_size * receptive))
     }

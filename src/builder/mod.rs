@@ -2,15 +2,19 @@
 //!
 //! A closure receives symbolic [`Value`]s (dtype + shape, no data), calls
 //! ops on them, and returns symbolic outputs. Every op checks shapes and
-//! dtypes as it is recorded and fails with [`crate::Error::Op`] naming the
-//! op and the shapes. The graph is kept as data ([`Graph`], a closed [`Op`]
+//! dtypes as it is recorded and fails with [`crate::Error::Op`] (or, for
+//! dimension numbers and sizes, a typed variant such as
+//! [`crate::Error::DimensionOutOfRange`] or [`crate::Error::ShapeTooLarge`])
+//! naming the op and the shapes. The graph is kept as data ([`Graph`], a closed [`Op`]
 //! enum) so later passes (reverse-mode autodiff) can walk it; emission to
 //! StableHLO text is one such pass.
 //!
 //! - [`Builder`], [`Value`]: recording, constants, parameters.
 //! - [`trace`], [`jit`], [`Computation`]: closure → program → executable.
-//! - [`Tree`]: JAX-style pytrees with stable flatten order and paths.
-//! - [`random`]: `jax.random` (threefry2x32), bit for bit; [`init`]: `jax.nn.initializers`.
+//! - [`Tree`]: JAX-style pytrees with stable flatten order and [`Path`]s.
+//! - [`VarBuilder`]: weights bound by path where a model uses them.
+//! - [`random`]: `jax.random` (threefry2x32; keys, bits and `uniform` bit for
+//!   bit, `normal` within a few ulp); [`init`]: `jax.nn.initializers`.
 //! - [`autodiff`]: reverse-mode `vjp`, `grad`, `value_and_grad` over the graph.
 //!
 //! ```
@@ -40,9 +44,11 @@ mod ops_index;
 mod ops_linalg;
 mod ops_reduce;
 mod ops_shape;
+mod path;
 pub mod random;
 mod trace;
 mod tree;
+mod var_builder;
 
 pub use self::core::{Builder, Value};
 pub use emit::emit_module;
@@ -54,5 +60,7 @@ pub use op::{
 pub use ops_elementwise::{broadcast_shapes, promote_types};
 pub use ops_index::ScatterMode;
 pub use ops_reduce::Padding;
+pub use path::Path;
 pub use trace::{jit, trace, Computation};
 pub use tree::Tree;
+pub use var_builder::{ParamSource, VarBuilder};

@@ -582,6 +582,46 @@ pub enum Op {
 }
 
 impl Op {
+    /// The regions (nested blocks) the op owns, in the order StableHLO
+    /// prints them: a reduction's or scatter's body, a sort's comparator, a
+    /// loop's condition then body, a case's branches.
+    pub fn regions(&self) -> Vec<RegionId> {
+        match self {
+            Op::Reduce { body, .. } | Op::ReduceWindow { body, .. } | Op::Scatter { body, .. } => {
+                vec![*body]
+            }
+            Op::Sort { comparator, .. } => vec![*comparator],
+            Op::While { cond, body } => vec![*cond, *body],
+            Op::Case { branches } => branches.clone(),
+            Op::Parameter { .. }
+            | Op::RegionArgs
+            | Op::Constant { .. }
+            | Op::Iota { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Compare(_)
+            | Op::Select
+            | Op::Clamp
+            | Op::Convert
+            | Op::BitcastConvert
+            | Op::OptimizationBarrier
+            | Op::BroadcastInDim { .. }
+            | Op::Reshape
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::DynamicSlice { .. }
+            | Op::DynamicUpdateSlice
+            | Op::Concatenate { .. }
+            | Op::Pad { .. }
+            | Op::Reverse { .. }
+            | Op::DotGeneral(_)
+            | Op::Convolution(_)
+            | Op::Gather { .. }
+            | Op::TopK { .. }
+            | Op::StopGradient => Vec::new(),
+        }
+    }
+
     /// A short name for messages.
     pub fn name(&self) -> &'static str {
         match self {
@@ -618,5 +658,32 @@ impl Op {
             Op::Case { .. } => "case",
             Op::StopGradient => "stop_gradient",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_in_printed_order() {
+        let r = RegionId;
+        let w = Op::While {
+            cond: r(3),
+            body: r(4),
+        };
+        assert_eq!(w.regions(), vec![r(3), r(4)]);
+        let case = Op::Case {
+            branches: vec![r(1), r(0), r(2)],
+        };
+        assert_eq!(case.regions(), vec![r(1), r(0), r(2)]);
+        let sort = Op::Sort {
+            dim: 0,
+            stable: true,
+            comparator: r(7),
+        };
+        assert_eq!(sort.regions(), vec![r(7)]);
+        assert!(Op::Reshape.regions().is_empty());
+        assert!(Op::StopGradient.regions().is_empty());
     }
 }

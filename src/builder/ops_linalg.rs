@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
 
-use super::core::{check_dim_list, op_err, window_output_size, Value};
+use super::core::{check_dim_list, check_i64_attr, op_err, window_output_size, Value};
 use super::op::{ConvAttrs, DotDims, Op};
 
 impl Value {
@@ -310,52 +310,44 @@ impl Value {
         // Every dimension number must be below the rank, and each of the
         // input, kernel and output layouts a permutation of 0..n+2.
         let rank = n + 2;
-        let layouts: [(&'static str, &'static str, Vec<(&'static str, usize)>); 3] = [
-            (
-                "input dimension numbers",
-                "input",
-                [
-                    ("input_batch", d.input_batch),
-                    ("input_feature", d.input_feature),
-                ]
-                .into_iter()
-                .chain(d.input_spatial.iter().map(|&x| ("input_spatial", x)))
-                .collect(),
-            ),
-            (
-                "kernel dimension numbers",
-                "kernel",
-                [
-                    ("kernel_input_feature", d.kernel_input_feature),
-                    ("kernel_output_feature", d.kernel_output_feature),
-                ]
-                .into_iter()
-                .chain(d.kernel_spatial.iter().map(|&x| ("kernel_spatial", x)))
-                .collect(),
-            ),
-            (
-                "output dimension numbers",
-                "output",
-                [
-                    ("output_batch", d.output_batch),
-                    ("output_feature", d.output_feature),
-                ]
-                .into_iter()
-                .chain(d.output_spatial.iter().map(|&x| ("output_spatial", x)))
-                .collect(),
-            ),
-        ];
-        for (what, target, fields) in &layouts {
-            let operand = if *target == "kernel" {
-                &kernel.spec
-            } else {
-                &self.spec
-            };
-            for &(field, dim) in fields {
-                check_dim_list("convolution", field, target, &[dim], rank, operand)?;
-            }
-            let all: Vec<usize> = fields.iter().map(|&(_, x)| x).collect();
-            check_dim_list("convolution", what, target, &all, rank, operand)?;
+        check_conv_layout(
+            "input",
+            [
+                ("input_batch", d.input_batch),
+                ("input_feature", d.input_feature),
+            ],
+            ("input_spatial", &d.input_spatial),
+            rank,
+            &self.spec,
+        )?;
+        check_conv_layout(
+            "kernel",
+            [
+                ("kernel_input_feature", d.kernel_input_feature),
+                ("kernel_output_feature", d.kernel_output_feature),
+            ],
+            ("kernel_spatial", &d.kernel_spatial),
+            rank,
+            &kernel.spec,
+        )?;
+        check_conv_layout(
+            "output",
+            [
+                ("output_batch", d.output_batch),
+                ("output_feature", d.output_feature),
+            ],
+            ("output_spatial", &d.output_spatial),
+            rank,
+            &self.spec,
+        )?;
+        for (what, values) in [
+            ("strides", &attrs.strides[..]),
+            ("lhs_dilation", &attrs.lhs_dilation[..]),
+            ("rhs_dilation", &attrs.rhs_dilation[..]),
+            ("feature_group_count", &[attrs.feature_group_count][..]),
+            ("batch_group_count", &[attrs.batch_group_count][..]),
+        ] {
+            check_i64_attr("convolution", what, values, &self.spec)?;
         }
         let (g, bg) = (attrs.feature_group_count, attrs.batch_group_count);
         if g == 0 || bg == 0 {
@@ -405,4 +397,29 @@ impl Value {
             .push(Op::Convolution(attrs.clone()), &[self, kernel], vec![spec])?
             .remove(0))
     }
+}
+
+/// Checks one layout of a convolution's dimension numbers (input, kernel or
+/// output): each number below `rank`, and together a permutation.
+fn check_conv_layout(
+    target: &'static str,
+    fields: [(&'static str, usize); 2],
+    spatial: (&'static str, &[usize]),
+    rank: usize,
+    operand: &ArraySpec,
+) -> Result<()> {
+    let all: Vec<(&'static str, usize)> = fields
+        .into_iter()
+        .chain(spatial.1.iter().map(|&x| (spatial.0, x)))
+        .collect();
+    for &(field, dim) in &all {
+        check_dim_list("convolution", field, target, &[dim], rank, operand)?;
+    }
+    let what = match target {
+        "input" => "input dimension numbers",
+        "kernel" => "kernel dimension numbers",
+        _ => "output dimension numbers",
+    };
+    let dims: Vec<usize> = all.iter().map(|&(_, x)| x).collect();
+    check_dim_list("convolution", what, target, &dims, rank, operand)
 }

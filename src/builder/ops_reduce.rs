@@ -4,7 +4,9 @@
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
 
-use super::core::{check_dim_list, op_err, scalar_bytes, window_output_size, Builder, Value};
+use super::core::{
+    check_dim_list, check_i64_attr, op_err, scalar_bytes, window_output_size, Builder, Value,
+};
 use super::op::{BinaryOp, Op, WindowAttrs};
 
 /// The identity of a reduction for a dtype: the value `x op identity == x`.
@@ -213,6 +215,14 @@ impl Builder {
                 "reduce_window",
                 "inputs must share a shape; inits must be scalars of their dtypes",
             ));
+        }
+        for (what, values) in [
+            ("window dimensions", &w.dims),
+            ("strides", &w.strides),
+            ("base_dilation", &w.base_dilation),
+            ("window_dilation", &w.window_dilation),
+        ] {
+            check_i64_attr("reduce_window", what, values, &first.spec)?;
         }
         let mut dims = Vec::with_capacity(r);
         for i in 0..r {

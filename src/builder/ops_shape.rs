@@ -4,7 +4,7 @@
 use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
 
-use super::core::{check_dim_list, op_err, Value};
+use super::core::{check_dim_list, check_i64_attr, op_err, Value};
 use super::op::Op;
 
 impl Value {
@@ -175,6 +175,7 @@ impl Value {
         if start.len() != r || limit.len() != r || strides.len() != r {
             return Err(op_err("slice", format!("start {start:?}, limit {limit:?}, strides {strides:?} must each have {r} entries for {}", self.spec)));
         }
+        check_i64_attr("slice", "strides", strides, &self.spec)?;
         let mut dims = Vec::with_capacity(r);
         for i in 0..r {
             if start[i] > limit[i] || limit[i] > self.dims()[i] || strides[i] == 0 {
@@ -415,6 +416,7 @@ impl Value {
                 ),
             ));
         }
+        check_i64_attr("pad", "interior", interior, &self.spec)?;
         let mut dims = Vec::with_capacity(r);
         for i in 0..r {
             // i128: no i64 or usize input can overflow it.

@@ -53,7 +53,7 @@ impl Builder {
 /// use xlayer::ArraySpec;
 /// let inputs = Tree::map([("x", Tree::leaf(ArraySpec::of::<f32>([4])))]);
 /// let c = trace("double", &inputs, |_b, t| {
-///     let x = t.get("x").unwrap();
+///     let x = t.get("x")?;
 ///     Ok(Tree::leaf((x + x)?))
 /// })?;
 /// assert_eq!(c.signature().to_string(), "(f32[4]) -> (f32[4])");

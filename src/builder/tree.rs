@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 
+use super::Path;
+
 /// A tree whose leaves are `T` (arrays, specs, symbolic values, buffers).
 ///
 /// ```
@@ -185,12 +187,108 @@ impl<T> Tree<T> {
         }
     }
 
-    /// The leaf at `path` (`a/0/b`), if any.
-    pub fn get(&self, path: &str) -> Option<&T> {
-        self.entries()
-            .into_iter()
-            .find(|(p, _)| p == path)
-            .map(|(_, x)| x)
+    /// The node at `path` (map keys and tuple/list positions).
+    ///
+    /// Errors: [`Error::UnknownPath`] naming `path` when no node is there.
+    pub fn subtree(&self, path: impl Into<Path>) -> Result<&Tree<T>> {
+        let path = path.into();
+        let mut node = self;
+        for seg in path.segments() {
+            let next = match node {
+                Tree::Map(m) => m.get(seg),
+                Tree::Tuple(v) | Tree::List(v) => seg.parse::<usize>().ok().and_then(|i| v.get(i)),
+                Tree::Leaf(_) | Tree::Empty => None,
+            };
+            node = next.ok_or_else(|| Error::UnknownPath { path: path.clone() })?;
+        }
+        Ok(node)
+    }
+
+    /// The leaf at `path` (`a/0/b`, or `a.0.b`).
+    ///
+    /// ```
+    /// use xlayer::builder::Tree;
+    /// let t = Tree::map([("a", Tree::tuple([Tree::leaf(1), Tree::leaf(2)]))]);
+    /// assert_eq!(*t.get("a/1")?, 2);
+    /// assert_eq!(t.get("a/2").unwrap_err().to_string(), "no value at path `a/2`");
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
+    ///
+    /// Errors: [`Error::UnknownPath`] naming `path` when no leaf is there
+    /// (nothing, or a node that is not a leaf).
+    pub fn get(&self, path: impl Into<Path>) -> Result<&T> {
+        let path = path.into();
+        match self.subtree(&path)? {
+            Tree::Leaf(x) => Ok(x),
+            _ => Err(Error::UnknownPath { path }),
+        }
+    }
+
+    /// A tree of references to the leaves, of the same structure.
+    pub fn as_refs(&self) -> Tree<&T> {
+        match self {
+            Tree::Leaf(x) => Tree::Leaf(x),
+            Tree::Tuple(v) => Tree::Tuple(v.iter().map(Tree::as_refs).collect()),
+            Tree::List(v) => Tree::List(v.iter().map(Tree::as_refs).collect()),
+            Tree::Map(m) => Tree::Map(m.iter().map(|(k, t)| (k.clone(), t.as_refs())).collect()),
+            Tree::Empty => Tree::Empty,
+        }
+    }
+
+    /// Inserts `leaf` at `path`, creating maps along the way (an
+    /// [`Tree::Empty`] node becomes a map).
+    ///
+    /// Errors: [`Error::PathConflict`] naming the path when it is the root,
+    /// is already taken, or passes through a leaf, tuple or list.
+    pub fn insert(&mut self, path: impl Into<Path>, leaf: T) -> Result<()> {
+        let path = path.into();
+        let conflict = || Error::PathConflict { path: path.clone() };
+        let Some((last, parents)) = path.segments().split_last() else {
+            return Err(conflict());
+        };
+        let mut node = self;
+        for seg in parents {
+            if matches!(node, Tree::Empty) {
+                *node = Tree::Map(BTreeMap::new());
+            }
+            let Tree::Map(m) = node else {
+                return Err(conflict());
+            };
+            node = m
+                .entry(seg.clone())
+                .or_insert_with(|| Tree::Map(BTreeMap::new()));
+        }
+        if matches!(node, Tree::Empty) {
+            *node = Tree::Map(BTreeMap::new());
+        }
+        let Tree::Map(m) = node else {
+            return Err(conflict());
+        };
+        if m.contains_key(last) {
+            return Err(conflict());
+        }
+        m.insert(last.clone(), Tree::Leaf(leaf));
+        Ok(())
+    }
+
+    /// A tree of nested maps from `(path, leaf)` pairs.
+    ///
+    /// ```
+    /// use xlayer::builder::Tree;
+    /// let t = Tree::from_paths([("params/Dense_0/kernel", 1), ("params.Dense_0.bias", 2)])?;
+    /// assert_eq!(t.paths(), vec!["params/Dense_0/bias", "params/Dense_0/kernel"]);
+    /// assert!(Tree::from_paths([("a", 1), ("a/b", 2)]).is_err());
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
+    ///
+    /// Errors: [`Error::PathConflict`] for a path given twice, the empty
+    /// path, or a path that is both a leaf and a map (`a` and `a/b`).
+    pub fn from_paths<P: Into<Path>>(items: impl IntoIterator<Item = (P, T)>) -> Result<Tree<T>> {
+        let mut tree = Tree::Map(BTreeMap::new());
+        for (path, leaf) in items {
+            tree.insert(path, leaf)?;
+        }
+        Ok(tree)
     }
 }
 
@@ -221,5 +319,50 @@ impl<T> Default for Tree<T> {
 impl<T> From<T> for Tree<T> {
     fn from(x: T) -> Self {
         Tree::Leaf(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_names_the_missing_path() {
+        let t = Tree::map([("a", Tree::list([Tree::leaf(1), Tree::leaf(2)]))]);
+        assert_eq!(*t.get("a/1").unwrap(), 2);
+        assert_eq!(*t.get("a.0").unwrap(), 1);
+        for bad in ["a/2", "b", "a/x", "a/0/c", "a"] {
+            match t.get(bad) {
+                Err(Error::UnknownPath { path }) => assert_eq!(path, Path::parse(bad)),
+                other => panic!("{bad}: expected UnknownPath, got {other:?}"),
+            }
+        }
+        assert_eq!(t.subtree("a").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn from_paths_refuses_a_leaf_that_is_also_a_map() {
+        let conflict = |r: Result<Tree<i32>>| match r {
+            Err(Error::PathConflict { path }) => path.to_string(),
+            other => panic!("expected PathConflict, got {other:?}"),
+        };
+        assert_eq!(conflict(Tree::from_paths([("a", 1), ("a/b", 2)])), "a/b");
+        assert_eq!(conflict(Tree::from_paths([("a/b", 1), ("a", 2)])), "a");
+        assert_eq!(conflict(Tree::from_paths([("a/b", 1), ("a.b", 2)])), "a/b");
+        assert_eq!(conflict(Tree::from_paths([("", 1)])), "");
+        let t = Tree::from_paths([("x/y/z", 1), ("x/w", 2), ("v", 3)]).unwrap();
+        assert_eq!(t.paths(), vec!["v", "x/w", "x/y/z"]);
+        assert_eq!(t.leaves(), vec![&3, &2, &1]);
+    }
+
+    #[test]
+    fn as_refs_keeps_structure() {
+        let t = Tree::map([
+            ("b", Tree::leaf(2)),
+            ("a", Tree::tuple([Tree::leaf(0), Tree::Empty])),
+        ]);
+        let r = t.as_refs();
+        assert_eq!(r.structure(), t.structure());
+        assert_eq!(r.into_leaves(), vec![&0, &2]);
     }
 }

@@ -96,6 +96,17 @@ mod tests {
         }
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         check(&dir).unwrap();
+        // Another user's folder, even a private one, is refused (testable
+        // only as root, who can give a folder away).
+        if effective_uid() == Some(0) {
+            std::os::unix::fs::chown(&dir, Some(4242), None).unwrap();
+            match check(&dir) {
+                Err(Error::CacheDirNotOwned { path, owner, uid }) => {
+                    assert_eq!((path, owner, uid), (dir.clone(), 4242, 0));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
         let file = root.join("f");
         fs::write(&file, b"x").unwrap();
         assert!(matches!(

@@ -7,9 +7,7 @@
 //! save_file({".".join(k): np.asarray(v) for k, v in flatten_dict(variables).items()}, "model.safetensors")
 //! ```
 
-use std::path::Path;
-
-use crate::builder::Tree;
+use crate::builder::{Path, Tree};
 use crate::dtype::ArraySpec;
 use crate::error::Result;
 use crate::pjrt::buffer::Buffer;
@@ -23,7 +21,10 @@ pub fn flax_name_map() -> NameMap {
 
 /// Saves variables (`{collection: {module: {name: array}}}`) with keys
 /// joined by `.` (written atomically).
-pub fn save_variables<B: AsRef<Buffer>>(path: impl AsRef<Path>, variables: &Tree<B>) -> Result<()> {
+pub fn save_variables<B: AsRef<Buffer>>(
+    path: impl AsRef<std::path::Path>,
+    variables: &Tree<B>,
+) -> Result<()> {
     save_tree(path, variables, &flax_name_map())
 }
 
@@ -31,42 +32,35 @@ pub fn save_variables<B: AsRef<Buffer>>(path: impl AsRef<Path>, variables: &Tree
 /// every tensor must be present with that shape and dtype and none may be
 /// left over (all-or-nothing, errors name the tensor and the file);
 /// without, every tensor of the file is loaded and keys are split on `.`.
+///
+/// Errors: those of [`load_tree`]; without `wanted`, [`crate::Error::Weights`]
+/// for a key without a collection and [`crate::Error::PathConflict`] for a key
+/// that is also the prefix of another (`params.a` and `params.a.b`).
 pub fn load_variables(
     client: &Client,
-    path: impl AsRef<Path>,
+    path: impl AsRef<std::path::Path>,
     wanted: Option<&Tree<ArraySpec>>,
 ) -> Result<Tree<Buffer>> {
     let file = SafetensorsFile::open(path)?;
     let wanted = match wanted {
         Some(w) => w.clone(),
         None => {
-            let mut flat = std::collections::BTreeMap::new();
+            let mut specs = Vec::new();
             for name in file.names() {
-                let parts: Vec<String> = name.split('.').map(str::to_string).collect();
-                if let Some(spec) = file.spec(name) {
-                    flat.entry(parts[0].clone())
-                        .or_insert_with(std::collections::BTreeMap::new)
-                        .insert(parts[1..].to_vec(), spec.clone());
-                }
-            }
-            let mut top = std::collections::BTreeMap::new();
-            for (col, vars) in flat {
-                if vars.keys().any(|k| k.is_empty()) {
+                let path = Path::parse(name);
+                if path.len() < 2 {
                     return Err(crate::Error::Weights {
                         file: file.path().to_path_buf(),
-                        tensor: col,
+                        tensor: name.to_string(),
                         reason: "a Flax checkpoint key is `collection.module....name`".into(),
                         more: Vec::new(),
                     });
                 }
-                let mut one = std::collections::BTreeMap::new();
-                one.insert(col.clone(), vars);
-                top.extend(match super::scope::unflatten_vars(&one) {
-                    Tree::Map(m) => m,
-                    _ => Default::default(),
-                });
+                if let Some(spec) = file.spec(name) {
+                    specs.push((path, spec.clone()));
+                }
             }
-            Tree::Map(top)
+            Tree::from_paths(specs)?
         }
     };
     Ok(load_tree(client, &file, &wanted, &flax_name_map())?.0)

@@ -3,7 +3,7 @@
 //! `lax.conv_transpose`), with Flax's defaults and parameter names.
 
 use crate::builder::init::{self, Distribution, Initializer, Mode};
-use crate::builder::{ConvAttrs, ConvDims, DotDims, Padding, Tree, Value};
+use crate::builder::{ConvAttrs, ConvDims, DotDims, Padding, ParamSource, Tree, Value};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
@@ -169,8 +169,10 @@ impl Dense {
         parent.child("Dense", self.name.as_deref(), |s| self.call_in(s, x))
     }
 
-    /// The module's body in its own scope.
-    pub fn call_in(&self, s: &Scope, x: &Value) -> Result<Value> {
+    /// The module's body in its own scope: a Flax [`Scope`], or a
+    /// [`crate::builder::VarBuilder`] at the module's path (weights `kernel`
+    /// `(in, features)` and `bias`).
+    pub fn call_in(&self, s: &impl ParamSource, x: &Value) -> Result<Value> {
         if x.rank() == 0 {
             return Err(flax_err(s.path_text(), "Dense needs inputs of rank >= 1"));
         }
@@ -362,7 +364,7 @@ fn dilated_kernel(kernel_size: &[usize], kernel_dilation: &[usize]) -> Vec<usize
     kernel_size
         .iter()
         .zip(kernel_dilation)
-        .map(|(&k, &d)| (k.max(1) - 1) * d + 1)
+        .map(|(&k, &d)| (k.max(1) - 1).saturating_mul(d).saturating_add(1))
         .collect()
 }
 
@@ -516,7 +518,18 @@ impl Conv {
                         "causal padding is only implemented for 1D convolutions",
                     ));
                 }
-                let left = (k_dil[0] * (ks[0] - 1)) as i64;
+                let left = k_dil[0]
+                    .checked_mul(ks[0].saturating_sub(1))
+                    .and_then(|l| i64::try_from(l).ok())
+                    .ok_or_else(|| {
+                        flax_err(
+                            path.clone(),
+                            format!(
+                                "causal padding of kernel size {} with dilation {} overflows",
+                                ks[0], k_dil[0]
+                            ),
+                        )
+                    })?;
                 x = x.pad(&x.scalar_like(0.0)?, &[0, left, 0], &[0, 0, 0], &[0, 0, 0])?;
                 pad = ConvPadding::Valid;
             }
@@ -769,7 +782,7 @@ impl Embed {
         self
     }
 
-    fn table(&self, s: &Scope) -> Result<Value> {
+    fn table(&self, s: &impl ParamSource) -> Result<Value> {
         s.param(
             "embedding",
             &self.embedding_init,
@@ -783,8 +796,9 @@ impl Embed {
         parent.child("Embed", self.name.as_deref(), |s| self.call_in(s, ids))
     }
 
-    /// The lookup in the module's own scope.
-    pub fn call_in(&self, s: &Scope, ids: &Value) -> Result<Value> {
+    /// The lookup in the module's own scope (a Flax [`Scope`], or a
+    /// [`crate::builder::VarBuilder`] at the module's path: weight `embedding`).
+    pub fn call_in(&self, s: &impl ParamSource, ids: &Value) -> Result<Value> {
         if !ids.dtype().is_int() {
             return Err(flax_err(
                 s.path_text(),
@@ -805,7 +819,7 @@ impl Embed {
     }
 
     /// `attend(query)`: `query @ embedding.T` in the module's own scope.
-    pub fn attend_in(&self, s: &Scope, query: &Value) -> Result<Value> {
+    pub fn attend_in(&self, s: &impl ParamSource, query: &Value) -> Result<Value> {
         if query.rank() == 0 {
             return Err(flax_err(s.path_text(), "attend needs a query of rank >= 1"));
         }

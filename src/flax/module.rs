@@ -285,7 +285,7 @@ pub fn init_traced(
         true,
     )?;
     let out = method.invoke(module, &scope, inputs, training)?;
-    Ok((out, unflatten_vars(&scope.take_vars())))
+    Ok((out, unflatten_vars(&scope.take_vars())?))
 }
 
 /// Traced `module.apply`: runs `method` over `variables` with rngs `rngs`;
@@ -307,7 +307,7 @@ pub fn apply_traced(
     let m = scope.mutable();
     let mut vars = scope.take_vars();
     vars.retain(|c, _| m.allows(c));
-    Ok((out, unflatten_vars(&vars)))
+    Ok((out, unflatten_vars(&vars)?))
 }
 
 /// Named rng streams as raw `u32[2]` key data (`jax.random.PRNGKey`).

@@ -4,7 +4,7 @@
 //! `max(0, mean(x²) - mean(x)²)`, `y = (x - mean) * (rsqrt(var + eps) * scale) + bias`.
 
 use crate::builder::init::{self, Initializer};
-use crate::builder::{promote_types, Value};
+use crate::builder::{promote_types, ParamSource, Value};
 use crate::dtype::DType;
 use crate::error::Result;
 
@@ -12,7 +12,7 @@ use super::linear::{flax_err, one_input_module};
 use super::module::{merge_param, promote_dtype};
 use super::scope::Scope;
 
-fn canon_axes(axes: &[isize], rank: usize, s: &Scope) -> Result<Vec<usize>> {
+fn canon_axes(axes: &[isize], rank: usize, s: &impl ParamSource) -> Result<Vec<usize>> {
     let mut out: Vec<usize> = Vec::new();
     for &a in axes {
         let n = if a < 0 { a + rank as isize } else { a };
@@ -112,7 +112,7 @@ macro_rules! affine {
 /// feature axes) and returns `(x - mean) * rsqrt(var + eps) * scale + bias`
 /// in the promoted dtype of `x` and the params (or `dtype`).
 fn normalize(
-    s: &Scope,
+    s: &impl ParamSource,
     x: &Value,
     mean: &Value,
     var: &Value,
@@ -169,7 +169,7 @@ fn normalize(
 /// The body of `LayerNorm`/`RMSNorm`: statistics over the reduction axes,
 /// `scale`/`bias` over the feature axes (both as the attributes give them).
 fn normalize_over(
-    s: &Scope,
+    s: &impl ParamSource,
     x: &Value,
     (reduction_axes, feature_axes): (&[isize], &[isize]),
     use_mean: bool,
@@ -368,8 +368,10 @@ impl LayerNorm {
         parent.child("LayerNorm", self.name.as_deref(), |s| self.call_in(s, x))
     }
 
-    /// The module's body in its own scope.
-    pub fn call_in(&self, s: &Scope, x: &Value) -> Result<Value> {
+    /// The module's body in its own scope: a Flax [`Scope`], or a
+    /// [`crate::builder::VarBuilder`] at the module's path (weights `scale`
+    /// and `bias`).
+    pub fn call_in(&self, s: &impl ParamSource, x: &Value) -> Result<Value> {
         normalize_over(
             s,
             x,
@@ -435,8 +437,10 @@ impl RMSNorm {
         parent.child("RMSNorm", self.name.as_deref(), |s| self.call_in(s, x))
     }
 
-    /// The module's body in its own scope.
-    pub fn call_in(&self, s: &Scope, x: &Value) -> Result<Value> {
+    /// The module's body in its own scope: a Flax [`Scope`], or a
+    /// [`crate::builder::VarBuilder`] at the module's path (weights `scale`
+    /// and `bias`).
+    pub fn call_in(&self, s: &impl ParamSource, x: &Value) -> Result<Value> {
         normalize_over(
             s,
             x,

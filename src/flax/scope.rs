@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
-use crate::builder::{random, Builder, Tree, Value};
+use crate::builder::{random, Builder, Path, Tree, Value};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
@@ -84,34 +84,18 @@ pub(crate) fn flatten_vars<T: Clone>(vars: &Tree<T>) -> Result<Flat<T>> {
 }
 
 /// Rebuilds the nested variables tree from the flat store.
-pub(crate) fn unflatten_vars<T: Clone>(flat: &Flat<T>) -> Tree<T> {
-    fn insert<T>(m: &mut BTreeMap<String, Tree<T>>, path: &[String], v: T) {
-        if path.len() == 1 {
-            m.insert(path[0].clone(), Tree::Leaf(v));
-            return;
-        }
-        let child = m
-            .entry(path[0].clone())
-            .or_insert_with(|| Tree::Map(BTreeMap::new()));
-        if !matches!(child, Tree::Map(_)) {
-            *child = Tree::Map(BTreeMap::new());
-        }
-        if let Tree::Map(cm) = child {
-            insert(cm, &path[1..], v);
-        }
-    }
-    let mut top = BTreeMap::new();
+///
+/// Errors: [`Error::PathConflict`] when a variable's path is also the
+/// scope of another (`params/a` and `params/a/b`).
+pub(crate) fn unflatten_vars<T: Clone>(flat: &Flat<T>) -> Result<Tree<T>> {
+    let mut top = Tree::Map(BTreeMap::new());
     for (col, vars) in flat {
-        if vars.is_empty() {
-            continue;
-        }
-        let mut m = BTreeMap::new();
+        let collection = Path::from_segments([col.as_str()]);
         for (path, v) in vars {
-            insert(&mut m, path, v.clone());
+            top.insert(collection.concat(&Path::from_segments(path)), v.clone())?;
         }
-        top.insert(col.clone(), Tree::Map(m));
     }
-    Tree::Map(top)
+    Ok(top)
 }
 
 /// One piece of static data folded into an rng: a scope name or a counter.
@@ -448,6 +432,24 @@ impl Scope {
     }
 }
 
+impl crate::builder::ParamSource for Scope {
+    /// [`Scope::param`].
+    fn param(
+        &self,
+        name: &str,
+        init: &crate::builder::init::Initializer,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Value> {
+        Scope::param(self, name, init, shape, dtype)
+    }
+
+    /// [`Scope::path_text`].
+    fn path_text(&self) -> String {
+        Scope::path_text(self)
+    }
+}
+
 /// A handle to one variable (Flax's `Variable`): read with
 /// [`Variable::value`], write with [`Variable::set`].
 #[derive(Debug, Clone)]
@@ -489,6 +491,34 @@ mod tests {
         assert_eq!(
             fold_hash(&[s("Conv_1"), s("Dense_0"), Fold::Int(2)]),
             69417966
+        );
+    }
+}
+
+#[cfg(test)]
+mod unflatten_tests {
+    use super::*;
+
+    /// A variable whose path is also another's scope is an error, not a
+    /// leaf silently replaced by a map.
+    #[test]
+    fn leaf_and_scope_at_one_path_is_an_error() {
+        let mut flat: Flat<i32> = BTreeMap::new();
+        let params = flat.entry("params".into()).or_default();
+        params.insert(vec!["Dense_0".into()], 1);
+        params.insert(vec!["Dense_0".into(), "kernel".into()], 2);
+        match unflatten_vars(&flat) {
+            Err(Error::PathConflict { path }) => {
+                assert_eq!(path.to_string(), "params/Dense_0/kernel")
+            }
+            other => panic!("expected PathConflict, got {other:?}"),
+        }
+        flat.get_mut("params")
+            .unwrap()
+            .remove(&vec!["Dense_0".to_string()]);
+        assert_eq!(
+            unflatten_vars(&flat).unwrap().paths(),
+            vec!["params/Dense_0/kernel"]
         );
     }
 }

@@ -77,8 +77,8 @@ struct Inner {
 /// // Keras: def call(params, inputs) / def init(rng, inputs)
 /// let layer = JaxLayer::builder(|Params(p): Params, Inputs(x): Inputs| {
 ///     let x = x.into_leaf()?;
-///     let y = x.matmul(p.get("w").unwrap())?;
-///     Ok(Out::from(nn::relu(&(y + p.get("b").unwrap())?)?))
+///     let y = x.matmul(p.get("w")?)?;
+///     Ok(Out::from(nn::relu(&(y + p.get("b")?)?)?))
 /// })
 /// .init_fn(|Inputs(x): Inputs| {
 ///     let x = x.into_leaf()?;

@@ -17,7 +17,7 @@
 //! use xlayer::layers::{Init, Inputs, JaxLayer, Layer, Out, Params, Rng, Training};
 //! use xlayer::{Client, DType};
 //! fn stateless_call(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {
-//!     Ok(Out::from(x.into_leaf()?.matmul(p.get("w").unwrap())?))
+//!     Ok(Out::from(x.into_leaf()?.matmul(p.get("w")?)?))
 //! }
 //! fn stateless_init(Rng(key): Rng, Inputs(x): Inputs) -> xlayer::Result<Init> {
 //!     let n = x.into_leaf()?.dims()[1];
@@ -39,7 +39,7 @@
 //! use xlayer::{Client, DType};
 //! fn stateful_call(Params(p): Params, State(s): State, rng: Option<Rng>, Inputs(x): Inputs, t: Training)
 //!     -> xlayer::Result<OutState> {
-//!     let mut y = (x.into_leaf()? * p.get("scale").unwrap())?;
+//!     let mut y = (x.into_leaf()? * p.get("scale")?)?;
 //!     if let (Training::Yes, Some(Rng(key))) = (t, rng) {
 //!         let keep = random::bernoulli(&key, 0.9, y.dims())?;
 //!         y = keep.select(&(&y / 0.9)?, &y.scalar_like(0.0)?)?;
@@ -79,7 +79,7 @@
 //! use xlayer::Client;
 //! fn my_model_fn(params: &Tree<Value>, rngs: &BTreeMap<&str, Value>, input1: &Value, input2: &Value,
 //!     deterministic: bool) -> xlayer::Result<Value> {
-//!     let mut x = ((input1 + input2)? * params.get("w").unwrap())?;
+//!     let mut x = ((input1 + input2)? * params.get("w")?)?;
 //!     if !deterministic {
 //!         let keep = random::bernoulli(&rngs["dropout"], 0.5, x.dims())?;
 //!         x = keep.select(&(&x / 0.5)?, &x.scalar_like(0.0)?)?;
@@ -88,7 +88,7 @@
 //! }
 //! fn my_model_wrapper_fn(Params(p): Params, rng: Option<Rng>, Inputs(inputs): Inputs, t: Training)
 //!     -> xlayer::Result<Out> {
-//!     let (input1, input2) = (inputs.get("0").unwrap(), inputs.get("1").unwrap());
+//!     let (input1, input2) = (inputs.get("0")?, inputs.get("1")?);
 //!     let mut rngs = BTreeMap::new();
 //!     if let Some(Rng(key)) = rng {
 //!         let keys = random::split_keys(&key, 2)?;

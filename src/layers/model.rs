@@ -191,7 +191,7 @@ fn common_client(xs: &[&Symbolic], what: &str) -> Result<Client> {
 /// use xlayer::layers::{Apply, Init, Input, Inputs, JaxLayer, Model, Out, Params, Training};
 /// use xlayer::{Client, DType};
 /// let dense = |n: usize| JaxLayer::builder(|Params(p): Params, Inputs(x): Inputs| {
-///         Ok(Out::from(x.into_leaf()?.matmul(p.get("w").unwrap())?))
+///         Ok(Out::from(x.into_leaf()?.matmul(p.get("w")?)?))
 ///     })
 ///     .init_fn(move |Inputs(x): Inputs| {
 ///         let x = x.into_leaf()?;

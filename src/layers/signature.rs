@@ -13,7 +13,7 @@
 //! // Keras: def stateless_call(params, inputs): ...
 //! let layer = JaxLayer::new(|Params(p): Params, Inputs(x): Inputs| {
 //!     let x = x.into_leaf()?;
-//!     Ok(Out(x.matmul(p.get("w").unwrap())?.into()))
+//!     Ok(Out(x.matmul(p.get("w")?)?.into()))
 //! });
 //! # let _ = layer;
 //! ```

@@ -1,18 +1,22 @@
 //! A BERT encoder written with the tracing builder, with mean pooling and
 //! L2 normalisation on top (the sentence-transformers pipeline).
 //!
-//! Parameters follow Flax's layout (paths such as
-//! `layer_0/attention/query/kernel`, kernels `(in, out)`);
+//! Written with the crate's modules ([`Dense`], [`LayerNorm`], [`Embed`]),
+//! each bound to its weights by path through a [`VarBuilder`]
+//! (`vb.pp("encoder.layer").pp(i)`): every parameter name is written once,
+//! where it is used. The paths follow `transformers`' `FlaxBertModel`
+//! (`encoder/layer/0/attention/self/query/kernel`, kernels `(in, out)`);
 //! [`checkpoint_names`] maps each to its name in a Hugging Face / PyTorch
 //! checkpoint, whose `Linear` weights are `(out, in)` and get transposed on
 //! load by [`crate::weights::load_tree`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 
-use crate::builder::{nn, Builder, Computation, DotDims, Tree, Value};
+use crate::builder::{nn, Builder, Computation, Tree, Value, VarBuilder};
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
+use crate::flax::{Dense, Embed, LayerNorm};
 use crate::weights::{NameMap, SafetensorsFile};
 
 /// The shape of a BERT model (`config.json`).
@@ -130,7 +134,7 @@ impl BertConfig {
     /// Hugging Face layout of [`checkpoint_names`], from tensor names and
     /// shapes only: the number of `encoder.layer.N` layers and the shapes of
     /// the embedding tables and of the first MLP. Cheap, and done before
-    /// [`params`] builds one entry per tensor the config implies.
+    /// [`param_tree`] builds one entry per tensor the config implies.
     ///
     /// Errors: [`Error::ModelConfig`] naming the field the checkpoint
     /// contradicts and what the checkpoint holds. Tensors missing from the
@@ -221,166 +225,68 @@ pub const CONFIG_LIMITS: [(&str, usize); 7] = [
     ("type_vocab_size", 1 << 16),
 ];
 
-const PER_LAYER: usize = 16;
-const EMBEDDING_PARAMS: usize = 5;
-
-/// The model's parameters in the order the traced program takes them:
-/// Flax-style paths and specs (all f32, kernels `(in, out)`).
-pub fn params(cfg: &BertConfig) -> Vec<(String, ArraySpec)> {
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let f32s = |dims: &[usize]| ArraySpec::new(DType::F32, dims.to_vec());
-    let mut v = vec![
-        ("embeddings/word".to_string(), f32s(&[cfg.vocab_size, h])),
-        (
-            "embeddings/position".to_string(),
-            f32s(&[cfg.max_position_embeddings, h]),
-        ),
-        (
-            "embeddings/token_type".to_string(),
-            f32s(&[cfg.type_vocab_size, h]),
-        ),
-        ("embeddings/layer_norm/scale".to_string(), f32s(&[h])),
-        ("embeddings/layer_norm/bias".to_string(), f32s(&[h])),
-    ];
-    for l in 0..cfg.num_layers {
-        // A dense layer (kernel, bias) or a LayerNorm (scale, bias).
-        let mut add = |path: &str, weight: &str, dims: &[usize]| {
-            let out = dims[dims.len() - 1];
-            v.push((format!("layer_{l}/{path}/{weight}"), f32s(dims)));
-            v.push((format!("layer_{l}/{path}/bias"), f32s(&[out])));
-        };
-        add("attention/query", "kernel", &[h, h]);
-        add("attention/key", "kernel", &[h, h]);
-        add("attention/value", "kernel", &[h, h]);
-        add("attention/out", "kernel", &[h, h]);
-        add("attention/layer_norm", "scale", &[h]);
-        add("mlp/in", "kernel", &[h, i]);
-        add("mlp/out", "kernel", &[i, h]);
-        add("mlp/layer_norm", "scale", &[h]);
+/// `transformers`' BERT LayerNorm: exact variance, `layer_norm_eps`.
+fn layer_norm(cfg: &BertConfig) -> LayerNorm {
+    LayerNorm {
+        epsilon: cfg.layer_norm_eps,
+        use_fast_variance: false,
+        ..LayerNorm::new()
     }
-    debug_assert_eq!(v.len(), EMBEDDING_PARAMS + PER_LAYER * cfg.num_layers);
-    v
 }
 
-/// The parameters as a tree (the `wanted` of [`crate::weights::load_tree`]).
-pub fn param_tree(cfg: &BertConfig) -> Tree<ArraySpec> {
-    fn insert(tree: &mut Tree<ArraySpec>, path: &str, spec: ArraySpec) {
-        let Tree::Map(m) = tree else {
-            unreachable!("BERT parameter paths only ever name maps")
-        };
-        match path.split_once('/') {
-            None => {
-                m.insert(path.to_string(), Tree::leaf(spec));
-            }
-            Some((head, rest)) => insert(
-                m.entry(head.to_string())
-                    .or_insert_with(|| Tree::Map(Default::default())),
-                rest,
-                spec,
-            ),
-        }
-    }
-    let mut tree = Tree::Map(Default::default());
-    for (path, spec) in params(cfg) {
-        insert(&mut tree, &path, spec);
-    }
-    tree
+/// Word + position + token-type-0 embeddings, then LayerNorm; `vb` at
+/// `embeddings`.
+fn embeddings(cfg: &BertConfig, vb: &VarBuilder, ids: &Value) -> Result<Value> {
+    let (s, h) = (ids.dims()[1], cfg.hidden_size);
+    let table =
+        |name: &str, rows: usize| vb.pp(name).get_checked("embedding", &[rows, h], DType::F32);
+    let word = Embed::new(cfg.vocab_size, h).call_in(&vb.pp("word_embeddings"), ids)?;
+    let position =
+        table("position_embeddings", cfg.max_position_embeddings)?.slice_axis(0, 0, s)?;
+    let token_type = table("token_type_embeddings", cfg.type_vocab_size)?.slice_axis(0, 0, 1)?;
+    layer_norm(cfg).call_in(&vb.pp("LayerNorm"), &((word + position)? + token_type)?)
 }
 
-/// How the parameter paths map to the tensors of a Hugging Face `BertModel`
-/// checkpoint (PyTorch names, no `bert.` prefix): `.`-separated, renamed
-/// (`layer_0/attention/query/kernel` is `encoder.layer.0.attention.self.query.weight`),
-/// `Linear` weights stored transposed, and the tensors BERT has but the
-/// sentence embedding does not use (pooler, `position_ids`) allowed.
-pub fn checkpoint_names() -> NameMap {
-    NameMap::new()
-        .separator(".")
-        // Renames are substring replacements, in this order: parts first,
-        // then `layer_norm` (before `layer_N` becomes `encoder.layer.N`).
-        .rename("attention.query.", "attention.self.query.")
-        .rename("attention.key.", "attention.self.key.")
-        .rename("attention.value.", "attention.self.value.")
-        .rename("attention.out.", "attention.output.dense.")
-        .rename("attention.layer_norm.", "attention.output.LayerNorm.")
-        .rename("mlp.in.", "intermediate.dense.")
-        .rename("mlp.out.", "output.dense.")
-        .rename("mlp.layer_norm.", "output.LayerNorm.")
-        .rename("layer_norm.", "LayerNorm.")
-        .rename(".scale", ".weight")
-        .rename(".kernel", ".weight")
-        .rename("embeddings.word", "embeddings.word_embeddings.weight")
-        .rename(
-            "embeddings.position",
-            "embeddings.position_embeddings.weight",
-        )
-        .rename(
-            "embeddings.token_type",
-            "embeddings.token_type_embeddings.weight",
-        )
-        .rename("layer_", "encoder.layer.")
-        .transposed("kernel")
-        .allow_unused(true)
-}
-
-/// The leaves of a loaded parameter tree (see [`param_tree`]) in the order
-/// the traced program takes them ([`params`]).
-///
-/// Errors: [`Error::Invalid`] naming a parameter the tree lacks.
-pub fn in_program_order<T>(cfg: &BertConfig, tree: Tree<T>) -> Result<Vec<T>> {
-    let mut by_path: HashMap<String, T> =
-        tree.paths().into_iter().zip(tree.into_leaves()).collect();
-    params(cfg)
-        .into_iter()
-        .map(|(path, _)| {
-            by_path
-                .remove(&path)
-                .ok_or_else(|| Error::Invalid(format!("BERT parameter `{path}` is missing")))
-        })
-        .collect()
-}
-
-/// `x @ kernel + bias` over the last axis of `x` (any rank), without
-/// broadcasting the kernel.
-fn dense(x: &Value, kernel: &Value, bias: &Value) -> Result<Value> {
-    let r = x.rank();
-    let y = x.dot_general(
-        kernel,
-        &DotDims {
-            lhs_batch: vec![],
-            rhs_batch: vec![],
-            lhs_contract: vec![r - 1],
-            rhs_contract: vec![0],
-        },
-    )?;
-    y + bias
-}
-
-fn layer_norm(x: &Value, scale: &Value, bias: &Value, eps: f64) -> Result<Value> {
-    let last = x.rank() - 1;
-    let mu = x.mean(&[last], true)?;
-    let centered = (x - mu)?;
-    let var = centered.square()?.mean(&[last], true)?;
-    let y = (centered * (var + eps)?.rsqrt()?)?;
-    (y * scale)? + bias
+/// One encoder layer (`vb` at `encoder/layer/{i}`): self-attention with
+/// the additive `mask_bias` (`[B, 1, 1, S]`), then the MLP, each followed by
+/// a residual LayerNorm.
+fn encoder_layer(cfg: &BertConfig, vb: &VarBuilder, x: &Value, mask_bias: &Value) -> Result<Value> {
+    let (b, s) = (x.dims()[0], x.dims()[1]);
+    let (h, nh) = (cfg.hidden_size, cfg.num_heads);
+    let dh = h / nh;
+    let dense = Dense::new(h);
+    let attention = vb.pp("attention");
+    let heads = |name: &str| {
+        dense
+            .call_in(&attention.pp("self").pp(name), x)?
+            .reshape(&[b, s, nh, dh])
+    };
+    let (q, k, v) = (heads("query")?, heads("key")?, heads("value")?);
+    let scores = (Value::einsum("bqhd,bkhd->bhqk", &q, &k)? * (1.0 / (dh as f64).sqrt()))?;
+    let probs = nn::softmax(&(scores + mask_bias)?, 3)?;
+    let context = Value::einsum("bhqk,bkhd->bqhd", &probs, &v)?.reshape(&[b, s, h])?;
+    let out = attention.pp("output");
+    let attended = dense.call_in(&out.pp("dense"), &context)?;
+    let x = layer_norm(cfg).call_in(&out.pp("LayerNorm"), &(attended + x)?)?;
+    let inner = Dense::new(cfg.intermediate_size).call_in(&vb.pp("intermediate.dense"), &x)?;
+    let y = dense.call_in(&vb.pp("output.dense"), &nn::gelu(&inner, false)?)?;
+    layer_norm(cfg).call_in(&vb.pp("output.LayerNorm"), &(y + x)?)
 }
 
 /// Records the encoder + mean pooling + L2 normalisation for `ids`
 /// (`i32[B, S]`) and `mask` (`f32[B, S]`, 1 for tokens, 0 for padding),
-/// given the parameters of [`params`] in order. Returns `f32[B, hidden]`.
+/// with the weights bound from `vb` (see [`param_tree`] for the paths).
+/// Returns `f32[B, hidden]`.
+///
+/// Errors: [`Error::Invalid`] when the sequence is longer than the model's
+/// positions; [`Error::UnknownPath`] or [`Error::SpecMismatch`] naming a
+/// weight that `vb` lacks or holds with another shape.
 pub fn sentence_embedding(
     cfg: &BertConfig,
-    p: &[Value],
+    vb: &VarBuilder,
     ids: &Value,
     mask: &Value,
 ) -> Result<Value> {
-    let want = EMBEDDING_PARAMS + PER_LAYER * cfg.num_layers;
-    if p.len() != want {
-        return Err(Error::Invalid(format!(
-            "BERT with {} layers takes {want} parameters, got {}",
-            cfg.num_layers,
-            p.len()
-        )));
-    }
     let (b, s) = (ids.dims()[0], ids.dims()[1]);
     if s > cfg.max_position_embeddings {
         return Err(Error::Invalid(format!(
@@ -388,32 +294,13 @@ pub fn sentence_embedding(
             cfg.max_position_embeddings
         )));
     }
-    let (h, nh) = (cfg.hidden_size, cfg.num_heads);
-    let dh = h / nh;
-    let eps = cfg.layer_norm_eps;
-    // Embeddings: word + position + token type 0, then LayerNorm.
-    let mut x = p[0].take(ids, 0)?;
-    x = (x + p[1].slice_axis(0, 0, s)?)?;
-    x = (x + p[2].slice_axis(0, 0, 1)?)?;
-    x = layer_norm(&x, &p[3], &p[4], eps)?;
+    let mut x = embeddings(cfg, &vb.pp("embeddings"), ids)?;
     // Additive attention mask: 0 for tokens, -1e30 for padding (whose
     // softmax weight is then exactly 0, as with Hugging Face's finfo.min).
     let mask_bias = ((mask - 1.0)? * 1e30)?.reshape(&[b, 1, 1, s])?;
-    let scale = 1.0 / (dh as f64).sqrt();
-    for l in 0..cfg.num_layers {
-        let w = &p[EMBEDDING_PARAMS + PER_LAYER * l..EMBEDDING_PARAMS + PER_LAYER * (l + 1)];
-        let heads = |v: Value| v.reshape(&[b, s, nh, dh]);
-        let q = heads(dense(&x, &w[0], &w[1])?)?;
-        let k = heads(dense(&x, &w[2], &w[3])?)?;
-        let v = heads(dense(&x, &w[4], &w[5])?)?;
-        let scores = (Value::einsum("bqhd,bkhd->bhqk", &q, &k)? * scale)?;
-        let probs = nn::softmax(&(scores + &mask_bias)?, 3)?;
-        let ctx = Value::einsum("bhqk,bkhd->bqhd", &probs, &v)?.reshape(&[b, s, h])?;
-        let attn = dense(&ctx, &w[6], &w[7])?;
-        x = layer_norm(&(attn + &x)?, &w[8], &w[9], eps)?;
-        let hidden = nn::gelu(&dense(&x, &w[10], &w[11])?, false)?;
-        let out = dense(&hidden, &w[12], &w[13])?;
-        x = layer_norm(&(out + &x)?, &w[14], &w[15], eps)?;
+    let layers = vb.pp("encoder.layer");
+    for i in 0..cfg.num_layers {
+        x = encoder_layer(cfg, &layers.pp(i), &x, &mask_bias)?;
     }
     // Mean pooling over real tokens, then L2 normalisation.
     let m = mask.reshape(&[b, s, 1])?;
@@ -428,22 +315,62 @@ pub fn sentence_embedding(
     mean / norm
 }
 
+/// The model's parameters as a tree of specs (the `wanted` of
+/// [`crate::weights::load_tree`]), in the layout of `transformers`'
+/// `FlaxBertModel`: `embeddings/word_embeddings/embedding`,
+/// `encoder/layer/0/attention/self/query/kernel` (`(in, out)`),
+/// `encoder/layer/0/output/LayerNorm/scale`, …
+///
+/// The paths are those [`sentence_embedding`] asks for: it is traced once
+/// with a declaring [`VarBuilder`] on a one-token input.
+///
+/// Errors: those of [`sentence_embedding`].
+pub fn param_tree(cfg: &BertConfig) -> Result<Tree<ArraySpec>> {
+    let b = Builder::new();
+    let vb = VarBuilder::declare(&b);
+    let ids = b.parameter(ArraySpec::new(DType::I32, vec![1, 1]), "ids")?;
+    let mask = b.parameter(ArraySpec::new(DType::F32, vec![1, 1]), "mask")?;
+    sentence_embedding(cfg, &vb, &ids, &mask)?;
+    vb.declared()
+}
+
+/// How the parameter paths map to the tensors of a Hugging Face `BertModel`
+/// checkpoint (PyTorch names, no `bert.` prefix): `.`-separated, the Flax
+/// leaf names `kernel`, `scale` and `embedding` renamed `weight` (whole
+/// segments only: `embeddings` stays), `Linear` weights stored transposed,
+/// and the tensors BERT has but the sentence embedding does not use
+/// (pooler, `position_ids`) allowed.
+pub fn checkpoint_names() -> NameMap {
+    NameMap::new()
+        .separator(".")
+        .rename("kernel", "weight")
+        .rename("scale", "weight")
+        .rename("embedding", "weight")
+        .transposed("kernel")
+        .allow_unused(true)
+}
+
 /// Traces the sentence-embedding program for a batch of `batch` sequences
-/// of `seq_len` tokens: parameters first (in [`params`] order), then
-/// `ids: i32[batch, seq_len]` and `mask: f32[batch, seq_len]`.
+/// of `seq_len` tokens: the parameters first, in the flatten order of
+/// [`param_tree`] (so the leaves of a loaded tree are the arguments, in
+/// order), then `ids: i32[batch, seq_len]` and `mask: f32[batch, seq_len]`.
+///
+/// Errors: those of [`sentence_embedding`].
 pub fn trace_sentence_embedding(
     cfg: &BertConfig,
     batch: usize,
     seq_len: usize,
 ) -> Result<Computation> {
+    let specs = param_tree(cfg)?;
     let b = Builder::new();
     let mut values = Vec::new();
-    for (path, spec) in params(cfg) {
-        values.push(b.parameter(spec, &path)?);
+    for (path, spec) in specs.entries() {
+        values.push(b.parameter(spec.clone(), &path)?);
     }
+    let params = specs.structure().unflatten(values)?;
     let ids = b.parameter(ArraySpec::new(DType::I32, vec![batch, seq_len]), "ids")?;
     let mask = b.parameter(ArraySpec::new(DType::F32, vec![batch, seq_len]), "mask")?;
-    let out = sentence_embedding(cfg, &values, &ids, &mask)?;
+    let out = sentence_embedding(cfg, &VarBuilder::new(&params), &ids, &mask)?;
     Ok(b.build(&[out])?
         .with_name(&format!("bert_embed_b{batch}_s{seq_len}")))
 }
@@ -482,14 +409,24 @@ mod tests {
             }
         }
         let map = checkpoint_names();
-        let got: Vec<String> = params(&cfg).iter().map(|(p, _)| map.key_for(p)).collect();
+        let tree = param_tree(&cfg).unwrap();
+        let mut got: Vec<String> = tree.paths().iter().map(|p| map.key_for(p)).collect();
+        got.sort();
+        want.sort();
         assert_eq!(got, want);
-        // The tree flattens in key order (`layer_10` before `layer_2`);
-        // `in_program_order` puts the leaves back in the program's order.
-        let tree = param_tree(&cfg);
-        let paths = tree.structure().unflatten(tree.paths()).unwrap();
-        let order = in_program_order(&cfg, paths).unwrap();
-        let want: Vec<String> = params(&cfg).into_iter().map(|(p, _)| p).collect();
-        assert_eq!(order, want);
+        // Exactly the `Linear` kernels are stored transposed.
+        let transposed: Vec<String> = tree
+            .paths()
+            .into_iter()
+            .filter(|p| map.is_transposed(p))
+            .collect();
+        assert_eq!(transposed.len(), 6 * 12);
+        assert!(transposed.iter().all(|p| p.ends_with("/kernel")));
+        assert_eq!(
+            tree.get("encoder/layer/11/intermediate/dense/kernel")
+                .unwrap()
+                .dims,
+            vec![384, 1536]
+        );
     }
 }

@@ -149,9 +149,10 @@ impl MiniLm {
                 reason: e.to_string(),
             })?;
         let start = Instant::now();
-        let wanted = bert::param_tree(&cfg);
+        let wanted = bert::param_tree(&cfg)?;
         let (tree, report) = load_tree(client, &file, &wanted, &bert::checkpoint_names())?;
-        let weights = bert::in_program_order(&cfg, tree)?;
+        // The program takes the weights in the tree's flatten order.
+        let weights = tree.into_leaves();
         let weights_time = open_time + start.elapsed();
         Ok(MiniLm {
             client: client.clone(),

@@ -3,9 +3,17 @@
 //! - [`bert`]: a BERT encoder with mean pooling and L2 normalisation.
 //! - [`minilm`]: all-MiniLM-L6-v2 sentence embeddings end to end
 //!   (provisioning, tokenizer, bucketing, compilation cache).
+//! - [`llama`]: the llama decoder over GGUF weights bound by name;
+//!   [`qweight`]: those weights on the device, still quantized;
+//!   [`sampling`]: choosing the next token inside the program;
+//!   [`llm`]: text generation with SmolLM2-135M-Instruct end to end.
 //!
 //! Their weights load through [`crate::weights`] (memory-mapped safetensors,
 //! checked before upload, streamed to the device).
 
 pub mod bert;
+pub mod llama;
+pub mod llm;
 pub mod minilm;
+pub mod qweight;
+pub mod sampling;

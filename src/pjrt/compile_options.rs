@@ -72,6 +72,9 @@ pub enum XlaFlag {
 pub struct CompileOptions {
     pub(crate) device_index: Option<usize>,
     flags: BTreeMap<String, XlaFlag>,
+    /// Compile in a child process: `Some(None)` finds the child,
+    /// `Some(Some(path))` runs that one (see [`crate::pjrt::isolate`]).
+    pub(crate) isolation: Option<Option<std::path::PathBuf>>,
 }
 
 impl CompileOptions {
@@ -99,6 +102,42 @@ impl CompileOptions {
     /// Sets an XLA flag (e.g. `xla_cpu_enable_fast_math`) for this compile only.
     pub fn xla_flag(mut self, name: impl Into<String>, value: impl Into<XlaFlag>) -> Self {
         self.flags.insert(name.into(), value.into());
+        self
+    }
+
+    /// Compiles in a child process, so that a crash of the plugin's
+    /// compiler on an untrusted program (corrupt bytecode or `jax.export`
+    /// artifact, pathological text) becomes [`crate::Error::PluginCrashed`]
+    /// instead of killing this process. The child is the `xlayer` binary,
+    /// found through `XLAYER_BIN`, as the running program, or next to it
+    /// (see [`crate::pjrt::isolate`]); it sends back the compiled
+    /// executable, so the program is never parsed in this process. Costs a
+    /// process start and a plugin load per compile (measured in
+    /// `docs/cli.md`). The compiled result is the same.
+    ///
+    /// Errors of the compile: [`crate::Error::PluginCrashed`] when the
+    /// child dies, [`crate::Error::Isolation`] when it cannot be found or
+    /// started; the compiler's own errors as without isolation.
+    pub fn isolated(mut self) -> Self {
+        self.isolation = Some(None);
+        self
+    }
+
+    /// [`CompileOptions::isolated`] with the child program given: an
+    /// `xlayer` binary of this version.
+    pub fn isolated_as(mut self, child: impl Into<std::path::PathBuf>) -> Self {
+        self.isolation = Some(Some(child.into()));
+        self
+    }
+
+    /// Whether compiles with these options run in a child process.
+    pub fn is_isolated(&self) -> bool {
+        self.isolation.is_some()
+    }
+
+    /// The same options, compiled in this process.
+    pub(crate) fn not_isolated(mut self) -> Self {
+        self.isolation = None;
         self
     }
 

@@ -136,7 +136,17 @@ impl Client {
         self.compile_with(program, &CompileOptions::new())
     }
 
-    /// Compiles `program` with `options` (target device, XLA flags).
+    /// Compiles `program` with `options` (target device, XLA flags, and
+    /// whether to compile in a child process: [`CompileOptions::isolated`]).
+    ///
+    /// Text programs are first checked in Rust for inputs known to crash
+    /// the plugin's compiler (`crate::pjrt::precheck`).
+    ///
+    /// Errors: [`Error::ProgramTooDeep`] and [`Error::ConstantDivisionByZero`]
+    /// from those checks; [`Error::Export`] for a program exported for
+    /// another platform; the compiler's own message ([`Error::Pjrt`]); when
+    /// isolated, [`Error::PluginCrashed`] if the compiler crashed the child
+    /// and [`Error::Isolation`] if the child could not be run.
     pub fn compile_with(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
         let device = match options.device_index {
             Some(i) => self.device(i)?.clone(),
@@ -157,6 +167,16 @@ impl Client {
                 )));
             }
         }
+        super::precheck::check(program)?;
+        if let Some(child) = &options.isolation {
+            return super::isolate::compile_isolated(
+                self,
+                program,
+                options,
+                child.as_deref(),
+                device,
+            );
+        }
         let format = b"mlir";
         let mut p = sys::PJRT_Program::new();
         // The C API takes a mutable pointer but does not write through it.
@@ -174,6 +194,37 @@ impl Client {
         pjrt_call!(&self.inner.plugin, PJRT_Client_Compile, &mut a)?;
         let mut exe = Executable {
             raw: a.executable,
+            client: self.clone(),
+            name: program.name().to_string(),
+            signature: program.signature().clone(),
+            device,
+            portable: options.device_index.is_some(),
+            donor_indices: Vec::new(),
+        };
+        exe.finish_load()?;
+        Ok(exe)
+    }
+
+    /// Loads what an isolated child compiled from `program` with `options`
+    /// ([`crate::pjrt::isolate`]), checked as a compile's result is.
+    pub(crate) fn load_compiled(
+        &self,
+        bytes: &[u8],
+        program: &Program,
+        options: &CompileOptions,
+        device: Device,
+    ) -> Result<Executable> {
+        let mut a = sys::PJRT_Executable_DeserializeAndLoad_Args::new();
+        a.client = self.inner.raw;
+        a.serialized_executable = bytes.as_ptr().cast();
+        a.serialized_executable_size = bytes.len();
+        pjrt_call!(
+            &self.inner.plugin,
+            PJRT_Executable_DeserializeAndLoad,
+            &mut a
+        )?;
+        let mut exe = Executable {
+            raw: a.loaded_executable,
             client: self.clone(),
             name: program.name().to_string(),
             signature: program.signature().clone(),

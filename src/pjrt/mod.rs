@@ -8,8 +8,12 @@
 //!   free their resources on drop and keep their client alive.
 //! - [`analysis`]: cost analysis, optimized program, fingerprint, memory stats.
 //! - [`compile_options`]: the serialized options every compile needs.
+//! - [`logging`]: the plugin's own log lines, quiet unless `XLAYER_LOG`.
 //! - [`mapped`]: read-only memory-mapped files, the zero-copy source of
 //!   weights (`crate::weights`), with pages released after upload.
+//! - [`isolate`]: compiling untrusted programs in a child process, so that
+//!   a crash of the plugin's compiler becomes an error; `precheck`: Rust
+//!   checks of text programs for inputs known to crash it.
 
 #[allow(
     non_upper_case_globals,
@@ -28,5 +32,8 @@ pub mod client;
 pub mod compile_options;
 mod event;
 pub mod executable;
+pub mod isolate;
+pub mod logging;
 pub mod mapped;
 pub mod plugin;
+pub mod precheck;

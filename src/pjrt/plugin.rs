@@ -388,6 +388,8 @@ impl Plugin {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
+        // Quiet by default: the plugin reads its log level once (see logging).
+        super::logging::before_first_plugin_load();
         // SAFETY: loading a shared library runs its initialisers; the file is
         // one the user (or our provisioning) designated as a PJRT plugin.
         let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }.map_err(load_err)?;

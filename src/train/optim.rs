@@ -186,7 +186,7 @@ fn count_of(state: &Tree<Value>, opt: &str) -> Result<Value> {
     state
         .get("count")
         .cloned()
-        .ok_or_else(|| Error::Invalid(format!("{opt}: optimizer state has no `count`")))
+        .map_err(|_| Error::Invalid(format!("{opt}: optimizer state has no `count`")))
 }
 
 fn step_f32(count: &Value) -> Result<Value> {

@@ -184,7 +184,10 @@ pub fn compare(
     if bad.is_empty() {
         Ok(worst)
     } else {
-        Err(format!("{what} ({tol:?}): {}", bad.join(", ")))
+        Err(format!(
+            "{what} ({tol:?}, max {worst} ulps): {}",
+            bad.join(", ")
+        ))
     }
 }
 

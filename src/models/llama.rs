@@ -1,0 +1,260 @@
+//! The llama decoder (SmolLM2, Llama 2/3 shapes) written with the tracing
+//! builder over GGUF weights bound by name ([`super::qweight::Weights`]):
+//! RMSNorm, rotary position embeddings, grouped-query attention over a KV
+//! cache, SwiGLU, and an output head (tied to the token embedding when the
+//! file has no `output.weight`).
+//!
+//! One traced function, [`forward`], serves both prefill and decode: it
+//! takes `S` token ids at positions `start .. start + S` (of which the first
+//! `n` are real), writes their keys and values into the cache at `start`,
+//! attends causally over the cache, and returns the logits at position
+//! `start + n - 1`. Decode is the `S = 1` case.
+//!
+//! GGUF stores `attn_q`/`attn_k` for GGML's rotation of adjacent pairs
+//! (`x[2i]`, `x[2i+1]`), which is what [`rope`] applies.
+
+use crate::builder::{nn, DotDims, Value};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, GgufProblem};
+
+use super::qweight::Weights;
+
+/// The shape of a llama model, from GGUF metadata (`llama.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// Vocabulary size (rows of `token_embd.weight`).
+    pub vocab_size: usize,
+    /// Width of the hidden states.
+    pub hidden: usize,
+    /// Decoder blocks.
+    pub layers: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `heads`).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Width of the SwiGLU MLP.
+    pub ffn: usize,
+    /// The longest context the model was trained for.
+    pub context: usize,
+    /// RoPE base frequency.
+    pub rope_theta: f64,
+    /// RMSNorm epsilon.
+    pub eps: f64,
+    /// Whether the output head is the token embedding (no `output.weight`).
+    pub tied_head: bool,
+}
+
+impl LlamaConfig {
+    /// Reads the configuration of a llama GGUF file and checks that every
+    /// tensor the forward pass binds is present with the right shape.
+    ///
+    /// Errors: [`Error::Gguf`] for another architecture
+    /// ([`GgufProblem::Architecture`]) or missing/mistyped metadata;
+    /// [`Error::Weights`] listing every missing or misshaped tensor.
+    pub fn from_gguf(f: &GgufFile) -> Result<LlamaConfig> {
+        let arch = f.get_str("general.architecture")?;
+        if arch != "llama" {
+            return Err(Error::Gguf {
+                path: f.path().to_path_buf(),
+                tensor: None,
+                problem: GgufProblem::Architecture {
+                    found: arch.to_string(),
+                    expected: "llama is",
+                },
+            });
+        }
+        let hidden = f.get_usize("llama.embedding_length")?;
+        let heads = f.get_usize("llama.attention.head_count")?;
+        let kv_heads = f.get_usize("llama.attention.head_count_kv")?;
+        let vocab_size = f.tensor("token_embd.weight")?.shape[0];
+        let cfg = LlamaConfig {
+            vocab_size,
+            hidden,
+            layers: f.get_usize("llama.block_count")?,
+            heads,
+            kv_heads,
+            head_dim: hidden.checked_div(heads).unwrap_or(0),
+            ffn: f.get_usize("llama.feed_forward_length")?,
+            context: f.get_usize("llama.context_length")?,
+            rope_theta: f.get_f64("llama.rope.freq_base").unwrap_or(10000.0),
+            eps: f.get_f64("llama.attention.layer_norm_rms_epsilon")?,
+            tied_head: f.tensor("output.weight").is_err(),
+        };
+        if heads == 0
+            || kv_heads == 0
+            || !hidden.is_multiple_of(heads)
+            || !heads.is_multiple_of(kv_heads)
+            || !cfg.head_dim.is_multiple_of(2)
+        {
+            return Err(Error::Invalid(format!(
+                "GGUF file {}: {heads} query heads, {kv_heads} key/value heads and width {hidden} do not make a llama attention",
+                f.path().display()
+            )));
+        }
+        cfg.check_tensors(f)?;
+        Ok(cfg)
+    }
+
+    /// Every tensor the forward pass binds, with its shape.
+    pub fn tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, kv) = (self.hidden, self.kv_heads * self.head_dim);
+        let mut v = vec![
+            ("token_embd.weight".to_string(), vec![self.vocab_size, h]),
+            ("output_norm.weight".to_string(), vec![h]),
+        ];
+        if !self.tied_head {
+            v.push(("output.weight".into(), vec![self.vocab_size, h]));
+        }
+        for l in 0..self.layers {
+            for (name, shape) in [
+                ("attn_norm", vec![h]),
+                ("attn_q", vec![h, h]),
+                ("attn_k", vec![kv, h]),
+                ("attn_v", vec![kv, h]),
+                ("attn_output", vec![h, h]),
+                ("ffn_norm", vec![h]),
+                ("ffn_gate", vec![self.ffn, h]),
+                ("ffn_up", vec![self.ffn, h]),
+                ("ffn_down", vec![h, self.ffn]),
+            ] {
+                v.push((format!("blk.{l}.{name}.weight"), shape));
+            }
+        }
+        v
+    }
+
+    fn check_tensors(&self, f: &GgufFile) -> Result<()> {
+        let mut problems = Vec::new();
+        for (name, shape) in self.tensors() {
+            match f.tensor(&name) {
+                Err(_) => problems.push((name, "missing from the GGUF file".to_string())),
+                Ok(t) if t.shape != shape => problems.push((
+                    name,
+                    format!("has shape {:?}, the model needs {shape:?}", t.shape),
+                )),
+                Ok(_) => {}
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let (tensor, reason) = problems.remove(0);
+        Err(Error::Weights {
+            file: f.path().to_path_buf(),
+            tensor,
+            reason,
+            more: problems,
+        })
+    }
+}
+
+/// `x @ w.T` for a weight stored `[out, in]` (as GGUF and PyTorch do).
+fn linear(x: &Value, w: &Value) -> Result<Value> {
+    x.dot_general(
+        w,
+        &DotDims {
+            lhs_batch: vec![],
+            rhs_batch: vec![],
+            lhs_contract: vec![x.rank() - 1],
+            rhs_contract: vec![1],
+        },
+    )
+}
+
+/// RMSNorm over the last axis with weight `w`.
+fn rms_norm(x: &Value, w: &Value, eps: f64) -> Result<Value> {
+    let last = x.rank() - 1;
+    let ms = x.square()?.mean(&[last], true)?;
+    ((x * (ms + eps)?.rsqrt()?)?) * w
+}
+
+/// Rotates adjacent pairs of `x: f32[S, heads, dim]` by position:
+/// `cos`/`sin` are `f32[S, 1, dim / 2]`.
+fn rope(x: &Value, cos: &Value, sin: &Value) -> Result<Value> {
+    let (s, h, d) = (x.dims()[0], x.dims()[1], x.dims()[2]);
+    let pairs = x.reshape(&[s, h, d / 2, 2])?;
+    let a = pairs.slice_axis(3, 0, 1)?.reshape(&[s, h, d / 2])?;
+    let b = pairs.slice_axis(3, 1, 2)?.reshape(&[s, h, d / 2])?;
+    let ra = ((&a * cos)? - (&b * sin)?)?.expand_dims(3)?;
+    let rb = ((&a * sin)? + (&b * cos)?)?.expand_dims(3)?;
+    Value::concatenate(&[ra, rb], 3)?.reshape(&[s, h, d])
+}
+
+/// The decoder over `ids: i32[S]` at positions `start + 0 .. S` (`start`:
+/// `i32[]`), the first `n` (`i32[]`) real. `kc`/`vc` are the key and value
+/// caches, `f32[layers, capacity, kv_heads, head_dim]`, updated at `start`.
+/// Returns the logits at position `start + n - 1` (`f32[vocab]`) and the
+/// updated caches. The caller keeps `start + S <= capacity`.
+pub fn forward(
+    cfg: &LlamaConfig,
+    w: &Weights,
+    ids: &Value,
+    start: &Value,
+    n: &Value,
+    kc: &Value,
+    vc: &Value,
+) -> Result<(Value, Value, Value)> {
+    let b = ids.builder().clone();
+    let s = ids.dims()[0];
+    let (h, nh, nkv, dh) = (cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim);
+    let cap = kc.dims()[1];
+    let rep = nh / nkv;
+    let pos = (b.iota(DType::I32, &[s], 0)? + start)?;
+    // Rotary angles: pos * theta^(-2i/d), as f32.
+    let inv: Vec<f32> = (0..dh / 2)
+        .map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / dh as f64)) as f32)
+        .collect();
+    let inv = b.constant(&inv, &[1, 1, dh / 2])?;
+    let ang = (pos.convert(DType::F32)?.reshape(&[s, 1, 1])? * inv)?;
+    let (cos, sin) = (ang.cos()?, ang.sin()?);
+    // Causal mask over the whole cache: key slot c is visible from query s
+    // when c <= pos[s] (later slots hold nothing yet, or padding).
+    let slots = b.iota(DType::I32, &[1, s, cap], 2)?;
+    let visible = slots.le(&pos.reshape(&[1, s, 1])?)?;
+    let neg = b.full(-1e30, DType::F32, &[1, s, cap])?;
+    let zero = b.zeros(DType::F32, &[1, s, cap])?;
+    let mask_bias = visible.select(&zero, &neg)?.reshape(&[1, 1, s, cap])?;
+    let scale = 1.0 / (dh as f64).sqrt();
+    let zero_i = b.scalar(0i32)?;
+
+    let mut x = w.rows("token_embd.weight", ids)?;
+    let (mut kc, mut vc) = (kc.clone(), vc.clone());
+    let blk = w.pp("blk");
+    for l in 0..cfg.layers {
+        let wl = blk.pp(l);
+        let xn = rms_norm(&x, &wl.get("attn_norm.weight")?, cfg.eps)?;
+        let q = linear(&xn, &wl.get("attn_q.weight")?)?.reshape(&[s, nh, dh])?;
+        let k = linear(&xn, &wl.get("attn_k.weight")?)?.reshape(&[s, nkv, dh])?;
+        let v = linear(&xn, &wl.get("attn_v.weight")?)?.reshape(&[s, nkv, dh])?;
+        let q = (rope(&q, &cos, &sin)? * scale)?;
+        let k = rope(&k, &cos, &sin)?;
+        let li = b.scalar(l as i32)?;
+        let at = [li, start.clone(), zero_i.clone(), zero_i.clone()];
+        kc = kc.dynamic_update_slice(&k.reshape(&[1, s, nkv, dh])?, &at)?;
+        vc = vc.dynamic_update_slice(&v.reshape(&[1, s, nkv, dh])?, &at)?;
+        let kl = kc.slice_axis(0, l, l + 1)?.reshape(&[cap, nkv, dh])?;
+        let vl = vc.slice_axis(0, l, l + 1)?.reshape(&[cap, nkv, dh])?;
+        let qg = q.reshape(&[s, nkv, rep, dh])?;
+        let scores = Value::einsum("sgrd,cgd->grsc", &qg, &kl)?;
+        let probs = nn::softmax(&(scores + &mask_bias)?, 3)?;
+        let ctx = Value::einsum("grsc,cgd->sgrd", &probs, &vl)?.reshape(&[s, h])?;
+        x = (x + linear(&ctx, &wl.get("attn_output.weight")?)?)?;
+        let xn = rms_norm(&x, &wl.get("ffn_norm.weight")?, cfg.eps)?;
+        let gate = nn::silu(&linear(&xn, &wl.get("ffn_gate.weight")?)?)?;
+        let up = linear(&xn, &wl.get("ffn_up.weight")?)?;
+        x = (x + linear(&(gate * up)?, &wl.get("ffn_down.weight")?)?)?;
+    }
+    let last = (n - 1.0)?;
+    let xl = x.dynamic_slice(&[last, zero_i], &[1, h])?;
+    let xl = rms_norm(&xl, &w.get("output_norm.weight")?, cfg.eps)?;
+    let head = if cfg.tied_head {
+        "token_embd.weight"
+    } else {
+        "output.weight"
+    };
+    let logits = linear(&xl, &w.get(head)?)?.reshape(&[cfg.vocab_size])?;
+    Ok((logits, kc, vc))
+}
