@@ -449,7 +449,7 @@ impl Conv2DConfig {
             || c.kernel_size.contains(&0)
             || c.strides.contains(&0)
             || c.dilation_rate.contains(&0);
-        if zero || c.filters % c.groups != 0 {
+        if zero || !c.filters.is_multiple_of(c.groups) {
             return Err(Error::Invalid(format!(
                 "Conv2D: filters {}, kernel_size {:?}, strides {:?}, dilation_rate {:?}, groups {}: all must be at least 1 and filters divisible by groups",
                 c.filters, c.kernel_size, c.strides, c.dilation_rate, c.groups
@@ -473,7 +473,7 @@ impl Conv2DConfig {
                     )))
                 }
             };
-            if ch % groups != 0 {
+            if !ch.is_multiple_of(groups) {
                 return Err(Error::Invalid(format!(
                     "Conv2D: {ch} input channels do not divide into {groups} groups"
                 )));
