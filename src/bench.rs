@@ -110,16 +110,19 @@ pub struct Roofline {
 impl Roofline {
     /// A roofline given by the user.
     ///
-    /// Errors: [`Error::Invalid`] unless both numbers are finite and positive.
+    /// Errors: [`Error::OutOfRange`] unless both numbers are finite and positive.
     pub fn new(peak_gflops: f64, peak_gbps: f64) -> Result<Roofline> {
         for (what, v) in [
             ("peak compute (GFLOP/s)", peak_gflops),
             ("peak bandwidth (GB/s)", peak_gbps),
         ] {
             if !(v.is_finite() && v > 0.0) {
-                return Err(Error::Invalid(format!(
-                    "roofline {what} must be a positive number, got {v}"
-                )));
+                return Err(Error::OutOfRange {
+                    function: "Roofline::new",
+                    what: what.into(),
+                    value: v.to_string(),
+                    expected: "a finite positive number".into(),
+                });
             }
         }
         Ok(Roofline {
@@ -368,13 +371,16 @@ impl fmt::Display for BenchReport {
 /// Runs `exe` on `args` `options.warmup` times untimed, then
 /// `options.iters` times timed, each awaited to completion.
 ///
-/// Errors: [`Error::Invalid`] if `iters` is 0; the argument checks of
+/// Errors: [`Error::OutOfRange`] if `iters` is 0; the argument checks of
 /// [`Executable::execute`] (done before anything runs); errors of the runs.
 pub fn bench(exe: &Executable, args: &[&Buffer], options: &BenchOptions) -> Result<BenchReport> {
     if options.iters == 0 {
-        return Err(Error::Invalid(
-            "a benchmark needs at least one timed run (iters = 0)".into(),
-        ));
+        return Err(Error::OutOfRange {
+            function: "bench",
+            what: "iters (timed runs)".into(),
+            value: "0".into(),
+            expected: "at least 1".into(),
+        });
     }
     let run = || -> Result<()> {
         let outputs = exe.execute(args)?;

@@ -229,7 +229,9 @@ pub enum Error {
     #[error("unsupported by xlayer: {0}")]
     NotSupported(String),
 
-    /// An invalid value was given to an xlayer function.
+    /// An invalid value was given to an xlayer function (a preformatted
+    /// message). Being replaced by the typed variants (`ShapeMismatch`,
+    /// `NotBuilt`, `NotCompiled`, `UnknownPath`, ...): new code uses those.
     #[error("{0}")]
     Invalid(String),
 
@@ -338,6 +340,100 @@ pub enum Error {
         expected: ArraySpec,
         /// What the weight is.
         found: ArraySpec,
+    },
+
+    /// The operands of an elementwise op have shapes that do not broadcast
+    /// together (numpy's rules: trailing dimensions equal, or one of them 1).
+    #[error("{op}: shapes {lhs} and {rhs} are not broadcast-compatible")]
+    ShapeMismatch {
+        /// The op, e.g. `add`.
+        op: &'static str,
+        /// The left operand's type.
+        lhs: ArraySpec,
+        /// The right operand's type.
+        rhs: ArraySpec,
+    },
+
+    /// The operands of an op must share a dtype and do not.
+    #[error("{op}: dtype mismatch: {lhs} vs {rhs} (convert one with .convert(), see builder::promote_types)")]
+    DTypeMismatch {
+        /// The op, e.g. `add`.
+        op: &'static str,
+        /// The left operand's type.
+        lhs: ArraySpec,
+        /// The right operand's type.
+        rhs: ArraySpec,
+    },
+
+    /// A tree has another structure than the one expected (`what` names the
+    /// trees, e.g. `adam: params and grads`); both lists of leaf paths.
+    #[error("{what}: tree structures differ: expected paths {expected:?}, got {found:?}")]
+    StructureMismatch {
+        /// The trees compared.
+        what: String,
+        /// The expected leaf paths.
+        expected: Vec<String>,
+        /// The leaf paths found.
+        found: Vec<String>,
+    },
+
+    /// A tree was rebuilt from a number of leaves other than its own.
+    #[error("tree has {expected} leaves, got {found} values")]
+    LeafCount {
+        /// The tree's leaves.
+        expected: usize,
+        /// The values given.
+        found: usize,
+    },
+
+    /// A single array was expected where a tree of several (or none) came.
+    #[error("{what}: expected a single array, got a tree with paths {paths:?}")]
+    NotALeaf {
+        /// What returned or was given the tree.
+        what: String,
+        /// The tree's leaf paths.
+        paths: Vec<String>,
+    },
+
+    /// A layer's weights or state were used before it was built (called
+    /// once on inputs, or given its weights).
+    #[error("layer `{layer}` is not built yet")]
+    NotBuilt {
+        /// The layer's name.
+        layer: String,
+    },
+
+    /// `fit`/`evaluate` on a model that was not compiled with an optimizer
+    /// and a loss.
+    #[error("model `{model}`: call compile(optimizer, loss, metrics) before fit/evaluate")]
+    NotCompiled {
+        /// The model's name.
+        model: String,
+    },
+
+    /// An argument is out of the range a function accepts (`what` names it,
+    /// `expected` says what is accepted).
+    #[error("{function}: {what} = {value}: expected {expected}")]
+    OutOfRange {
+        /// The function, e.g. `bench`.
+        function: &'static str,
+        /// The argument, e.g. `iters`.
+        what: String,
+        /// The value given, as written.
+        value: String,
+        /// What is accepted, e.g. `at least 1`.
+        expected: String,
+    },
+
+    /// A program or executable returned fewer results than its caller needs.
+    #[error("{what}: the program returned {found} result(s), {expected} needed")]
+    MissingOutput {
+        /// The program or its caller.
+        what: String,
+        /// Results needed.
+        expected: usize,
+        /// Results returned.
+        found: usize,
     },
 
     /// Building a tree from paths found `path` twice, or both as a leaf and

@@ -95,14 +95,17 @@ impl Program {
     /// caller states the signature of `@main` (outputs may be left empty:
     /// the compiled executable reports them).
     ///
-    /// Errors: [`Error::Invalid`] if `bytes` does not start with MLIR's
+    /// Errors: [`Error::OutOfRange`] if `bytes` does not start with MLIR's
     /// magic; [`Error::ShapeTooLarge`] for a declared type too large to exist.
     pub fn mlir_bytecode(bytes: impl Into<Vec<u8>>, signature: Signature) -> Result<Program> {
         let code = bytes.into();
         if !code.starts_with(MLIR_BYTECODE_MAGIC) {
-            return Err(Error::Invalid(
-                "MLIR bytecode must start with the bytes `ML\\xefR`".into(),
-            ));
+            return Err(Error::OutOfRange {
+                function: "Program::mlir_bytecode",
+                what: "the first bytes".into(),
+                value: format!("{:02x?}", &code[..code.len().min(4)]),
+                expected: "MLIR's magic `ML\\xefR`".into(),
+            });
         }
         for (i, spec) in signature.inputs.iter().enumerate() {
             spec.check_size(|| format!("parameter {i} of the declared signature"))?;

@@ -511,3 +511,33 @@ case!(initializers_of_huge_shapes_are_errors_not_panics, {
         .unwrap_err();
     assert!(matches!(e, Error::ShapeTooLarge { .. }), "{e:?}");
 });
+
+case!(flax_dense_general_with_huge_features_or_bad_batch_dims, {
+    use std::collections::BTreeMap;
+    use xlayer::builder::Tree;
+    use xlayer::flax::{init_traced, DenseGeneral, Method, CALL};
+    let run = |m: DenseGeneral| {
+        let b = Builder::new();
+        let x = f32_param(&b, &[2, 3]);
+        let mut rngs = BTreeMap::new();
+        rngs.insert(
+            "params".to_string(),
+            xlayer::builder::random::key(&b, 0).unwrap(),
+        );
+        init_traced(&b, &m, &Method::named(CALL), rngs, &Tree::leaf(x), None).unwrap_err()
+    };
+    // a kernel of 3 x 2^40 x 2^40 f32: its flattened size used to overflow
+    let e = run(DenseGeneral::new(&[1 << 40, 1 << 40]));
+    assert!(
+        matches!(e, Error::ShapeTooLarge { ref spec, .. } if spec.dims == [3, 1 << 40, 1 << 40]),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("kernel"), "{e}");
+    // batch dimensions past the input's rank used to index out of bounds
+    let e = run(DenseGeneral {
+        batch_dims: vec![0, 1, 2],
+        ..DenseGeneral::new(&[4])
+    });
+    assert!(matches!(e, Error::Flax { .. }), "{e:?}");
+    assert!(e.to_string().contains("batch_dims [0, 1, 2]"), "{e}");
+});

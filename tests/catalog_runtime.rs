@@ -120,37 +120,40 @@ case!(cli_non_utf8_arguments_are_clear_errors, {
     assert_eq!(code, Some(1), "{err}");
 });
 
-/// The `minilm` example's binary (`target/<profile>/examples`), brought up
-/// to date first: `cargo test --test catalog_runtime` alone does not
-/// rebuild examples, and a stale binary would test old code.
-fn minilm_example() -> std::path::PathBuf {
+/// An example's binary (`target/<profile>/examples/NAME`), brought up to
+/// date first: `cargo test --test catalog_runtime` alone does not rebuild
+/// examples, and a stale binary would test old code.
+fn example(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap();
     let mut cargo = Command::new(env!("CARGO"));
     cargo
-        .args(["build", "--example", "minilm", "--manifest-path"])
+        .args(["build", "--example", name, "--manifest-path"])
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
     if profile_dir.ends_with("release") {
         cargo.arg("--release");
     }
     let status = cargo.status().expect("run cargo");
-    assert!(status.success(), "cargo build --example minilm failed");
-    profile_dir.join("examples").join("minilm")
+    assert!(status.success(), "cargo build --example {name} failed");
+    profile_dir.join("examples").join(name)
 }
 
 case!(example_non_utf8_argument_is_a_clear_error, {
     use std::os::unix::ffi::OsStrExt;
-    let out = Command::new(minilm_example())
-        .arg(std::ffi::OsStr::from_bytes(b"caf\xe9"))
-        .output()
-        .expect("run the minilm example");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(
-        err.contains("argument `caf\u{fffd}` is not valid UTF-8"),
-        "{err}"
-    );
+    // Every example that reads arguments (matmul reads none).
+    for name in ["minilm", "generate"] {
+        let out = Command::new(example(name))
+            .arg(std::ffi::OsStr::from_bytes(b"caf\xe9"))
+            .output()
+            .unwrap_or_else(|e| panic!("run the {name} example: {e}"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        assert!(
+            err.contains("argument `caf\u{fffd}` is not valid UTF-8"),
+            "{name}: {err}"
+        );
+    }
 });
 
 // ------------------------------------------------------------ wrong results

@@ -799,7 +799,9 @@ fn misuse<T: std::fmt::Debug>(r: Result<T>, op: &str, shapes: &[&str]) {
             Error::Op { op: got, .. }
             | Error::DimensionOutOfRange { op: got, .. }
             | Error::DuplicateDimension { op: got, .. }
-            | Error::ShapeOverflow { op: got, .. },
+            | Error::ShapeOverflow { op: got, .. }
+            | Error::ShapeMismatch { op: got, .. }
+            | Error::DTypeMismatch { op: got, .. },
         ) => *got,
         other => panic!("{op}: expected an error of the op, got {other:?}"),
     };

@@ -4,7 +4,7 @@
 use std::ops;
 
 use crate::dtype::{ArraySpec, DType};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 use super::core::{op_err, scalar_bytes, Value};
 use super::op::{BinaryOp, CompareDir, Op, UnaryOp};
@@ -18,6 +18,16 @@ use super::op::{BinaryOp, CompareDir, Op, UnaryOp};
 /// assert!(broadcast_shapes(&[2, 3], &[4]).is_err());
 /// ```
 pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    broadcast_dims(a, b).ok_or_else(|| {
+        op_err(
+            "broadcast",
+            format!("shapes {a:?} and {b:?} are not broadcast-compatible"),
+        )
+    })
+}
+
+/// [`broadcast_shapes`], `None` when the shapes do not broadcast.
+fn broadcast_dims(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
     for i in 0..n {
@@ -35,15 +45,10 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
             (x, y) if x == y => x,
             (1, y) => y,
             (x, 1) => x,
-            _ => {
-                return Err(op_err(
-                    "broadcast",
-                    format!("shapes {a:?} and {b:?} are not broadcast-compatible"),
-                ))
-            }
+            _ => return None,
         };
     }
-    Ok(out)
+    Some(out)
 }
 
 /// The dtype two dtypes promote to, following JAX's type promotion lattice
@@ -315,24 +320,22 @@ impl Value {
         )
     }
 
+    /// Both operands broadcast to their common shape.
+    ///
+    /// Errors: [`Error::DTypeMismatch`] or [`Error::ShapeMismatch`] naming
+    /// `op` and both operands' types.
     fn broadcast_pair(&self, op: &'static str, rhs: &Value) -> Result<(Value, Value)> {
         if self.dtype() != rhs.dtype() {
-            return Err(op_err(
+            return Err(Error::DTypeMismatch {
                 op,
-                format!(
-                    "dtype mismatch: {} vs {} (convert one with .convert(), see builder::promote_types)",
-                    self.spec, rhs.spec
-                ),
-            ));
+                lhs: self.spec.clone(),
+                rhs: rhs.spec.clone(),
+            });
         }
-        let dims = broadcast_shapes(self.dims(), rhs.dims()).map_err(|_| {
-            op_err(
-                op,
-                format!(
-                    "shapes {} and {} are not broadcast-compatible",
-                    self.spec, rhs.spec
-                ),
-            )
+        let dims = broadcast_dims(self.dims(), rhs.dims()).ok_or_else(|| Error::ShapeMismatch {
+            op,
+            lhs: self.spec.clone(),
+            rhs: rhs.spec.clone(),
         })?;
         Ok((self.broadcast_to(&dims)?, rhs.broadcast_to(&dims)?))
     }
@@ -962,5 +965,42 @@ impl ops::Neg for Value {
     type Output = Result<Value>;
     fn neg(self) -> Result<Value> {
         self.unary(UnaryOp::Neg)
+    }
+}
+
+#[cfg(test)]
+mod broadcast_error_tests {
+    use crate::builder::Builder;
+    use crate::{ArraySpec, Error};
+
+    /// Broadcasting errors keep their structured cause: the op and both
+    /// operands' types.
+    #[test]
+    fn mismatches_name_op_and_both_operands() {
+        let b = Builder::new();
+        let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x").unwrap();
+        let y = b.parameter(ArraySpec::of::<f32>([4]), "y").unwrap();
+        let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i").unwrap();
+        match &x + &y {
+            Err(Error::ShapeMismatch { op, lhs, rhs }) => {
+                assert_eq!(op, "add");
+                assert_eq!((lhs.dims, rhs.dims), (vec![2, 3], vec![4]));
+            }
+            other => panic!("expected ShapeMismatch, got {other:?}"),
+        }
+        match x.mul(&i) {
+            Err(e @ Error::DTypeMismatch { .. }) => {
+                let Error::DTypeMismatch { op, lhs, rhs } = &e else {
+                    unreachable!()
+                };
+                assert_eq!(*op, "mul");
+                assert_eq!(
+                    (lhs.dtype, rhs.dtype),
+                    (crate::DType::F32, crate::DType::I32)
+                );
+                assert!(e.to_string().contains("f32[2,3]"), "{e}");
+            }
+            other => panic!("expected DTypeMismatch, got {other:?}"),
+        }
     }
 }

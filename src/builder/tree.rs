@@ -295,14 +295,14 @@ impl<T> Tree<T> {
 impl Tree<()> {
     /// Rebuilds a tree of this structure from leaves in flatten order.
     ///
-    /// Errors: [`Error::Invalid`] when the number of leaves differs.
+    /// Errors: [`Error::LeafCount`] when the number of leaves differs.
     pub fn unflatten<T>(&self, leaves: Vec<T>) -> Result<Tree<T>> {
         let want = self.len();
         if leaves.len() != want {
-            return Err(Error::Invalid(format!(
-                "tree has {want} leaves, got {} values",
-                leaves.len()
-            )));
+            return Err(Error::LeafCount {
+                expected: want,
+                found: leaves.len(),
+            });
         }
         let mut it = leaves.into_iter();
         Ok(self.map_leaves(&mut |_| it.next().expect("counted")))

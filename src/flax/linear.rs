@@ -270,12 +270,13 @@ impl DenseGeneral {
     pub fn call_in(&self, s: &Scope, x: &Value) -> Result<Value> {
         let nd = x.rank();
         let nb = self.batch_dims.len();
-        if self.batch_dims.iter().enumerate().any(|(i, &d)| i != d) {
+        if self.batch_dims.iter().enumerate().any(|(i, &d)| i != d) || nb > nd {
             return Err(flax_err(
                 s.path_text(),
                 format!(
-                    "batch_dims {:?} must be consecutive leading dimensions starting from 0",
-                    self.batch_dims
+                    "batch_dims {:?} must be consecutive leading dimensions starting from 0, within the rank of the input {}",
+                    self.batch_dims,
+                    x.spec()
                 ),
             ));
         }
@@ -295,6 +296,14 @@ impl DenseGeneral {
         let mut kshape = batch_shape.clone();
         kshape.extend(axis.iter().map(|&a| x.dims()[a]));
         kshape.extend_from_slice(&self.features);
+        // Checked first: `features` come from the caller, and the products
+        // below must not overflow.
+        let mut bshape = batch_shape.clone();
+        bshape.extend_from_slice(&self.features);
+        for (name, shape) in [("kernel", &kshape), ("bias", &bshape)] {
+            crate::ArraySpec::new(self.param_dtype, shape.clone())
+                .check_size(|| format!("flax `{}` {name}", s.path_text()))?;
+        }
         let flat_k = [
             kshape[..nb].iter().product::<usize>() * kshape[nb..nb + na].iter().product::<usize>(),
             kshape[kshape.len() - nf..].iter().product::<usize>(),
@@ -304,8 +313,6 @@ impl DenseGeneral {
             ki.init(key, &flat_k, pd)?.reshape(&kshape)
         })?;
         let bias = if self.use_bias {
-            let mut bshape = batch_shape.clone();
-            bshape.extend_from_slice(&self.features);
             let flat_b = [bshape.iter().product::<usize>()];
             let bi = &self.bias_init;
             Some(s.param_with("bias", &bshape, |key| {

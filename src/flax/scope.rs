@@ -74,10 +74,11 @@ pub(crate) fn flatten_vars<T: Clone>(vars: &Tree<T>) -> Result<Flat<T>> {
             }
         }
         other => {
-            return Err(Error::Invalid(format!(
-                "flax variables must be a map of collections ({{\"params\": ...}}), got a tree with paths {:?}",
-                other.paths()
-            )))
+            return Err(Error::StructureMismatch {
+                what: "flax variables (a map of collections: {\"params\": ...})".into(),
+                expected: vec!["params/...".into()],
+                found: other.paths(),
+            })
         }
     }
     Ok(out)
@@ -158,7 +159,8 @@ impl Scope {
     /// A root scope over `variables` (a tree `{collection: {...}}`), rng
     /// streams (`u32[2]` keys by name) and a mutability rule.
     ///
-    /// Errors: [`Error::Invalid`] when `variables` is not a map of collections.
+    /// Errors: [`Error::StructureMismatch`] when `variables` is not a map of
+    /// collections.
     pub fn root(
         b: &Builder,
         variables: &Tree<Value>,

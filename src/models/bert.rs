@@ -278,8 +278,8 @@ fn encoder_layer(cfg: &BertConfig, vb: &VarBuilder, x: &Value, mask_bias: &Value
 /// with the weights bound from `vb` (see [`param_tree`] for the paths).
 /// Returns `f32[B, hidden]`.
 ///
-/// Errors: [`Error::Invalid`] when the sequence is longer than the model's
-/// positions; [`Error::UnknownPath`] or [`Error::SpecMismatch`] naming a
+/// Errors: [`Error::OutOfRange`] when `ids` is not of rank 2, `mask` not
+/// of its shape, or the sequence longer than the model's positions; [`Error::UnknownPath`] or [`Error::SpecMismatch`] naming a
 /// weight that `vb` lacks or holds with another shape.
 pub fn sentence_embedding(
     cfg: &BertConfig,
@@ -287,12 +287,25 @@ pub fn sentence_embedding(
     ids: &Value,
     mask: &Value,
 ) -> Result<Value> {
+    if ids.rank() != 2 || mask.dims() != ids.dims() {
+        return Err(Error::OutOfRange {
+            function: "bert::sentence_embedding",
+            what: "ids and mask".into(),
+            value: format!("{} and {}", ids.spec(), mask.spec()),
+            expected: "i32[batch, seq] ids and a mask of the same shape".into(),
+        });
+    }
     let (b, s) = (ids.dims()[0], ids.dims()[1]);
     if s > cfg.max_position_embeddings {
-        return Err(Error::Invalid(format!(
-            "sequence length {s} exceeds the model's {} positions",
-            cfg.max_position_embeddings
-        )));
+        return Err(Error::OutOfRange {
+            function: "bert::sentence_embedding",
+            what: "sequence length".into(),
+            value: s.to_string(),
+            expected: format!(
+                "at most the model's {} positions",
+                cfg.max_position_embeddings
+            ),
+        });
     }
     let mut x = embeddings(cfg, &vb.pp("embeddings"), ids)?;
     // Additive attention mask: 0 for tokens, -1e30 for padding (whose
@@ -422,6 +435,60 @@ mod tests {
             .collect();
         assert_eq!(transposed.len(), 6 * 12);
         assert!(transposed.iter().all(|p| p.ends_with("/kernel")));
+        // A weight of another shape, or a missing one, names its full path.
+        let b = Builder::new();
+        let ids = b
+            .parameter(ArraySpec::new(DType::I32, vec![1, 2]), "ids")
+            .unwrap();
+        let mask = b
+            .parameter(ArraySpec::new(DType::F32, vec![1, 2]), "mask")
+            .unwrap();
+        let small = BertConfig {
+            num_layers: 1,
+            ..BertConfig::minilm_l6()
+        };
+        let make = |wrong: &str| {
+            let tree = param_tree(&small).unwrap();
+            let mut leaves = Vec::new();
+            for (path, spec) in tree.entries() {
+                let mut spec = spec.clone();
+                if path == wrong {
+                    spec.dims.reverse();
+                }
+                leaves.push(b.parameter(spec, &path).unwrap());
+            }
+            tree.structure().unflatten(leaves).unwrap()
+        };
+        let bad = make("encoder/layer/0/output/dense/kernel");
+        let params = make("");
+        match sentence_embedding(&small, &VarBuilder::new(&bad), &ids, &mask) {
+            Err(Error::SpecMismatch { path, .. }) => {
+                assert_eq!(path.to_string(), "encoder/layer/0/output/dense/kernel")
+            }
+            other => panic!("expected SpecMismatch, got {other:?}"),
+        }
+        let two = BertConfig {
+            num_layers: 2,
+            ..small.clone()
+        };
+        match sentence_embedding(&two, &VarBuilder::new(&params), &ids, &mask) {
+            Err(Error::UnknownPath { path }) => {
+                assert_eq!(
+                    path.to_string(),
+                    "encoder/layer/1/attention/self/query/kernel"
+                )
+            }
+            other => panic!("expected UnknownPath, got {other:?}"),
+        }
+        assert!(matches!(
+            sentence_embedding(
+                &small,
+                &VarBuilder::new(&params),
+                &mask.reshape(&[2]).unwrap(),
+                &mask
+            ),
+            Err(Error::OutOfRange { .. })
+        ));
         assert_eq!(
             tree.get("encoder/layer/11/intermediate/dense/kernel")
                 .unwrap()

@@ -234,16 +234,20 @@ impl MiniLm {
         let limit = self.cfg.max_position_embeddings;
         for (i, ids) in inputs.iter().enumerate() {
             if ids.is_empty() || ids.len() > limit {
-                return Err(Error::Invalid(format!(
-                    "input {i} has {} tokens; the model takes 1 to {limit}",
-                    ids.len()
-                )));
+                return Err(Error::OutOfRange {
+                    function: "MiniLm::embed_tokens",
+                    what: format!("token count of input {i}"),
+                    value: ids.len().to_string(),
+                    expected: format!("1 to {limit}"),
+                });
             }
             if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-                return Err(Error::Invalid(format!(
-                    "input {i} has token id {bad}, outside the vocabulary of {}",
-                    self.cfg.vocab_size
-                )));
+                return Err(Error::OutOfRange {
+                    function: "MiniLm::embed_tokens",
+                    what: format!("a token id of input {i}"),
+                    value: bad.to_string(),
+                    expected: format!("below the vocabulary size {}", self.cfg.vocab_size),
+                });
             }
         }
         let mut order: Vec<usize> = (0..inputs.len()).collect();
@@ -303,7 +307,11 @@ impl MiniLm {
         args.push(&mask);
         let out = exe.execute(&args)?;
         out.first()
-            .ok_or_else(|| Error::Invalid("the embedding program returned nothing".into()))?
+            .ok_or_else(|| Error::MissingOutput {
+                what: "MiniLM embedding".into(),
+                expected: 1,
+                found: 0,
+            })?
             .to_vec::<f32>()
     }
 }

@@ -167,13 +167,18 @@ impl Buffer {
     }
 
     /// Copies a one-element buffer to the host as a scalar.
+    ///
+    /// Errors: [`Error::OutOfRange`] for a buffer of another element count;
+    /// those of the copy.
     pub fn to_scalar<T: NativeType>(&self) -> Result<T> {
         let v = self.to_vec::<T>()?;
         if v.len() != 1 {
-            return Err(Error::Invalid(format!(
-                "to_scalar on {self:?}, which has {} elements",
-                v.len()
-            )));
+            return Err(Error::OutOfRange {
+                function: "Buffer::to_scalar",
+                what: format!("element count of {}", self.spec()),
+                value: v.len().to_string(),
+                expected: "1".into(),
+            });
         }
         Ok(v[0])
     }

@@ -366,7 +366,7 @@ impl Client {
     ///
     /// Errors: [`Error::HostDataSize`] when the byte count does not match
     /// `spec`; [`Error::ShapeTooLarge`] for a type too large to exist;
-    /// [`Error::Invalid`] for a `bool` array holding bytes other than 0 and 1.
+    /// [`Error::OutOfRange`] for a `bool` array holding bytes other than 0 and 1.
     pub fn buffer_from_bytes(
         &self,
         bytes: &[u8],
@@ -382,9 +382,12 @@ impl Client {
             });
         }
         if spec.dtype == crate::DType::Bool && bytes.iter().any(|&b| b > 1) {
-            return Err(Error::Invalid(format!(
-                "bool data for {spec} holds bytes other than 0 and 1"
-            )));
+            return Err(Error::OutOfRange {
+                function: "Client::buffer_from_bytes",
+                what: format!("a byte of the bool data for {spec}"),
+                value: bytes.iter().find(|&&b| b > 1).map_or(0, |&b| b).to_string(),
+                expected: "0 or 1".into(),
+            });
         }
         self.upload(bytes, spec.clone(), device)
     }

@@ -214,26 +214,13 @@ impl Client {
         options: &CompileOptions,
         device: Device,
     ) -> Result<Executable> {
-        let mut a = sys::PJRT_Executable_DeserializeAndLoad_Args::new();
-        a.client = self.inner.raw;
-        a.serialized_executable = bytes.as_ptr().cast();
-        a.serialized_executable_size = bytes.len();
-        pjrt_call!(
-            &self.inner.plugin,
-            PJRT_Executable_DeserializeAndLoad,
-            &mut a
-        )?;
-        let mut exe = Executable {
-            raw: a.loaded_executable,
-            client: self.clone(),
-            name: program.name().to_string(),
-            signature: program.signature().clone(),
+        self.deserialize_and_load(
+            bytes,
+            program.name(),
+            program.signature().clone(),
             device,
-            portable: options.device_index.is_some(),
-            donor_indices: Vec::new(),
-        };
-        exe.finish_load()?;
-        Ok(exe)
+            options.device_index.is_some(),
+        )
     }
 
     /// Loads an executable serialized by [`Executable::serialize`] with the
@@ -247,6 +234,20 @@ impl Client {
         bytes: &[u8],
         name: &str,
         signature: Signature,
+    ) -> Result<Executable> {
+        let device = self.default_device().clone();
+        self.deserialize_and_load(bytes, name, signature, device, false)
+    }
+
+    /// The one deserialize-and-load path: the plugin's call, then the
+    /// signature check every loaded executable gets.
+    fn deserialize_and_load(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        signature: Signature,
+        device: Device,
+        portable: bool,
     ) -> Result<Executable> {
         let mut a = sys::PJRT_Executable_DeserializeAndLoad_Args::new();
         a.client = self.inner.raw;
@@ -262,8 +263,8 @@ impl Client {
             client: self.clone(),
             name: name.to_string(),
             signature,
-            device: self.default_device().clone(),
-            portable: false,
+            device,
+            portable,
             donor_indices: Vec::new(),
         };
         exe.finish_load()?;

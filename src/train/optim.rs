@@ -148,11 +148,11 @@ fn zip_leaves<const N: usize>(trees: [&Tree<Value>; N], what: &str) -> Result<Ve
         return Ok(Vec::new());
     };
     if let Some(other) = rest.iter().find(|t| t.structure() != first.structure()) {
-        return Err(Error::Invalid(format!(
-            "{what}: params, grads and state differ in structure ({:?} vs {:?})",
-            first.paths(),
-            other.paths()
-        )));
+        return Err(Error::StructureMismatch {
+            what: format!("{what}: params, grads and state"),
+            expected: first.paths(),
+            found: other.paths(),
+        });
     }
     let leaves = trees.map(|t| t.leaves());
     Ok((0..leaves[0].len())
@@ -186,7 +186,11 @@ fn count_of(state: &Tree<Value>, opt: &str) -> Result<Value> {
     state
         .get("count")
         .cloned()
-        .map_err(|_| Error::Invalid(format!("{opt}: optimizer state has no `count`")))
+        .map_err(|_| Error::StructureMismatch {
+            what: format!("{opt}: optimizer state"),
+            expected: vec!["count".into()],
+            found: state.paths(),
+        })
 }
 
 fn step_f32(count: &Value) -> Result<Value> {
@@ -336,12 +340,15 @@ impl Optimizer for Adam {
     ) -> Result<(Tree<Value>, Tree<Value>)> {
         let name = self.name();
         let count = count_of(state, name)?;
-        let get = |k: &str| match state {
-            Tree::Map(m) => m
-                .get(k)
+        let get = |k: &str| {
+            state
+                .subtree(k)
                 .cloned()
-                .ok_or_else(|| Error::Invalid(format!("{name}: state has no `{k}`"))),
-            _ => Err(Error::Invalid(format!("{name}: state is not a map"))),
+                .map_err(|_| Error::StructureMismatch {
+                    what: format!("{name}: optimizer state"),
+                    expected: vec![format!("{k}/...")],
+                    found: state.paths(),
+                })
         };
         let (mu, nu) = (get("mu")?, get("nu")?);
         let lr = self.lr.at(&step_f32(&count)?)?;
@@ -438,9 +445,12 @@ pub struct ClipByGlobalNorm<O> {
 /// The global L2 norm of a tree of gradients.
 pub fn global_norm(grads: &Tree<Value>) -> Result<Value> {
     let leaves = grads.leaves();
-    let first = leaves
-        .first()
-        .ok_or_else(|| Error::Invalid("global_norm of an empty tree".into()))?;
+    let first = leaves.first().ok_or_else(|| Error::OutOfRange {
+        function: "global_norm",
+        what: "leaves of the tree".into(),
+        value: "0".into(),
+        expected: "at least 1".into(),
+    })?;
     let mut total = first.builder().scalar(0f32)?;
     for g in leaves {
         let axes: Vec<usize> = (0..g.rank()).collect();
