@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use xlayer::builder::{init, nn, random, Padding, Tree, Value};
 use xlayer::layers::{Apply, HostArray, Init, Input, Inputs, JaxLayer, Model, Out, Params, Rng};
-use xlayer::train::{Adam, FitOptions, Loss};
+use xlayer::train::{Adam, FitOptions, Loss, Trainer};
 use xlayer::{Client, DType};
 
 mod common;
@@ -90,8 +90,9 @@ fn cnn_init(Rng(key): Rng, Inputs(_x): Inputs) -> xlayer::Result<Init> {
     ])))
 }
 
-fn time_steps(model: &Model, x: &HostArray, y: &HostArray) -> xlayer::Result<f64> {
-    model.compile(
+fn time_steps(model: Model, x: &HostArray, y: &HostArray) -> xlayer::Result<f64> {
+    let trainer = Trainer::new(
+        model,
         Adam::new(1e-3),
         Loss::SparseCategoricalCrossentropy { from_logits: true },
         &[],
@@ -103,11 +104,11 @@ fn time_steps(model: &Model, x: &HostArray, y: &HostArray) -> xlayer::Result<f64
         verbose: false,
         ..Default::default()
     };
-    model.fit(&x.rows(0, BATCH)?, &y.rows(0, BATCH)?, &opts)?; // compile + warm-up
+    trainer.fit(&x.rows(0, BATCH)?, &y.rows(0, BATCH)?, &opts)?; // compile + warm-up
     let mut per_step = Vec::new();
     for _ in 0..3 {
         let s = Instant::now();
-        model.fit(x, y, &opts)?;
+        trainer.fit(x, y, &opts)?;
         per_step.push(s.elapsed().as_secs_f64() * 1e3 / STEPS as f64);
     }
     per_step.sort_by(f64::total_cmp);
@@ -138,7 +139,7 @@ fn main() -> xlayer::Result<()> {
     ] {
         let inp = Input::new(&client, &[28, 28, 1], DType::F32);
         let model = Model::new(inp.clone(), layer.apply(&inp)?)?;
-        println!("| {name} | {:.3} |", time_steps(&model, &x, &y)?);
+        println!("| {name} | {:.3} |", time_steps(model, &x, &y)?);
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ use crate::builder::{Computation, Tree};
 use crate::cache::CompileCache;
 use crate::dtype::ArraySpec;
 use crate::error::Result;
-use crate::layers::Training;
+use crate::mode::Training;
 use crate::pjrt::client::Client;
 use crate::pjrt::executable::Executable;
 

@@ -11,7 +11,7 @@ use xlayer::layers::{
     Apply, HostArray, Init, InitState, Input, Inputs, JaxLayer, Layer, Model, Out, OutState,
     Params, Rng, State, Training,
 };
-use xlayer::train::{Adam, FitOptions, Loss, Metric};
+use xlayer::train::{Adam, FitOptions, Loss, Metric, Trainer};
 use xlayer::{Buffer, Client, DType};
 
 mod common;
@@ -60,15 +60,15 @@ fn digits_model<L: Layer + Clone + 'static>(
     lr: f64,
     from_logits: bool,
     metrics: &[Metric],
-) -> Result<Model> {
+) -> Result<Trainer> {
     let inp = Input::new(&client(), &[8, 8, 1], DType::F32);
     let model = Model::new(inp.clone(), layer.apply(&inp)?)?;
-    model.compile(
+    Ok(Trainer::new(
+        model,
         Adam::new(lr),
         Loss::SparseCategoricalCrossentropy { from_logits },
         metrics,
-    );
-    Ok(model)
+    ))
 }
 
 /// Params `(name, shape)` in order: LeCun-normal kernels (one key each, split
@@ -112,7 +112,7 @@ fn twenty_adam_steps_follow_jax_and_optax() -> Result<()> {
     .params(params)
     .name("mlp")
     .build()?;
-    let model = digits_model(&layer, 1e-2, true, &[])?;
+    let trainer = digits_model(&layer, 1e-2, true, &[])?;
     let (x, y) = digits();
     let (x, y) = (x.rows(0, 320)?, y.rows(0, 320)?);
     let want = f32s(&f, "losses");
@@ -126,7 +126,7 @@ fn twenty_adam_steps_follow_jax_and_optax() -> Result<()> {
             verbose: false,
             ..Default::default()
         };
-        let h = model.fit(
+        let h = trainer.fit(
             &x.rows(i * 16, (i + 1) * 16)?,
             &y.rows(i * 16, (i + 1) * 16)?,
             &opts,
@@ -189,10 +189,10 @@ fn one_epoch_of_ten_steps_changes_every_weight_and_predict_does_not() -> Result<
         .seed(11)
         .name("counting_mlp")
         .build()?;
-    let model = digits_model(&layer, 1e-3, false, &[Metric::Accuracy])?;
+    let trainer = digits_model(&layer, 1e-3, false, &[Metric::Accuracy])?;
     let before: Vec<Vec<u8>> = leaf_bytes(&layer.weights()?.params)?;
     let (x, y) = digits();
-    let h = model.fit(
+    let h = trainer.fit(
         &x.rows(0, 320)?,
         &y.rows(0, 320)?,
         &FitOptions {
@@ -214,7 +214,7 @@ fn one_epoch_of_ten_steps_changes_every_weight_and_predict_does_not() -> Result<
         "the state counts the 10 training steps"
     );
     // predict changes nothing.
-    model.predict(&x.rows(0, 64)?, 32)?;
+    trainer.model().predict(&x.rows(0, 64)?, 32)?;
     let again: Vec<Vec<u8>> = leaf_bytes(&layer.weights()?.params)?;
     assert_eq!(after, again);
     assert_eq!(layer.weights()?.state.leaves()[0].to_scalar::<f32>()?, 10.0);
@@ -266,7 +266,7 @@ fn digits_mlp_reaches_95_percent() -> Result<()> {
     })
     .seed(0)
     .build()?;
-    let model = digits_model(&layer, 1e-2, true, &[Metric::Accuracy])?;
+    let trainer = digits_model(&layer, 1e-2, true, &[Metric::Accuracy])?;
     let (xt, yt, xv, yv) = split_digits()?;
     let opts = FitOptions {
         batch_size: 32,
@@ -276,10 +276,10 @@ fn digits_mlp_reaches_95_percent() -> Result<()> {
         validation_data: Some((xv.clone(), yv.clone())),
         ..Default::default()
     };
-    let h = model.fit(&xt, &yt, &opts)?;
+    let h = trainer.fit(&xt, &yt, &opts)?;
     let loss = h.get("loss");
     assert!(loss.last().unwrap() < &loss[0], "loss decreases: {loss:?}");
-    let acc = model.evaluate(&xv, &yv, 128)?["accuracy"];
+    let acc = trainer.evaluate(&xv, &yv, 128)?["accuracy"];
     assert!(acc >= 0.95, "test accuracy {acc}");
     let val = *h.get("val_accuracy").last().unwrap();
     assert!(
@@ -311,9 +311,9 @@ fn digits_cnn_reaches_95_percent() -> Result<()> {
     })
     .seed(0)
     .build()?;
-    let model = digits_model(&layer, 1e-2, true, &[Metric::Accuracy])?;
+    let trainer = digits_model(&layer, 1e-2, true, &[Metric::Accuracy])?;
     let (xt, yt, xv, yv) = split_digits()?;
-    model.fit(
+    trainer.fit(
         &xt,
         &yt,
         &FitOptions {
@@ -324,7 +324,7 @@ fn digits_cnn_reaches_95_percent() -> Result<()> {
             ..Default::default()
         },
     )?;
-    let acc = model.evaluate(&xv, &yv, 128)?["accuracy"];
+    let acc = trainer.evaluate(&xv, &yv, 128)?["accuracy"];
     assert!(acc >= 0.95, "test accuracy {acc}");
     Ok(())
 }
@@ -337,19 +337,27 @@ fn fit_errors_are_clear() -> Result<()> {
     let model = Model::new(inp.clone(), layer.apply(&inp)?)?;
     let x = HostArray::from_slice(&[0f32; 6], &[2, 3])?;
     let y = HostArray::from_slice(&[0i32; 2], &[2])?;
-    let err = model
-        .fit(&x, &y, &FitOptions::default())
+    // (fit before compile cannot be written: only a `Trainer` fits.)
+    let trainer = Trainer::new(model, Adam::new(1e-3), Loss::MeanSquaredError, &[]);
+    let err = trainer
+        .fit(
+            &x,
+            &y,
+            &FitOptions {
+                batch_size: 0,
+                ..Default::default()
+            },
+        )
         .unwrap_err()
         .to_string();
-    assert!(err.contains("compile"), "{err}");
-    model.compile(Adam::new(1e-3), Loss::MeanSquaredError, &[]);
+    assert!(err.contains("batch_size"), "{err}");
     let bad = HostArray::from_slice(&[0f32; 8], &[2, 4])?;
-    let err = model
+    let err = trainer
         .fit(&bad, &y, &FitOptions::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("f32[2,4]") && err.contains("[3]"), "{err}");
-    let err = model
+    let err = trainer
         .fit(
             &x,
             &HostArray::from_slice(&[0i32; 3], &[3])?,
@@ -387,13 +395,13 @@ fn flax_layer_batchnorm_dropout_trains() -> Result<()> {
         Ok(Tree::leaf(Dense::new(10).apply(s, &x)?))
     });
     let layer = FlaxLayer::builder(module).seed(5).build()?;
-    let model = digits_model(&layer, 1e-2, true, &[Metric::Accuracy])?;
+    let trainer = digits_model(&layer, 1e-2, true, &[Metric::Accuracy])?;
     let w0 = layer.weights()?;
     let bytes = leaf_bytes;
     let (p0, s0) = (bytes(&w0.params)?, bytes(&w0.state)?);
     assert!(!s0.is_empty(), "the module has batch_stats");
     let (x, y) = digits();
-    model.fit(
+    trainer.fit(
         &x.rows(0, 320)?,
         &y.rows(0, 320)?,
         &FitOptions {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::builder::{trace, Builder, Tree, Value};
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
-use crate::layers::Training;
+use crate::mode::Training;
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 

@@ -1,6 +1,9 @@
 //! Keras-style layers and models over the builder: [`JaxLayer`] (a call
 //! function as a layer) with params and state held as device buffers,
-//! [`Sequential`] and functional [`Model`]s compiled into one executable.
+//! Keras's built-in layers ([`Dense`], [`Conv2D`], [`Embedding`],
+//! [`LayerNormalization`], [`Dropout`], [`BatchNormalization`], with Keras's
+//! names, defaults and weight names), [`Sequential`] and functional
+//! [`Model`]s compiled into one executable.
 //!
 //! Keras inspects argument *names*; here which of params/state/rng/inputs/
 //! training a function takes is carried by the argument *types* of
@@ -128,12 +131,21 @@
 
 pub mod haiku;
 mod jax_layer;
+mod keras;
+mod keras_norm;
 pub(crate) mod layer;
 mod model;
 pub(crate) mod runner;
 pub mod signature;
 
 pub use jax_layer::{JaxLayer, JaxLayerBuilder};
+pub use keras::{
+    Activation, Conv2D, Conv2DConfig, Dense, DenseConfig, Dropout, DropoutConfig, Embedding,
+    EmbeddingConfig,
+};
+pub use keras_norm::{
+    BatchNormalization, BatchNormalizationConfig, LayerNormalization, LayerNormalizationConfig,
+};
 pub use layer::{output_specs, DTypePolicy, Layer, Weights};
 pub use model::{apply_layer, Apply, HostArray, Input, Model, Sequential, Symbolic};
 pub use signature::{

@@ -215,7 +215,6 @@ pub struct Model {
     outputs: Tree<Symbolic>,
     layers: Vec<Arc<dyn Layer>>,
     runner: Runner,
-    pub(crate) training: std::sync::Mutex<Option<Arc<crate::train::fit::TrainConfig>>>,
     /// Makes a swap of all weights atomic: held for reading while a call or
     /// a snapshot reads the layers' weights, for writing while
     /// [`Model::load_weights`] or a train step replaces them, so a call
@@ -318,7 +317,6 @@ impl Model {
             outputs,
             layers,
             runner: Runner::default(),
-            training: Default::default(),
             swap: Default::default(),
         })
     }

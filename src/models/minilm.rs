@@ -30,7 +30,7 @@ use crate::cache::CompileCache;
 use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
 use crate::jit::{JitCache, JitKey};
-use crate::layers::Training;
+use crate::mode::Training;
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 use crate::pjrt::executable::Executable;

@@ -1,31 +1,18 @@
-//! Keras-style `compile` / `fit` / `evaluate` on a [`Model`].
-//!
-//! The whole train step — forward in training mode, loss, backward
-//! (reverse-mode autodiff over the traced graph), optimizer update, layer
-//! state update, metrics — is ONE compiled program. Params, optimizer state
-//! and layer state are donated to it, so a step moves only the batch in and
-//! the scalars out.
+//! Keras-style `fit` / `evaluate` of a [`Trainer`]: batches, shuffling,
+//! progress, per-epoch history.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::builder::autodiff::value_and_grad_with_aux;
-use crate::builder::{trace, Builder, Computation, Tree, Value};
-use crate::dtype::ArraySpec;
+use crate::builder::Value;
 use crate::error::{Error, Result};
-use crate::jit::{JitCache, JitKey};
-use crate::layers::layer::sealed::hooks;
-use crate::layers::runner::{Handover, LayerValues};
-use crate::layers::{HostArray, Model, Training, Weights};
+use crate::layers::{HostArray, Training};
 use crate::pjrt::buffer::Buffer;
-use crate::pjrt::client::Client;
-use crate::pjrt::executable::Arg;
 
-use super::loss::{accuracy, Loss};
-use super::optim::Optimizer;
+use super::loss::accuracy;
+use super::trainer::{upload, Trainer};
 
 /// A metric reported by `fit` and `evaluate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,26 +29,14 @@ impl Metric {
         }
     }
 
-    fn compute(self, y_true: &Value, y_pred: &Value) -> Result<Value> {
+    pub(crate) fn compute(self, y_true: &Value, y_pred: &Value) -> Result<Value> {
         match self {
             Metric::Accuracy => accuracy(y_true, y_pred),
         }
     }
 }
 
-/// What `Model::compile` records.
-pub struct TrainConfig {
-    optimizer: Box<dyn Optimizer>,
-    loss: Loss,
-    metrics: Vec<Metric>,
-    /// The optimizer state on the device, by layer name (created at the first step).
-    opt_state: Mutex<Option<Tree<Arc<Buffer>>>>,
-    /// Train steps (outputs: each layer's params, each layer's state, the
-    /// optimizer state, then the loss and metrics) and eval steps.
-    jit: JitCache,
-}
-
-/// Options of [`Model::fit`].
+/// Options of [`Trainer::fit`].
 #[derive(Debug, Clone)]
 pub struct FitOptions {
     /// Rows per step (the last batch of an epoch may be smaller).
@@ -109,12 +84,8 @@ impl History {
     }
 }
 
-fn upload(client: &Client, a: &HostArray) -> Result<Buffer> {
-    client.buffer_from_bytes(&a.bytes, &a.spec, client.default_device())
-}
-
 /// Gathers rows `idx` of `a`.
-fn take_rows(a: &HostArray, idx: &[usize]) -> Result<HostArray> {
+pub(crate) fn take_rows(a: &HostArray, idx: &[usize]) -> Result<HostArray> {
     let n = a.spec.dims.first().copied().unwrap_or(0);
     let row = a.spec.size_in_bytes() / n.max(1);
     let mut bytes = Vec::with_capacity(row * idx.len());
@@ -126,359 +97,14 @@ fn take_rows(a: &HostArray, idx: &[usize]) -> Result<HostArray> {
     Ok(HostArray { spec, bytes })
 }
 
-fn state_err(what: &str) -> Error {
-    Error::Invalid(format!("train step: {what}"))
-}
-
-impl Model {
-    /// Keras's `compile`: the optimizer, the loss and the metrics `fit` and
-    /// `evaluate` use. Resets the optimizer state.
-    pub fn compile(&self, optimizer: impl Optimizer + 'static, loss: Loss, metrics: &[Metric]) {
-        let cfg = TrainConfig {
-            optimizer: Box::new(optimizer),
-            loss,
-            metrics: metrics.to_vec(),
-            opt_state: Mutex::new(None),
-            jit: JitCache::from_env(),
-        };
-        *self.training.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(cfg));
-    }
-
-    fn config(&self) -> Result<Arc<TrainConfig>> {
-        self.training
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "model `{}`: call compile(optimizer, loss, metrics) before fit/evaluate",
-                    self.name()
-                ))
-            })
-    }
-
-    fn check_data(&self, x: &HostArray, y: &HostArray) -> Result<usize> {
-        let specs = self.input_specs();
-        let want = match &specs {
-            Tree::Leaf(s) => s.clone(),
-            _ => {
-                return Err(Error::Invalid(
-                    "fit/evaluate take models with one input".into(),
-                ))
-            }
-        };
-        if x.spec.dtype != want.dtype
-            || x.spec.rank() != want.rank()
-            || x.spec.dims[1..] != want.dims[1..]
-        {
-            return Err(Error::Invalid(format!(
-                "x is {}, the model takes {} rows of {:?}",
-                x.spec,
-                want.dtype,
-                &want.dims[1..]
-            )));
-        }
-        let n = x.spec.dims[0];
-        if y.spec.dims.first() != Some(&n) {
-            return Err(Error::Invalid(format!(
-                "x has {n} rows but y is {}",
-                y.spec
-            )));
-        }
-        Ok(n)
-    }
-
-    /// Traces forward + loss (+ metrics) for batch specs; `train` adds the
-    /// backward pass and the optimizer update.
-    fn build_step(
-        &self,
-        cfg: &TrainConfig,
-        weights: &[Weights],
-        opt: Option<&Tree<Arc<Buffer>>>,
-        x: &ArraySpec,
-        y: &ArraySpec,
-        train: bool,
-    ) -> Result<(Computation, Vec<Tree<()>>)> {
-        let layers = self.layers();
-        let rng_used: Vec<bool> = layers
-            .iter()
-            .map(|l| train && hooks(l.as_ref()).uses_rng())
-            .collect();
-        let mut specs: Vec<ArraySpec> = Vec::new();
-        let mut donors = Vec::new();
-        for w in weights {
-            for b in w.params.leaves() {
-                specs.push(b.spec().clone());
-                donors.push(train);
-            }
-        }
-        for w in weights {
-            for b in w.state.leaves() {
-                specs.push(b.spec().clone());
-                donors.push(train);
-            }
-        }
-        let opt_tree = opt.map(|t| t.structure()).unwrap_or(Tree::Empty);
-        if let Some(o) = opt {
-            for b in o.leaves() {
-                specs.push(b.spec().clone());
-                donors.push(true);
-            }
-        }
-        for _ in rng_used.iter().filter(|u| **u) {
-            specs.push(ArraySpec::of::<u32>([2]));
-            donors.push(false);
-        }
-        specs.push(x.clone());
-        specs.push(y.clone());
-        donors.extend([false, false]);
-        let flat = Tree::List(specs.iter().cloned().map(Tree::Leaf).collect());
-        let names: Vec<String> = layers.iter().map(|l| l.name()).collect();
-        let comp = trace(
-            &format!(
-                "{}_{}",
-                self.name(),
-                if train { "train_step" } else { "eval_step" }
-            ),
-            &flat,
-            |b: &Builder, t| {
-                let mut leaves = t.into_leaves().into_iter();
-                let mut params_map = BTreeMap::new();
-                for (name, w) in names.iter().zip(weights) {
-                    params_map.insert(
-                        name.clone(),
-                        w.params
-                            .structure()
-                            .unflatten(leaves.by_ref().take(w.params.len()).collect())?,
-                    );
-                }
-                let params = Tree::Map(params_map);
-                let states: Vec<Tree<Value>> = weights
-                    .iter()
-                    .map(|w| {
-                        w.state
-                            .structure()
-                            .unflatten(leaves.by_ref().take(w.state.len()).collect())
-                    })
-                    .collect::<Result<_>>()?;
-                let opt_state =
-                    opt_tree.unflatten(leaves.by_ref().take(opt_tree.len()).collect())?;
-                let rngs: Vec<Option<Value>> = rng_used
-                    .iter()
-                    .map(|&u| if u { leaves.next() } else { None })
-                    .collect();
-                let xv = leaves.next().ok_or_else(|| state_err("missing x"))?;
-                let yv = leaves.next().ok_or_else(|| state_err("missing y"))?;
-                let forward = |p: &Tree<Value>| -> Result<(Value, Tree<Value>)> {
-                    let lv: Vec<LayerValues> = names
-                        .iter()
-                        .zip(&states)
-                        .zip(&rngs)
-                        .map(|((n, s), r)| LayerValues {
-                            params: p.get_subtree(n),
-                            state: s.clone(),
-                            rng: r.clone(),
-                        })
-                        .collect();
-                    let (out, new_states) =
-                        self.trace_forward(lv, Tree::Leaf(xv.clone()), train.into())?;
-                    let pred = out.into_leaf()?;
-                    let loss = cfg.loss.compute(&yv, &pred)?;
-                    let mut aux = vec![Tree::Leaf(pred)];
-                    aux.extend(new_states);
-                    Ok((loss, Tree::List(aux)))
-                };
-                let mut results: Vec<Value> = Vec::new();
-                let (loss, aux) = if train {
-                    let (loss, aux, grads) =
-                        value_and_grad_with_aux(b, &params, |_b, p| forward(&p))?;
-                    let (new_params, new_opt) =
-                        cfg.optimizer.update(&params, &grads, &opt_state)?;
-                    results.extend(new_params.leaves().into_iter().cloned());
-                    if let Tree::List(items) = &aux {
-                        for s in &items[1..] {
-                            results.extend(s.leaves().into_iter().cloned());
-                        }
-                    }
-                    results.extend(new_opt.leaves().into_iter().cloned());
-                    (loss, aux)
-                } else {
-                    forward(&params)?
-                };
-                let Tree::List(items) = aux else {
-                    return Err(state_err("aux"));
-                };
-                let pred = items[0].clone().into_leaf()?;
-                results.push(loss);
-                for m in &cfg.metrics {
-                    results.push(m.compute(&yv, &pred)?);
-                }
-                Ok(Tree::List(results.into_iter().map(Tree::Leaf).collect()))
-            },
-        )?;
-        // The step's outputs before the loss and metrics: a train step's
-        // new params, state and optimizer state; none for an eval step.
-        let mut outputs: Vec<Tree<()>> = Vec::new();
-        if train {
-            outputs.extend(weights.iter().map(|w| w.params.structure()));
-            outputs.extend(weights.iter().map(|w| w.state.structure()));
-            outputs.push(opt_tree);
-        }
-        Ok((comp.with_donors(&donors)?, outputs))
-    }
-
-    fn init_opt_state(
-        &self,
-        client: &Client,
-        cfg: &TrainConfig,
-        weights: &[Weights],
-    ) -> Result<Tree<Arc<Buffer>>> {
-        let names: Vec<String> = self.layers().iter().map(|l| l.name()).collect();
-        let specs = Tree::Map(
-            names
-                .iter()
-                .zip(weights)
-                .map(|(n, w)| (n.clone(), w.param_specs()))
-                .collect(),
-        );
-        let mut out_tree = Tree::Empty;
-        let comp = trace(&format!("{}_opt_init", self.name()), &specs, |_b, p| {
-            let s = cfg.optimizer.init(&p)?;
-            out_tree = s.structure();
-            Ok(s)
-        })?;
-        let exe = comp.compile(client)?;
-        // The init only reads shapes; feed zeros of the param specs.
-        let zeros: Vec<Buffer> = specs
-            .leaves()
-            .into_iter()
-            .map(|s| {
-                client.buffer_from_bytes(&vec![0u8; s.size_in_bytes()], s, client.default_device())
-            })
-            .collect::<Result<_>>()?;
-        let refs: Vec<&Buffer> = zeros.iter().collect();
-        let outs = exe.execute(&refs)?;
-        out_tree.unflatten(outs.into_iter().map(Arc::new).collect())
-    }
-
-    /// The jit key of a train (`Training::Yes`) or eval step on batches
-    /// of `x` and `y` specs.
-    fn step_key(
-        &self,
-        weights: &[Weights],
-        x: &ArraySpec,
-        y: &ArraySpec,
-        training: Training,
-    ) -> JitKey {
-        let function = if training.is_yes() {
-            "train_step"
-        } else {
-            "eval_step"
-        };
-        let inputs = Tree::tuple([Tree::Leaf(x.clone()), Tree::Leaf(y.clone())]);
-        let mut key = JitKey::new(function, self.client(), inputs, training);
-        key.weights = weights.iter().map(Weights::layout).collect();
-        key.rngs = self
-            .layers()
-            .iter()
-            .map(|l| training.is_yes() && hooks(l.as_ref()).uses_rng())
-            .collect();
-        key
-    }
-
-    /// One train step on a batch; returns `[loss, metrics...]`.
-    fn train_step(
-        &self,
-        client: &Client,
-        cfg: &TrainConfig,
-        x: &HostArray,
-        y: &HostArray,
-    ) -> Result<Vec<f32>> {
-        // The step takes the weights out and puts new ones back: no call may
-        // see them in between.
-        let _exclusive = self.weights_exclusive();
-        let layers = self.layers();
-        let weights = layers
-            .iter()
-            .map(|l| l.weights())
-            .collect::<Result<Vec<_>>>()?;
-        let mut opt_guard = cfg.opt_state.lock().unwrap_or_else(|p| p.into_inner());
-        if opt_guard.is_none() {
-            *opt_guard = Some(self.init_opt_state(client, cfg, &weights)?);
-        }
-        let key = self.step_key(&weights, &x.spec, &y.spec, Training::Yes);
-        let step = cfg.jit.get_or_compile(client, key, || {
-            self.build_step(cfg, &weights, opt_guard.as_ref(), &x.spec, &y.spec, true)
-        })?;
-        let (xb, yb) = (upload(client, x)?, upload(client, y)?);
-        let rngs: Vec<Buffer> = layers
-            .iter()
-            .filter(|l| hooks(l.as_ref()).uses_rng())
-            .map(|l| client.buffer_from_host(&hooks(l.as_ref()).next_rng(), &[2]))
-            .collect::<Result<_>>()?;
-        // Check every argument before handing anything over.
-        {
-            let mut all: Vec<&Buffer> = Vec::new();
-            for w in &weights {
-                all.extend(w.params.leaves().into_iter().map(|b| b.as_ref()));
-            }
-            for w in &weights {
-                all.extend(w.state.leaves().into_iter().map(|b| b.as_ref()));
-            }
-            if let Some(o) = opt_guard.as_ref() {
-                all.extend(o.leaves().into_iter().map(|b| b.as_ref()));
-            }
-            all.extend(rngs.iter());
-            all.extend([&xb, &yb]);
-            step.exe.check_arguments(&all)?;
-        }
-        drop(weights);
-        // Take params, state and optimizer state out so that they can be donated.
-        let taken: Vec<Weights> = layers
-            .iter()
-            .map(|l| hooks(l.as_ref()).swap_weights(None).unwrap_or_default())
-            .collect();
-        let opt = opt_guard.take().unwrap_or(Tree::Empty);
-        let mut handles: Vec<Arc<Buffer>> = Vec::new();
-        for w in &taken {
-            handles.extend(w.params.leaves().into_iter().cloned());
-        }
-        for w in &taken {
-            handles.extend(w.state.leaves().into_iter().cloned());
-        }
-        handles.extend(opt.leaves().into_iter().cloned());
-        drop(taken);
-        drop(opt);
-        let mut handover = Handover::new(handles);
-        let mut args = handover.args();
-        args.extend(rngs.iter().map(Arg::Borrowed));
-        args.extend([Arg::Borrowed(&xb), Arg::Borrowed(&yb)]);
-        let outs = step.exe.execute_args(args)?;
-        let mut it = outs.into_iter();
-        let mut trees = Vec::with_capacity(step.outputs.len());
-        for t in &step.outputs {
-            trees.push(t.unflatten(it.by_ref().take(t.len()).map(Arc::new).collect())?);
-        }
-        let n = layers.len();
-        *opt_guard = trees.pop();
-        let new_states = trees.split_off(n);
-        let new_params = trees;
-        for ((l, p), s) in layers.iter().zip(new_params).zip(new_states) {
-            hooks(l.as_ref()).swap_weights(Some(Weights {
-                params: p,
-                state: s,
-            }));
-        }
-        it.map(|b| b.to_scalar::<f32>()).collect()
-    }
-
+impl Trainer {
     /// Keras's `fit`: trains on `x`, `y` (rows first) for `epochs`, in
     /// batches, shuffling each epoch; returns the per-epoch history.
     ///
-    /// Errors: not compiled; data that does not fit the model's input.
+    /// Errors: data that does not fit the model's input; `batch_size` 0 or
+    /// no rows.
     pub fn fit(&self, x: &HostArray, y: &HostArray, options: &FitOptions) -> Result<History> {
-        let client = self.client();
-        let cfg = self.config()?;
+        let client = self.model().client();
         let n = self.check_data(x, y)?;
         if options.batch_size == 0 || n == 0 {
             return Err(Error::Invalid(
@@ -488,7 +114,7 @@ impl Model {
         let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
         let mut history = History::default();
         let names: Vec<String> = std::iter::once("loss".to_string())
-            .chain(cfg.metrics.iter().map(|m| m.name().to_string()))
+            .chain(self.metrics.iter().map(|m| m.name().to_string()))
             .collect();
         for epoch in 0..options.epochs {
             let mut order: Vec<usize> = (0..n).collect();
@@ -512,8 +138,7 @@ impl Model {
             let mut sums = vec![0f64; names.len()];
             for s in 0..steps {
                 let idx = &order[s * options.batch_size..((s + 1) * options.batch_size).min(n)];
-                let vals =
-                    self.train_step(client, &cfg, &take_rows(x, idx)?, &take_rows(y, idx)?)?;
+                let vals = self.train_step(client, &take_rows(x, idx)?, &take_rows(y, idx)?)?;
                 for (acc, v) in sums.iter_mut().zip(&vals) {
                     *acc += *v as f64 * idx.len() as f64;
                 }
@@ -552,8 +177,7 @@ impl Model {
         y: &HostArray,
         batch_size: usize,
     ) -> Result<BTreeMap<String, f32>> {
-        let client = self.client();
-        let cfg = self.config()?;
+        let client = self.model().client();
         let n = self.check_data(x, y)?;
         if batch_size == 0 || n == 0 {
             return Err(Error::Invalid(
@@ -561,21 +185,22 @@ impl Model {
             ));
         }
         let names: Vec<String> = std::iter::once("loss".to_string())
-            .chain(cfg.metrics.iter().map(|m| m.name().to_string()))
+            .chain(self.metrics.iter().map(|m| m.name().to_string()))
             .collect();
         let mut sums = vec![0f64; names.len()];
         for start in (0..n).step_by(batch_size) {
             let idx: Vec<usize> = (start..(start + batch_size).min(n)).collect();
             let (xb, yb) = (take_rows(x, &idx)?, take_rows(y, &idx)?);
-            let _shared = self.weights_shared();
+            let _shared = self.model().weights_shared();
             let weights = self
+                .model()
                 .layers()
                 .iter()
                 .map(|l| l.weights())
                 .collect::<Result<Vec<_>>>()?;
             let key = self.step_key(&weights, &xb.spec, &yb.spec, Training::No);
-            let step = cfg.jit.get_or_compile(client, key, || {
-                self.build_step(&cfg, &weights, None, &xb.spec, &yb.spec, false)
+            let step = self.jit.get_or_compile(client, key, || {
+                self.build_step(&weights, None, &xb.spec, &yb.spec, false)
             })?;
             let (xd, yd) = (upload(client, &xb)?, upload(client, &yb)?);
             let mut args: Vec<&Buffer> = Vec::new();
@@ -596,15 +221,5 @@ impl Model {
             .zip(sums)
             .map(|(k, v)| (k, (v / n as f64) as f32))
             .collect())
-    }
-}
-
-impl Tree<Value> {
-    /// The subtree under a top-level map key (empty when absent).
-    pub fn get_subtree(&self, key: &str) -> Tree<Value> {
-        match self {
-            Tree::Map(m) => m.get(key).cloned().unwrap_or(Tree::Empty),
-            _ => Tree::Empty,
-        }
     }
 }

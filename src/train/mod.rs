@@ -1,11 +1,15 @@
-//! Training pieces: optimizers as pure update rules over param trees
-//! ([`optim`]) and Keras's losses and metrics ([`loss`]). Everything is
-//! traced into the builder, so a whole train step compiles into one program.
+//! Training: a [`Trainer`] owns a [`crate::layers::Model`] with an
+//! optimizer ([`optim`], pure update rules over param trees), a loss and
+//! metrics ([`loss`]), and runs Keras's `fit` / `evaluate` ([`fit`]).
+//! Everything is traced into the builder, so a whole train step compiles
+//! into one program. `train` depends on `layers`, never the reverse.
 
 pub mod fit;
 pub mod loss;
 pub mod optim;
+mod trainer;
 
 pub use fit::{FitOptions, History, Metric};
 pub use loss::{accuracy, Loss};
 pub use optim::{global_norm, Adam, ClipByGlobalNorm, Optimizer, RmsProp, Schedule, Sgd};
+pub use trainer::Trainer;
