@@ -229,12 +229,6 @@ pub enum Error {
     #[error("unsupported by xlayer: {0}")]
     NotSupported(String),
 
-    /// An invalid value was given to an xlayer function (a preformatted
-    /// message). Being replaced by the typed variants (`ShapeMismatch`,
-    /// `NotBuilt`, `NotCompiled`, `UnknownPath`, ...): new code uses those.
-    #[error("{0}")]
-    Invalid(String),
-
     /// A Flax-style module error (`crate::flax`): a parameter whose shape
     /// differs from what the module asks for, a missing rng stream or
     /// variable, a collection that is not mutable, an unknown method. `path`
@@ -717,6 +711,169 @@ pub enum Error {
         /// The op, e.g. `stablehlo.remainder`.
         op: String,
     },
+    // --- typed-errors ---
+    /// A setting of a layer, model or function (`what`) has a value it does
+    /// not accept: `field` is the setting, `value` its value as written,
+    /// `reason` what is accepted or what it contradicts.
+    #[error("{what}: `{field}` = {value}: {reason}")]
+    InvalidSetting {
+        /// The layer, model or function, e.g. `BatchNormalization`.
+        what: String,
+        /// The setting, e.g. `momentum`.
+        field: &'static str,
+        /// Its value as written.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A value given for `path` of `what` (a layer's state, weights, an
+    /// input) has another type than the one it replaces or must match.
+    #[error("{what}: `{path}` is {found}, expected {expected}")]
+    ValueSpecMismatch {
+        /// The layer, model or function, e.g. `layer `dense``.
+        what: String,
+        /// The path (or name) of the value.
+        path: String,
+        /// The type expected (boxed to keep `Error` small).
+        expected: Box<ArraySpec>,
+        /// The type given.
+        found: Box<ArraySpec>,
+    },
+
+    /// A tree given to `what` lacks paths, or has paths it does not know.
+    #[error("{what}: the tree's structure differs (missing paths {missing:?}, unexpected paths {unexpected:?}; expected paths {expected:?})")]
+    TreePaths {
+        /// What the tree was given to, e.g. `layer `bn`: new state`.
+        what: String,
+        /// Expected paths that are missing.
+        missing: Vec<String>,
+        /// Paths given that are not expected.
+        unexpected: Vec<String>,
+        /// All expected paths.
+        expected: Vec<String>,
+    },
+
+    /// A function needs a random key, but none is available (inference mode).
+    #[error("{function} takes `rng`, but none is available in inference mode; call it in training mode or use `Option<Rng>`")]
+    MissingRng {
+        /// The function or layer.
+        function: String,
+    },
+
+    /// Something that must not be empty is (`what` names it, `reason` what
+    /// is needed).
+    #[error("{what}: {reason}")]
+    Empty {
+        /// The function or value, e.g. `predict`.
+        what: String,
+        /// What is needed, e.g. `at least one row`.
+        reason: &'static str,
+    },
+
+    /// Training or prediction data that does not fit the model's inputs.
+    #[error("{what} is {found}, but {expected}")]
+    DataMismatch {
+        /// The data, e.g. `x`.
+        what: &'static str,
+        /// Its type.
+        found: ArraySpec,
+        /// What the model takes, e.g. `the model takes f32 rows of [4]`.
+        expected: String,
+    },
+
+    /// A name (a layer, a state variable, a method, a module input) that is
+    /// not known where it is used.
+    #[error("{what}: no {kind} `{name}`{}", known_list(known))]
+    UnknownName {
+        /// Where it was looked up, e.g. `model `mlp``.
+        what: String,
+        /// What kind of name, e.g. `layer`.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// The names that exist (empty when not listed).
+        known: Vec<String>,
+    },
+
+    /// A name given twice where each must be unique.
+    #[error("{what}: two different {kind}s are named `{name}`")]
+    DuplicateName {
+        /// Where, e.g. `Model`.
+        what: String,
+        /// What kind of name, e.g. `layer`.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+
+    /// A model output depends on an `Input` that is not among the model's
+    /// inputs.
+    #[error("an output depends on an Input {input} that is not among the model's inputs")]
+    ForeignInput {
+        /// The input's shape, e.g. `(None, 4) f32`.
+        input: String,
+    },
+
+    /// An axis out of range for the rank of an input.
+    #[error("{what}: axis {axis} is out of range for inputs {input}")]
+    AxisOutOfRange {
+        /// The layer or function.
+        what: String,
+        /// The axis as given (negative from the end).
+        axis: i64,
+        /// The input's type.
+        input: ArraySpec,
+    },
+
+    /// A range of rows outside an array's first dimension (or an array
+    /// without rows).
+    #[error("rows {start}..{end} out of range for {spec}")]
+    RowsOutOfRange {
+        /// The array's type.
+        spec: ArraySpec,
+        /// First row asked for.
+        start: usize,
+        /// End of the rows asked for.
+        end: usize,
+    },
+
+    /// A tree that must be a map (of collections, of layers) is not.
+    #[error("{what}: expected a map, got a tree with paths {paths:?}")]
+    NotAMap {
+        /// What the tree is.
+        what: String,
+        /// The tree's leaf paths.
+        paths: Vec<String>,
+    },
+
+    /// A tree that must be a tuple is not.
+    #[error("{what}: expected a tuple, got a tree with paths {paths:?}")]
+    NotATuple {
+        /// What the tree is.
+        what: String,
+        /// The tree's leaf paths.
+        paths: Vec<String>,
+    },
+
+    /// A function was used in a way or state that it does not support
+    /// (`what` names it, `reason` what is wrong).
+    #[error("{what}: {reason}")]
+    Misuse {
+        /// The function, layer or model.
+        what: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// `; known: a, b` for [`Error::UnknownName`] messages.
+fn known_list(known: &[String]) -> String {
+    if known.is_empty() {
+        String::new()
+    } else {
+        format!(" (known: {})", known.join(", "))
+    }
 }
 
 /// The tail of an [`Error::PluginCrashed`] message: the child's last

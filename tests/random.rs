@@ -279,7 +279,10 @@ fn epsilon(dtype: DType) -> f64 {
 fn run(c: &Case) -> Result<Option<String>> {
     let mut dtype = None;
     let exe = jit(client(), &[ArraySpec::of::<u32>([2])], |b, key| {
-        let v = build(c, b, &key[0]).map_err(|e| Error::Invalid(format!("{e:#}")))?;
+        let v = build(c, b, &key[0]).map_err(|e| Error::Op {
+            op: "random fixture",
+            message: format!("{e:#}"),
+        })?;
         dtype = Some(v.dtype());
         Ok(vec![v])
     })

@@ -233,7 +233,7 @@ fn bad_requests_are_errors() {
     let opts = GenerateOptions::new(4);
     let err = |r: Result<Generation, Error>| r.unwrap_err().to_string();
     assert!(err(m.generate(&[], &opts, |_, _| {})).contains("no tokens"));
-    assert!(err(m.generate(&[49152], &opts, |_, _| {})).contains("outside the vocabulary"));
+    assert!(err(m.generate(&[49152], &opts, |_, _| {})).contains("below the vocabulary size"));
     let long = vec![504u32; 256];
     let e = err(m.generate(&long, &opts, |_, _| {}));
     assert!(e.contains("context limit") && e.contains("256"), "{e}");

@@ -39,10 +39,10 @@ pub fn split_variables<T>(variables: Tree<T>) -> Result<(Tree<T>, Tree<T>)> {
             };
             Ok((params, state))
         }
-        other => Err(Error::Invalid(format!(
-            "flax variables must be a map of collections, got paths {:?}",
-            other.paths()
-        ))),
+        other => Err(Error::NotAMap {
+            what: "flax variables (a map of collections)".into(),
+            paths: other.paths(),
+        }),
     }
 }
 
@@ -158,7 +158,7 @@ impl FlaxLayerBuilder {
     /// Checks the method and creates the layer.
     ///
     /// Errors: [`Error::Flax`] for a named method the module does not have;
-    /// [`Error::Invalid`] for variables that are not a map of collections.
+    /// [`Error::NotAMap`] for variables that are not a map of collections.
     pub fn build(self) -> Result<FlaxLayer> {
         let takes_training = self.method.takes_training(self.module.as_ref())?;
         let module_name = self.module.type_name();
@@ -286,8 +286,8 @@ impl FlaxLayer {
     ///
     /// Errors: an unbuilt layer; those of [`super::load_variables`].
     pub fn load_variables(&self, path: impl AsRef<Path>) -> Result<()> {
-        let client = &self.inner.client().ok_or_else(|| {
-            Error::Invalid(format!("layer `{}` is not built yet", self.inner.name()))
+        let client = &self.inner.client().ok_or_else(|| Error::NotBuilt {
+            layer: self.inner.name().to_string(),
         })?;
         let current = self.inner.weights()?;
         let wanted = join_variables(&current.param_specs(), &current.state_specs());

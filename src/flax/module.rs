@@ -371,7 +371,10 @@ fn run_traced(
     let mut out_tree = Tree::Empty;
     let c = trace(name, &in_tree, |b, t| {
         let Tree::Tuple(mut parts) = t else {
-            return Err(Error::Invalid("unexpected traced inputs".into()));
+            return Err(Error::NotATuple {
+                what: format!("{name}: traced inputs"),
+                paths: t.paths(),
+            });
         };
         let ins = parts.pop().unwrap_or_default();
         let vars = parts.pop().unwrap_or_default();
@@ -400,10 +403,9 @@ fn client_of(what: &str, trees: &[&Tree<&Buffer>]) -> Result<Client> {
     trees
         .iter()
         .find_map(|t| t.leaves().first().map(|b| b.client().clone()))
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "{what}: no input or variable buffers to take the client from"
-            ))
+        .ok_or_else(|| Error::Empty {
+            what: what.to_string(),
+            reason: "no input or variable buffers to take the client from",
         })
 }
 
@@ -585,7 +587,10 @@ pub fn apply(
             let y = v.pop().unwrap_or_default();
             Ok((y, m))
         }
-        _ => Err(Error::Invalid("unexpected apply outputs".into())),
+        other => Err(Error::NotATuple {
+            what: "flax apply outputs".into(),
+            paths: other.paths(),
+        }),
     }
 }
 
@@ -618,7 +623,10 @@ pub fn promote_dtype(args: &[&Value], dtype: Option<DType>, inexact: bool) -> Re
             let mut d = args
                 .first()
                 .map(|v| v.dtype())
-                .ok_or_else(|| Error::Invalid("promote_dtype needs arguments".into()))?;
+                .ok_or_else(|| Error::Empty {
+                    what: "promote_dtype".into(),
+                    reason: "it needs at least one argument",
+                })?;
             for a in &args[1..] {
                 d = crate::builder::promote_types(d, a.dtype());
             }

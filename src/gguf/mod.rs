@@ -435,7 +435,7 @@ impl GgufFile {
         let t = self.tensor(name)?;
         let bytes = &self.map.bytes()[t.start..t.start + t.size];
         quant::dequantize(t.ty, bytes, t.elems())
-            .ok_or_else(|| Error::Invalid(format!("tensor `{name}`: size mismatch")))
+            .ok_or_else(|| gguf_err(self.path(), Some(name), GgufProblem::SizeMismatch))
     }
 
     /// Drops the pages of tensor `name` from this process's resident set

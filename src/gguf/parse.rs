@@ -153,6 +153,21 @@ pub enum GgufProblem {
         /// What is.
         expected: &'static str,
     },
+    /// A tensor's data has another size than its type and shape need.
+    #[error("the tensor's data size does not match its type and shape")]
+    SizeMismatch,
+    /// The attention hyper-parameters do not fit together.
+    #[error("{heads} query heads, {kv_heads} key/value heads, width {hidden} and head size {head_dim} do not make a llama attention (heads must divide the width, key/value heads the heads, and the head size must be even)")]
+    Attention {
+        /// Query heads.
+        heads: usize,
+        /// Key/value heads.
+        kv_heads: usize,
+        /// Model width.
+        hidden: usize,
+        /// Head size.
+        head_dim: usize,
+    },
 }
 
 /// A bounds-checked little-endian reader over the file's bytes.

@@ -73,9 +73,9 @@ fn insert(map: &mut BTreeMap<String, Tree<Value>>, path: &str, v: Value) -> Resu
                 .or_insert_with(|| Tree::Map(BTreeMap::new()));
             match entry {
                 Tree::Map(m) => insert(m, rest, v),
-                _ => Err(Error::Invalid(format!(
-                    "haiku: `{head}` is both a value and a module"
-                ))),
+                _ => Err(Error::PathConflict {
+                    path: crate::builder::Path::from(head.to_string()),
+                }),
             }
         }
     }
@@ -109,10 +109,12 @@ impl Hk {
     fn check(&self, what: &str, name: &str, v: &Value, dims: &[usize], dtype: DType) -> Result<()> {
         let want = ArraySpec::new(dtype, dims);
         if v.spec() != &want {
-            return Err(Error::Invalid(format!(
-                "haiku: {what} `{name}` is {}, but the module asks for {want}",
-                v.spec()
-            )));
+            return Err(Error::ValueSpecMismatch {
+                what: format!("haiku {what}"),
+                path: name.to_string(),
+                expected: Box::new(want),
+                found: Box::new(v.spec().clone()),
+            });
         }
         Ok(())
     }
@@ -131,9 +133,12 @@ impl Hk {
             return Ok(v.clone());
         }
         match self.mode {
-            Mode::Apply => Err(Error::Invalid(format!(
-                "haiku: parameter `{name}` is missing from params"
-            ))),
+            Mode::Apply => Err(Error::UnknownName {
+                what: "haiku params".into(),
+                kind: "parameter",
+                name: name.to_string(),
+                known: self.params.keys().cloned().collect(),
+            }),
             Mode::Init => {
                 let key = self.next_rng_key()?;
                 let v = init.init(&key, dims, dtype)?;
@@ -157,7 +162,12 @@ impl Hk {
             return Ok(v.clone());
         }
         match self.mode {
-            Mode::Apply => Err(Error::Invalid(format!("haiku: state `{name}` is missing"))),
+            Mode::Apply => Err(Error::UnknownName {
+                what: "haiku state".into(),
+                kind: "state",
+                name: name.to_string(),
+                known: self.state.keys().cloned().collect(),
+            }),
             Mode::Init => {
                 let key = self.builder.zeros(DType::U32, &[2])?;
                 let v = init.init(&key, dims, dtype)?;
@@ -171,11 +181,12 @@ impl Hk {
     pub fn set_state(&mut self, name: &str, value: Value) -> Result<()> {
         if let Some(old) = self.state.get(name) {
             if old.spec() != value.spec() {
-                return Err(Error::Invalid(format!(
-                    "haiku: set_state `{name}` to {}, but it is {}",
-                    value.spec(),
-                    old.spec()
-                )));
+                return Err(Error::ValueSpecMismatch {
+                    what: "haiku set_state".into(),
+                    path: name.to_string(),
+                    expected: Box::new(old.spec().clone()),
+                    found: Box::new(value.spec().clone()),
+                });
             }
         }
         self.state.insert(name.to_string(), value);
@@ -186,10 +197,8 @@ impl Hk {
     ///
     /// Errors: no rng given (inference, or a `without_apply_rng` transform).
     pub fn next_rng_key(&mut self) -> Result<Value> {
-        let key = self.rng.as_ref().ok_or_else(|| {
-            Error::Invalid(
-                "haiku: next_rng_key needs an rng, but none was given to this call".into(),
-            )
+        let key = self.rng.as_ref().ok_or_else(|| Error::MissingRng {
+            function: "haiku next_rng_key".into(),
         })?;
         self.rng_count += 1;
         random::fold_in(key, self.rng_count)
@@ -241,8 +250,9 @@ fn run(
         .first()
         .map(|v| v.builder().clone())
         .or_else(|| rng.as_ref().map(|r| r.builder().clone()))
-        .ok_or_else(|| {
-            Error::Invalid("haiku: a module function needs at least one input".into())
+        .ok_or_else(|| Error::Empty {
+            what: "haiku module function".into(),
+            reason: "it needs at least one input or an rng",
         })?;
     let mut hk = Hk {
         mode,

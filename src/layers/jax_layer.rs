@@ -163,11 +163,9 @@ impl JaxLayer {
     }
 
     fn run_init(&self, client: &Client, input: &Tree<ArraySpec>) -> Result<Weights> {
-        let init = self.inner.init_fn.as_ref().ok_or_else(|| {
-            Error::Invalid(format!(
-                "layer `{}` has neither init_fn nor params/state",
-                self.inner.name
-            ))
+        let init = self.inner.init_fn.as_ref().ok_or_else(|| Error::Misuse {
+            what: format!("layer `{}`", self.inner.name),
+            reason: "it has neither init_fn nor params/state",
         })?;
         let rng = self.next_rng();
         let mut state_tree = Tree::Empty;
@@ -249,7 +247,7 @@ impl JaxLayerBuilder {
 
     /// Checks the Keras rules and creates the layer.
     ///
-    /// Errors ([`Error::Invalid`], naming the function and the argument):
+    /// Errors ([`Error::Misuse`], naming the layer):
     /// `call_fn` without `Inputs`; `call_fn` taking `State` but returning
     /// `Out` (or the reverse); an `init_fn` taking `Params` or `State`, or
     /// whose statefulness differs from `call_fn`'s; `call_fn` taking params
@@ -264,35 +262,36 @@ impl JaxLayerBuilder {
                 format!("jax_layer_{n}")
             }
         });
-        let bad = |m: String| Err(Error::Invalid(format!("JaxLayer `{name}`: {m}")));
+        let bad = |reason: &'static str| {
+            Err(Error::Misuse {
+                what: format!("JaxLayer `{name}`"),
+                reason,
+            })
+        };
         if !needs.inputs {
-            return bad("call_fn must take `Inputs` (the model's inputs, one tree)".into());
+            return bad("call_fn must take `Inputs` (the model's inputs, one tree)");
         }
         if needs.state && !stateful {
-            return bad(
-                "call_fn takes `State`, so it must return `OutState(outputs, new_state)`".into(),
-            );
+            return bad("call_fn takes `State`, so it must return `OutState(outputs, new_state)`");
         }
         if stateful && !needs.state {
-            return bad("call_fn returns `OutState` but does not take `State`".into());
+            return bad("call_fn returns `OutState` but does not take `State`");
         }
         let given = self.params.is_some() || self.state.is_some();
         if (needs.params || needs.state) && self.init.is_none() && !given {
             return bad(
-                "call_fn takes `Params`/`State`, but neither init_fn nor params/state were given"
-                    .into(),
+                "call_fn takes `Params`/`State`, but neither init_fn nor params/state were given",
             );
         }
         if let Some((_, init_needs, init_stateful)) = &self.init {
             if init_needs.params || init_needs.state {
-                return bad("init_fn may take only `Rng`, `Inputs` and `Training`".into());
+                return bad("init_fn may take only `Rng`, `Inputs` and `Training`");
             }
             if *init_stateful != needs.state {
                 return bad(if needs.state {
                     "call_fn takes `State`, so init_fn must return `InitState(params, state)`"
-                        .into()
                 } else {
-                    "init_fn returns `InitState`, but call_fn does not take `State`".into()
+                    "init_fn returns `InitState`, but call_fn does not take `State`"
                 });
             }
         }
@@ -384,9 +383,9 @@ impl Layer for JaxLayer {
 
     fn weights(&self) -> Result<Weights> {
         let s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
-        s.weights
-            .clone()
-            .ok_or_else(|| Error::Invalid(format!("layer `{}` is not built yet", self.inner.name)))
+        s.weights.clone().ok_or_else(|| Error::NotBuilt {
+            layer: self.inner.name.clone(),
+        })
     }
 
     fn set_weights(&self, weights: Weights) -> Result<()> {
@@ -498,10 +497,9 @@ impl LayerHooks for JaxLayer {
         let s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
         match s.weights {
             Some(_) => Ok(s.flat_params.clone()),
-            None => Err(Error::Invalid(format!(
-                "layer `{}` is not built yet",
-                self.inner.name
-            ))),
+            None => Err(Error::NotBuilt {
+                layer: self.inner.name.clone(),
+            }),
         }
     }
 
@@ -509,10 +507,9 @@ impl LayerHooks for JaxLayer {
         let s = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
         match (&s.weights, &s.layout) {
             (Some(_), Some(layout)) => Ok(layout.clone()),
-            _ => Err(Error::Invalid(format!(
-                "layer `{}` is not built yet",
-                self.inner.name
-            ))),
+            _ => Err(Error::NotBuilt {
+                layer: self.inner.name.clone(),
+            }),
         }
     }
 

@@ -191,11 +191,10 @@ pub(crate) use {common_setters, keras_layer};
 /// The one array of a layer's inputs, and the size of its last axis.
 pub(crate) fn last_axis(layer: &str, x: Tree<Value>) -> Result<(Value, usize)> {
     let x = x.into_leaf()?;
-    let n = *x.dims().last().ok_or_else(|| {
-        Error::Invalid(format!(
-            "{layer} needs inputs of rank 1 or more, got {}",
-            x.spec()
-        ))
+    let n = *x.dims().last().ok_or_else(|| Error::DataMismatch {
+        what: "the input",
+        found: x.spec().clone(),
+        expected: format!("{layer} needs inputs of rank 1 or more"),
     })?;
     Ok((x, n))
 }
@@ -283,7 +282,12 @@ impl DenseConfig {
     /// Errors: `units` 0.
     pub fn build(self) -> Result<Dense> {
         if self.units == 0 {
-            return Err(Error::Invalid("Dense: units must be at least 1".into()));
+            return Err(Error::InvalidSetting {
+                what: "Dense".into(),
+                field: "units",
+                value: "0".into(),
+                reason: "must be at least 1",
+            });
         }
         let (units, act, use_bias) = (self.units, self.activation, self.use_bias);
         let (ki, bi) = (self.kernel_initializer, self.bias_initializer);
@@ -450,10 +454,15 @@ impl Conv2DConfig {
             || c.strides.contains(&0)
             || c.dilation_rate.contains(&0);
         if zero || !c.filters.is_multiple_of(c.groups) {
-            return Err(Error::Invalid(format!(
-                "Conv2D: filters {}, kernel_size {:?}, strides {:?}, dilation_rate {:?}, groups {}: all must be at least 1 and filters divisible by groups",
-                c.filters, c.kernel_size, c.strides, c.dilation_rate, c.groups
-            )));
+            return Err(Error::InvalidSetting {
+                what: "Conv2D".into(),
+                field: "filters, kernel_size, strides, dilation_rate, groups",
+                value: format!(
+                    "{}, {:?}, {:?}, {:?}, {}",
+                    c.filters, c.kernel_size, c.strides, c.dilation_rate, c.groups
+                ),
+                reason: "all must be at least 1 and filters divisible by groups",
+            });
         }
         let (filters, ks, strides, dil, groups) = (
             c.filters,
@@ -467,16 +476,20 @@ impl Conv2DConfig {
             let ch = match x.dims() {
                 [_, _, _, ch] => *ch,
                 _ => {
-                    return Err(Error::Invalid(format!(
-                        "Conv2D takes (batch, height, width, channels) inputs, got {}",
-                        x.spec()
-                    )))
+                    return Err(Error::DataMismatch {
+                        what: "the input",
+                        found: x.spec().clone(),
+                        expected: "Conv2D takes (batch, height, width, channels) inputs".into(),
+                    })
                 }
             };
             if !ch.is_multiple_of(groups) {
-                return Err(Error::Invalid(format!(
-                    "Conv2D: {ch} input channels do not divide into {groups} groups"
-                )));
+                return Err(Error::InvalidSetting {
+                    what: format!("Conv2D on {ch} input channels"),
+                    field: "groups",
+                    value: groups.to_string(),
+                    reason: "the input channels do not divide into the groups",
+                });
             }
             Ok(ch)
         };
@@ -573,17 +586,25 @@ impl EmbeddingConfig {
     pub fn build(self) -> Result<Embedding> {
         let (vocab, width) = (self.input_dim, self.output_dim);
         if vocab == 0 || width == 0 {
-            return Err(Error::Invalid(format!(
-                "Embedding: input_dim {vocab} and output_dim {width} must be at least 1"
-            )));
+            return Err(Error::InvalidSetting {
+                what: "Embedding".into(),
+                field: if vocab == 0 {
+                    "input_dim"
+                } else {
+                    "output_dim"
+                },
+                value: "0".into(),
+                reason: "must be at least 1",
+            });
         }
         let call = move |Params(p): Params, Inputs(x): Inputs| {
             let ids = x.into_leaf()?;
             if ids.dtype().is_float() {
-                return Err(Error::Invalid(format!(
-                    "Embedding takes integer indices, got {}",
-                    ids.spec()
-                )));
+                return Err(Error::DataMismatch {
+                    what: "the input",
+                    found: ids.spec().clone(),
+                    expected: "Embedding takes integer indices".into(),
+                });
             }
             let table = weight(&p, "Embedding", "embeddings")?;
             Ok(Out::from(table.take(&ids, 0)?))
@@ -647,9 +668,12 @@ impl DropoutConfig {
     pub fn build(self) -> Result<Dropout> {
         let rate = self.rate;
         if !(0.0..1.0).contains(&rate) {
-            return Err(Error::Invalid(format!(
-                "Dropout: rate must be in [0, 1), got {rate}"
-            )));
+            return Err(Error::InvalidSetting {
+                what: "Dropout".into(),
+                field: "rate",
+                value: rate.to_string(),
+                reason: "must be in [0, 1)",
+            });
         }
         let call = move |rng: Option<Rng>, Inputs(x): Inputs, t: Training| {
             let x = x.into_leaf()?;

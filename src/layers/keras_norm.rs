@@ -16,10 +16,11 @@ fn resolve_axis(layer: &str, axis: i64, x: &Value) -> Result<usize> {
     let rank = x.rank() as i64;
     let a = if axis < 0 { axis + rank } else { axis };
     if !(0..rank).contains(&a) {
-        return Err(Error::Invalid(format!(
-            "{layer}: axis {axis} is out of range for inputs {}",
-            x.spec()
-        )));
+        return Err(Error::AxisOutOfRange {
+            what: layer.to_string(),
+            axis,
+            input: x.spec().clone(),
+        });
     }
     Ok(a as usize)
 }
@@ -174,9 +175,12 @@ fn check_epsilon(layer: &str, eps: f64) -> Result<()> {
     if eps.is_finite() && eps >= 0.0 {
         Ok(())
     } else {
-        Err(Error::Invalid(format!(
-            "{layer}: epsilon must be finite and not negative, got {eps}"
-        )))
+        Err(Error::InvalidSetting {
+            what: layer.to_string(),
+            field: "epsilon",
+            value: eps.to_string(),
+            reason: "must be finite and not negative",
+        })
     }
 }
 
@@ -272,9 +276,12 @@ impl BatchNormalizationConfig {
         let (center, scale) = (self.center, self.scale);
         check_epsilon(NAME, eps)?;
         if !(0.0..=1.0).contains(&momentum) {
-            return Err(Error::Invalid(format!(
-                "{NAME}: momentum must be in [0, 1], got {momentum}"
-            )));
+            return Err(Error::InvalidSetting {
+                what: NAME.into(),
+                field: "momentum",
+                value: momentum.to_string(),
+                reason: "must be in [0, 1]",
+            });
         }
         let call = move |Params(p): Params, State(s): State, Inputs(x): Inputs, t: Training| {
             let x = x.into_leaf()?;

@@ -130,19 +130,20 @@ impl Weights {
         ] {
             let (ea, eb) = (a.entries(), b.entries());
             if a.structure() != b.structure() {
-                return Err(Error::Invalid(format!(
-                    "{what}: {kind} structure differs: expected paths {:?}, got {:?}",
-                    ea.iter().map(|(p, _)| p).collect::<Vec<_>>(),
-                    eb.iter().map(|(p, _)| p).collect::<Vec<_>>()
-                )));
+                return Err(Error::StructureMismatch {
+                    what: format!("{what}: {kind}"),
+                    expected: ea.iter().map(|(p, _)| p.to_string()).collect(),
+                    found: eb.iter().map(|(p, _)| p.to_string()).collect(),
+                });
             }
             for ((p, x), (_, y)) in ea.iter().zip(&eb) {
                 if x.spec() != y.spec() {
-                    return Err(Error::Invalid(format!(
-                        "{what}: {kind} `{p}` is {}, expected {}",
-                        y.spec(),
-                        x.spec()
-                    )));
+                    return Err(Error::ValueSpecMismatch {
+                        what: format!("{what}: {kind}"),
+                        path: p.to_string(),
+                        expected: Box::new(x.spec().clone()),
+                        found: Box::new(y.spec().clone()),
+                    });
                 }
             }
         }
@@ -190,12 +191,13 @@ pub trait Layer: Send + Sync + sealed::Sealed {
 
     /// The current weights (shared handles to the device buffers).
     ///
-    /// Errors: [`Error::Invalid`] if the layer is not built.
+    /// Errors: [`Error::NotBuilt`] if the layer is not built.
     fn weights(&self) -> Result<Weights>;
 
     /// Replaces the weights; they must have the current layout (when built).
     ///
-    /// Errors: [`Error::Invalid`] naming the first path whose structure,
+    /// Errors: [`Error::StructureMismatch`] or [`Error::ValueSpecMismatch`] naming the
+    /// first path whose structure,
     /// dtype or shape differs.
     fn set_weights(&self, weights: Weights) -> Result<()>;
 
@@ -231,11 +233,8 @@ pub trait Layer: Send + Sync + sealed::Sealed {
                 .leaves()
                 .first()
                 .map(|b| b.client().clone())
-                .ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "layer `{}` has no client yet: build it first or call it with inputs",
-                        self.name()
-                    ))
+                .ok_or_else(|| Error::NotBuilt {
+                    layer: self.name().to_string(),
                 })?,
         };
         self.build(&client, &inputs.map_leaves(&mut |b| b.spec().clone()))?;
@@ -269,11 +268,10 @@ pub trait Layer: Send + Sync + sealed::Sealed {
     fn call1(&self, input: &Buffer, training: Training) -> Result<Buffer> {
         match self.call(&Tree::Leaf(input), training)? {
             Tree::Leaf(b) => Ok(b),
-            other => Err(Error::Invalid(format!(
-                "call1: layer `{}` returns a tree with paths {:?}",
-                self.name(),
-                other.paths()
-            ))),
+            other => Err(Error::NotALeaf {
+                what: format!("call1: layer `{}` output", self.name()),
+                paths: other.paths(),
+            }),
         }
     }
 }

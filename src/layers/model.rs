@@ -126,11 +126,10 @@ impl<L: Layer + Clone + 'static> Apply for L {
     fn apply(&self, x: &Symbolic) -> Result<Symbolic> {
         match self.apply_tree(&Tree::Leaf(x.clone()))? {
             Tree::Leaf(s) => Ok(s),
-            other => Err(Error::Invalid(format!(
-                "layer `{}` returns several outputs {:?}; use apply_tree",
-                self.name(),
-                other.paths()
-            ))),
+            other => Err(Error::NotALeaf {
+                what: format!("layer `{}` (use apply_tree)", self.name()),
+                paths: other.paths(),
+            }),
         }
     }
 
@@ -170,9 +169,10 @@ pub fn apply_layer(layer: Arc<dyn Layer>, x: &Tree<Symbolic>) -> Result<Tree<Sym
 
 /// The one client of symbolic arrays `xs` (applied to by `what`).
 fn common_client(xs: &[&Symbolic], what: &str) -> Result<Client> {
-    let first = xs
-        .first()
-        .ok_or_else(|| Error::Invalid(format!("{what}: no symbolic inputs")))?;
+    let first = xs.first().ok_or_else(|| Error::Empty {
+        what: what.to_string(),
+        reason: "no symbolic inputs",
+    })?;
     if let Some(other) = xs.iter().find(|s| s.client.id() != first.client.id()) {
         return Err(Error::ForeignClient {
             what: format!("a symbolic input {} of {what}", shape_string(&other.spec)),
@@ -251,9 +251,10 @@ impl Model {
             })
             .collect();
         if input_ids.len() != inputs.len() {
-            return Err(Error::Invalid(
-                "Model inputs must be distinct `Input`s".into(),
-            ));
+            return Err(Error::Misuse {
+                what: "Model".into(),
+                reason: "inputs must be distinct `Input`s",
+            });
         }
         let mut layers: Vec<Arc<dyn Layer>> = Vec::new();
         let mut seen_nodes = HashSet::new();
@@ -269,10 +270,9 @@ impl Model {
             match &*s.node {
                 SymNode::Input { id, spec } => {
                     if !input_ids.contains(id) {
-                        return Err(Error::Invalid(format!(
-                            "an output depends on an Input {} that is not among the model's inputs",
-                            shape_string(spec)
-                        )));
+                        return Err(Error::ForeignInput {
+                            input: shape_string(spec),
+                        });
                     }
                 }
                 SymNode::Apply { layer, inputs, .. } => {
@@ -303,10 +303,11 @@ impl Model {
         for l in &layers {
             if let Some(prev) = names.insert(l.name(), layer_key(l)) {
                 if prev != layer_key(l) {
-                    return Err(Error::Invalid(format!(
-                        "two different layers are named `{}`",
-                        l.name()
-                    )));
+                    return Err(Error::DuplicateName {
+                        what: "Model".into(),
+                        kind: "layer",
+                        name: l.name().to_string(),
+                    });
                 }
             }
         }
@@ -433,14 +434,18 @@ impl Model {
                 return Ok(v[s.leaf].clone());
             }
             let SymNode::Apply { layer, inputs, .. } = &*s.node else {
-                return Err(Error::Invalid(
-                    "an input of the model was not provided".into(),
-                ));
+                return Err(Error::Misuse {
+                    what: "Model".into(),
+                    reason: "an input of the model was not provided",
+                });
             };
             let ins = inputs.try_map(&mut |i| eval(i, values, per_layer, new_states, training))?;
             let lk = layer_key(layer);
-            let lv = per_layer.get(&lk).ok_or_else(|| {
-                Error::Invalid(format!("layer `{}` is not part of the model", layer.name()))
+            let lv = per_layer.get(&lk).ok_or_else(|| Error::UnknownName {
+                what: "the model".into(),
+                kind: "layer",
+                name: layer.name().to_string(),
+                known: Vec::new(),
             })?;
             let state = new_states
                 .get(&lk)
@@ -489,22 +494,21 @@ impl Model {
     /// buffers of another client ([`Error::ForeignClient`]).
     pub fn call(&self, inputs: &Tree<&Buffer>, training: Training) -> Result<Tree<Buffer>> {
         if inputs.structure() != self.inputs.structure() {
-            return Err(Error::Invalid(format!(
-                "model `{}` takes inputs with paths {:?}, got {:?}",
-                self.name,
-                self.inputs.paths(),
-                inputs.paths()
-            )));
+            return Err(Error::StructureMismatch {
+                what: format!("model `{}`: inputs", self.name),
+                expected: self.inputs.paths(),
+                found: inputs.paths(),
+            });
         }
         for ((path, want), got) in self.inputs.entries().into_iter().zip(inputs.leaves()) {
             let (w, g) = (&want.spec, got.spec());
             if w.dtype != g.dtype || w.rank() != g.rank() || w.dims[1..] != g.dims[1..] {
-                return Err(Error::Invalid(format!(
-                    "model `{}` input `{path}`: expected {} of shape {}, got {g}",
-                    self.name,
-                    w.dtype,
-                    shape_string(w)
-                )));
+                return Err(Error::ValueSpecMismatch {
+                    what: format!("model `{}` input", self.name),
+                    path: path.to_string(),
+                    expected: Box::new(w.clone()),
+                    found: Box::new(g.clone()),
+                });
             }
         }
         let layers: Vec<&dyn Layer> = self.layers.iter().map(|l| l.as_ref()).collect();
@@ -525,10 +529,10 @@ impl Model {
     pub fn call1(&self, input: &Buffer, training: Training) -> Result<Buffer> {
         match self.call(&Tree::Leaf(input), training)? {
             Tree::Leaf(b) => Ok(b),
-            other => Err(Error::Invalid(format!(
-                "call1: the model returns a tree with paths {:?}",
-                other.paths()
-            ))),
+            other => Err(Error::NotALeaf {
+                what: format!("call1: model `{}` output", self.name),
+                paths: other.paths(),
+            }),
         }
     }
 
@@ -540,10 +544,12 @@ impl Model {
     pub fn predict(&self, x: &HostArray, batch_size: usize) -> Result<HostArray> {
         let client = &self.client;
         if batch_size == 0 || x.spec.rank() == 0 {
-            return Err(Error::Invalid(format!(
-                "predict needs batch_size > 0 and batched input, got {} and {}",
-                batch_size, x.spec
-            )));
+            return Err(Error::InvalidSetting {
+                what: format!("predict on {}", x.spec),
+                field: "batch_size",
+                value: batch_size.to_string(),
+                reason: "predict needs batch_size > 0 and batched input (rank 1 or more)",
+            });
         }
         let n = x.spec.dims[0];
         let steps = n.div_ceil(batch_size);
@@ -570,7 +576,10 @@ impl Model {
             bar.inc(1);
         }
         bar.finish_and_clear();
-        out.ok_or_else(|| Error::Invalid("predict on an empty batch".into()))
+        out.ok_or_else(|| Error::Empty {
+            what: "predict".into(),
+            reason: "the input has no rows",
+        })
     }
 
     /// The familiar table: layer (type), output shape, params; totals.
@@ -677,12 +686,20 @@ impl Model {
         }
         let (loaded, _) = load_tree(client, &file, &Tree::Map(wanted), &NameMap::new())?;
         let Tree::Map(mut per_layer) = loaded else {
-            return Err(Error::Invalid("unexpected weights tree".into()));
+            return Err(Error::NotAMap {
+                what: "loaded weights".into(),
+                paths: Vec::new(),
+            });
         };
         let mut new = Vec::new();
         for (l, (name, old)) in self.layers.iter().zip(&current) {
             let Some(Tree::Map(mut parts)) = per_layer.remove(name) else {
-                return Err(Error::Invalid(format!("no weights for layer `{name}`")));
+                return Err(Error::UnknownName {
+                    what: "weights file".into(),
+                    kind: "weights for layer",
+                    name: name.clone(),
+                    known: Vec::new(),
+                });
             };
             let take = |parts: &mut BTreeMap<String, Tree<Buffer>>, k: &str| {
                 parts.remove(k).unwrap_or(Tree::Empty).into_arcs()
@@ -763,16 +780,18 @@ impl HostArray {
     /// Rows `start..end` of the first dimension.
     pub fn rows(&self, start: usize, end: usize) -> Result<HostArray> {
         let Some(&n) = self.spec.dims.first() else {
-            return Err(Error::Invalid(format!(
-                "rows of a scalar {} (it has no rows)",
-                self.spec
-            )));
+            return Err(Error::RowsOutOfRange {
+                spec: self.spec.clone(),
+                start,
+                end,
+            });
         };
         if start > end || end > n {
-            return Err(Error::Invalid(format!(
-                "rows {start}..{end} out of range for {}",
-                self.spec
-            )));
+            return Err(Error::RowsOutOfRange {
+                spec: self.spec.clone(),
+                start,
+                end,
+            });
         }
         let row = self.spec.size_in_bytes() / n.max(1);
         let mut spec = self.spec.clone();
@@ -789,10 +808,11 @@ impl HostArray {
             a.rank() > 0 && b.rank() > 0 && a.dims[1..] == b.dims[1..]
         };
         if self.spec.dtype != other.spec.dtype || !same_rows(&self.spec, &other.spec) {
-            return Err(Error::Invalid(format!(
-                "cannot stack {} under {}",
-                other.spec, self.spec
-            )));
+            return Err(Error::DataMismatch {
+                what: "the rows to stack",
+                found: other.spec.clone(),
+                expected: format!("cannot stack them under {}", self.spec),
+            });
         }
         self.spec.dims[0] = self.spec.dims[0]
             .checked_add(other.spec.dims[0])
@@ -860,7 +880,10 @@ impl Sequential {
             }
         }
         if self.layers.is_empty() {
-            return Err(Error::Invalid("Sequential has no layers".into()));
+            return Err(Error::Empty {
+                what: "Sequential".into(),
+                reason: "it has no layers",
+            });
         }
         let x = Input::new(client, dims, dtype);
         let mut y = Tree::Leaf(x.clone());
@@ -883,10 +906,11 @@ impl Sequential {
     /// Errors: an input without a batch dimension; those of
     /// [`Sequential::build`] and [`Model::call1`].
     pub fn call1(&self, x: &Buffer, training: Training) -> Result<Buffer> {
-        let dims = x
-            .dims()
-            .get(1..)
-            .ok_or_else(|| Error::Invalid("Sequential input needs a batch dimension".into()))?;
+        let dims = x.dims().get(1..).ok_or_else(|| Error::DataMismatch {
+            what: "the Sequential input",
+            found: x.spec().clone(),
+            expected: "it needs a batch dimension".into(),
+        })?;
         self.build(x.client(), dims, x.dtype())?.call1(x, training)
     }
 }
@@ -908,7 +932,11 @@ mod host_array_tests {
             .to_string()
             .contains("out of range"));
         let s = HostArray::from_slice(&[1f32], &[]).unwrap();
-        assert!(s.rows(0, 0).unwrap_err().to_string().contains("scalar"));
+        assert!(s
+            .rows(0, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("out of range for f32[]"));
         assert!(s
             .clone()
             .concat_rows(&s)

@@ -319,16 +319,21 @@ fn check_new_state(layer: &str, old: &Tree<ArraySpec>, new: &Tree<Value>) -> Res
             .iter()
             .filter(|p| !old_paths.contains(p))
             .collect();
-        return Err(Error::Invalid(format!(
-            "layer `{layer}`: the new state's structure differs from the state's (missing paths {missing:?}, unexpected paths {extra:?}; state paths {old_paths:?})"
-        )));
+        return Err(Error::TreePaths {
+            what: format!("layer `{layer}`: new state"),
+            missing: missing.into_iter().cloned().collect(),
+            unexpected: extra.into_iter().cloned().collect(),
+            expected: old_paths.clone(),
+        });
     }
     for ((path, want), got) in old.entries().into_iter().zip(new.leaves()) {
         if want != got.spec() {
-            return Err(Error::Invalid(format!(
-                "layer `{layer}`: new state `{path}` is {}, but the state is {want}",
-                got.spec()
-            )));
+            return Err(Error::ValueSpecMismatch {
+                what: format!("layer `{layer}`: new state"),
+                path: path.to_string(),
+                expected: Box::new(want.clone()),
+                found: Box::new(got.spec().clone()),
+            });
         }
     }
     Ok(())

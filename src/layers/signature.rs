@@ -138,10 +138,8 @@ impl Arg for Rng {
         training: false,
     };
     fn extract(a: &CallArgs, function: &str) -> Result<Self> {
-        a.rng.clone().map(Rng).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{function} takes `rng`, but none is available in inference mode; call it in training mode or use `Option<Rng>`"
-            ))
+        a.rng.clone().map(Rng).ok_or_else(|| Error::MissingRng {
+            function: function.to_string(),
         })
     }
 }
@@ -286,14 +284,14 @@ impl_fns!(A1, A2, A3, A4, A5);
 impl Tree<Value> {
     /// The single leaf of a one-leaf tree (e.g. the one input array).
     ///
-    /// Errors: [`Error::Invalid`] naming the structure otherwise.
+    /// Errors: [`Error::NotALeaf`] naming the structure otherwise.
     pub fn into_leaf(self) -> Result<Value> {
         match self {
             Tree::Leaf(v) => Ok(v),
-            other => Err(Error::Invalid(format!(
-                "expected a single array, got a tree with paths {:?}",
-                other.paths()
-            ))),
+            other => Err(Error::NotALeaf {
+                what: "into_leaf".into(),
+                paths: other.paths(),
+            }),
         }
     }
 }

@@ -89,10 +89,16 @@ impl LlamaConfig {
             || !heads.is_multiple_of(kv_heads)
             || !cfg.head_dim.is_multiple_of(2)
         {
-            return Err(Error::Invalid(format!(
-                "GGUF file {}: {heads} query heads, {kv_heads} key/value heads and width {hidden} do not make a llama attention",
-                f.path().display()
-            )));
+            return Err(Error::Gguf {
+                path: f.path().to_path_buf(),
+                tensor: None,
+                problem: crate::gguf::GgufProblem::Attention {
+                    heads,
+                    kv_heads,
+                    hidden,
+                    head_dim: cfg.head_dim,
+                },
+            });
         }
         cfg.check_tensors(f)?;
         Ok(cfg)

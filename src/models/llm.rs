@@ -139,7 +139,7 @@ impl Llm {
     /// Errors: [`Error::Io`]/[`Error::Gguf`] for an unreadable, corrupt or
     /// non-llama file; [`Error::Weights`] listing missing or misshaped
     /// tensors (nothing is uploaded then); [`Error::Tokenizer`];
-    /// [`Error::Invalid`] for a capacity of 0 or past the context length.
+    /// [`Error::OutOfRange`] for a capacity of 0 or past the context length.
     pub fn load_file(
         client: &Client,
         path: &Path,
@@ -149,10 +149,12 @@ impl Llm {
         let file = GgufFile::open(path)?;
         let cfg = LlamaConfig::from_gguf(&file)?;
         if capacity == 0 || capacity > cfg.context {
-            return Err(Error::Invalid(format!(
-                "KV-cache capacity {capacity} must be between 1 and the model's context length {}",
-                cfg.context
-            )));
+            return Err(Error::OutOfRange {
+                function: "Llm::load",
+                what: "KV-cache capacity".into(),
+                value: capacity.to_string(),
+                expected: format!("between 1 and the model's context length {}", cfg.context),
+            });
         }
         let tokenizer = tokenizer::from_gguf(&file)?;
         let template = ChatTemplate::from_gguf(&file).ok();
@@ -329,7 +331,7 @@ impl Llm {
     /// every new token with the text it completes (empty while a multi-byte
     /// character is incomplete); return value ignored.
     ///
-    /// Errors: [`Error::Invalid`] for an empty prompt, a token id outside the
+    /// Errors: [`Error::Empty`] / [`Error::OutOfRange`] for an empty prompt, a token id outside the
     /// vocabulary, invalid sampling settings, or a prompt that does not fit
     /// the KV cache (the context limit: `capacity - 1` prompt tokens);
     /// runtime errors.
@@ -367,21 +369,30 @@ impl Llm {
     ) -> Result<Generation> {
         opts.sampling.validate()?;
         if prompt.is_empty() {
-            return Err(Error::Invalid("the prompt has no tokens".into()));
+            return Err(Error::Empty {
+                what: "the prompt".into(),
+                reason: "it has no tokens",
+            });
         }
         if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            return Err(Error::Invalid(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.cfg.vocab_size
-            )));
+            return Err(Error::OutOfRange {
+                function: "generate",
+                what: "token id".into(),
+                value: bad.to_string(),
+                expected: format!("below the vocabulary size {}", self.cfg.vocab_size),
+            });
         }
         if prompt.len() >= self.capacity {
-            return Err(Error::Invalid(format!(
-                "the prompt has {} tokens; the context limit (KV-cache capacity) is {} tokens, leaving room for at most {} prompt tokens",
-                prompt.len(),
-                self.capacity,
-                self.capacity - 1
-            )));
+            return Err(Error::OutOfRange {
+                function: "generate",
+                what: "prompt tokens".into(),
+                value: prompt.len().to_string(),
+                expected: format!(
+                    "at most {}: the context limit (KV-cache capacity) is {} tokens",
+                    self.capacity - 1,
+                    self.capacity
+                ),
+            });
         }
         let t0 = Instant::now();
         let c = &self.client;
@@ -420,9 +431,10 @@ impl Llm {
             let mut args: Vec<Arg> = self.weights.buffers().iter().map(Arg::Borrowed).collect();
             // The cache and the seen-token mask are donated: the program
             // updates them in place and hands them back.
-            let (k_in, v_in, s_in) = state
-                .take()
-                .ok_or_else(|| Error::Invalid("an earlier step failed".into()))?;
+            let (k_in, v_in, s_in) = state.take().ok_or_else(|| Error::Misuse {
+                what: "generate".into(),
+                reason: "an earlier step failed",
+            })?;
             args.extend([
                 Arg::Borrowed(&ids_b),
                 Arg::Borrowed(&start_b),
@@ -438,8 +450,10 @@ impl Llm {
             ]);
             let mut out = exe.execute_args(args)?.into_iter();
             let mut next = || {
-                out.next().ok_or_else(|| {
-                    Error::Invalid("the step program returned too few results".into())
+                out.next().ok_or_else(|| Error::MissingOutput {
+                    what: "the step program".into(),
+                    expected: 5,
+                    found: 0,
                 })
             };
             let tok = next()?.to_scalar::<i32>()?;

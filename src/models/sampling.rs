@@ -47,27 +47,33 @@ impl Sampling {
 
     /// Checks the settings.
     ///
-    /// Errors: [`Error::Invalid`] naming the setting when the temperature is
+    /// Errors: [`Error::InvalidSetting`] naming the setting when the temperature is
     /// negative or not finite, `top_p` is outside `(0, 1]`, or the
     /// repetition penalty is not positive.
     pub fn validate(&self) -> Result<()> {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(Error::Invalid(format!(
-                "sampling temperature {} must be finite and >= 0",
-                self.temperature
-            )));
+            return Err(Error::InvalidSetting {
+                what: "sampling".into(),
+                field: "temperature",
+                value: self.temperature.to_string(),
+                reason: "must be finite and >= 0",
+            });
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::Invalid(format!(
-                "top_p {} must be in (0, 1]",
-                self.top_p
-            )));
+            return Err(Error::InvalidSetting {
+                what: "sampling".into(),
+                field: "top_p",
+                value: self.top_p.to_string(),
+                reason: "must be in (0, 1]",
+            });
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return Err(Error::Invalid(format!(
-                "repetition penalty {} must be positive",
-                self.repetition_penalty
-            )));
+            return Err(Error::InvalidSetting {
+                what: "sampling".into(),
+                field: "repetition_penalty",
+                value: self.repetition_penalty.to_string(),
+                reason: "must be finite and positive",
+            });
         }
         Ok(())
     }
@@ -108,9 +114,11 @@ pub fn next_token(logits: &Value, seen: &Value, pos: &Value, s: &SamplingInputs)
         || Ok(vec![l.argmax(0, DType::I32)?]),
         || Ok(vec![sample(&l, pos, s)?]),
     )?;
-    out.into_iter()
-        .next()
-        .ok_or_else(|| Error::Invalid("the sampling conditional returned nothing".into()))
+    out.into_iter().next().ok_or_else(|| Error::MissingOutput {
+        what: "the sampling conditional".into(),
+        expected: 1,
+        found: 0,
+    })
 }
 
 /// Sampling at a temperature among the tokens top-k and top-p keep.

@@ -401,7 +401,7 @@ mod tests {
         };
         let back = error_from(error_json(&e).to_string().as_bytes()).unwrap();
         assert_eq!(back.to_string(), e.to_string());
-        let other = Error::Invalid("x".into());
+        let other = Error::NotBuilt { layer: "x".into() };
         assert!(error_from(error_json(&other).to_string().as_bytes()).is_none());
         assert!(serve(b"garbage").is_err());
     }

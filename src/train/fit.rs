@@ -107,9 +107,10 @@ impl Trainer {
         let client = self.model().client();
         let n = self.check_data(x, y)?;
         if options.batch_size == 0 || n == 0 {
-            return Err(Error::Invalid(
-                "fit needs batch_size > 0 and at least one row".into(),
-            ));
+            return Err(Error::Empty {
+                what: "fit".into(),
+                reason: "needs batch_size > 0 and at least one row",
+            });
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
         let mut history = History::default();
@@ -180,9 +181,10 @@ impl Trainer {
         let client = self.model().client();
         let n = self.check_data(x, y)?;
         if batch_size == 0 || n == 0 {
-            return Err(Error::Invalid(
-                "evaluate needs batch_size > 0 and at least one row".into(),
-            ));
+            return Err(Error::Empty {
+                what: "evaluate".into(),
+                reason: "needs batch_size > 0 and at least one row",
+            });
         }
         let names: Vec<String> = std::iter::once("loss".to_string())
             .chain(self.metrics.iter().map(|m| m.name().to_string()))

@@ -81,8 +81,11 @@ pub(crate) fn upload(client: &Client, a: &HostArray) -> Result<Buffer> {
     client.buffer_from_bytes(&a.bytes, &a.spec, client.default_device())
 }
 
-fn state_err(what: &str) -> Error {
-    Error::Invalid(format!("train step: {what}"))
+fn state_err(reason: &'static str) -> Error {
+    Error::Misuse {
+        what: "train step".into(),
+        reason,
+    }
 }
 
 impl Trainer {
@@ -126,28 +129,33 @@ impl Trainer {
         let want = match &specs {
             Tree::Leaf(s) => s.clone(),
             _ => {
-                return Err(Error::Invalid(
-                    "fit/evaluate take models with one input".into(),
-                ))
+                return Err(Error::NotALeaf {
+                    what: "fit/evaluate (models with one input)".into(),
+                    paths: specs.paths(),
+                })
             }
         };
         if x.spec.dtype != want.dtype
             || x.spec.rank() != want.rank()
             || x.spec.dims[1..] != want.dims[1..]
         {
-            return Err(Error::Invalid(format!(
-                "x is {}, the model takes {} rows of {:?}",
-                x.spec,
-                want.dtype,
-                &want.dims[1..]
-            )));
+            return Err(Error::DataMismatch {
+                what: "x",
+                found: x.spec.clone(),
+                expected: format!(
+                    "the model takes {} rows of {:?}",
+                    want.dtype,
+                    &want.dims[1..]
+                ),
+            });
         }
         let n = x.spec.dims[0];
         if y.spec.dims.first() != Some(&n) {
-            return Err(Error::Invalid(format!(
-                "x has {n} rows but y is {}",
-                y.spec
-            )));
+            return Err(Error::DataMismatch {
+                what: "y",
+                found: y.spec.clone(),
+                expected: format!("x has {n} rows"),
+            });
         }
         Ok(n)
     }
