@@ -29,6 +29,9 @@
 //! # Ok::<(), xlayer::Error>(())
 //! ```
 #![warn(missing_docs)]
+// Every `unsafe` of the crate lives in `pjrt` (the FFI boundary), each block
+// with a `// SAFETY:` line; anywhere else it is a compile error.
+#![deny(unsafe_code)]
 
 pub mod bench;
 pub mod builder;
@@ -43,6 +46,7 @@ pub(crate) mod jit;
 pub mod layers;
 pub mod mode;
 pub mod models;
+#[allow(unsafe_code)]
 pub mod pjrt;
 pub mod program;
 mod st_header;
