@@ -5,7 +5,7 @@
 //! becomes `Error::PluginCrashed`. The plain compiles of crashing programs
 //! run in a child test process of their own.
 
-mod child;
+mod isolated;
 
 use std::path::{Path, PathBuf};
 
@@ -114,7 +114,7 @@ fn corrupted_export_artifact_crashes_only_the_child() {
 #[test]
 fn isolated_compiles_give_the_same_executable() {
     // In a child test process, so that no other test's compile is counted.
-    child::run_isolated(
+    isolated::isolated(
         "isolated_compiles_give_the_same_executable",
         same_executable,
     );
@@ -199,7 +199,7 @@ fn nesting_at_the_limit_does_not_overflow_a_test_thread() {
     // Depth just below the limit (with the other brackets of the line),
     // compiled on a 2 MiB test thread: an error from the parser, or an
     // executable, but no stack overflow. In a child process in case it does.
-    child::run_isolated(
+    isolated::isolated(
         "nesting_at_the_limit_does_not_overflow_a_test_thread",
         || {
             let client = Client::cpu().unwrap();

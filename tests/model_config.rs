@@ -4,7 +4,7 @@
 //! built 1.6e9 parameter entries and was OOM-killed: that case runs in a
 //! child process, so a regression fails this test alone).
 
-mod child;
+mod isolated;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -54,7 +54,7 @@ fn config_error(dir: &Path, field: &str) -> String {
 
 #[test]
 fn huge_layer_count_is_refused_before_allocating() {
-    child::run_isolated("huge_layer_count_is_refused_before_allocating", || {
+    isolated::isolated("huge_layer_count_is_refused_before_allocating", || {
         let dir = folder_with("huge", "num_hidden_layers", 100_000_000.into());
         let msg = config_error(&dir, "num_hidden_layers");
         assert!(

@@ -1,7 +1,9 @@
 //! Runs a test case in a child process: the test binary re-runs itself
 //! with `--exact NAME` and `XLAYER_CATALOG_CHILD` set, so a case that
-//! panics or aborts (a C++ exception thrown through the plugin's C API)
-//! fails alone and cannot hide the others. Used by the catalog tests.
+//! panics, aborts (a C++ exception thrown through the plugin's C API), is
+//! OOM-killed or counts process-wide compiles fails alone and cannot hide
+//! or disturb the others. The one such helper of the test suite.
+#![allow(dead_code)]
 
 use std::process::Command;
 
@@ -29,6 +31,7 @@ pub fn isolated(name: &str, body: impl FnOnce()) {
     );
 }
 
+#[allow(unused_macros)]
 macro_rules! case {
     ($name:ident, $body:block) => {
         #[test]
