@@ -109,6 +109,20 @@ impl Common {
     }
 }
 
+/// Builder-style setters of config fields: `name: Type` becomes
+/// `pub fn name(mut self, name: Type) -> Self`, with the doc comments given.
+macro_rules! field_setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $name: $ty) -> Self {
+                self.$name = $name;
+                self
+            }
+        )*
+    };
+}
+
 /// The common setters of a Keras layer config.
 macro_rules! common_setters {
     () => {
@@ -186,7 +200,7 @@ macro_rules! keras_layer {
         }
     };
 }
-pub(crate) use {common_setters, keras_layer};
+pub(crate) use {common_setters, field_setters, keras_layer};
 
 /// The one array of a layer's inputs, and the size of its last axis.
 pub(crate) fn last_axis(layer: &str, x: Tree<Value>) -> Result<(Value, usize)> {
@@ -251,28 +265,15 @@ impl Dense {
 }
 
 impl DenseConfig {
-    /// The activation.
-    pub fn activation(mut self, activation: Activation) -> Self {
-        self.activation = activation;
-        self
-    }
-
-    /// Whether there is a bias.
-    pub fn use_bias(mut self, use_bias: bool) -> Self {
-        self.use_bias = use_bias;
-        self
-    }
-
-    /// The kernel's initializer.
-    pub fn kernel_initializer(mut self, init: Initializer) -> Self {
-        self.kernel_initializer = init;
-        self
-    }
-
-    /// The bias's initializer.
-    pub fn bias_initializer(mut self, init: Initializer) -> Self {
-        self.bias_initializer = init;
-        self
+    field_setters! {
+        /// The activation.
+        activation: Activation,
+        /// Whether there is a bias.
+        use_bias: bool,
+        /// The kernel's initializer.
+        kernel_initializer: Initializer,
+        /// The bias's initializer.
+        bias_initializer: Initializer,
     }
 
     common_setters!();
@@ -397,46 +398,21 @@ impl Conv2D {
 }
 
 impl Conv2DConfig {
-    /// The strides.
-    pub fn strides(mut self, strides: [usize; 2]) -> Self {
-        self.strides = strides;
-        self
-    }
-
-    /// `Padding::Valid` or `Padding::Same`.
-    pub fn padding(mut self, padding: Padding) -> Self {
-        self.padding = padding;
-        self
-    }
-
-    /// The kernel dilation.
-    pub fn dilation_rate(mut self, rate: [usize; 2]) -> Self {
-        self.dilation_rate = rate;
-        self
-    }
-
-    /// Feature groups (input channels and filters must divide by it).
-    pub fn groups(mut self, groups: usize) -> Self {
-        self.groups = groups;
-        self
-    }
-
-    /// The activation.
-    pub fn activation(mut self, activation: Activation) -> Self {
-        self.activation = activation;
-        self
-    }
-
-    /// Whether there is a bias.
-    pub fn use_bias(mut self, use_bias: bool) -> Self {
-        self.use_bias = use_bias;
-        self
-    }
-
-    /// The kernel's initializer.
-    pub fn kernel_initializer(mut self, init: Initializer) -> Self {
-        self.kernel_initializer = init;
-        self
+    field_setters! {
+        /// The strides.
+        strides: [usize; 2],
+        /// `Padding::Valid` or `Padding::Same`.
+        padding: Padding,
+        /// The kernel dilation.
+        dilation_rate: [usize; 2],
+        /// Feature groups (input channels and filters must divide by it).
+        groups: usize,
+        /// The activation.
+        activation: Activation,
+        /// Whether there is a bias.
+        use_bias: bool,
+        /// The kernel's initializer.
+        kernel_initializer: Initializer,
     }
 
     common_setters!();

@@ -8,7 +8,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 
 use super::jax_layer::JaxLayer;
-use super::keras::{common_setters, float_or_f32, keras_layer, weight, Common};
+use super::keras::{common_setters, field_setters, float_or_f32, keras_layer, weight, Common};
 use super::signature::{InitState, Inputs, OutState, Params, State, Training};
 
 /// `axis` (negative from the end) as an index into rank `rank`.
@@ -103,28 +103,15 @@ impl LayerNormalization {
 }
 
 impl LayerNormalizationConfig {
-    /// The normalized axis (negative from the end).
-    pub fn axis(mut self, axis: i64) -> Self {
-        self.axis = axis;
-        self
-    }
-
-    /// Added to the variance.
-    pub fn epsilon(mut self, epsilon: f64) -> Self {
-        self.epsilon = epsilon;
-        self
-    }
-
-    /// Whether there is a `beta`.
-    pub fn center(mut self, center: bool) -> Self {
-        self.center = center;
-        self
-    }
-
-    /// Whether there is a `gamma`.
-    pub fn scale(mut self, scale: bool) -> Self {
-        self.scale = scale;
-        self
+    field_setters! {
+        /// The normalized axis (negative from the end).
+        axis: i64,
+        /// Added to the variance.
+        epsilon: f64,
+        /// Whether there is a `beta`.
+        center: bool,
+        /// Whether there is a `gamma`.
+        scale: bool,
     }
 
     common_setters!();
@@ -234,34 +221,17 @@ impl BatchNormalization {
 }
 
 impl BatchNormalizationConfig {
-    /// The feature axis (negative from the end).
-    pub fn axis(mut self, axis: i64) -> Self {
-        self.axis = axis;
-        self
-    }
-
-    /// The momentum of the moving statistics.
-    pub fn momentum(mut self, momentum: f64) -> Self {
-        self.momentum = momentum;
-        self
-    }
-
-    /// Added to the variance.
-    pub fn epsilon(mut self, epsilon: f64) -> Self {
-        self.epsilon = epsilon;
-        self
-    }
-
-    /// Whether there is a `beta`.
-    pub fn center(mut self, center: bool) -> Self {
-        self.center = center;
-        self
-    }
-
-    /// Whether there is a `gamma`.
-    pub fn scale(mut self, scale: bool) -> Self {
-        self.scale = scale;
-        self
+    field_setters! {
+        /// The feature axis (negative from the end).
+        axis: i64,
+        /// The momentum of the moving statistics.
+        momentum: f64,
+        /// Added to the variance.
+        epsilon: f64,
+        /// Whether there is a `beta`.
+        center: bool,
+        /// Whether there is a `gamma`.
+        scale: bool,
     }
 
     common_setters!();
