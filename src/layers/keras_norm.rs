@@ -140,15 +140,7 @@ impl LayerNormalizationConfig {
         let init_fn = move |Inputs(x): Inputs| {
             let x = x.into_leaf()?;
             let a = resolve_axis(NAME, axis, &x)?;
-            let (n, dtype, b) = (x.dims()[a], float_or_f32(x.dtype()), x.builder());
-            let mut m = Vec::new();
-            if scale {
-                m.push(("gamma", Tree::leaf(b.ones(dtype, &[n])?)));
-            }
-            if center {
-                m.push(("beta", Tree::leaf(b.zeros(dtype, &[n])?)));
-            }
-            Ok(super::Init(Tree::map(m)))
+            Ok(super::Init(scale_and_offset(&x, a, scale, center)?))
         };
         let b = self.common.apply(
             "layer_normalization",
@@ -156,6 +148,20 @@ impl LayerNormalizationConfig {
         );
         Ok(LayerNormalization { inner: b.build()? })
     }
+}
+
+/// The initial `gamma` (ones, when `scale`) and `beta` (zeros, when
+/// `center`) of a normalization over `axis` of `x`, as Keras makes them.
+fn scale_and_offset(x: &Value, axis: usize, scale: bool, center: bool) -> Result<Tree<Value>> {
+    let (n, dtype, b) = (x.dims()[axis], float_or_f32(x.dtype()), x.builder());
+    let mut m = Vec::new();
+    if scale {
+        m.push(("gamma", Tree::leaf(b.ones(dtype, &[n])?)));
+    }
+    if center {
+        m.push(("beta", Tree::leaf(b.zeros(dtype, &[n])?)));
+    }
+    Ok(Tree::map(m))
 }
 
 fn check_epsilon(layer: &str, eps: f64) -> Result<()> {
@@ -289,19 +295,13 @@ impl BatchNormalizationConfig {
         let init_fn = move |Inputs(x): Inputs| {
             let x = x.into_leaf()?;
             let a = resolve_axis(NAME, axis, &x)?;
-            let (n, dtype, b) = (x.dims()[a], float_or_f32(x.dtype()), x.builder());
-            let mut params = Vec::new();
-            if scale {
-                params.push(("gamma", Tree::leaf(b.ones(dtype, &[n])?)));
-            }
-            if center {
-                params.push(("beta", Tree::leaf(b.zeros(dtype, &[n])?)));
-            }
+            let (n, b) = (x.dims()[a], x.builder());
+            let params = scale_and_offset(&x, a, scale, center)?;
             let state = Tree::map([
                 ("moving_mean", Tree::leaf(b.zeros(DType::F32, &[n])?)),
                 ("moving_variance", Tree::leaf(b.ones(DType::F32, &[n])?)),
             ]);
-            Ok(InitState(Tree::map(params), state))
+            Ok(InitState(params, state))
         };
         let b = self.common.apply(
             "batch_normalization",
