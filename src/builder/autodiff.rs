@@ -40,6 +40,7 @@ use std::collections::{HashMap, HashSet};
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
 
+use super::autodiff_collectives as collectives_ad;
 use super::core::{op_err, Builder, Value};
 use super::graph::{Graph, Node, NodeId, RegionId, ValueId};
 use super::op::{
@@ -274,7 +275,7 @@ fn value_name(g: &Graph, v: ValueId) -> String {
 }
 
 /// A value of the graph as a [`Value`].
-fn value_of(b: &Builder, g: &Graph, v: ValueId) -> Value {
+pub(super) fn value_of(b: &Builder, g: &Graph, v: ValueId) -> Value {
     Value {
         builder: b.clone(),
         id: v,
@@ -314,7 +315,23 @@ fn backprop(
     cotangents: &[Value],
     wrt: &[ValueId],
 ) -> Result<Vec<Option<Value>>> {
+    backprop_in(b, None, outputs, cotangents, wrt)
+}
+
+/// [`backprop`] over the nodes of `scope` (`None`: the entry function),
+/// emitting the backward ops into the builder's current scope.
+pub(super) fn backprop_in(
+    b: &Builder,
+    scope: Option<RegionId>,
+    outputs: &[Value],
+    cotangents: &[Value],
+    wrt: &[ValueId],
+) -> Result<Vec<Option<Value>>> {
     let g = b.graph();
+    let nodes: &[NodeId] = match scope {
+        None => &g.main_nodes,
+        Some(r) => &g.regions[r.0].nodes,
+    };
     let wrt_set: HashSet<ValueId> = wrt.iter().copied().collect();
     let Some(first) = wrt.iter().map(|v| v.node).min() else {
         return Ok(Vec::new());
@@ -333,7 +350,7 @@ fn backprop(
     let is_active = |active: &HashSet<NodeId>, v: ValueId| {
         wrt_set.contains(&v) || (active.contains(&v.node) && g.spec(v).dtype.is_float())
     };
-    for &n in &g.main_nodes {
+    for &n in nodes {
         if n < first {
             continue;
         }
@@ -352,7 +369,7 @@ fn backprop(
     }
     let mut results: HashMap<ValueId, Value> = HashMap::new();
     let cx = Cx { b, g: &g };
-    for &n in g.main_nodes.iter().rev() {
+    for &n in nodes.iter().rev() {
         if n < first {
             break;
         }
@@ -761,6 +778,38 @@ fn rule(
         Op::Case { branches } => {
             out = case_rule(cx, n, branches, cts, captures)?;
         }
+        Op::ManualComputation { attrs, body } => {
+            out = collectives_ad::manual_rule(cx.b, cx.g, n, attrs, *body, cts, needs)?;
+        }
+        Op::AllReduce { over, body } => {
+            if monoid_of(cx.g, *body) != Some(BinaryOp::Add) {
+                return Err(no_rule(&node.op, "pmax and pmin are not differentiable"));
+            }
+            out.push((ops[0], collectives_ad::all_reduce_t(&ct0()?, over)?));
+        }
+        Op::AllGather { over, dim } => {
+            out.push((ops[0], collectives_ad::all_gather_t(&ct0()?, over, *dim)?));
+        }
+        Op::ReduceScatter { over, dim, .. } => {
+            out.push((
+                ops[0],
+                collectives_ad::reduce_scatter_t(&ct0()?, over, *dim)?,
+            ));
+        }
+        Op::AllToAll {
+            over,
+            split_dim,
+            concat_dim,
+        } => {
+            out.push((
+                ops[0],
+                collectives_ad::all_to_all_t(&ct0()?, over, *split_dim, *concat_dim)?,
+            ));
+        }
+        Op::CollectivePermute { over, perm } => {
+            out.push((ops[0], collectives_ad::permute_t(&ct0()?, over, perm)?));
+        }
+        Op::PartitionId => {}
     }
     Ok(out)
 }
@@ -1391,7 +1440,7 @@ fn sort_permutation(
 
 /// Replays the nodes of region `r` into the current scope of `b` with its
 /// block arguments bound to `args`; returns the region's results.
-fn replay_region(
+pub(super) fn replay_region(
     b: &Builder,
     g: &Graph,
     r: RegionId,
@@ -1476,6 +1525,25 @@ fn replay_node(b: &Builder, g: &Graph, n: NodeId, env: &mut HashMap<ValueId, Val
                 .map(|&r| replay_sub(b, g, name, r, env))
                 .collect::<Result<_>>()?,
         },
+        Op::ManualComputation { attrs, body } => {
+            let specs = g.nodes[g.regions[body.0].args_node].outputs.clone();
+            let (body, _) = b.manual_region(attrs.mesh.clone(), &specs, |a| {
+                replay_region(b, g, *body, a, env)
+            })?;
+            Op::ManualComputation {
+                attrs: attrs.clone(),
+                body,
+            }
+        }
+        Op::AllReduce { over, body } => Op::AllReduce {
+            over: over.clone(),
+            body: replay_sub(b, g, name, *body, env)?,
+        },
+        Op::ReduceScatter { over, dim, body } => Op::ReduceScatter {
+            over: over.clone(),
+            dim: *dim,
+            body: replay_sub(b, g, name, *body, env)?,
+        },
         Op::Parameter { .. } | Op::RegionArgs => {
             return Err(op_err(name, "internal: cannot replay a parameter"))
         }
@@ -1503,7 +1571,11 @@ fn replay_node(b: &Builder, g: &Graph, n: NodeId, env: &mut HashMap<ValueId, Val
         | Op::Convolution(_)
         | Op::Gather { .. }
         | Op::TopK { .. }
-        | Op::StopGradient) => op.clone(),
+        | Op::StopGradient
+        | Op::AllGather { .. }
+        | Op::AllToAll { .. }
+        | Op::CollectivePermute { .. }
+        | Op::PartitionId) => op.clone(),
     };
     let refs: Vec<&Value> = operands.iter().collect();
     let outs = b.push(op, &refs, node.outputs.clone())?;

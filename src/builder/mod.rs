@@ -32,6 +32,8 @@
 //! ```
 
 pub mod autodiff;
+mod autodiff_collectives;
+pub mod collectives;
 mod core;
 mod emit;
 pub mod graph;
@@ -46,11 +48,13 @@ mod ops_reduce;
 mod ops_shape;
 mod path;
 pub mod random;
+pub mod shard_map;
 mod trace;
 mod tree;
 mod var_builder;
 
 pub use self::core::{Builder, Value};
+pub use collectives::{CollectiveAxes, MeshAxes};
 pub use emit::emit_module;
 pub use graph::{Graph, Node, NodeId, Region, RegionId, ValueId};
 pub use op::{
@@ -61,6 +65,7 @@ pub use ops_elementwise::{broadcast_shapes, promote_types};
 pub use ops_index::ScatterMode;
 pub use ops_reduce::Padding;
 pub use path::Path;
+pub use shard_map::{shard_map, DimAxes, ManualAttrs};
 pub use trace::{jit, trace, Computation};
 pub use tree::Tree;
 pub use var_builder::{ParamSource, VarBuilder};
