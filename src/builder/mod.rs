@@ -32,7 +32,6 @@
 //! ```
 
 pub mod autodiff;
-mod autodiff_collectives;
 pub mod collectives;
 mod core;
 mod emit;
@@ -44,6 +43,7 @@ mod ops_control;
 mod ops_elementwise;
 mod ops_index;
 mod ops_linalg;
+mod ops_operators;
 mod ops_reduce;
 mod ops_shape;
 mod path;
