@@ -63,6 +63,7 @@ pub use pjrt::client::{Client, ClientOptions, Device};
 pub use pjrt::compile_options::{CompileOptions, XlaFlag};
 pub use pjrt::executable::{compile_count, Arg, Executable};
 pub use pjrt::logging::set_plugin_logging;
+pub use pjrt::multi_device::DeviceOutputs;
 pub use pjrt::plugin::{NamedValue, Plugin};
 pub use program::{Program, ProgramFormat, Signature};
 

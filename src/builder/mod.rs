@@ -42,6 +42,7 @@ mod ops_control;
 mod ops_elementwise;
 mod ops_index;
 mod ops_linalg;
+mod ops_operators;
 mod ops_reduce;
 mod ops_shape;
 mod path;

@@ -1,8 +1,6 @@
 //! Elementwise ops: unary functions, binary arithmetic with numpy-style
 //! broadcasting, comparisons, select, clamp, conversions, and `std::ops`.
 
-use std::ops;
-
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
 
@@ -902,69 +900,6 @@ impl Value {
     /// ```
     pub fn recip(&self) -> Result<Value> {
         self.scalar_like(1.0)?.div(self)
-    }
-}
-
-macro_rules! bin_ops {
-    ($($trait:ident, $method:ident, $op:ident;)*) => {$(
-        impl ops::$trait<&Value> for &Value {
-            type Output = Result<Value>;
-            fn $method(self, rhs: &Value) -> Result<Value> {
-                self.binary(BinaryOp::$op, rhs)
-            }
-        }
-        impl ops::$trait<Value> for Value {
-            type Output = Result<Value>;
-            fn $method(self, rhs: Value) -> Result<Value> {
-                self.binary(BinaryOp::$op, &rhs)
-            }
-        }
-        impl ops::$trait<&Value> for Value {
-            type Output = Result<Value>;
-            fn $method(self, rhs: &Value) -> Result<Value> {
-                self.binary(BinaryOp::$op, rhs)
-            }
-        }
-        impl ops::$trait<Value> for &Value {
-            type Output = Result<Value>;
-            fn $method(self, rhs: Value) -> Result<Value> {
-                self.binary(BinaryOp::$op, &rhs)
-            }
-        }
-        /// A Rust number acts like a weakly typed Python scalar: it takes the array's dtype.
-        impl ops::$trait<f64> for &Value {
-            type Output = Result<Value>;
-            fn $method(self, rhs: f64) -> Result<Value> {
-                self.binary(BinaryOp::$op, &self.scalar_like(rhs)?)
-            }
-        }
-        impl ops::$trait<f64> for Value {
-            type Output = Result<Value>;
-            fn $method(self, rhs: f64) -> Result<Value> {
-                self.binary(BinaryOp::$op, &self.scalar_like(rhs)?)
-            }
-        }
-    )*};
-}
-
-bin_ops! {
-    Add, add, Add;
-    Sub, sub, Sub;
-    Mul, mul, Mul;
-    Div, div, Div;
-}
-
-impl ops::Neg for &Value {
-    type Output = Result<Value>;
-    fn neg(self) -> Result<Value> {
-        self.unary(UnaryOp::Neg)
-    }
-}
-
-impl ops::Neg for Value {
-    type Output = Result<Value>;
-    fn neg(self) -> Result<Value> {
-        self.unary(UnaryOp::Neg)
     }
 }
 

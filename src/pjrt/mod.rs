@@ -7,7 +7,10 @@
 //! - [`client`], [`buffer`], [`executable`], `event`: owned handles that
 //!   free their resources on drop and keep their client alive.
 //! - [`analysis`]: cost analysis, optimized program, fingerprint, memory stats.
-//! - [`compile_options`]: the serialized options every compile needs.
+//! - [`compile_options`]: the serialized options every compile needs
+//!   (replicas, SPMD partitions, device assignment).
+//! - [`multi_device`]: N-device CPU clients and running one executable over
+//!   several devices (per-device argument and output lists).
 //! - [`logging`]: the plugin's own log lines, quiet unless `XLAYER_LOG`.
 //! - [`mapped`]: read-only memory-mapped files, the zero-copy source of
 //!   weights (`crate::weights`), with pages released after upload.
@@ -35,5 +38,6 @@ pub mod executable;
 pub mod isolate;
 pub mod logging;
 pub mod mapped;
+pub mod multi_device;
 pub mod plugin;
 pub mod precheck;
