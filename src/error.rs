@@ -867,26 +867,6 @@ pub enum Error {
     },
 
     // --- shard-collectives ---
-    /// A collective or manual region names an axis the mesh does not have.
-    #[error("{op}: unknown mesh axis `{axis}` (the mesh has axes {mesh:?})")]
-    UnknownMeshAxis {
-        /// The op, e.g. `psum`.
-        op: &'static str,
-        /// The axis named.
-        axis: String,
-        /// The mesh's axis names.
-        mesh: Vec<String>,
-    },
-
-    /// An axis named twice in one collective or one spec.
-    #[error("{op}: mesh axis `{axis}` is named twice")]
-    DuplicateMeshAxis {
-        /// The op.
-        op: &'static str,
-        /// The axis.
-        axis: String,
-    },
-
     /// A collective (`psum`, `axis_index`...) recorded outside every
     /// manual region (`shard_map` body).
     #[error("{op}: collectives name mesh axes and run only inside a shard_map body")]
@@ -926,40 +906,6 @@ pub enum Error {
         pairs: Vec<(usize, usize)>,
         /// What is wrong.
         reason: &'static str,
-    },
-
-    /// A `shard_map` spec with more entries than its value has dimensions.
-    #[error("{op}: the spec of {what} {index} has {spec_len} entries but the value is {value}")]
-    ShardSpecRank {
-        /// The op (`shard_map`).
-        op: &'static str,
-        /// `input` or `output`.
-        what: &'static str,
-        /// Its position.
-        index: usize,
-        /// Entries in the spec.
-        spec_len: usize,
-        /// The value's type.
-        value: ArraySpec,
-    },
-
-    /// A `shard_map` input dimension that its mesh axes do not divide.
-    #[error("{op}: dimension {dim} (size {size}) of {what} {index} is split over mesh axes {axes:?} into {parts} parts, which do not divide it")]
-    ShardNotDivisible {
-        /// The op (`shard_map`).
-        op: &'static str,
-        /// `input` or `output`.
-        what: &'static str,
-        /// Its position.
-        index: usize,
-        /// The dimension.
-        dim: usize,
-        /// Its size.
-        size: usize,
-        /// The axes splitting it.
-        axes: Vec<String>,
-        /// How many parts.
-        parts: usize,
     },
 
     // --- shard-core ---

@@ -11,8 +11,9 @@
 use std::sync::OnceLock;
 
 use xlayer::builder::autodiff::vjp;
-use xlayer::builder::{shard_map, Builder, MeshAxes, Value};
-use xlayer::{Buffer, Client, CompileOptions, DType, Program, Result};
+use xlayer::builder::{shard_map, Builder, Value};
+use xlayer::sharding::{Array, Mesh, NamedSharding, PartitionSpec};
+use xlayer::{Client, CompileOptions, DType, Program, Result, P};
 
 mod common;
 
@@ -23,96 +24,17 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| Fixture::load("collectives.safetensors"))
 }
 
-fn client() -> Client {
-    Client::cpu_devices(4).expect("a CPU client with 4 devices")
-}
-
-/// A spec: per dimension, the mesh axes splitting it (major first).
-type Spec = &'static [&'static [&'static str]];
-
-const AB: Spec = &[&["a"], &["b"]];
-const X: Spec = &[&["x"]];
-const REPL: Spec = &[];
-
-fn mesh(name: &str) -> MeshAxes {
+fn mesh(name: &str) -> Mesh {
+    let client = Client::cpu_devices(4).expect("a CPU client with 4 devices");
     match name {
-        "ab" => MeshAxes::new(&[("a", 2), ("b", 2)]),
-        _ => MeshAxes::new(&[("x", 4)]),
+        "ab" => Mesh::new(&client, &[2, 2], &["a", "b"]),
+        _ => Mesh::new(&client, &[4], &["x"]),
     }
     .expect("mesh")
 }
 
-/// Device `d`'s block of a global array of `dims` split by `spec`: the
-/// start and length along each dimension.
-fn block(mesh: &MeshAxes, spec: Spec, dims: &[usize], d: usize) -> Vec<(usize, usize)> {
-    let mut coords = vec![0; mesh.sizes().len()];
-    let mut rest = d;
-    for (i, &s) in mesh.sizes().iter().enumerate().rev() {
-        coords[i] = rest % s;
-        rest /= s;
-    }
-    dims.iter()
-        .enumerate()
-        .map(|(k, &n)| {
-            let axes = spec.get(k).copied().unwrap_or(&[]);
-            let (mut index, mut parts) = (0, 1);
-            for name in axes {
-                let a = mesh.names().iter().position(|m| m == name).unwrap();
-                index = index * mesh.sizes()[a] + coords[a];
-                parts *= mesh.sizes()[a];
-            }
-            (index * (n / parts), n / parts)
-        })
-        .collect()
-}
-
-/// Row-major element offsets of a block.
-fn offsets(dims: &[usize], blk: &[(usize, usize)]) -> Vec<usize> {
-    let mut out = vec![0usize];
-    for (k, &(start, len)) in blk.iter().enumerate() {
-        let stride: usize = dims[k + 1..].iter().product();
-        out = out
-            .iter()
-            .flat_map(|&o| (start..start + len).map(move |i| o + i * stride))
-            .collect();
-    }
-    out
-}
-
-/// Uploads each device's block of a global f32 array.
-fn scatter(
-    client: &Client,
-    mesh: &MeshAxes,
-    spec: Spec,
-    dims: &[usize],
-    data: &[f32],
-) -> Result<Vec<Buffer>> {
-    (0..mesh.device_count())
-        .map(|d| {
-            let blk = block(mesh, spec, dims, d);
-            let local: Vec<f32> = offsets(dims, &blk).iter().map(|&o| data[o]).collect();
-            let shape: Vec<usize> = blk.iter().map(|&(_, l)| l).collect();
-            client.buffer_from_host_on(&local, &shape, &client.devices()[d])
-        })
-        .collect()
-}
-
-/// Assembles a global f32 array from the devices' shards.
-fn gather(mesh: &MeshAxes, spec: Spec, dims: &[usize], shards: &[&Buffer]) -> Result<Vec<f32>> {
-    let mut out = vec![f32::NAN; dims.iter().product()];
-    for (d, shard) in shards.iter().enumerate() {
-        let blk = block(mesh, spec, dims, d);
-        let shape: Vec<usize> = blk.iter().map(|&(_, l)| l).collect();
-        assert_eq!(
-            shard.dims(),
-            &shape[..],
-            "shard {d} of a {dims:?} array split as {spec:?}"
-        );
-        for (o, v) in offsets(dims, &blk).into_iter().zip(shard.to_vec::<f32>()?) {
-            out[o] = v;
-        }
-    }
-    Ok(out)
+fn ab() -> PartitionSpec {
+    P!["a", "b"]
 }
 
 fn f32_of(t: &common::Tensor) -> Vec<f32> {
@@ -131,7 +53,14 @@ type Body = fn(&Builder, &[Value]) -> Result<Vec<Value>>;
 /// Rebuilds case `name` (its shard_map over `mesh_name` with `in_specs` /
 /// `out_spec`), runs it on 4 devices and compares its output and, when the
 /// fixture has them, the input cotangents, within `tol`.
-fn check(name: &str, mesh_name: &str, in_specs: &[Spec], out_spec: Spec, body: Body, tol: Tol) {
+fn check(
+    name: &str,
+    mesh_name: &str,
+    in_specs: &[PartitionSpec],
+    out_spec: PartitionSpec,
+    body: Body,
+    tol: Tol,
+) {
     let fx = fixture();
     let ins = fx.tensors_of(name, "in");
     let grads = fx.tensors_of(name, "grad");
@@ -145,39 +74,46 @@ fn check(name: &str, mesh_name: &str, in_specs: &[Spec], out_spec: Spec, body: B
         params.push(b.parameter(t.spec.clone(), &format!("in{i}")).unwrap());
     }
     let ct_param = (!grads.is_empty()).then(|| b.parameter(ct.spec.clone(), "ct").unwrap());
-    let y = shard_map(&mesh, in_specs, &[out_spec], &params, body).unwrap();
+    let y = shard_map(
+        &mesh,
+        in_specs,
+        std::slice::from_ref(&out_spec),
+        &params,
+        body,
+    )
+    .unwrap();
     let mut outputs = y.clone();
     if let Some(ct) = ct_param {
         outputs.extend(vjp(&b, &y, &params, &[ct]).unwrap());
     }
     let text = b.build(&outputs).unwrap().to_stablehlo();
-    let client = client();
-    let exe = client
+    let exe = mesh
+        .client()
         .compile_with(
             &Program::mlir_text(text).unwrap(),
             &CompileOptions::new().spmd(4),
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let mut per_param: Vec<Vec<Buffer>> = Vec::new();
+    let shard = |spec: &PartitionSpec| NamedSharding::new(&mesh, spec.clone());
+    let mut args = Vec::new();
     for (t, spec) in ins.iter().zip(in_specs) {
-        per_param.push(scatter(&client, &mesh, spec, &t.spec.dims, &f32_of(t)).unwrap());
+        args.push(Array::from_host(&f32_of(t), &t.spec.dims, &shard(spec)).unwrap());
     }
     if !grads.is_empty() {
-        per_param.push(scatter(&client, &mesh, out_spec, &ct.spec.dims, &f32_of(ct)).unwrap());
+        args.push(Array::from_host(&f32_of(ct), &ct.spec.dims, &shard(&out_spec)).unwrap());
     }
-    let lists: Vec<Vec<&Buffer>> = (0..4)
-        .map(|d| per_param.iter().map(|p| &p[d]).collect())
-        .collect();
-    let outs = exe
-        .execute_sharded(&lists)
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let mut checks: Vec<(String, Spec, &common::Tensor)> =
-        vec![(format!("{name}.out"), out_spec, out)];
+    let mut checks: Vec<(String, &PartitionSpec, &common::Tensor)> =
+        vec![(format!("{name}.out"), &out_spec, out)];
     for (i, g) in grads.iter().enumerate() {
-        checks.push((format!("{name}.grad{i}"), in_specs[i], g));
+        checks.push((format!("{name}.grad{i}"), &in_specs[i], g));
     }
-    for (k, (what, spec, want)) in checks.into_iter().enumerate() {
-        let got = gather(&mesh, spec, &want.spec.dims, &outs.output(k)).unwrap();
+    let out_shardings: Vec<NamedSharding> = checks.iter().map(|(_, s, _)| shard(s)).collect();
+    let refs: Vec<&Array> = args.iter().collect();
+    let results = exe
+        .execute_arrays(&refs, &out_shardings)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    for ((what, _, want), got) in checks.into_iter().zip(results) {
+        let got = got.to_vec::<f32>().unwrap();
         compare(&what, &want.spec, &bytes_of(&got), want, tol).unwrap_or_else(|e| panic!("{e}"));
     }
 }
@@ -193,40 +129,40 @@ fn psum_family() {
     check(
         "psum_a_replicated",
         "ab",
-        &[AB],
-        &[&[], &["b"]],
+        &[ab()],
+        P![None, "b"],
         |_, x| Ok(vec![x[0].psum(&["a"])?]),
         SUMMED,
     );
     check(
         "psum_ab_times_x",
         "ab",
-        &[AB],
-        AB,
+        &[ab()],
+        ab(),
         |_, x| Ok(vec![x[0].psum(&["a", "b"])?.mul(&x[0])?]),
         SUMMED,
     );
     check(
         "pmean_b_times_x",
         "ab",
-        &[AB],
-        AB,
+        &[ab()],
+        ab(),
         |_, x| Ok(vec![x[0].pmean(&["b"])?.mul(&x[0])?]),
         SUMMED,
     );
     check(
         "pmax_a",
         "ab",
-        &[AB],
-        AB,
+        &[ab()],
+        ab(),
         |_, x| Ok(vec![x[0].pmax(&["a"])?]),
         MOVED,
     );
     check(
         "pmin_ab",
         "ab",
-        &[AB],
-        AB,
+        &[ab()],
+        ab(),
         |_, x| Ok(vec![x[0].pmin(&["a", "b"])?]),
         MOVED,
     );
@@ -237,32 +173,32 @@ fn all_gather_and_psum_scatter() {
     check(
         "all_gather_b_tiled",
         "ab",
-        &[AB],
-        AB,
+        &[ab()],
+        ab(),
         |_, x| Ok(vec![x[0].all_gather("b", 1, true)?]),
         SUMMED,
     );
     check(
         "all_gather_a_untiled",
         "ab",
-        &[AB],
-        &[&[], &["a"], &["b"]],
+        &[ab()],
+        P![None, "a", "b"],
         |_, x| Ok(vec![x[0].all_gather("a", 0, false)?]),
         SUMMED,
     );
     check(
         "psum_scatter_b_tiled",
         "ab",
-        &[AB],
-        AB,
+        &[ab()],
+        ab(),
         |_, x| Ok(vec![x[0].psum_scatter("b", 0, true)?]),
         SUMMED,
     );
     check(
         "psum_scatter_x_untiled",
         "x",
-        &[X],
-        X,
+        &[P!["x"]],
+        P!["x"],
         |_, x| Ok(vec![x[0].psum_scatter("x", 1, false)?]),
         SUMMED,
     );
@@ -273,32 +209,32 @@ fn all_to_all_ppermute_axis_index() {
     check(
         "all_to_all_b_tiled",
         "ab",
-        &[AB],
-        AB,
+        &[ab()],
+        ab(),
         |_, x| Ok(vec![x[0].all_to_all("b", 0, 1, true)?]),
         MOVED,
     );
     check(
         "all_to_all_x_untiled",
         "x",
-        &[X],
-        X,
+        &[P!["x"]],
+        P!["x"],
         |_, x| Ok(vec![x[0].all_to_all("x", 1, 0, false)?]),
         MOVED,
     );
     check(
         "ppermute_a_swap",
         "ab",
-        &[AB],
-        AB,
+        &[ab()],
+        ab(),
         |_, x| Ok(vec![x[0].ppermute("a", &[(0, 1), (1, 0)])?]),
         MOVED,
     );
     check(
         "ppermute_x_shift",
         "x",
-        &[X],
-        X,
+        &[P!["x"]],
+        P!["x"],
         |_, x| {
             Ok(vec![x[0]
                 .ppermute("x", &[(0, 1), (1, 2), (2, 3)])?
@@ -309,8 +245,8 @@ fn all_to_all_ppermute_axis_index() {
     check(
         "axis_index_b",
         "ab",
-        &[AB],
-        AB,
+        &[ab()],
+        ab(),
         |b, x| {
             let i = b.axis_index("b")?.convert(DType::F32)?;
             Ok(vec![x[0].mul(&(i + 1.0)?)?])
@@ -324,16 +260,16 @@ fn replicated_inputs_sum_their_cotangents() {
     check(
         "replicated_weight",
         "x",
-        &[X, REPL],
-        X,
+        &[P!["x"], P![]],
+        P!["x"],
         |_, a| Ok(vec![a[0].matmul(&a[1])?.tanh()?]),
         Tol::UlpsOrAbs(8, 1e-6),
     );
     check(
         "data_parallel_loss",
         "x",
-        &[X, REPL],
-        REPL,
+        &[P!["x"], P![]],
+        P![],
         |_, a| {
             let h = a[0].matmul(&a[1])?.tanh()?;
             Ok(vec![h.square()?.mean(&[0, 1], true)?.pmean(&["x"])?])

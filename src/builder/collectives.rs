@@ -9,7 +9,7 @@
 //! `use_global_device_ids`) are the devices that differ only along those
 //! axes. Logical device `i` is position `i` of the mesh in row-major order,
 //! as in JAX (`mesh.devices.flat`). Shapes are checked in Rust first:
-//! an unknown axis ([`Error::UnknownMeshAxis`]), a collective outside a
+//! an unknown axis ([`Error::UnknownMeshAxis`], naming the op), a collective outside a
 //! manual region ([`Error::NotInManualRegion`]), a dimension that the
 //! axis size does not divide ([`Error::CollectiveShape`]), a permutation
 //! that is not one ([`Error::InvalidPermutation`]).
@@ -18,6 +18,7 @@
 
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
+use crate::sharding::Mesh;
 
 use super::core::{check_dim_list, op_err, Builder, Value};
 use super::op::{BinaryOp, Op};
@@ -95,32 +96,41 @@ impl MeshAxes {
         self.sizes.iter().product()
     }
 
-    /// The position of axis `name`.
+    /// The axes of a runtime [`Mesh`]: its names and sizes.
+    pub fn of(mesh: &Mesh) -> MeshAxes {
+        MeshAxes {
+            names: mesh.axis_names().to_vec(),
+            sizes: mesh.shape().to_vec(),
+        }
+    }
+
+    /// The position of axis `name`; `what` names the op or value in errors.
     ///
-    /// Errors: [`Error::UnknownMeshAxis`] naming `op`, the axis and the mesh's axes.
-    pub fn position(&self, op: &'static str, name: &str) -> Result<usize> {
+    /// Errors: [`Error::UnknownMeshAxis`] naming `what`, the axis and the mesh's axes.
+    pub fn position(&self, what: &str, name: &str) -> Result<usize> {
         self.names
             .iter()
             .position(|n| n == name)
             .ok_or_else(|| Error::UnknownMeshAxis {
-                op,
+                tensor: what.to_string(),
                 axis: name.to_string(),
-                mesh: self.names.clone(),
+                mesh_axes: self.names.clone(),
             })
     }
 
     /// Positions of several axes, in the order given.
     ///
-    /// Errors: [`Error::UnknownMeshAxis`]; [`Error::DuplicateMeshAxis`] for
+    /// Errors: [`Error::UnknownMeshAxis`]; [`Error::MeshAxisReused`] for
     /// an axis named twice.
-    pub fn positions(&self, op: &'static str, names: &[&str]) -> Result<Vec<usize>> {
+    pub fn positions<S: AsRef<str>>(&self, what: &str, names: &[S]) -> Result<Vec<usize>> {
         let mut out = Vec::with_capacity(names.len());
         for name in names {
-            let p = self.position(op, name)?;
+            let p = self.position(what, name.as_ref())?;
             if out.contains(&p) {
-                return Err(Error::DuplicateMeshAxis {
-                    op,
-                    axis: name.to_string(),
+                return Err(Error::MeshAxisReused {
+                    tensor: what.to_string(),
+                    axis: name.as_ref().to_string(),
+                    spec: format!("{:?}", names.iter().map(|n| n.as_ref()).collect::<Vec<_>>()),
                 });
             }
             out.push(p);
@@ -227,9 +237,9 @@ impl Builder {
         let mesh = self.manual_mesh(op)?;
         if names.is_empty() {
             return Err(Error::UnknownMeshAxis {
-                op,
+                tensor: op.to_string(),
                 axis: String::new(),
-                mesh: mesh.names.clone(),
+                mesh_axes: mesh.names.clone(),
             });
         }
         let axes = mesh.positions(op, names)?;
@@ -381,7 +391,7 @@ impl Value {
     /// `axes`, on each of them. Its gradient is `psum` of the cotangent.
     ///
     /// Errors: [`Error::NotInManualRegion`] outside a [`shard_map`] body;
-    /// [`Error::UnknownMeshAxis`] / [`Error::DuplicateMeshAxis`];
+    /// [`Error::UnknownMeshAxis`] / [`Error::MeshAxisReused`] (naming the op);
     /// [`Error::Op`] for a bool operand.
     ///
     /// [`shard_map`]: super::shard_map::shard_map
@@ -577,15 +587,19 @@ mod tests {
     fn mesh_errors_name_the_axis() {
         let m = MeshAxes::new(&[("data", 2)]).unwrap();
         match m.position("psum", "model") {
-            Err(Error::UnknownMeshAxis { op, axis, mesh }) => {
-                assert_eq!((op, axis.as_str()), ("psum", "model"));
-                assert_eq!(mesh, vec!["data".to_string()]);
+            Err(Error::UnknownMeshAxis {
+                tensor,
+                axis,
+                mesh_axes,
+            }) => {
+                assert_eq!((tensor.as_str(), axis.as_str()), ("psum", "model"));
+                assert_eq!(mesh_axes, vec!["data".to_string()]);
             }
             other => panic!("{other:?}"),
         }
         assert!(matches!(
             m.positions("psum", &["data", "data"]),
-            Err(Error::DuplicateMeshAxis { op: "psum", .. })
+            Err(Error::MeshAxisReused { .. })
         ));
         assert!(MeshAxes::new(&[("a", 0)]).is_err());
         assert!(MeshAxes::new(&[]).is_err());

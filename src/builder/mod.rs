@@ -65,7 +65,7 @@ pub use ops_elementwise::{broadcast_shapes, promote_types};
 pub use ops_index::ScatterMode;
 pub use ops_reduce::Padding;
 pub use path::Path;
-pub use shard_map::{shard_map, DimAxes, ManualAttrs};
+pub use shard_map::{shard_map, shard_map_over, DimAxes, ManualAttrs};
 pub use trace::{jit, trace, Computation};
 pub use tree::Tree;
 pub use var_builder::{ParamSource, VarBuilder};

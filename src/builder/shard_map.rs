@@ -7,9 +7,9 @@
 //! Shardy's `sdy.manual_computation` over all the mesh's axes; the body may
 //! not use values defined outside it (pass them in as inputs).
 //!
-//! A spec lists, per dimension, the mesh axes that split it (major first),
-//! like JAX's `PartitionSpec`: `P("data", None)` is `&[&["data"], &[]]`.
-//! Dimensions past the spec's length are not split. An input whose spec
+//! Specs are JAX's `PartitionSpec`s ([`crate::P!`]): per dimension, the
+//! mesh axes that split it (major first); dimensions past the spec's length
+//! are not split. An input whose spec
 //! does not name an axis is the same on every device along it; an output
 //! whose spec does not name an axis must be the same along it (as with
 //! JAX's `check_vma=False`, this is not checked).
@@ -22,6 +22,7 @@
 
 use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
+use crate::sharding::{Mesh, PartitionSpec};
 
 use super::collectives::MeshAxes;
 use super::core::{op_err, Builder, Value};
@@ -69,15 +70,13 @@ impl ManualAttrs {
         let mut dims = global.dims.clone();
         for (dim, d) in dims.iter_mut().enumerate() {
             let n = self.parts(spec, dim);
-            if *d % n != 0 {
-                return Err(Error::ShardNotDivisible {
-                    op: "shard_map",
-                    what,
-                    index,
+            if !d.is_multiple_of(n) {
+                return Err(Error::IndivisibleDimension {
+                    tensor: format!("shard_map {what} {index}"),
                     dim,
                     size: *d,
                     axes: self.names(spec, dim),
-                    parts: n,
+                    shards: n,
                 });
             }
             *d /= n;
@@ -118,27 +117,27 @@ impl ManualAttrs {
         &self,
         what: &'static str,
         index: usize,
-        spec: &[&[&str]],
+        spec: &PartitionSpec,
         value: &ArraySpec,
     ) -> Result<DimAxes> {
-        if spec.len() > value.rank() {
-            return Err(Error::ShardSpecRank {
-                op: "shard_map",
-                what,
-                index,
-                spec_len: spec.len(),
-                value: value.clone(),
+        let tensor = || format!("shard_map {what} {index}");
+        if spec.rank() > value.rank() {
+            return Err(Error::SpecRank {
+                tensor: tensor(),
+                spec: spec.to_string(),
+                rank: value.rank(),
             });
         }
         let mut used: Vec<usize> = Vec::new();
-        let mut out = Vec::with_capacity(spec.len());
-        for axes in spec {
-            let positions = self.mesh.positions("shard_map", axes)?;
-            for (&p, name) in positions.iter().zip(axes.iter()) {
+        let mut out = Vec::with_capacity(spec.rank());
+        for d in spec.dims() {
+            let positions = self.mesh.positions(&tensor(), d.axis_names())?;
+            for (&p, name) in positions.iter().zip(d.axis_names()) {
                 if used.contains(&p) {
-                    return Err(Error::DuplicateMeshAxis {
-                        op: "shard_map",
-                        axis: name.to_string(),
+                    return Err(Error::MeshAxisReused {
+                        tensor: tensor(),
+                        axis: name.clone(),
+                        spec: spec.to_string(),
                     });
                 }
                 used.push(p);
@@ -155,31 +154,44 @@ impl ManualAttrs {
 ///
 /// Inside `f`, the collectives ([`Value::psum`], [`Value::all_gather`],
 /// [`Value::ppermute`], [`Builder::axis_index`], ...) name the mesh's axes.
+/// Compile the program for the mesh's devices
+/// ([`crate::CompileOptions::spmd`]).
 ///
 /// Errors: [`Error::Op`] for a count of specs other than the inputs or
-/// outputs, or a `shard_map` inside another; [`Error::UnknownMeshAxis`],
-/// [`Error::DuplicateMeshAxis`]; [`Error::ShardSpecRank`] for a spec
-/// longer than its value's rank; [`Error::ShardNotDivisible`] naming the
-/// input, dimension and axes when an axis size does not divide it; the
-/// errors of `f`.
+/// outputs, or a `shard_map` inside another; for a spec (each naming the
+/// input or output): [`Error::UnknownMeshAxis`], [`Error::MeshAxisReused`],
+/// [`Error::SpecRank`] (longer than its value's rank),
+/// [`Error::IndivisibleDimension`] (a dimension its axes do not divide);
+/// the errors of `f`.
 ///
 /// ```
-/// use xlayer::builder::{shard_map, Builder, MeshAxes};
-/// use xlayer::ArraySpec;
+/// use xlayer::builder::{shard_map, Builder};
+/// use xlayer::{sharding::Mesh, ArraySpec, Client, P};
+/// let mesh = Mesh::new(&Client::cpu_devices(4)?, &[4], &["data"])?;
 /// let b = Builder::new();
 /// let x = b.parameter(ArraySpec::of::<f32>([8, 3]), "x")?;
-/// let mesh = MeshAxes::new(&[("data", 4)])?;
 /// // Column sums: each device sums its 2 rows, psum adds the devices' sums.
-/// let y = shard_map(&mesh, &[&[&["data"]]], &[&[]], &[x], |_b, x| {
+/// let y = shard_map(&mesh, &[P!["data"]], &[P![]], &[x], |_b, x| {
 ///     Ok(vec![x[0].sum(&[0], false)?.psum(&["data"])?])
 /// })?;
 /// assert_eq!(y[0].dims(), &[3]);
 /// # Ok::<(), xlayer::Error>(())
 /// ```
 pub fn shard_map(
+    mesh: &Mesh,
+    in_specs: &[PartitionSpec],
+    out_specs: &[PartitionSpec],
+    inputs: &[Value],
+    f: impl FnOnce(&Builder, &[Value]) -> Result<Vec<Value>>,
+) -> Result<Vec<Value>> {
+    shard_map_over(&MeshAxes::of(mesh), in_specs, out_specs, inputs, f)
+}
+
+/// [`shard_map`] over the axes of a mesh (no devices needed to trace).
+pub fn shard_map_over(
     mesh: &MeshAxes,
-    in_specs: &[&[&[&str]]],
-    out_specs: &[&[&[&str]]],
+    in_specs: &[PartitionSpec],
+    out_specs: &[PartitionSpec],
     inputs: &[Value],
     f: impl FnOnce(&Builder, &[Value]) -> Result<Vec<Value>>,
 ) -> Result<Vec<Value>> {
@@ -260,6 +272,7 @@ pub(crate) fn manual_computation(
 mod tests {
     use super::*;
     use crate::builder::autodiff::vjp;
+    use crate::P;
 
     fn setup() -> (Builder, Value, MeshAxes) {
         let b = Builder::new();
@@ -267,46 +280,46 @@ mod tests {
         (b, x, MeshAxes::new(&[("a", 2), ("b", 2)]).unwrap())
     }
 
-    const AB: &[&[&str]] = &[&["a"], &["b"]];
+    fn ab() -> PartitionSpec {
+        P!["a", "b"]
+    }
+
+    /// `shard_map_over` of the identity-like body `f` on `x`.
+    fn run(
+        mesh: &MeshAxes,
+        x: &Value,
+        in_spec: PartitionSpec,
+        f: impl FnOnce(&Builder, &[Value]) -> Result<Vec<Value>>,
+    ) -> Result<Vec<Value>> {
+        shard_map_over(mesh, &[in_spec], &[ab()], std::slice::from_ref(x), f)
+    }
 
     #[test]
     fn emits_a_manual_computation_with_jaxs_collective_attributes() -> Result<()> {
         let (b, x, mesh) = setup();
-        let y = shard_map(&mesh, &[AB], &[&[&[], &["b"]]], &[x], |_b, x| {
+        let y = shard_map_over(&mesh, &[ab()], &[P![None, "b"]], &[x], |_b, x| {
             Ok(vec![x[0].psum(&["a"])?])
         })?;
         assert_eq!(y[0].dims(), &[4, 6]);
         let text = b.build(&y)?.to_stablehlo();
-        assert!(text.contains("mhlo.num_partitions = 4 : i32"), "{text}");
-        assert!(
-            text.contains(r#"sdy.mesh @mesh = <["a"=2, "b"=2]>"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"in_shardings = #sdy.sharding_per_value<[<@mesh, [{"a"}, {"b"}]>]>"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"out_shardings = #sdy.sharding_per_value<[<@mesh, [{}, {"b"}]>]>"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"manual_axes = #sdy<manual_axes{"a", "b"}>"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "replica_groups = dense<[[0, 2], [1, 3]]> : tensor<2x2xi64>, use_global_device_ids"
-            ),
-            "{text}"
-        );
-        assert!(text.contains("\"sdy.return\""), "{text}");
+        for want in [
+            "mhlo.num_partitions = 4 : i32",
+            r#"sdy.mesh @mesh = <["a"=2, "b"=2]>"#,
+            r#"in_shardings = #sdy.sharding_per_value<[<@mesh, [{"a"}, {"b"}]>]>"#,
+            r#"out_shardings = #sdy.sharding_per_value<[<@mesh, [{}, {"b"}]>]>"#,
+            r#"manual_axes = #sdy<manual_axes{"a", "b"}>"#,
+            "replica_groups = dense<[[0, 2], [1, 3]]> : tensor<2x2xi64>, use_global_device_ids",
+            "\"sdy.return\"",
+        ] {
+            assert!(text.contains(want), "{want} not in {text}");
+        }
         Ok(())
     }
 
     #[test]
     fn errors_name_the_op_and_the_axis() {
         let (b, x, mesh) = setup();
+        let id = |_: &Builder, x: &[Value]| Ok(x.to_vec());
         // A collective outside a manual region.
         assert!(matches!(
             x.psum(&["a"]),
@@ -317,103 +330,68 @@ mod tests {
             Err(Error::NotInManualRegion { op: "axis_index" })
         ));
         // An unknown axis in a spec, and in a collective.
-        match shard_map(
-            &mesh,
-            &[&[&["data"]]],
-            &[AB],
-            std::slice::from_ref(&x),
-            |_b, x| Ok(vec![x[0].clone()]),
-        ) {
-            Err(Error::UnknownMeshAxis {
-                op: "shard_map",
-                axis,
-                ..
-            }) => assert_eq!(axis, "data"),
-            other => panic!("{other:?}"),
-        }
-        match shard_map(&mesh, &[AB], &[AB], std::slice::from_ref(&x), |_b, x| {
-            Ok(vec![x[0].psum(&["model"])?])
-        }) {
-            Err(Error::UnknownMeshAxis {
-                op: "psum",
-                axis,
-                mesh,
-            }) => {
-                assert_eq!(axis, "model");
-                assert_eq!(mesh, vec!["a".to_string(), "b".to_string()]);
+        match run(&mesh, &x, P!["data"], id) {
+            Err(Error::UnknownMeshAxis { tensor, axis, .. }) => {
+                assert_eq!(
+                    (tensor.as_str(), axis.as_str()),
+                    ("shard_map input 0", "data")
+                );
             }
             other => panic!("{other:?}"),
         }
-        // A dimension the axes do not divide: 6 columns over a (2) and b (2) -> fine; 6 over a*b = 4 -> no.
-        match shard_map(
-            &mesh,
-            &[&[&[], &["a", "b"]]],
-            &[AB],
-            std::slice::from_ref(&x),
-            |_b, x| Ok(vec![x[0].clone()]),
-        ) {
-            Err(Error::ShardNotDivisible {
-                what: "input",
-                index: 0,
+        match run(&mesh, &x, ab(), |_, x| Ok(vec![x[0].psum(&["model"])?])) {
+            Err(Error::UnknownMeshAxis {
+                tensor,
+                axis,
+                mesh_axes,
+            }) => {
+                assert_eq!((tensor.as_str(), axis.as_str()), ("psum", "model"));
+                assert_eq!(mesh_axes, vec!["a".to_string(), "b".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // 6 columns split over a*b = 4 parts.
+        match run(&mesh, &x, P![None, ("a", "b")], id) {
+            Err(Error::IndivisibleDimension {
+                tensor,
                 dim: 1,
                 size: 6,
-                parts: 4,
+                shards: 4,
                 axes,
-                ..
             }) => {
+                assert_eq!(tensor, "shard_map input 0");
                 assert_eq!(axes, vec!["a".to_string(), "b".to_string()]);
             }
             other => panic!("{other:?}"),
         }
         // A spec longer than the rank; an axis used twice in a spec.
         assert!(matches!(
-            shard_map(
-                &mesh,
-                &[&[&["a"], &["b"], &[]]],
-                &[AB],
-                std::slice::from_ref(&x),
-                |_b, x| Ok(vec![x[0].clone()])
-            ),
-            Err(Error::ShardSpecRank {
-                what: "input",
-                spec_len: 3,
-                ..
-            })
+            run(&mesh, &x, P!["a", "b", None], id),
+            Err(Error::SpecRank { rank: 2, .. })
         ));
         assert!(matches!(
-            shard_map(
-                &mesh,
-                &[&[&["a"], &["a"]]],
-                &[AB],
-                std::slice::from_ref(&x),
-                |_b, x| Ok(vec![x[0].clone()])
-            ),
-            Err(Error::DuplicateMeshAxis {
-                op: "shard_map",
-                ..
-            })
+            run(&mesh, &x, P!["a", "a"], id),
+            Err(Error::MeshAxisReused { .. })
         ));
-        // psum_scatter / all_to_all of a dimension the axis size does not divide (local 4x3 over b=2).
-        let scatter = shard_map(&mesh, &[AB], &[AB], std::slice::from_ref(&x), |_b, x| {
+        // psum_scatter / all_to_all of a dimension the axis size does not
+        // divide or (untiled) equal; the local shard is 4x3.
+        match run(&mesh, &x, ab(), |_, x| {
             Ok(vec![x[0].psum_scatter("b", 1, true)?])
-        });
-        match scatter {
+        }) {
             Err(Error::CollectiveShape {
                 op: "psum_scatter",
                 dim: 1,
-                exact: false,
                 axis_size: 2,
+                exact: false,
                 axes,
                 ..
-            }) => {
-                assert_eq!(axes, vec!["b".to_string()]);
-            }
+            }) => assert_eq!(axes, vec!["b".to_string()]),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            shard_map(&mesh, &[AB], &[AB], std::slice::from_ref(&x), |_b, x| Ok(
-                vec![x[0].psum_scatter("a", 0, false)?]
-            )),
+            run(&mesh, &x, ab(), |_, x| Ok(vec![
+                x[0].psum_scatter("a", 0, false)?
+            ])),
             Err(Error::CollectiveShape {
                 op: "psum_scatter",
                 dim: 0,
@@ -422,9 +400,9 @@ mod tests {
             })
         ));
         assert!(matches!(
-            shard_map(&mesh, &[AB], &[AB], std::slice::from_ref(&x), |_b, x| Ok(
-                vec![x[0].all_to_all("a", 1, 0, true)?]
-            )),
+            run(&mesh, &x, ab(), |_, x| Ok(vec![
+                x[0].all_to_all("a", 1, 0, true)?
+            ])),
             Err(Error::CollectiveShape {
                 op: "all_to_all",
                 dim: 1,
@@ -433,9 +411,7 @@ mod tests {
         ));
         // Not a permutation.
         for perm in [&[(0, 2)][..], &[(0, 1), (0, 0)], &[(0, 1), (1, 1)]] {
-            let r = shard_map(&mesh, &[AB], &[AB], std::slice::from_ref(&x), |_b, x| {
-                Ok(vec![x[0].ppermute("a", perm)?])
-            });
+            let r = run(&mesh, &x, ab(), |_, x| Ok(vec![x[0].ppermute("a", perm)?]));
             assert!(
                 matches!(
                     r,
@@ -450,15 +426,11 @@ mod tests {
         }
         // The body cannot use values from outside it.
         let outside = b.ones(crate::DType::F32, &[4, 3]).unwrap();
-        let r = shard_map(&mesh, &[AB], &[AB], std::slice::from_ref(&x), |_b, x| {
-            Ok(vec![x[0].add(&outside)?])
-        });
+        let r = run(&mesh, &x, ab(), |_, x| Ok(vec![x[0].add(&outside)?]));
         assert!(matches!(r, Err(Error::Op { .. })), "{r:?}");
         // Nested shard_map.
-        let r = shard_map(&mesh, &[AB], &[AB], std::slice::from_ref(&x), |_b, x| {
-            shard_map(&mesh, &[&[]], &[&[]], &[x[0].clone()], |_b, y| {
-                Ok(y.to_vec())
-            })
+        let r = run(&mesh, &x, ab(), |_, x| {
+            shard_map_over(&mesh, &[P![]], &[P![]], &x[..1], |_b, y| Ok(y.to_vec()))
         });
         assert!(
             matches!(
@@ -475,16 +447,15 @@ mod tests {
     #[test]
     fn pmax_has_no_gradient() -> Result<()> {
         let (b, x, mesh) = setup();
-        let y = shard_map(&mesh, &[AB], &[AB], std::slice::from_ref(&x), |_b, x| {
-            Ok(vec![x[0].pmax(&["a"])?])
-        })?;
+        let y = run(&mesh, &x, ab(), |_, x| Ok(vec![x[0].pmax(&["a"])?]))?;
         let ct = b.ones(crate::DType::F32, &[8, 6])?;
-        let r = vjp(&b, &y, &[x], &[ct]);
-        match r {
+        match vjp(&b, &y, &[x], &[ct]) {
             Err(Error::Op {
                 op: "all_reduce",
                 message,
-            }) => assert!(message.contains("pmax"), "{message}"),
+            }) => {
+                assert!(message.contains("pmax"), "{message}")
+            }
             other => panic!("{other:?}"),
         }
         Ok(())
