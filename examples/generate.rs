@@ -82,6 +82,9 @@ fn main() -> Result<()> {
         sampling.temperature = 1.0;
     }
     let client = Client::cpu()?;
+    if verbose {
+        eprintln!("generate: memory with the client only: {}", memory());
+    }
     let dir = xla_build::ensure_asset(&xla_build::SMOLLM2)?;
     let llm = Llm::load_file(
         &client,
@@ -96,6 +99,7 @@ fn main() -> Result<()> {
             llm.weight_bytes() / 1_000_000,
             t0.elapsed()
         );
+        eprintln!("generate: memory after loading: {}", memory());
     }
     let opts = GenerateOptions {
         sampling,
@@ -130,6 +134,15 @@ fn main() -> Result<()> {
                 g.first_token.as_secs_f64() * 1e3,
                 g.ids.len().saturating_sub(1) as f64 / decode.max(1e-9)
             );
+            eprintln!("generate: memory after generating: {}", memory());
+            for (s, exe) in llm.programs() {
+                let m = exe.compiled_memory_stats()?;
+                eprintln!(
+                    "generate: program of {s} token(s): temp {:.1} MiB, code {:.1} MiB",
+                    m.temp_size_in_bytes as f64 / 1048576.0,
+                    m.generated_code_size_in_bytes as f64 / 1048576.0
+                );
+            }
         }
         // Written by hand to keep the documented key order.
         out.push(format!(
@@ -144,4 +157,18 @@ fn main() -> Result<()> {
         println!("[{}]", out.join(", "));
     }
     Ok(())
+}
+
+/// Resident and peak resident memory of this process (`VmRSS`, `VmHWM` of
+/// `/proc/self/status`; Linux only).
+fn memory() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or("?".to_string(), |kb| format!("{:.0} MiB", kb / 1024.0))
+    };
+    format!("RSS {}, peak {}", field("VmRSS:"), field("VmHWM:"))
 }

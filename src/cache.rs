@@ -235,7 +235,10 @@ impl CompileCache {
         program: &Program,
         options: &CompileOptions,
     ) -> Result<Executable> {
-        let cacheable = matches!(options.device_index, None | Some(0));
+        // Multi-device executables are compiled, not cached (their devices
+        // are not part of the key yet).
+        let cacheable =
+            matches!(options.device_index, None | Some(0)) && options.device_count() == 1;
         let keyed = match (&self.dir, cacheable) {
             (Some(d), true) => self.locate(d, client, program, options)?,
             _ => None,

@@ -868,6 +868,157 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+
+    // --- shard-core ---
+    /// A single-device call (`execute`, `execute_args`) on an executable
+    /// that spans several devices.
+    #[error("executable `{program}` runs on {devices} devices: call execute_sharded with one argument list per device")]
+    MultiDeviceExecutable {
+        /// The executable's name.
+        program: String,
+        /// How many devices it spans.
+        devices: usize,
+    },
+
+    /// A multi-device run got another number of per-device argument lists
+    /// than the executable's devices.
+    #[error("executable `{program}` runs on {expected} device(s) and takes one argument list per device, got {actual}")]
+    DeviceListCount {
+        /// The executable's name.
+        program: String,
+        /// Its device count.
+        expected: usize,
+        /// Lists passed.
+        actual: usize,
+    },
+
+    /// The argument list of one device has the wrong length.
+    #[error("executable `{program}`, device {device}: takes {expected} argument(s), got {actual}")]
+    ShardArgumentCount {
+        /// The executable's name.
+        program: String,
+        /// Position of the device among the executable's devices.
+        device: usize,
+        /// Parameters of `@main`.
+        expected: usize,
+        /// Buffers passed.
+        actual: usize,
+    },
+
+    /// One device's argument has another dtype or shard shape than the
+    /// compiled program's per-device parameter.
+    #[error("argument {index} for device {device} of `{program}`: expected the shard {expected}, got {actual}")]
+    ShardArgumentType {
+        /// The executable's name.
+        program: String,
+        /// Position of the device among the executable's devices.
+        device: usize,
+        /// Position of the argument.
+        index: usize,
+        /// The per-device parameter type.
+        expected: ArraySpec,
+        /// The buffer's type.
+        actual: ArraySpec,
+    },
+
+    /// One device's argument lives on another device.
+    #[error("argument {index} for device {device} of `{program}` is on device {actual}, but that list runs on device {expected}")]
+    ShardArgumentDevice {
+        /// The executable's name.
+        program: String,
+        /// Position of the device among the executable's devices.
+        device: usize,
+        /// Position of the argument.
+        index: usize,
+        /// The device the list runs on.
+        expected: String,
+        /// The buffer's device.
+        actual: String,
+    },
+
+    /// More (or other) devices are needed than there are: a device
+    /// assignment of the wrong length, a mesh larger than the client's
+    /// device count.
+    #[error("{what} needs {expected} device(s), but {actual} are given or available")]
+    DeviceCount {
+        /// What needs the devices.
+        what: String,
+        /// Devices needed.
+        expected: usize,
+        /// Devices given or available.
+        actual: usize,
+    },
+
+    /// A device listed twice where each must appear once (a device
+    /// assignment, a mesh).
+    #[error("{what}: device {device} appears twice")]
+    DuplicateDevice {
+        /// The list, e.g. `mesh ('data', 'model')`.
+        what: String,
+        /// The device.
+        device: String,
+    },
+
+    /// A mesh shape that cannot be: names and sizes of different counts,
+    /// no axis, an axis of size 0, a bad axis name.
+    #[error("mesh of shape {shape:?} over axes {axis_names:?}: {reason}")]
+    MeshShape {
+        /// The sizes given.
+        shape: Vec<usize>,
+        /// The names given.
+        axis_names: Vec<String>,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
+    /// A partition spec names more dimensions than the array has.
+    #[error("`{tensor}`: partition spec {spec} names more dimensions than its rank {rank}")]
+    SpecRank {
+        /// The array.
+        tensor: String,
+        /// The spec, as JAX writes it.
+        spec: String,
+        /// The array's rank.
+        rank: usize,
+    },
+
+    /// A partition spec names an axis the mesh lacks.
+    #[error("`{tensor}`: no mesh axis `{axis}` (the mesh has {mesh_axes:?})")]
+    UnknownMeshAxis {
+        /// The array.
+        tensor: String,
+        /// The axis named.
+        axis: String,
+        /// The mesh's axes.
+        mesh_axes: Vec<String>,
+    },
+
+    /// A partition spec uses one mesh axis for two dimensions (or twice
+    /// for one).
+    #[error("`{tensor}`: mesh axis `{axis}` is used twice in {spec}")]
+    MeshAxisReused {
+        /// The array.
+        tensor: String,
+        /// The axis.
+        axis: String,
+        /// The spec, as JAX writes it.
+        spec: String,
+    },
+
+    /// A dimension its mesh axes cannot split evenly.
+    #[error("`{tensor}`: dimension {dim} of size {size} is not divisible by {shards} (mesh axes {axes:?})")]
+    IndivisibleDimension {
+        /// The array.
+        tensor: String,
+        /// The dimension.
+        dim: usize,
+        /// Its size.
+        size: usize,
+        /// The axes splitting it.
+        axes: Vec<String>,
+        /// The product of their sizes.
+        shards: usize,
+    },
 }
 
 /// `; known: a, b` for [`Error::UnknownName`] messages.

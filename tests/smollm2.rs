@@ -245,10 +245,13 @@ fn bad_requests_are_errors() {
         ..GenerateOptions::new(4)
     };
     assert!(err(m.generate(&[504], &bad, |_, _| {})).contains("temperature"));
-    // Generation that fills the cache stops there.
-    let g = m
-        .generate(&vec![504u32; 250], &GenerateOptions::new(100), |_, _| {})
-        .unwrap();
-    // The prefill gives one token, then positions 250..=255 are decoded.
-    assert_eq!((g.finish, g.ids.len()), (Finish::Context, 7));
+    // Generation that fills the cache stops there (a 60-token prompt uses
+    // the 64-token prefill program the chat prompts compile anyway).
+    let fill = GenerateOptions {
+        stop: Some(vec![]),
+        ..GenerateOptions::new(1000)
+    };
+    let g = m.generate(&vec![504u32; 60], &fill, |_, _| {}).unwrap();
+    // The prefill gives one token, then positions 60..=255 are decoded.
+    assert_eq!((g.finish, g.ids.len()), (Finish::Context, 197));
 }

@@ -130,14 +130,19 @@
 //! ```
 
 pub mod haiku;
+mod host_array;
 mod jax_layer;
 mod keras;
 mod keras_norm;
 pub(crate) mod layer;
 mod model;
+mod model_weights;
 pub(crate) mod runner;
+mod sequential;
 pub mod signature;
+mod symbolic;
 
+pub use host_array::HostArray;
 pub use jax_layer::{JaxLayer, JaxLayerBuilder};
 pub use keras::{
     Activation, Conv2D, Conv2DConfig, Dense, DenseConfig, Dropout, DropoutConfig, Embedding,
@@ -147,7 +152,9 @@ pub use keras_norm::{
     BatchNormalization, BatchNormalizationConfig, LayerNormalization, LayerNormalizationConfig,
 };
 pub use layer::{output_specs, DTypePolicy, Layer, Weights};
-pub use model::{apply_layer, Apply, HostArray, Input, Model, Sequential, Symbolic};
+pub use model::Model;
+pub use sequential::Sequential;
 pub use signature::{
     CallArgs, Init, InitState, Inputs, Needs, Out, OutState, Params, Rng, State, Training,
 };
+pub use symbolic::{apply_layer, Apply, Input, Symbolic};

@@ -1,5 +1,7 @@
 //! The llama decoder (SmolLM2, Llama 2/3 shapes) written with the tracing
-//! builder over GGUF weights bound by name ([`super::qweight::Weights`]):
+//! builder over GGUF weights bound by name through the crate's
+//! [`VarBuilder`] (`vb.pp("blk").pp(i).pp("attn_q")`, read as typed
+//! quantized weights by [`super::qweight::QWeight`]):
 //! RMSNorm, rotary position embeddings, grouped-query attention over a KV
 //! cache, SwiGLU, and an output head (tied to the token embedding when the
 //! file has no `output.weight`).
@@ -13,12 +15,12 @@
 //! GGUF stores `attn_q`/`attn_k` for GGML's rotation of adjacent pairs
 //! (`x[2i]`, `x[2i+1]`), which is what [`rope`] applies.
 
-use crate::builder::{nn, Value};
+use crate::builder::{nn, Value, VarBuilder};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, GgufProblem};
 
-use super::qweight::Weights;
+use super::qweight::{self, QWeight};
 
 /// The shape of a llama model, from GGUF metadata (`llama.*`).
 #[derive(Debug, Clone, PartialEq)]
@@ -157,9 +159,11 @@ impl LlamaConfig {
     }
 }
 
-/// RMSNorm over the last axis with weight `w`.
-fn rms_norm(x: &Value, w: &Value, eps: f64) -> Result<Value> {
+/// RMSNorm over the last axis with the f32 weight `vb/weight` (GGUF's
+/// `*_norm.weight`).
+fn rms_norm(vb: &VarBuilder, x: &Value, eps: f64) -> Result<Value> {
     let last = x.rank() - 1;
+    let w = vb.get_checked("weight", &[x.dims()[last]], DType::F32)?;
     let ms = x.square()?.mean(&[last], true)?;
     ((x * (ms + eps)?.rsqrt()?)?) * w
 }
@@ -177,13 +181,15 @@ fn rope(x: &Value, cos: &Value, sin: &Value) -> Result<Value> {
 }
 
 /// The decoder over `ids: i32[S]` at positions `start + 0 .. S` (`start`:
-/// `i32[]`), the first `n` (`i32[]`) real. `kc`/`vc` are the key and value
+/// `i32[]`), the first `n` (`i32[]`) real, with its weights bound by their
+/// GGUF names under `vb` (`token_embd.weight`, `blk.{i}.attn_q.weight`, ...;
+/// see [`super::qweight::DeviceWeights::declare`]). `kc`/`vc` are the key and value
 /// caches, `f32[layers, capacity, kv_heads, head_dim]`, updated at `start`.
 /// Returns the logits at position `start + n - 1` (`f32[vocab]`) and the
 /// updated caches. The caller keeps `start + S <= capacity`.
 pub fn forward(
     cfg: &LlamaConfig,
-    w: &Weights,
+    vb: &VarBuilder,
     ids: &Value,
     start: &Value,
     n: &Value,
@@ -213,15 +219,16 @@ pub fn forward(
     let scale = 1.0 / (dh as f64).sqrt();
     let zero_i = b.scalar(0i32)?;
 
-    let mut x = w.rows("token_embd.weight", ids)?;
+    let embd = QWeight::load(&vb.pp("token_embd"), "weight", &[cfg.vocab_size, h])?;
+    let mut x = embd.rows(ids)?;
     let (mut kc, mut vc) = (kc.clone(), vc.clone());
-    let blk = w.pp("blk");
+    let blk = vb.pp("blk");
     for l in 0..cfg.layers {
         let wl = blk.pp(l);
-        let xn = rms_norm(&x, &wl.get("attn_norm.weight")?, cfg.eps)?;
-        let q = wl.linear("attn_q.weight", &xn)?.reshape(&[s, nh, dh])?;
-        let k = wl.linear("attn_k.weight", &xn)?.reshape(&[s, nkv, dh])?;
-        let v = wl.linear("attn_v.weight", &xn)?.reshape(&[s, nkv, dh])?;
+        let xn = rms_norm(&wl.pp("attn_norm"), &x, cfg.eps)?;
+        let q = qweight::linear(&wl.pp("attn_q"), &xn, h)?.reshape(&[s, nh, dh])?;
+        let k = qweight::linear(&wl.pp("attn_k"), &xn, nkv * dh)?.reshape(&[s, nkv, dh])?;
+        let v = qweight::linear(&wl.pp("attn_v"), &xn, nkv * dh)?.reshape(&[s, nkv, dh])?;
         let q = (rope(&q, &cos, &sin)? * scale)?;
         let k = rope(&k, &cos, &sin)?;
         let li = b.scalar(l as i32)?;
@@ -234,20 +241,20 @@ pub fn forward(
         let scores = Value::einsum("sgrd,cgd->grsc", &qg, &kl)?;
         let probs = nn::softmax(&(scores + &mask_bias)?, 3)?;
         let ctx = Value::einsum("grsc,cgd->sgrd", &probs, &vl)?.reshape(&[s, h])?;
-        x = (x + wl.linear("attn_output.weight", &ctx)?)?;
-        let xn = rms_norm(&x, &wl.get("ffn_norm.weight")?, cfg.eps)?;
-        let gate = nn::silu(&wl.linear("ffn_gate.weight", &xn)?)?;
-        let up = wl.linear("ffn_up.weight", &xn)?;
-        x = (x + wl.linear("ffn_down.weight", &(gate * up)?)?)?;
+        x = (x + qweight::linear(&wl.pp("attn_output"), &ctx, h)?)?;
+        let xn = rms_norm(&wl.pp("ffn_norm"), &x, cfg.eps)?;
+        let gate = nn::silu(&qweight::linear(&wl.pp("ffn_gate"), &xn, cfg.ffn)?)?;
+        let up = qweight::linear(&wl.pp("ffn_up"), &xn, cfg.ffn)?;
+        x = (x + qweight::linear(&wl.pp("ffn_down"), &(gate * up)?, h)?)?;
     }
     let last = (n - 1.0)?;
     let xl = x.dynamic_slice(&[last, zero_i], &[1, h])?;
-    let xl = rms_norm(&xl, &w.get("output_norm.weight")?, cfg.eps)?;
+    let xl = rms_norm(&vb.pp("output_norm"), &xl, cfg.eps)?;
     let head = if cfg.tied_head {
-        "token_embd.weight"
+        embd
     } else {
-        "output.weight"
+        QWeight::load(&vb.pp("output"), "weight", &[cfg.vocab_size, h])?
     };
-    let logits = w.linear(head, &xl)?.reshape(&[cfg.vocab_size])?;
+    let logits = head.linear(&xl)?.reshape(&[cfg.vocab_size])?;
     Ok((logits, kc, vc))
 }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::builder::{Builder, Computation};
+use crate::builder::{Builder, Computation, VarBuilder};
 use crate::cache::CompileCache;
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
@@ -265,7 +265,8 @@ impl Llm {
 
     fn trace(&self, s: usize) -> Result<Computation> {
         let b = Builder::new();
-        let w = self.weights.declare(&b)?;
+        let params = self.weights.declare(&b)?;
+        let vb = VarBuilder::new(&params);
         let (l, c, kv, d) = (
             self.cfg.layers,
             self.capacity,
@@ -290,7 +291,7 @@ impl Llm {
             top_p: b.parameter(scalar(DType::F32), "top_p")?,
             penalty: b.parameter(scalar(DType::F32), "repetition_penalty")?,
         };
-        let (logits, kc, vc) = llama::forward(&self.cfg, &w, &ids, &start, &n, &kc, &vc)?;
+        let (logits, kc, vc) = llama::forward(&self.cfg, &vb, &ids, &start, &n, &kc, &vc)?;
         // Mark the real prompt tokens as seen, then choose.
         let valid = b
             .iota(DType::I32, &[s], 0)?
@@ -325,6 +326,15 @@ impl Llm {
         let exe = Arc::new(self.trace(s)?.compile_cached(&self.client, &self.cache)?);
         p.insert(s, exe.clone());
         Ok(exe)
+    }
+
+    /// The step programs compiled so far, by the number of tokens they take
+    /// (prefill buckets, and 1 for the decode step), smallest first.
+    pub fn programs(&self) -> Vec<(usize, Arc<Executable>)> {
+        let p = self.programs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = p.iter().map(|(&s, e)| (s, e.clone())).collect();
+        v.sort_by_key(|(s, _)| *s);
+        v
     }
 
     /// Generates from `prompt` (token ids), calling `on_token(id, text)` for

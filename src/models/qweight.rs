@@ -13,18 +13,28 @@
 //! | `F32`, `F16`, `BF16` | the array itself |
 //!
 //! (`nb = cols / 32`). The program unpacks the nibbles, converts and scales
-//! them ([`Weights::get`]), so XLA can fuse the dequantization into the op
-//! that reads the weight; embedding lookups gather the quantized rows first
-//! and dequantize only those ([`Weights::rows`]). The K-quant types
+//! them ([`QWeight::dequantize`]), so XLA can fuse the dequantization into
+//! the op that reads the weight; embedding lookups gather the quantized rows
+//! first and dequantize only those ([`QWeight::rows`]). The K-quant types
 //! (`Q4_K`, `Q5_K`, `Q6_K`) are dequantized to f32 on the host at load time.
 //!
-//! Weights are bound by name: [`Weights::pp`] scopes a path
-//! (`w.pp("blk").pp(3).get("attn_q.weight")` reads `blk.3.attn_q.weight`).
+//! Weights are bound by name through the crate's
+//! [`VarBuilder`]: [`DeviceWeights::declare`] gives the program's
+//! parameters as a tree keyed by the GGUF names (`blk.3.attn_q.weight` is
+//! the path `blk/3/attn_q/weight`; a float tensor is a leaf there, a
+//! block-quantized one a map of its parts `d`, `m`, `qs`), and
+//! [`QWeight::load`] reads one tensor from a `VarBuilder` as a typed
+//! quantized weight, checking its parts' specs:
+//!
+//! ```ignore
+//! let vb = VarBuilder::new(&params);
+//! let wq = QWeight::load(&vb.pp("blk").pp(3).pp("attn_q"), "weight", &[576, 576])?;
+//! let q = wq.linear(&x)?;
+//! ```
 
 use std::collections::BTreeMap;
-use std::rc::Rc;
 
-use crate::builder::{Builder, DotDims, Value};
+use crate::builder::{Builder, DotDims, Path, Tree, Value, VarBuilder};
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
@@ -44,33 +54,9 @@ pub struct QuantLayout {
 
 /// The device layout of `t` (see the module documentation).
 pub fn layout(t: &TensorInfo) -> QuantLayout {
-    let cols = *t.shape.last().unwrap_or(&1);
-    let rows = t.elems() / cols.max(1);
-    let nb = cols / 32;
     let spec = |d: DType, dims: Vec<usize>| ArraySpec::new(d, dims);
     let (ty, parts) = match t.ty {
-        GgmlType::Q4_0 => (
-            t.ty,
-            vec![
-                ("d", spec(DType::F16, vec![rows, nb])),
-                ("qs", spec(DType::U8, vec![rows, nb, 16])),
-            ],
-        ),
-        GgmlType::Q4_1 => (
-            t.ty,
-            vec![
-                ("d", spec(DType::F16, vec![rows, nb])),
-                ("m", spec(DType::F16, vec![rows, nb])),
-                ("qs", spec(DType::U8, vec![rows, nb, 16])),
-            ],
-        ),
-        GgmlType::Q8_0 => (
-            t.ty,
-            vec![
-                ("d", spec(DType::F16, vec![rows, nb])),
-                ("qs", spec(DType::I8, vec![rows, nb, 32])),
-            ],
-        ),
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => (t.ty, block_parts(t.ty, &t.shape)),
         GgmlType::F16 => (t.ty, vec![("w", spec(DType::F16, t.shape.clone()))]),
         GgmlType::BF16 => (t.ty, vec![("w", spec(DType::BF16, t.shape.clone()))]),
         GgmlType::F32 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => (
@@ -82,6 +68,31 @@ pub fn layout(t: &TensorInfo) -> QuantLayout {
         ty,
         shape: t.shape.clone(),
         parts,
+    }
+}
+
+/// The parts of a `Q4_0`/`Q4_1`/`Q8_0` tensor of logical `shape` (see the
+/// module documentation); empty for other types.
+fn block_parts(ty: GgmlType, shape: &[usize]) -> Vec<(&'static str, ArraySpec)> {
+    let cols = *shape.last().unwrap_or(&1);
+    let rows = shape.iter().product::<usize>() / cols.max(1);
+    let nb = cols / 32;
+    let spec = |d: DType, dims: Vec<usize>| ArraySpec::new(d, dims);
+    match ty {
+        GgmlType::Q4_0 => vec![
+            ("d", spec(DType::F16, vec![rows, nb])),
+            ("qs", spec(DType::U8, vec![rows, nb, 16])),
+        ],
+        GgmlType::Q4_1 => vec![
+            ("d", spec(DType::F16, vec![rows, nb])),
+            ("m", spec(DType::F16, vec![rows, nb])),
+            ("qs", spec(DType::U8, vec![rows, nb, 16])),
+        ],
+        GgmlType::Q8_0 => vec![
+            ("d", spec(DType::F16, vec![rows, nb])),
+            ("qs", spec(DType::I8, vec![rows, nb, 32])),
+        ],
+        _ => vec![],
     }
 }
 
@@ -166,106 +177,131 @@ impl DeviceWeights {
     }
 
     /// Declares one program parameter per uploaded array (named
-    /// `TENSOR/PART`), in buffer order, and returns the name-keyed accessor.
+    /// `TENSOR/PART`), in buffer order, and returns them as a tree keyed by
+    /// the tensors' GGUF names (`blk.0.attn_q.weight` at the path
+    /// `blk/0/attn_q/weight`): a float tensor is a leaf, a block-quantized
+    /// one a map of its parts. Bind it with [`VarBuilder::new`] and read
+    /// each tensor with [`QWeight::load`].
     ///
-    /// Errors: from [`Builder::parameter`].
-    pub fn declare(&self, b: &Builder) -> Result<Weights> {
-        let mut map = BTreeMap::new();
+    /// Errors: from [`Builder::parameter`] or [`Tree::from_paths`].
+    pub fn declare(&self, b: &Builder) -> Result<Tree<Value>> {
+        let mut leaves = Vec::with_capacity(self.buffers.len());
         for (name, l) in &self.layouts {
-            let mut parts = Vec::with_capacity(l.parts.len());
+            let single = l.parts.len() == 1;
             for (part, spec) in &l.parts {
-                parts.push(b.parameter(spec.clone(), &format!("{name}/{part}"))?);
+                let path = if single {
+                    Path::parse(name)
+                } else {
+                    Path::parse(name).join(part)
+                };
+                leaves.push((path, b.parameter(spec.clone(), &format!("{name}/{part}"))?));
             }
-            map.insert(name.clone(), (l.clone(), parts));
         }
-        Ok(Weights {
-            map: Rc::new(map),
-            prefix: String::new(),
+        Tree::from_paths(leaves)
+    }
+}
+
+/// One GGUF tensor as a program reads it, bound by name from a
+/// [`VarBuilder`]: a float array, or the parts of a block-quantized one
+/// (`Q4_0`, `Q4_1`, `Q8_0`), kept quantized until an op needs its values.
+#[derive(Debug, Clone)]
+pub struct QWeight {
+    ty: GgmlType,
+    shape: Vec<usize>,
+    parts: Vec<Value>,
+}
+
+impl QWeight {
+    /// The tensor `name` under `vb`, of logical `shape` (outermost first,
+    /// GGUF's `[out, in]` for a linear weight): a leaf there is a float
+    /// weight (f32, f16 or bf16); a node with parts `d`, (`m`,) `qs` is a
+    /// block-quantized one, its type told by the parts present and the
+    /// dtype of `qs` (`u8` with `m`: `Q4_1`, without: `Q4_0`; `i8`: `Q8_0`).
+    ///
+    /// Errors: [`Error::UnknownPath`] naming the tensor's full path when
+    /// there is nothing there (or a part is missing, naming the part);
+    /// [`Error::SpecMismatch`] naming the tensor or part with both specs
+    /// when it is of another shape or dtype.
+    pub fn load(vb: &VarBuilder, name: &str, shape: &[usize]) -> Result<QWeight> {
+        let path = vb.path().join(name);
+        if let Ok(v) = vb.get(name) {
+            let ty = match v.dtype() {
+                DType::F32 => Some(GgmlType::F32),
+                DType::F16 => Some(GgmlType::F16),
+                DType::BF16 => Some(GgmlType::BF16),
+                _ => None,
+            };
+            return match ty {
+                Some(ty) if v.dims() == shape => Ok(QWeight {
+                    ty,
+                    shape: shape.to_vec(),
+                    parts: vec![v],
+                }),
+                _ => Err(Error::SpecMismatch {
+                    path,
+                    expected: ArraySpec::new(DType::F32, shape.to_vec()),
+                    found: v.spec().clone(),
+                }),
+            };
+        }
+        let q = vb.pp(name);
+        let qs = q.get("qs").map_err(|_| Error::UnknownPath { path })?;
+        let ty = match (qs.dtype(), q.contains("m")) {
+            (DType::I8, _) => GgmlType::Q8_0,
+            (_, true) => GgmlType::Q4_1,
+            _ => GgmlType::Q4_0,
+        };
+        let parts = block_parts(ty, shape)
+            .into_iter()
+            .map(|(part, spec)| q.get_checked(part, &spec.dims, spec.dtype))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(QWeight {
+            ty,
+            shape: shape.to_vec(),
+            parts,
         })
     }
-}
 
-type Bound = BTreeMap<String, (QuantLayout, Vec<Value>)>;
-
-/// Traced weights bound by name, with a path prefix (a minimal name-keyed
-/// accessor in the style of a `VarBuilder`).
-#[derive(Debug, Clone)]
-pub struct Weights {
-    map: Rc<Bound>,
-    prefix: String,
-}
-
-fn missing(name: &str) -> Error {
-    Error::Weights {
-        file: "<program>".into(),
-        tensor: name.to_string(),
-        reason: "no such tensor is bound".into(),
-        more: vec![],
-    }
-}
-
-impl Weights {
-    /// The same weights under `prefix.segment`.
-    pub fn pp(&self, segment: impl std::fmt::Display) -> Weights {
-        Weights {
-            map: self.map.clone(),
-            prefix: self.path(&segment.to_string()),
-        }
+    /// The tensor's type on the device.
+    pub fn ty(&self) -> GgmlType {
+        self.ty
     }
 
-    fn path(&self, name: &str) -> String {
-        if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.prefix)
-        }
+    /// The logical shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
     }
 
-    fn entry(&self, name: &str) -> Result<(&QuantLayout, &[Value], String)> {
-        let full = self.path(name);
-        let (l, v) = self.map.get(&full).ok_or_else(|| missing(&full))?;
-        Ok((l, v, full))
-    }
-
-    /// The layout of tensor `name` (under the prefix).
+    /// The tensor dequantized to f32 inside the program, of its logical
+    /// shape.
     ///
-    /// Errors: [`Error::Weights`] when no such tensor is bound.
-    pub fn layout(&self, name: &str) -> Result<&QuantLayout> {
-        Ok(self.entry(name)?.0)
+    /// Errors: op errors (none for a weight from [`QWeight::load`]).
+    pub fn dequantize(&self) -> Result<Value> {
+        dequant(self.ty, &self.parts)?.reshape(&self.shape)
     }
 
-    /// Tensor `name` dequantized to f32 inside the program.
-    ///
-    /// Errors: [`Error::Weights`] when no such tensor is bound.
-    pub fn get(&self, name: &str) -> Result<Value> {
-        let (l, parts, _) = self.entry(name)?;
-        let x = dequant(l.ty, parts)?;
-        x.reshape(&l.shape)
-    }
-
-    /// Rows `ids` (`i32[n]`) of 2-D tensor `name`, gathered while still
+    /// Rows `ids` (`i32[n]`) of a 2-D weight, gathered while still
     /// quantized and then dequantized: `f32[n, cols]`.
     ///
-    /// Errors: [`Error::Weights`] when no such tensor is bound or it is not
-    /// 2-D.
-    pub fn rows(&self, name: &str, ids: &Value) -> Result<Value> {
-        let (l, parts, full) = self.entry(name)?;
-        if l.shape.len() != 2 {
-            return Err(Error::Weights {
-                file: "<program>".into(),
-                tensor: full,
-                reason: format!("rows of a {}-D tensor", l.shape.len()),
-                more: vec![],
+    /// Errors: [`Error::OutOfRange`] when the weight is not 2-D.
+    pub fn rows(&self, ids: &Value) -> Result<Value> {
+        if self.shape.len() != 2 {
+            return Err(Error::OutOfRange {
+                function: "QWeight::rows",
+                what: "rank of the weight".into(),
+                value: self.shape.len().to_string(),
+                expected: "2".into(),
             });
         }
-        let picked = parts
+        let picked = self
+            .parts
             .iter()
             .map(|p| p.take(ids, 0))
             .collect::<Result<Vec<_>>>()?;
-        dequant(l.ty, &picked)?.reshape(&[ids.element_count(), l.shape[1]])
+        dequant(self.ty, &picked)?.reshape(&[ids.element_count(), self.shape[1]])
     }
 
-    /// `x @ w.T` for weight `name` stored `[out, in]`, `x: f32[.., in]`.
+    /// `x @ w.T` for this weight stored `[out, in]`, `x: f32[.., in]`.
     ///
     /// With one row in `x` (a decode step) and a block-quantized weight, the
     /// product is computed block by block straight from the quantized
@@ -275,20 +311,19 @@ impl Weights {
     /// written to memory. Otherwise the weight is dequantized and multiplied
     /// with `dot_general`.
     ///
-    /// Errors: [`Error::Weights`] when no such tensor is bound; op errors
-    /// for an `x` whose last axis is not the weight's `in`.
-    pub fn linear(&self, name: &str, x: &Value) -> Result<Value> {
-        let (l, parts, _) = self.entry(name)?;
+    /// Errors: op errors for an `x` whose last axis is not the weight's
+    /// `in`, or a weight that is not 2-D.
+    pub fn linear(&self, x: &Value) -> Result<Value> {
         let rows = x.element_count() / x.dims().last().copied().unwrap_or(1).max(1);
-        let blocky = matches!(l.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0);
-        if rows == 1 && blocky && l.shape.len() == 2 {
+        let blocky = matches!(self.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0);
+        if rows == 1 && blocky && self.shape.len() == 2 {
             let mut out_dims = x.dims().to_vec();
             if let Some(last) = out_dims.last_mut() {
-                *last = l.shape[0];
+                *last = self.shape[0];
             }
-            return block_matvec(l, parts, x)?.reshape(&out_dims);
+            return block_matvec(self.ty, &self.shape, &self.parts, x)?.reshape(&out_dims);
         }
-        let w = self.get(name)?;
+        let w = self.dequantize()?;
         x.dot_general(
             &w,
             &DotDims {
@@ -301,17 +336,26 @@ impl Weights {
     }
 }
 
+/// A bias-free linear layer over the GGUF weight `vb/weight`
+/// (`[out, in]`, `in` the last axis of `x`): `x @ weight.T`.
+///
+/// Errors: as [`QWeight::load`] and [`QWeight::linear`].
+pub fn linear(vb: &VarBuilder, x: &Value, out: usize) -> Result<Value> {
+    let inp = x.dims().last().copied().unwrap_or(1);
+    QWeight::load(vb, "weight", &[out, inp])?.linear(x)
+}
+
 /// One row `x` (`in` elements) times a block-quantized `[out, in]` weight,
 /// without dequantizing the weight to memory: `f32[out]`.
-fn block_matvec(l: &QuantLayout, p: &[Value], x: &Value) -> Result<Value> {
-    let nb = l.shape[1] / 32;
+fn block_matvec(ty: GgmlType, shape: &[usize], p: &[Value], x: &Value) -> Result<Value> {
+    let nb = shape[1] / 32;
     let xb = x.reshape(&[1, nb, 32])?;
     let scale = |d: &Value| d.convert(DType::F32);
-    if l.ty == GgmlType::Q8_0 {
+    if ty == GgmlType::Q8_0 {
         let t = (p[1].convert(DType::F32)? * xb)?.sum(&[2], false)?;
         return (t * scale(&p[0])?)?.sum(&[1], false);
     }
-    let qs = if l.ty == GgmlType::Q4_1 { &p[2] } else { &p[1] };
+    let qs = if ty == GgmlType::Q4_1 { &p[2] } else { &p[1] };
     let halves = xb.reshape(&[1, nb, 2, 16])?;
     let x_lo = halves.slice_axis(2, 0, 1)?.reshape(&[1, nb, 16])?;
     let x_hi = halves.slice_axis(2, 1, 2)?.reshape(&[1, nb, 16])?;
@@ -321,7 +365,7 @@ fn block_matvec(l: &QuantLayout, p: &[Value], x: &Value) -> Result<Value> {
         .convert(DType::F32)?;
     let t = ((lo * x_lo)? + (hi * x_hi)?)?.sum(&[2], false)?;
     let xsum = xb.sum(&[2], false)?;
-    let y = match l.ty {
+    let y = match ty {
         GgmlType::Q4_1 => ((t * scale(&p[0])?)? + (scale(&p[1])? * xsum)?)?,
         _ => ((t - (xsum * 8.0)?)? * scale(&p[0])?)?,
     };
@@ -342,5 +386,63 @@ fn dequant(ty: GgmlType, p: &[Value]) -> Result<Value> {
         GgmlType::Q4_1 => (unpack(&p[2])? * scale(&p[0])?)? + scale(&p[1])?,
         GgmlType::Q8_0 => p[1].convert(DType::F32)? * scale(&p[0])?,
         _ => p[0].convert(DType::F32),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tree with one Q4_1 weight `[4, 64]` and one f32 norm `[64]`, as
+    /// [`DeviceWeights::declare`] lays them out.
+    fn params(b: &Builder) -> Tree<Value> {
+        let mut leaves = vec![(
+            Path::parse("blk.0.norm.weight"),
+            b.parameter(ArraySpec::of::<f32>([64]), "n").unwrap(),
+        )];
+        for (part, spec) in block_parts(GgmlType::Q4_1, &[4, 64]) {
+            let v = b.parameter(spec, part).unwrap();
+            leaves.push((Path::parse("blk.0.attn_q.weight").join(part), v));
+        }
+        Tree::from_paths(leaves).unwrap()
+    }
+
+    #[test]
+    fn load_tells_the_type_and_checks_specs() {
+        let b = Builder::new();
+        let p = params(&b);
+        let vb = VarBuilder::new(&p);
+        let l = vb.pp("blk").pp(0);
+        let w = QWeight::load(&l.pp("attn_q"), "weight", &[4, 64]).unwrap();
+        assert_eq!((w.ty(), w.shape()), (GgmlType::Q4_1, &[4usize, 64][..]));
+        let x = b.parameter(ArraySpec::of::<f32>([3, 64]), "x").unwrap();
+        assert_eq!(w.linear(&x).unwrap().dims(), &[3, 4]);
+        let x1 = b.parameter(ArraySpec::of::<f32>([1, 64]), "x1").unwrap();
+        assert_eq!(w.linear(&x1).unwrap().dims(), &[1, 4]);
+        let n = QWeight::load(&l.pp("norm"), "weight", &[64]).unwrap();
+        assert_eq!(n.ty(), GgmlType::F32);
+        assert!(matches!(
+            n.rows(&b.parameter(ArraySpec::of::<i32>([2]), "ids").unwrap()),
+            Err(Error::OutOfRange { .. })
+        ));
+        match QWeight::load(&l.pp("attn_q"), "weight", &[4, 96]) {
+            Err(Error::SpecMismatch { path, found, .. }) => {
+                assert_eq!(path.to_string(), "blk/0/attn_q/weight/d");
+                assert_eq!(found.dims, vec![4, 2]);
+            }
+            other => panic!("expected SpecMismatch, got {other:?}"),
+        }
+        match QWeight::load(&l.pp("norm"), "weight", &[32]) {
+            Err(Error::SpecMismatch { path, .. }) => {
+                assert_eq!(path.to_string(), "blk/0/norm/weight")
+            }
+            other => panic!("expected SpecMismatch, got {other:?}"),
+        }
+        match QWeight::load(&vb.pp("blk").pp(1).pp("attn_q"), "weight", &[4, 64]) {
+            Err(Error::UnknownPath { path }) => {
+                assert_eq!(path.to_string(), "blk/1/attn_q/weight")
+            }
+            other => panic!("expected UnknownPath, got {other:?}"),
+        }
     }
 }

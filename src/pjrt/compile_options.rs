@@ -1,7 +1,11 @@
 //! `xla.CompileOptionsProto`, the serialized options every compile needs.
 //!
 //! An empty message aborts the process inside XLA (`replica_count > 0`), so
-//! the options always carry one replica and one partition. Per-compile XLA
+//! the options always carry at least one replica and one partition (counts
+//! of zero are refused in Rust before the compile). Multi-device compiles
+//! set `num_partitions` (SPMD, one program partitioned over N devices by
+//! XLA's Shardy/GSPMD partitioner) and/or `num_replicas`, plus a device
+//! assignment (`xla.DeviceAssignmentProto`). Per-compile XLA
 //! flags go in `env_option_overrides` (a partially filled `debug_options`
 //! would replace XLA's defaults). Only the fields xlayer sets are declared;
 //! the field numbers are those of XLA's `compile_options.proto`.
@@ -9,6 +13,9 @@
 use std::collections::BTreeMap;
 
 use prost::Message;
+
+use super::client::{Client, Device};
+use crate::error::{Error, Result};
 
 #[derive(Clone, PartialEq, Message)]
 struct CompileOptionsProto {
@@ -28,6 +35,30 @@ struct ExecutableBuildOptionsProto {
     num_replicas: i64,
     #[prost(int64, tag = "5")]
     num_partitions: i64,
+    #[prost(bool, tag = "6")]
+    use_spmd_partitioning: bool,
+    #[prost(message, optional, tag = "9")]
+    device_assignment: Option<DeviceAssignmentProto>,
+    #[prost(bool, tag = "19")]
+    use_shardy_partitioner: bool,
+}
+
+/// `xla.DeviceAssignmentProto`: `computation_devices[partition]
+/// .replica_device_ids[replica]` is the global device id.
+#[derive(Clone, PartialEq, Message)]
+struct DeviceAssignmentProto {
+    #[prost(int32, tag = "1")]
+    replica_count: i32,
+    #[prost(int32, tag = "2")]
+    computation_count: i32,
+    #[prost(message, repeated, tag = "3")]
+    computation_devices: Vec<ComputationDevice>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ComputationDevice {
+    #[prost(int64, repeated, tag = "1")]
+    replica_device_ids: Vec<i64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -61,20 +92,44 @@ pub enum XlaFlag {
     Double(f64),
 }
 
-/// Options of one compile: the device to compile for, and XLA flags.
+/// Options of one compile: the device(s) to compile for, and XLA flags.
 ///
 /// ```
 /// use xlayer::CompileOptions;
 /// let opts = CompileOptions::new().xla_flag("xla_cpu_enable_fast_math", false);
 /// assert_eq!(opts.flags().len(), 3); // with the two fast-min-max defaults
+/// // One program partitioned over 4 devices (SPMD, Shardy partitioner):
+/// let spmd = CompileOptions::new().spmd(4);
+/// assert_eq!((spmd.replica_count(), spmd.partition_count()), (1, 4));
 /// ```
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CompileOptions {
     pub(crate) device_index: Option<usize>,
+    pub(crate) num_replicas: usize,
+    pub(crate) num_partitions: usize,
+    use_spmd_partitioning: bool,
+    use_shardy_partitioner: bool,
+    /// Devices, `[replica][partition]` row-major, when set.
+    pub(crate) assignment: Option<Vec<Device>>,
     flags: BTreeMap<String, XlaFlag>,
     /// Compile in a child process: `Some(None)` finds the child,
     /// `Some(Some(path))` runs that one (see [`crate::pjrt::isolate`]).
     pub(crate) isolation: Option<Option<std::path::PathBuf>>,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            device_index: None,
+            num_replicas: 1,
+            num_partitions: 1,
+            use_spmd_partitioning: false,
+            use_shardy_partitioner: false,
+            assignment: None,
+            flags: BTreeMap::new(),
+            isolation: None,
+        }
+    }
 }
 
 impl CompileOptions {
@@ -97,6 +152,85 @@ impl CompileOptions {
     pub fn device(mut self, index: usize) -> Self {
         self.device_index = Some(index);
         self
+    }
+
+    /// One program partitioned over `n` devices by XLA's SPMD partitioner
+    /// (as `jax.jit` over a mesh of `n` devices): `num_partitions = n`,
+    /// `use_spmd_partitioning` and `use_shardy_partitioner` on, one replica.
+    /// The program says how its values are sharded (`sdy.sharding` or
+    /// `mhlo.sharding` attributes); without a device assignment
+    /// ([`CompileOptions::device_assignment`]) the client's first `n`
+    /// devices run it. A count of 0 is refused when compiling
+    /// ([`crate::Error::InvalidSetting`]).
+    pub fn spmd(self, n: usize) -> Self {
+        self.num_partitions(n)
+            .use_spmd_partitioning(true)
+            .use_shardy_partitioner(true)
+    }
+
+    /// `num_partitions`: how many devices one SPMD program spans.
+    pub fn num_partitions(mut self, n: usize) -> Self {
+        self.num_partitions = n;
+        self
+    }
+
+    /// `num_replicas`: how many copies of the program run, each on its own
+    /// device(s), with per-replica data (replica-parallel programs whose
+    /// collectives name replica groups).
+    pub fn num_replicas(mut self, n: usize) -> Self {
+        self.num_replicas = n;
+        self
+    }
+
+    /// `use_spmd_partitioning`: partition the program with XLA's SPMD
+    /// partitioner, following its sharding annotations.
+    pub fn use_spmd_partitioning(mut self, on: bool) -> Self {
+        self.use_spmd_partitioning = on;
+        self
+    }
+
+    /// `use_shardy_partitioner`: read the program's shardings as Shardy
+    /// (`sdy.*`, what JAX 0.12 emits) rather than GSPMD (`mhlo.sharding`).
+    pub fn use_shardy_partitioner(mut self, on: bool) -> Self {
+        self.use_shardy_partitioner = on;
+        self
+    }
+
+    /// The device assignment: `devices[r * partitions + p]` runs replica `r`,
+    /// partition `p` (for SPMD, one replica: the devices in partition
+    /// order, i.e. a mesh's devices in row-major order). Checked when
+    /// compiling: as many devices as replicas × partitions
+    /// ([`crate::Error::DeviceCount`]), each of the compiling client
+    /// ([`crate::Error::ForeignClient`]), none twice
+    /// ([`crate::Error::DuplicateDevice`]).
+    pub fn device_assignment(mut self, devices: &[Device]) -> Self {
+        self.assignment = Some(devices.to_vec());
+        self
+    }
+
+    /// Whether `use_spmd_partitioning` is on.
+    pub fn spmd_partitioning(&self) -> bool {
+        self.use_spmd_partitioning
+    }
+
+    /// Whether `use_shardy_partitioner` is on.
+    pub fn shardy_partitioner(&self) -> bool {
+        self.use_shardy_partitioner
+    }
+
+    /// Number of replicas.
+    pub fn replica_count(&self) -> usize {
+        self.num_replicas
+    }
+
+    /// Number of partitions.
+    pub fn partition_count(&self) -> usize {
+        self.num_partitions
+    }
+
+    /// Devices one run spans: replicas × partitions (saturating).
+    pub fn device_count(&self) -> usize {
+        self.num_replicas.saturating_mul(self.num_partitions)
     }
 
     /// Sets an XLA flag (e.g. `xla_cpu_enable_fast_math`) for this compile only.
@@ -146,6 +280,98 @@ impl CompileOptions {
         &self.flags
     }
 
+    /// The devices a compile with these options runs on, in partition-major
+    /// order `[replica][partition]`: the assignment when set, else the
+    /// client's first replicas × partitions devices (for one device: the
+    /// one [`CompileOptions::device`] names, else the default device).
+    ///
+    /// Errors: [`Error::InvalidSetting`] for zero replicas or partitions,
+    /// or a single-device index together with several devices;
+    /// [`Error::DeviceCount`] when the assignment's length differs from
+    /// replicas × partitions, or the client has fewer devices;
+    /// [`Error::ForeignClient`] for a device of another client;
+    /// [`Error::DuplicateDevice`] for a device assigned twice;
+    /// [`Error::NoSuchDevice`] for a device index out of range.
+    pub fn resolve_devices(&self, client: &Client) -> Result<Vec<Device>> {
+        for (field, n) in [
+            ("num_replicas", self.num_replicas),
+            ("num_partitions", self.num_partitions),
+        ] {
+            if n == 0 {
+                return Err(Error::InvalidSetting {
+                    what: "CompileOptions".into(),
+                    field,
+                    value: "0".into(),
+                    reason: "a program runs on at least one replica of one partition",
+                });
+            }
+        }
+        let n = self
+            .num_replicas
+            .checked_mul(self.num_partitions)
+            .ok_or(Error::DeviceCount {
+                what: "CompileOptions: num_replicas x num_partitions".into(),
+                expected: usize::MAX,
+                actual: client.devices().len(),
+            })?;
+        if let Some(devices) = &self.assignment {
+            if devices.len() != n {
+                return Err(Error::DeviceCount {
+                    what: format!(
+                        "the device assignment of {} replica(s) x {} partition(s)",
+                        self.num_replicas, self.num_partitions
+                    ),
+                    expected: n,
+                    actual: devices.len(),
+                });
+            }
+            for (i, d) in devices.iter().enumerate() {
+                client.check_device(d, &format!("device {i} of the device assignment"))?;
+                if devices[..i].contains(d) {
+                    return Err(Error::DuplicateDevice {
+                        what: "the device assignment".into(),
+                        device: d.to_string(),
+                    });
+                }
+            }
+            if self.device_index.is_some() && n > 1 {
+                return Err(self.index_with_many());
+            }
+            return Ok(devices.clone());
+        }
+        if n == 1 {
+            return Ok(vec![match self.device_index {
+                Some(i) => client.device(i)?.clone(),
+                None => client.default_device().clone(),
+            }]);
+        }
+        if self.device_index.is_some() {
+            return Err(self.index_with_many());
+        }
+        if n > client.devices().len() {
+            return Err(Error::DeviceCount {
+                what: format!(
+                    "a compile for {} replica(s) x {} partition(s) on the {} client",
+                    self.num_replicas,
+                    self.num_partitions,
+                    client.platform_name()
+                ),
+                expected: n,
+                actual: client.devices().len(),
+            });
+        }
+        Ok(client.devices()[..n].to_vec())
+    }
+
+    fn index_with_many(&self) -> Error {
+        Error::InvalidSetting {
+            what: "CompileOptions".into(),
+            field: "device",
+            value: format!("{:?}", self.device_index),
+            reason: "a single target device cannot be combined with several replicas or partitions; use device_assignment",
+        }
+    }
+
     /// The serialized `CompileOptionsProto`.
     pub fn to_bytes(&self) -> Vec<u8> {
         let env_option_overrides = self
@@ -164,10 +390,29 @@ impl CompileOptions {
         CompileOptionsProto {
             executable_build_options: Some(ExecutableBuildOptionsProto {
                 device_ordinal: self.device_index.map_or(-1, |i| i as i64),
-                num_replicas: 1,
-                num_partitions: 1,
+                num_replicas: self.num_replicas as i64,
+                num_partitions: self.num_partitions as i64,
+                use_spmd_partitioning: self.use_spmd_partitioning,
+                device_assignment: self.assignment.as_ref().map(|devices| {
+                    let partitions = self.num_partitions.max(1);
+                    DeviceAssignmentProto {
+                        replica_count: self.num_replicas as i32,
+                        computation_count: self.num_partitions as i32,
+                        computation_devices: (0..partitions)
+                            .map(|p| ComputationDevice {
+                                replica_device_ids: devices
+                                    .iter()
+                                    .skip(p)
+                                    .step_by(partitions)
+                                    .map(|d| i64::from(d.id()))
+                                    .collect(),
+                            })
+                            .collect(),
+                    }
+                }),
+                use_shardy_partitioner: self.use_shardy_partitioner,
             }),
-            compile_portable_executable: self.device_index.is_some(),
+            compile_portable_executable: self.device_index.is_some() && self.device_count() == 1,
             env_option_overrides,
         }
         .encode_to_vec()
@@ -225,6 +470,17 @@ mod tests {
             opts.flags().get("xla_gpu_enable_fast_min_max"),
             Some(&XlaFlag::Bool(false))
         );
+    }
+
+    #[test]
+    fn spmd_options_encode_partitions_and_partitioners() {
+        // field 3 { device_ordinal -1, num_replicas 1, num_partitions 4,
+        // use_spmd_partitioning (6) true, use_shardy_partitioner (19) true }
+        let bytes = CompileOptions::plugin_defaults().spmd(4).to_bytes();
+        let mut expected = vec![0x1a, 0x14, 0x08];
+        expected.extend([0xff; 9]);
+        expected.extend([0x01, 0x20, 0x01, 0x28, 0x04, 0x30, 0x01, 0x98, 0x01, 0x01]);
+        assert_eq!(bytes, expected);
     }
 
     #[test]

@@ -1,4 +1,12 @@
-//! `Executable`: a compiled program, loaded on one device, run on buffers.
+//! `Executable`: a compiled program, loaded on one device or several, run
+//! on buffers.
+//!
+//! A multi-device executable (compiled with several partitions or
+//! replicas, e.g. [`CompileOptions::spmd`]) runs with one argument list per
+//! device ([`Executable::execute_sharded`]) and returns one output list per
+//! device ([`DeviceOutputs`]). Its [`Executable::signature`] holds the
+//! per-device (shard) types, read from the compiled module; the program's
+//! global types stay in [`Executable::global_signature`].
 
 use std::fmt;
 
@@ -61,14 +69,20 @@ impl Arg<'_> {
 /// # Ok::<(), xlayer::Error>(())
 /// ```
 pub struct Executable {
-    raw: *mut sys::PJRT_LoadedExecutable,
-    client: Client,
-    name: String,
-    signature: Signature,
-    device: Device,
-    portable: bool,
+    pub(super) raw: *mut sys::PJRT_LoadedExecutable,
+    pub(super) client: Client,
+    pub(super) name: String,
+    pub(super) signature: Signature,
+    /// The program's own signature (global shapes, for SPMD programs).
+    pub(super) global_signature: Signature,
+    pub(super) device: Device,
+    /// The devices one run spans, in the order of the argument lists: the
+    /// device assignment's `[replica][partition]` order (one for a
+    /// single-device executable).
+    pub(super) devices: Vec<Device>,
+    pub(super) portable: bool,
     /// Indices of donor parameters, passed as non-donatable when borrowed.
-    donor_indices: Vec<i64>,
+    pub(super) donor_indices: Vec<i64>,
 }
 
 // SAFETY: PJRT loaded executables are thread-safe: Execute may be called
@@ -148,10 +162,8 @@ impl Client {
     /// isolated, [`Error::PluginCrashed`] if the compiler crashed the child
     /// and [`Error::Isolation`] if the child could not be run.
     pub fn compile_with(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
-        let device = match options.device_index {
-            Some(i) => self.device(i)?.clone(),
-            None => self.default_device().clone(),
-        };
+        let devices = options.resolve_devices(self)?;
+        let device = devices[0].clone();
         if let Some(platforms) = program.platforms() {
             let mine = self.platform_name().to_ascii_lowercase();
             let same = |p: &String| {
@@ -184,7 +196,11 @@ impl Client {
         p.code_size = program.code().len();
         p.format = format.as_ptr().cast();
         p.format_size = format.len();
-        let opts = options.to_bytes();
+        let opts = if devices.len() > 1 && options.assignment.is_none() {
+            options.clone().device_assignment(&devices).to_bytes()
+        } else {
+            options.to_bytes()
+        };
         let mut a = sys::PJRT_Client_Compile_Args::new();
         a.client = self.inner.raw;
         a.program = &p;
@@ -197,8 +213,10 @@ impl Client {
             client: self.clone(),
             name: program.name().to_string(),
             signature: program.signature().clone(),
+            global_signature: program.signature().clone(),
             device,
-            portable: options.device_index.is_some(),
+            devices: Vec::new(),
+            portable: options.device_index.is_some() && devices.len() == 1,
             donor_indices: Vec::new(),
         };
         exe.finish_load()?;
@@ -262,8 +280,10 @@ impl Client {
             raw: a.loaded_executable,
             client: self.clone(),
             name: name.to_string(),
+            global_signature: signature.clone(),
             signature,
             device,
+            devices: Vec::new(),
             portable,
             donor_indices: Vec::new(),
         };
@@ -279,7 +299,31 @@ impl Executable {
     /// must match (left empty, they are taken as compiled), and declared
     /// parameters must match the compiled module's (read from its optimized
     /// HLO; kept as declared only when the plugin cannot return it).
+    ///
+    /// A multi-device executable's signature is the per-device one, taken
+    /// from the compiled module without comparing it to the declared
+    /// (global) one; its parameters must then be readable.
     fn finish_load(&mut self) -> Result<()> {
+        self.devices = self.addressable_devices()?;
+        if self.devices.len() > 1 {
+            self.device = self.devices[0].clone();
+            let outputs = self.compiled_output_specs()?;
+            let Some(params) = self.compiled_parameter_specs()? else {
+                return Err(Error::NotSupported(format!(
+                    "`{}` runs on {} devices, but the plugin does not return its optimized HLO, so the per-device argument types cannot be checked",
+                    self.name,
+                    self.devices.len()
+                )));
+            };
+            self.signature.inputs = params;
+            self.signature.outputs = outputs;
+            if self.signature.donors.len() != self.signature.inputs.len() {
+                self.signature.donors = vec![false; self.signature.inputs.len()];
+            }
+            self.donor_indices = donor_indices(&self.signature);
+            return Ok(());
+        }
+        self.devices = vec![self.device.clone()];
         let outputs = self.compiled_output_specs()?;
         if !self.signature.outputs.is_empty() && outputs != self.signature.outputs {
             return Err(Error::SignatureMismatch {
@@ -290,6 +334,7 @@ impl Executable {
             });
         }
         self.signature.outputs = outputs;
+        self.global_signature.outputs = self.signature.outputs.clone();
         if let Some(params) = self.compiled_parameter_specs()? {
             if params != self.signature.inputs {
                 return Err(Error::SignatureMismatch {
@@ -300,15 +345,43 @@ impl Executable {
                 });
             }
         }
-        self.donor_indices = self
-            .signature
-            .donors
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| **d)
-            .map(|(i, _)| i as i64)
-            .collect();
+        self.donor_indices = donor_indices(&self.signature);
         Ok(())
+    }
+
+    /// The executable's addressable devices, as the client's [`Device`]s:
+    /// more than one for a multi-device executable. Empty when the plugin
+    /// reports none (a portable executable).
+    fn addressable_devices(&self) -> Result<Vec<Device>> {
+        let mut a = sys::PJRT_LoadedExecutable_AddressableDevices_Args::new();
+        a.executable = self.raw;
+        pjrt_call!(
+            &self.client.inner.plugin,
+            PJRT_LoadedExecutable_AddressableDevices,
+            &mut a
+        )?;
+        if a.addressable_devices.is_null() || a.num_addressable_devices == 0 {
+            return Ok(Vec::new());
+        }
+        // SAFETY: the plugin returned an array of `num_addressable_devices`
+        // device pointers owned by the executable, alive here.
+        let raws =
+            unsafe { std::slice::from_raw_parts(a.addressable_devices, a.num_addressable_devices) };
+        raws.iter()
+            .map(|&raw| {
+                self.client
+                    .devices()
+                    .iter()
+                    .find(|d| d.raw == raw)
+                    .cloned()
+                    .ok_or_else(|| {
+                        Error::NotSupported(format!(
+                            "`{}` runs on a device that is not among its client's addressable devices",
+                            self.name
+                        ))
+                    })
+            })
+            .collect()
     }
 
     /// The entry parameters of the compiled module, from its optimized
@@ -443,9 +516,23 @@ impl Executable {
         &self.signature
     }
 
-    /// The device it runs on.
+    /// The device it runs on (the first, for a multi-device executable).
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Every device one run spans, in the order
+    /// [`Executable::execute_sharded`] takes argument lists (one for a
+    /// single-device executable).
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
+    /// The program's signature as declared: for an SPMD program, the global
+    /// shapes (while [`Executable::signature`] holds each device's shard).
+    /// For a single-device executable, the same as the signature.
+    pub fn global_signature(&self) -> &Signature {
+        &self.global_signature
     }
 
     /// The client it was compiled by.
@@ -458,8 +545,11 @@ impl Executable {
     /// Every argument is checked first: count, dtype, shape, client and
     /// device ([`Error::ArgumentCount`], [`Error::ArgumentType`],
     /// [`Error::ForeignClient`], [`Error::ArgumentDevice`]). Execution is
-    /// asynchronous: reading an output waits for it.
+    /// asynchronous: reading an output waits for it. A multi-device
+    /// executable is refused ([`Error::MultiDeviceExecutable`]): use
+    /// [`Executable::execute_sharded`].
     pub fn execute(&self, args: &[&Buffer]) -> Result<Vec<Buffer>> {
+        self.single_device()?;
         self.validate(args.len(), |i| args[i])?;
         let (mut inline, mut heap) = ([std::ptr::null_mut(); INLINE], Vec::new());
         let raws = raw_list(&mut inline, &mut heap, args.iter().map(|b| b.raw()));
@@ -471,6 +561,7 @@ impl Executable {
     /// A donated buffer whose parameter the program declares a donor may be
     /// reused for an output; it is consumed either way.
     pub fn execute_args(&self, args: Vec<Arg<'_>>) -> Result<Vec<Buffer>> {
+        self.single_device()?;
         self.validate(args.len(), |i| args[i].buffer())?;
         let (mut inline, mut heap) = ([std::ptr::null_mut(); INLINE], Vec::new());
         let raws = raw_list(
@@ -492,7 +583,18 @@ impl Executable {
     /// Checks arguments as [`Executable::execute`] does, without running:
     /// count, dtype, shape, client and device of each.
     pub fn check_arguments(&self, args: &[&Buffer]) -> Result<()> {
+        self.single_device()?;
         self.validate(args.len(), |i| args[i])
+    }
+
+    fn single_device(&self) -> Result<()> {
+        if self.devices.len() > 1 {
+            return Err(Error::MultiDeviceExecutable {
+                program: self.name.clone(),
+                devices: self.devices.len(),
+            });
+        }
+        Ok(())
     }
 
     fn validate<'b>(&self, count: usize, arg: impl Fn(usize) -> &'b Buffer) -> Result<()> {
@@ -592,6 +694,17 @@ fn raw_list<'s>(
         heap.extend(raws);
         heap
     }
+}
+
+/// Indices of the donor parameters of `signature`.
+fn donor_indices(signature: &Signature) -> Vec<i64> {
+    signature
+        .donors
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| **d)
+        .map(|(i, _)| i as i64)
+        .collect()
 }
 
 #[cfg(test)]

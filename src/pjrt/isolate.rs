@@ -18,7 +18,8 @@
 //! Protocol (both ways over pipes): the magic line [`MAGIC`], then
 //! length-prefixed (u64, little-endian) parts. Request: a JSON header
 //! (plugin path, platform, device count, program name, format and
-//! signature, XLA flags, device index), then the code. Answer: `O` and the
+//! signature, XLA flags, device index, replicas, partitions, partitioner
+//! and device assignment by index), then the code. Answer: `O` and the
 //! serialized executable, or `E` and a JSON error (the plugin's code and
 //! message, which the parent turns back into [`Error::Pjrt`]).
 
@@ -158,6 +159,11 @@ fn request(client: &Client, program: &Program, options: &CompileOptions) -> Vec<
         "donors": sig.donors,
         "flags": flags_json(options),
         "device": options.device_index,
+        "replicas": options.num_replicas,
+        "partitions": options.num_partitions,
+        "spmd": options.spmd_partitioning(),
+        "shardy": options.shardy_partitioner(),
+        "assignment": options.assignment.as_ref().map(|ds| ds.iter().map(|d| d.index()).collect::<Vec<_>>()),
     });
     let mut out = MAGIC.to_vec();
     put(&mut out, header.to_string().as_bytes());
@@ -312,9 +318,24 @@ fn serve(input: &[u8]) -> std::result::Result<Vec<u8>, String> {
             Program::mlir_text(String::from_utf8_lossy(code).into_owned())?
         }
         .with_name(name);
-        let mut options = CompileOptions::plugin_defaults();
+        let mut options = CompileOptions::plugin_defaults()
+            .num_replicas(h["replicas"].as_u64().unwrap_or(1) as usize)
+            .num_partitions(h["partitions"].as_u64().unwrap_or(1) as usize)
+            .use_spmd_partitioning(h["spmd"].as_bool().unwrap_or(false))
+            .use_shardy_partitioner(h["shardy"].as_bool().unwrap_or(false));
         if let Some(d) = h["device"].as_u64() {
             options = options.device(d as usize);
+        }
+        if let Some(list) = h["assignment"].as_array() {
+            let devices = list
+                .iter()
+                .map(|i| {
+                    client
+                        .device(i.as_u64().unwrap_or(u64::MAX) as usize)
+                        .cloned()
+                })
+                .collect::<Result<Vec<_>>>()?;
+            options = options.device_assignment(&devices);
         }
         for (k, v) in h["flags"].as_object().into_iter().flatten() {
             let flag = if let Some(s) = v["string"].as_str() {

@@ -1,0 +1,250 @@
+//! Running one executable over several devices: per-device argument lists
+//! in, per-device output lists out ([`Executable::execute_sharded`],
+//! [`DeviceOutputs`]), and clients with N CPU devices.
+//!
+//! This is PJRT's own multi-device execute (`PJRT_LoadedExecutable_Execute`
+//! with `num_devices > 1`): an SPMD program partitioned by XLA runs once on
+//! every device, each with its shard of every argument. Everything the
+//! plugin would trip on is checked here first: the number of argument
+//! lists, then for each device the argument count, every argument's dtype
+//! and shard shape, its client, and that it lives on that device.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, Weak};
+
+use super::buffer::Buffer;
+use super::client::{Client, ClientInner, ClientOptions};
+use super::executable::Executable;
+use super::plugin::{pjrt_call, Args, Plugin};
+use super::sys;
+use crate::error::{Error, Result};
+
+impl Client {
+    /// A shared CPU client with `n` devices (the CPU plugin's
+    /// `cpu_device_count` option), as JAX's
+    /// `--xla_force_host_platform_device_count=n`: while any handle of it
+    /// is alive, every call with the same `n` returns the same client.
+    /// [`Client::cpu`] keeps one device.
+    ///
+    /// Errors: [`Error::InvalidSetting`] for `n == 0`; those of
+    /// [`Client::new`].
+    ///
+    /// ```no_run
+    /// let client = xlayer::Client::cpu_devices(4)?;
+    /// assert_eq!(client.devices().len(), 4);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
+    pub fn cpu_devices(n: usize) -> Result<Client> {
+        if n == 0 {
+            return Err(Error::InvalidSetting {
+                what: "Client::cpu_devices".into(),
+                field: "n",
+                value: "0".into(),
+                reason: "a client needs at least one device",
+            });
+        }
+        if n == 1 {
+            return Client::cpu();
+        }
+        let count = i64::try_from(n).map_err(|_| Error::InvalidSetting {
+            what: "Client::cpu_devices".into(),
+            field: "n",
+            value: n.to_string(),
+            reason: "more devices than an i64 counts",
+        })?;
+        static CPUS: Mutex<Option<HashMap<usize, Weak<ClientInner>>>> = Mutex::new(None);
+        let mut slots = CPUS.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = slots.get_or_insert_with(HashMap::new).entry(n).or_default();
+        if let Some(inner) = slot.upgrade() {
+            return Ok(Client { inner });
+        }
+        let client = Client::new(
+            &Plugin::cpu()?,
+            &ClientOptions::new().cpu_device_count(count),
+        )?;
+        *slot = std::sync::Arc::downgrade(&client.inner);
+        Ok(client)
+    }
+}
+
+/// The outputs of one multi-device run: for each device (in
+/// [`Executable::devices`] order) its output buffers, in result order.
+///
+/// ```no_run
+/// # fn f(exe: &xlayer::Executable, args: &[Vec<&xlayer::Buffer>]) -> xlayer::Result<()> {
+/// let out = exe.execute_sharded(args)?;
+/// let first_device_outputs = out.device(0);
+/// let shards_of_result_0: Vec<xlayer::Buffer> = out.into_per_output().remove(0);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct DeviceOutputs {
+    per_device: Vec<Vec<Buffer>>,
+}
+
+impl DeviceOutputs {
+    /// How many devices ran.
+    pub fn device_count(&self) -> usize {
+        self.per_device.len()
+    }
+
+    /// How many results each device returned.
+    pub fn output_count(&self) -> usize {
+        self.per_device.first().map_or(0, Vec::len)
+    }
+
+    /// The outputs of the device at position `d` (empty when out of range).
+    pub fn device(&self, d: usize) -> &[Buffer] {
+        self.per_device.get(d).map_or(&[], Vec::as_slice)
+    }
+
+    /// The shards of result `i`, one per device (empty when out of range).
+    pub fn output(&self, i: usize) -> Vec<&Buffer> {
+        self.per_device.iter().filter_map(|v| v.get(i)).collect()
+    }
+
+    /// The buffers as `[device][result]`.
+    pub fn into_per_device(self) -> Vec<Vec<Buffer>> {
+        self.per_device
+    }
+
+    /// The buffers as `[result][device]`: each result's shards together.
+    pub fn into_per_output(self) -> Vec<Vec<Buffer>> {
+        let n = self.output_count();
+        let mut out: Vec<Vec<Buffer>> = (0..n)
+            .map(|_| Vec::with_capacity(self.per_device.len()))
+            .collect();
+        for list in self.per_device {
+            for (i, b) in list.into_iter().enumerate() {
+                out[i].push(b);
+            }
+        }
+        out
+    }
+}
+
+impl Executable {
+    /// Runs the program on every one of its devices
+    /// ([`Executable::devices`]) at once: `per_device[d]` is the argument
+    /// list of device `d` (each argument's shard there). Returns each
+    /// device's outputs. Works for single-device executables too (one list).
+    ///
+    /// Every argument is checked first, in Rust:
+    /// [`Error::DeviceListCount`] when the number of lists differs from the
+    /// executable's device count; for each device,
+    /// [`Error::ShardArgumentCount`], [`Error::ForeignClient`],
+    /// [`Error::ShardArgumentType`] (dtype or shard shape differs from
+    /// [`Executable::signature`]) and [`Error::ShardArgumentDevice`] (the
+    /// buffer lives on another device than the one its list runs on).
+    /// Buffers are borrowed; none is donated.
+    pub fn execute_sharded<'b, L: AsRef<[&'b Buffer]>>(
+        &self,
+        per_device: &[L],
+    ) -> Result<DeviceOutputs> {
+        self.validate_sharded(per_device)?;
+        let n_dev = self.devices.len();
+        let n_args = self.signature.inputs.len();
+        let n_out = self.signature.outputs.len();
+        let arg_lists: Vec<Vec<*mut sys::PJRT_Buffer>> = per_device
+            .iter()
+            .map(|l| l.as_ref().iter().map(|b| b.raw()).collect())
+            .collect();
+        let arg_ptrs: Vec<*const *mut sys::PJRT_Buffer> =
+            arg_lists.iter().map(|l| l.as_ptr()).collect();
+        let mut out_lists: Vec<Vec<*mut sys::PJRT_Buffer>> = (0..n_dev)
+            .map(|_| vec![std::ptr::null_mut(); n_out])
+            .collect();
+        let out_ptrs: Vec<*mut *mut sys::PJRT_Buffer> =
+            out_lists.iter_mut().map(|l| l.as_mut_ptr()).collect();
+        let mut options = sys::PJRT_ExecuteOptions::new();
+        options.non_donatable_input_indices = self.donor_indices.as_ptr();
+        options.num_non_donatable_input_indices = self.donor_indices.len();
+        let mut a = sys::PJRT_LoadedExecutable_Execute_Args::new();
+        a.executable = self.raw;
+        a.options = &mut options;
+        a.argument_lists = arg_ptrs.as_ptr();
+        a.num_devices = n_dev;
+        a.num_args = n_args;
+        a.output_lists = out_ptrs.as_ptr();
+        if self.portable {
+            a.execute_device = self.device.raw;
+        }
+        pjrt_call!(
+            &self.client.inner.plugin,
+            PJRT_LoadedExecutable_Execute,
+            &mut a
+        )?;
+        let per_device = out_lists
+            .into_iter()
+            .zip(&self.devices)
+            .map(|(list, device)| {
+                list.into_iter()
+                    .zip(&self.signature.outputs)
+                    .map(|(raw, spec)| {
+                        Buffer::from_raw(self.client.clone(), raw, spec.clone(), device.clone())
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(DeviceOutputs { per_device })
+    }
+
+    /// Checks per-device argument lists as [`Executable::execute_sharded`]
+    /// does, without running.
+    pub fn check_sharded_arguments<'b, L: AsRef<[&'b Buffer]>>(
+        &self,
+        per_device: &[L],
+    ) -> Result<()> {
+        self.validate_sharded(per_device)
+    }
+
+    fn validate_sharded<'b, L: AsRef<[&'b Buffer]>>(&self, per_device: &[L]) -> Result<()> {
+        if per_device.len() != self.devices.len() {
+            return Err(Error::DeviceListCount {
+                program: self.name.clone(),
+                expected: self.devices.len(),
+                actual: per_device.len(),
+            });
+        }
+        let inputs = &self.signature.inputs;
+        for (d, (list, device)) in per_device.iter().zip(&self.devices).enumerate() {
+            let list = list.as_ref();
+            if list.len() != inputs.len() {
+                return Err(Error::ShardArgumentCount {
+                    program: self.name.clone(),
+                    device: d,
+                    expected: inputs.len(),
+                    actual: list.len(),
+                });
+            }
+            for (index, (b, expected)) in list.iter().zip(inputs).enumerate() {
+                if b.client().id() != self.client.id() {
+                    return Err(Error::ForeignClient {
+                        what: format!("argument {index} for device {d} of `{}`", self.name),
+                        other: b.client().describe(),
+                        this: self.client.describe(),
+                    });
+                }
+                if b.spec() != expected {
+                    return Err(Error::ShardArgumentType {
+                        program: self.name.clone(),
+                        device: d,
+                        index,
+                        expected: expected.clone(),
+                        actual: b.spec().clone(),
+                    });
+                }
+                if b.device() != device {
+                    return Err(Error::ShardArgumentDevice {
+                        program: self.name.clone(),
+                        device: d,
+                        index,
+                        expected: device.to_string(),
+                        actual: b.device().to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
