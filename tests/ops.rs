@@ -880,7 +880,11 @@ fn misuse_names_op_and_shapes() -> Result<()> {
         &["f32[2,3]", "f32[3,4]"],
     );
     misuse(f23.pad(&i0, &[0, 0], &[0, 0], &[0, 0]), "pad", &["i32[]"]);
-    misuse(f23.reverse(&[2]), "reverse", &["f32[2,3]", "axis 2", "rank 2"]);
+    misuse(
+        f23.reverse(&[2]),
+        "reverse",
+        &["f32[2,3]", "axis 2", "rank 2"],
+    );
     misuse(b.iota(DType::F32, &[2, 3], 2), "iota", &["[2, 3]"]);
     // linalg
     misuse(f23.matmul(&f4), "matmul", &["f32[2,3]", "f32[4]"]);
