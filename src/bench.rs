@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 
 use crate::dtype::{ArraySpec, DType};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
+use crate::pjrt::analysis::CostAnalysis;
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 use crate::pjrt::executable::Executable;
@@ -249,6 +250,11 @@ pub struct BenchReport {
     pub bytes_accessed: Option<f64>,
     /// The roofline compared against.
     pub roofline: Option<Roofline>,
+    /// Why the plugin gave no cost analysis (it lacks
+    /// `PJRT_Executable_GetCostAnalysis`, or answers `Unimplemented`):
+    /// then `flops` and `bytes_accessed` are `None`, and GFLOP/s, GB/s and
+    /// the roofline fraction are unknown. `None` when it gave one.
+    pub cost_unavailable: Option<String>,
 }
 
 impl BenchReport {
@@ -305,6 +311,7 @@ impl BenchReport {
             "times_s": self.times.iter().map(|d| s(*d)).collect::<Vec<_>>(),
             "flops": self.flops,
             "bytes_accessed": self.bytes_accessed,
+            "cost_analysis_unavailable": self.cost_unavailable,
             "gflops_per_s": self.gflops(),
             "gbytes_per_s": self.gbps(),
             "roofline": self.roofline.as_ref().map(|r| serde_json::json!({
@@ -346,6 +353,15 @@ impl fmt::Display for BenchReport {
         }
         if let (Some(b), Some(g)) = (self.bytes_accessed, self.gbps()) {
             writeln!(f, "  memory   {b:.4e} B/run  {g:.3} GB/s")?;
+        }
+        if let Some(why) = &self.cost_unavailable {
+            writeln!(
+                f,
+                "  compute  unknown: the plugin gives no cost analysis ({why}); GFLOP/s and GB/s unknown"
+            )?;
+            if self.roofline.is_some() {
+                writeln!(f, "  roofline unknown (no flop or byte counts to compare)")?;
+            }
         }
         if let (Some(r), Some(frac)) = (&self.roofline, self.roofline_fraction()) {
             let src = match r.source {
@@ -410,11 +426,7 @@ pub fn bench(exe: &Executable, args: &[&Buffer], options: &BenchOptions) -> Resu
     };
     let mean = sorted.iter().sum::<Duration>() / sorted.len() as u32;
     let spread = (max - min).as_secs_f64() / median.as_secs_f64().max(1e-12);
-    let (flops, bytes_accessed) = match exe.cost_analysis() {
-        Ok(c) => (c.flops(), c.bytes_accessed()),
-        Err(Error::Unsupported { .. }) => (None, None),
-        Err(e) => return Err(e),
-    };
+    let (flops, bytes_accessed, cost_unavailable) = costs(exe.cost_analysis())?;
     Ok(BenchReport {
         name: exe.name().to_string(),
         times,
@@ -426,7 +438,26 @@ pub fn bench(exe: &Executable, args: &[&Buffer], options: &BenchOptions) -> Resu
         flops,
         bytes_accessed,
         roofline: options.roofline.clone(),
+        cost_unavailable,
     })
+}
+
+/// Flops, bytes and why they are missing, from a cost analysis: a plugin
+/// without one (the function absent, or `Unimplemented`, as jaxlib 0.11's
+/// CPU plugin answers) leaves the counts unknown; any other error is
+/// returned.
+fn costs(c: Result<CostAnalysis>) -> Result<(Option<f64>, Option<f64>, Option<String>)> {
+    match c {
+        Ok(c) => Ok((c.flops(), c.bytes_accessed(), None)),
+        Err(
+            e @ (Error::Unsupported { .. }
+            | Error::Pjrt {
+                code: ErrorCode::Unimplemented,
+                ..
+            }),
+        ) => Ok((None, None, Some(e.to_string()))),
+        Err(e) => Err(e),
+    }
 }
 
 /// f32 arrays filled with 0.5 (the measured programs' inputs: the values
@@ -535,7 +566,61 @@ mod tests {
             flops,
             bytes_accessed: bytes,
             roofline,
+            cost_unavailable: None,
         }
+    }
+
+    #[test]
+    fn a_plugin_without_cost_analysis_still_times() {
+        // What jaxlib 0.11.2's CPU plugin (`cpu-lammps`) answers.
+        let missing = Err(Error::Pjrt {
+            function: "PJRT_Executable_GetCostAnalysis",
+            code: ErrorCode::Unimplemented,
+            message: "not implemented".into(),
+        });
+        let (flops, bytes, why) = costs(missing).unwrap();
+        assert_eq!((flops, bytes), (None, None));
+        let why = why.unwrap();
+        assert!(why.contains("PJRT_Executable_GetCostAnalysis"), "{why}");
+        let mut r = report(
+            &[10, 12, 11],
+            None,
+            None,
+            Some(Roofline::new(40.0, 20.0).unwrap()),
+        );
+        r.cost_unavailable = Some(why);
+        assert_eq!(
+            (r.gflops(), r.gbps(), r.roofline_fraction()),
+            (None, None, None)
+        );
+        let text = r.to_string();
+        assert!(text.contains("median 11.000 ms"), "{text}");
+        assert!(
+            text.contains("GFLOP/s and GB/s unknown") && text.contains("roofline unknown"),
+            "{text}"
+        );
+        let j = r.to_json();
+        assert!(
+            j["cost_analysis_unavailable"]
+                .as_str()
+                .unwrap()
+                .contains("Unimplemented"),
+            "{j}"
+        );
+        assert!(j["gflops_per_s"].is_null());
+        // Other plugin errors are not hidden.
+        let other = Err(Error::Pjrt {
+            function: "PJRT_Executable_GetCostAnalysis",
+            code: ErrorCode::Internal,
+            message: "boom".into(),
+        });
+        assert!(matches!(
+            costs(other),
+            Err(Error::Pjrt {
+                code: ErrorCode::Internal,
+                ..
+            })
+        ));
     }
 
     #[test]

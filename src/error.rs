@@ -955,6 +955,67 @@ pub enum Error {
         /// The device.
         device: String,
     },
+
+    /// A mesh shape that cannot be: names and sizes of different counts,
+    /// no axis, an axis of size 0, a bad axis name.
+    #[error("mesh of shape {shape:?} over axes {axis_names:?}: {reason}")]
+    MeshShape {
+        /// The sizes given.
+        shape: Vec<usize>,
+        /// The names given.
+        axis_names: Vec<String>,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
+    /// A partition spec names more dimensions than the array has.
+    #[error("`{tensor}`: partition spec {spec} names more dimensions than its rank {rank}")]
+    SpecRank {
+        /// The array.
+        tensor: String,
+        /// The spec, as JAX writes it.
+        spec: String,
+        /// The array's rank.
+        rank: usize,
+    },
+
+    /// A partition spec names an axis the mesh lacks.
+    #[error("`{tensor}`: no mesh axis `{axis}` (the mesh has {mesh_axes:?})")]
+    UnknownMeshAxis {
+        /// The array.
+        tensor: String,
+        /// The axis named.
+        axis: String,
+        /// The mesh's axes.
+        mesh_axes: Vec<String>,
+    },
+
+    /// A partition spec uses one mesh axis for two dimensions (or twice
+    /// for one).
+    #[error("`{tensor}`: mesh axis `{axis}` is used twice in {spec}")]
+    MeshAxisReused {
+        /// The array.
+        tensor: String,
+        /// The axis.
+        axis: String,
+        /// The spec, as JAX writes it.
+        spec: String,
+    },
+
+    /// A dimension its mesh axes cannot split evenly.
+    #[error("`{tensor}`: dimension {dim} of size {size} is not divisible by {shards} (mesh axes {axes:?})")]
+    IndivisibleDimension {
+        /// The array.
+        tensor: String,
+        /// The dimension.
+        dim: usize,
+        /// Its size.
+        size: usize,
+        /// The axes splitting it.
+        axes: Vec<String>,
+        /// The product of their sizes.
+        shards: usize,
+    },
 }
 
 /// `; known: a, b` for [`Error::UnknownName`] messages.

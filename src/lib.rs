@@ -14,6 +14,8 @@
 //! - [`cache`]: the persistent compilation cache.
 //! - [`gguf`]: GGUF model files (llama.cpp's format), validated, with host dequantization.
 //! - [`models`]: pretrained models (BERT / all-MiniLM-L6-v2) from safetensors.
+//! - [`sharding`]: meshes, partition specs, named shardings and sharded
+//!   arrays over several devices (SPMD through XLA's partitioner).
 //! - [`layers`]: Keras-style layers and models; [`flax`]: Flax linen modules and `FlaxLayer`.
 //!
 //! ```no_run
@@ -49,6 +51,7 @@ pub mod models;
 #[allow(unsafe_code)]
 pub mod pjrt;
 pub mod program;
+pub mod sharding;
 mod st_header;
 pub mod train;
 pub mod weights;

@@ -432,8 +432,20 @@ fn hlo(args: &ProgramArgs, cost: bool, proto: Option<&Path>) -> Result<()> {
     print!("{text}");
     if cost {
         println!("\n// cost analysis");
-        for line in exe.cost_analysis()?.to_string().lines() {
-            println!("//   {line}");
+        match exe.cost_analysis() {
+            Ok(c) => {
+                for line in c.to_string().lines() {
+                    println!("//   {line}");
+                }
+            }
+            Err(
+                e @ (xlayer::Error::Unsupported { .. }
+                | xlayer::Error::Pjrt {
+                    code: xlayer::ErrorCode::Unimplemented,
+                    ..
+                }),
+            ) => println!("//   unknown: the plugin gives none ({e})"),
+            Err(e) => return Err(e.into()),
         }
         match exe.compiled_memory_stats() {
             Ok(m) => println!(

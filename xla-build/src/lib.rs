@@ -308,9 +308,29 @@ pub const CPU_ZML: Recipe = Recipe {
     runtime_note: "none: the CPU plugin is self-contained",
 };
 
+/// A third CPU plugin build: the unmodified XLA CPU plugin of jaxlib
+/// 0.11.2 (PJRT C API 0.115; Apache-2.0), as packaged on PyPI by
+/// `lammps-jax-pjrt-cpu` (a 63 MB wheel, 201 MB unpacked). It fuses with
+/// YNNPACK by default and implements no cost analysis
+/// (`PJRT_Executable_GetCostAnalysis` is `Unimplemented`). Not the default:
+/// see "CPU plugin choice" in `docs/benchmarks.md` for the measurement.
+/// Fetch it with `xla-build fetch cpu-lammps` or [`ensure_recipe`].
+pub const CPU_LAMMPS: Recipe = Recipe {
+    name: "cpu-lammps",
+    env: "XLAYER_PJRT_PLUGIN_CPU_LAMMPS",
+    target: Target::Cpu,
+    package: "lammps-jax-pjrt-cpu",
+    version: "0.11.2",
+    wheel: "lammps_jax_pjrt_cpu-0.11.2-py3-none-manylinux_2_27_x86_64.whl",
+    sha256: "1319390d948b39f69f7dade496b7c385149d9ca6097a6b62114da113216d9ad1",
+    pip_args: &["--platform", "manylinux_2_27_x86_64"],
+    member: "lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so",
+    runtime_note: "none: the CPU plugin is self-contained",
+};
+
 /// Every recipe: the default one of each [`Target`], then the alternative
-/// builds ([`CPU_ZML`]).
-pub const RECIPES: [&Recipe; 4] = [&CPU, &CUDA12, &TPU, &CPU_ZML];
+/// builds ([`CPU_ZML`], [`CPU_LAMMPS`]).
+pub const RECIPES: [&Recipe; 5] = [&CPU, &CUDA12, &TPU, &CPU_ZML, &CPU_LAMMPS];
 
 /// The pinned recipe for a target.
 pub fn recipe(target: Target) -> &'static Recipe {
@@ -321,7 +341,8 @@ pub fn recipe(target: Target) -> &'static Recipe {
     }
 }
 
-/// The recipe called `name` (`cpu`, `cuda12`, `tpu`, `cpu-zml`), if any.
+/// The recipe called `name` (`cpu`, `cuda12`, `tpu`, `cpu-zml`,
+/// `cpu-lammps`), if any.
 pub fn recipe_named(name: &str) -> Option<&'static Recipe> {
     RECIPES
         .into_iter()

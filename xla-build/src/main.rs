@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run -p xla-build -- fetch cpu      # download, verify, unpack (idempotent)
 //! cargo run -p xla-build -- fetch cpu-zml  # a second CPU plugin build (ZML's)
+//! cargo run -p xla-build -- fetch cpu-lammps  # a third: jaxlib 0.11.2's XLA CPU plugin
 //! cargo run -p xla-build -- path cpu       # print the plugin path, fetching if needed
 //! cargo run -p xla-build -- fetch minilm   # a pinned data asset (model weights)
 //! cargo run -p xla-build -- fetch smollm2  # the SmolLM2-135M GGUF decoder
@@ -25,10 +26,10 @@ commands:
   path [TARGET|ASSET]   print its path (a file, or an asset's folder), fetching it first if needed
   status                show the cache folder, each recipe, and what is cached
 
-targets: cpu, cuda12, tpu; cpu-zml (a second, independent CPU plugin build)
+targets: cpu, cuda12, tpu; cpu-zml, cpu-lammps (other CPU plugin builds: ZML's, jaxlib 0.11.2's)
 assets: minilm (all-MiniLM-L6-v2: safetensors weights, tokenizer.json, configs)
         smollm2 (SmolLM2-135M-Instruct: one Q4_1 GGUF file, 98 MB)
-environment: XLAYER_HOME (cache), XLAYER_PJRT_PLUGIN[_CPU|_CUDA12|_TPU|_CPU_ZML] (overrides),
+environment: XLAYER_HOME (cache), XLAYER_PJRT_PLUGIN[_CPU|_CUDA12|_TPU|_CPU_ZML|_CPU_LAMMPS] (overrides),
              XLAYER_MINILM_DIR, XLAYER_SMOLLM2_DIR (asset overrides), XLAYER_PYTHON";
 
 fn main() -> ExitCode {
