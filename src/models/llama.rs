@@ -237,7 +237,7 @@ pub fn forward(
     let mut x = embd.rows(ids)?;
     let mut updated = Vec::with_capacity(cfg.layers);
     let blk = vb.pp("blk");
-    for l in 0..cfg.layers {
+    for (l, (k_cache, v_cache)) in cache.iter().enumerate() {
         let wl = blk.pp(l);
         let xn = rms_norm(&wl.pp("attn_norm"), &x, cfg.eps)?;
         let q = qweight::linear(&wl.pp("attn_q"), &xn, h)?.reshape(&[s, nh, dh])?;
@@ -246,8 +246,8 @@ pub fn forward(
         let q = (rope(&q, &cos, &sin)? * scale)?;
         let k = rope(&k, &cos, &sin)?;
         let at = [start.clone(), zero_i.clone(), zero_i.clone()];
-        let kl = cache[l].0.dynamic_update_slice(&k, &at)?;
-        let vl = cache[l].1.dynamic_update_slice(&v, &at)?;
+        let kl = k_cache.dynamic_update_slice(&k, &at)?;
+        let vl = v_cache.dynamic_update_slice(&v, &at)?;
         let qg = q.reshape(&[s, nkv, rep, dh])?;
         let scores = Value::einsum("sgrd,cgd->grsc", &qg, &kl)?;
         let probs = nn::softmax(&(scores + &mask_bias)?, 3)?;
