@@ -576,6 +576,11 @@ pub enum Op {
     },
     /// Identity whose cotangent is zero (`lax.stop_gradient`); emits nothing.
     StopGradient,
+    /// Operand 0's value with operand 1's gradient (a custom derivative,
+    /// as `jax.custom_jvp` gives `jax.nn.relu`): emits nothing (the program
+    /// uses operand 0, and operand 1's ops are dead code the compiler
+    /// drops); reverse mode sends the cotangent to operand 1 only.
+    GradientOf,
     /// Run one of several branches by an i32 index (operand), clamped as StableHLO does.
     Case {
         /// The branches; each returns the same types.
@@ -679,7 +684,8 @@ impl Op {
             | Op::Convolution(_)
             | Op::Gather { .. }
             | Op::TopK { .. }
-            | Op::StopGradient => Vec::new(),
+            | Op::StopGradient
+            | Op::GradientOf => Vec::new(),
         }
     }
 
@@ -725,6 +731,7 @@ impl Op {
             Op::AllToAll { .. } => "all_to_all",
             Op::CollectivePermute { .. } => "ppermute",
             Op::PartitionId => "partition_id",
+            Op::GradientOf => "gradient_of",
         }
     }
 }

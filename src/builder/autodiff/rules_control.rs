@@ -149,7 +149,8 @@ fn replay_node(b: &Builder, g: &Graph, n: NodeId, env: &mut HashMap<ValueId, Val
         | Op::AllGather { .. }
         | Op::AllToAll { .. }
         | Op::CollectivePermute { .. }
-        | Op::PartitionId) => op.clone(),
+        | Op::PartitionId
+        | Op::GradientOf) => op.clone(),
     };
     let refs: Vec<&Value> = operands.iter().collect();
     let outs = b.push(op, &refs, node.outputs.clone())?;
