@@ -1,18 +1,18 @@
 //! Dispatch latency of a cached tiny program, `f(a, b) = a @ b + 1` with
 //! a: f32[2,3], b: f32[3,4], through xlayer's safe API next to the floor: the
-//! same plugin driven through the raw PJRT C API (`raw_pjrt`), in one run.
+//! same executable run straight through the plugin's C function table
+//! (`xlayer::pjrt::bench_support::RawDispatch`), in one run.
 //!
 //! `cargo bench --bench dispatch` reports both with criterion, then measures
 //! them again interleaved (rounds of A then B, so drift hits both alike) and
 //! prints the ratio xlayer / raw. The goal (issue #2) is a ratio <= 1.15.
 
-mod raw_pjrt;
-
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use xlayer::{Client, ClientOptions, CompileOptions, Plugin, Program};
+use xlayer::pjrt::bench_support::RawDispatch;
+use xlayer::{Client, ClientOptions, Plugin, Program};
 
 /// The StableHLO text JAX 0.10.2 emits for `jax.jit(f)` (facts file).
 const PROGRAM: &str = r#"module @jit_f attributes {mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32} {
@@ -51,13 +51,6 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn dispatch(c: &mut Criterion) {
     let path = xla_build::ensure(xla_build::Target::Cpu).expect("CPU plugin");
 
-    let raw = raw_pjrt::RawPjrt::new(
-        &path,
-        PROGRAM,
-        &CompileOptions::new().to_bytes(),
-        &[(&A, &[2, 3]), (&B, &[3, 4])],
-    );
-
     let client = Client::new(
         &Plugin::load(&path).expect("load plugin"),
         &ClientOptions::new(),
@@ -78,7 +71,8 @@ fn dispatch(c: &mut Criterion) {
             exe.execute(black_box(&[&a, &b])).expect("execute"),
         ))
     };
-    let raw_call = || raw.execute_and_drop();
+    let raw = RawDispatch::new(&exe, &[&a, &b]).expect("raw dispatch");
+    let raw_call = || raw.execute_and_drop().expect("raw execute");
 
     let mut g = c.benchmark_group("dispatch");
     g.bench_function("raw_c_api", |bench| bench.iter(raw_call));

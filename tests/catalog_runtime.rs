@@ -156,6 +156,60 @@ case!(example_non_utf8_argument_is_a_clear_error, {
     }
 });
 
+case!(minilm_example_bench_prints_one_json_object, {
+    let exe = example("minilm");
+    let out = Command::new(&exe)
+        .args([
+            "--bench",
+            "3",
+            "A cat sits on the mat.",
+            "Compilers turn programs into machine code.",
+        ])
+        .output()
+        .expect("run the minilm example");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Exactly one JSON object, nothing else on stdout.
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(stdout.trim().lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.starts_with("{\"sentences\":2,\"median_ms\":"),
+        "{stdout}"
+    );
+    assert_eq!(v.as_object().unwrap().len(), 3, "{stdout}");
+    assert_eq!(v["sentences"], 2);
+    let runs: Vec<f64> = v["runs_ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(runs.len(), 3);
+    let mut sorted = runs.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(v["median_ms"].as_f64().unwrap(), sorted[1]);
+    assert!(sorted[0] > 0.0);
+    for (args, want) in [
+        (
+            &["--bench", "0", "x"][..],
+            "--bench needs a number of timed runs of at least 1, got `0`",
+        ),
+        (&["--bench"][..], "--bench needs a number of timed runs"),
+        (&["--bench", "2", "--json", "x"][..], "--json and --bench"),
+    ] {
+        let out = Command::new(&exe).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+});
+
 // ------------------------------------------------------------ wrong results
 
 const ADD_ONE: &str = "// func.func public @main(%a: tensor<4xi32>) -> tensor<4xi32>\n\

@@ -216,3 +216,64 @@ fn wrong_shape_config_lists_every_problem() {
         .iter()
         .any(|p| p.contains("intermediate.dense.weight") && p.contains("[1536, 384]")));
 }
+
+/// Length-aware batching: a long paragraph among short sentences runs in
+/// its own execution; every embedding comes back in the caller's order and
+/// equals the sentence embedded alone (padding is masked; only rounding
+/// may differ between shapes).
+#[test]
+fn batched_embeddings_equal_each_sentence_embedded_alone() {
+    let client = Client::cpu().unwrap();
+    let model =
+        MiniLm::load_from_dir(&client, &model_dir(), CompileCache::from_env().unwrap()).unwrap();
+    let long = "Modern processors execute many instructions at once by splitting them into \
+        small steps, predicting which way branches will go, and reordering independent \
+        operations, while large caches keep frequently used data close to the cores; \
+        compilers help by scheduling instructions and vectorizing arithmetic.";
+    let texts = [
+        "Coffee or tea?",
+        long,
+        "A cat sits on the mat.",
+        "The quick brown fox jumps over the lazy dog near the river bank.",
+        "Please send me the report before Friday.",
+        "Rain is expected tomorrow afternoon across most of the northern region.",
+    ];
+    let lens: Vec<usize> = model
+        .tokenize(&texts)
+        .unwrap()
+        .iter()
+        .map(|t| t.ids.len())
+        .collect();
+    assert!(
+        lens[1] > 40 && lens.iter().enumerate().all(|(i, &n)| i == 1 || n <= 20),
+        "{lens:?}"
+    );
+    let plan = model.plan(&lens);
+    assert!(plan.len() >= 2, "{plan:?}");
+    let last = plan.last().unwrap();
+    assert_eq!(last.0, [1], "the paragraph runs alone: {plan:?}");
+    let all: Vec<usize> = plan.iter().flat_map(|(rows, _, _)| rows.clone()).collect();
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..texts.len()).collect::<Vec<_>>(), "{plan:?}");
+    let batched = model.embed(&texts).unwrap();
+    let mut worst = 1f32;
+    let mut worst_abs = 0f32;
+    for (t, b) in texts.iter().zip(&batched) {
+        let alone = model.embed(&[t]).unwrap();
+        worst = worst.min(cosine(b, &alone[0]));
+        for (x, y) in b.iter().zip(&alone[0]) {
+            worst_abs = worst_abs.max((x - y).abs());
+        }
+    }
+    eprintln!("batched vs alone: worst cosine {worst:.8}, worst |difference| {worst_abs:e}");
+    assert!(worst >= 0.99999, "worst cosine {worst}");
+    assert!(worst_abs <= 1e-4, "worst |difference| {worst_abs}");
+    // The caller's order, whatever it is.
+    let reversed: Vec<&str> = texts.iter().rev().copied().collect();
+    let back = model.embed(&reversed).unwrap();
+    for (i, b) in back.iter().rev().enumerate() {
+        let c = cosine(b, &batched[i]);
+        assert!(c >= 0.99999, "input {i} in reversed order: cosine {c}");
+    }
+}

@@ -15,7 +15,7 @@ load average at the start of every round.
 --jax-hlo also runs JAX's own StableHLO of each forward entry on every
 plugin (the programs are then identical; only the compiler differs).
 --variant adds runs of that HLO compiled with the XLA flags FLAGS
-(`name=value,...`) on every plugin. --minilm BIN adds the MiniLM entries
+(`name=value;name=value`) on every plugin. --minilm BIN adds the MiniLM entries
 (batch 1, 8, 24) when the minilm example BIN supports `--bench N`
 (see MINILM_HOOK below).
 """

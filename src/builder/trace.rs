@@ -80,7 +80,8 @@ pub fn trace(
 }
 
 /// Traces `f` over flat inputs of `specs` and compiles it on `client`: the
-/// one-call path from a closure to an [`Executable`].
+/// one-call path from a closure to an [`Executable`]. Compiles through the
+/// persistent compilation cache (see [`Computation::compile`]).
 ///
 /// ```
 /// use xlayer::{builder::jit, ArraySpec, Client};
@@ -204,9 +205,19 @@ impl Computation {
     }
 
     /// Emits and compiles on `client` with the default [`crate::CompileOptions`]
-    /// (NaN-propagating min/max, as JAX).
+    /// (NaN-propagating min/max, as JAX), through the environment's
+    /// persistent compilation cache ([`crate::cache::CompileCache::from_env`];
+    /// none when it names no folder): a program compiled before by the same
+    /// plugin build, in this process or an earlier one, is loaded from disk.
+    /// [`jit`], layer weight initialisation, optimizer-state init and
+    /// `flax::init`/`apply` compile through here.
+    ///
+    /// Errors: the compiler's; a cache folder that is not private to this
+    /// user (see [`crate::cache::CompileCache::compile`]).
     pub fn compile(&self, client: &Client) -> Result<Executable> {
-        client.compile(&self.program()?)
+        let cache = crate::cache::CompileCache::from_env()
+            .unwrap_or_else(|_| crate::cache::CompileCache::disabled());
+        self.compile_cached(client, &cache)
     }
 
     /// Emits and compiles on `client` through a persistent compilation

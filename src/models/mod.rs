@@ -1,5 +1,7 @@
 //! Pretrained models written with the builder, loaded from checkpoints.
 //!
+//! - [`batching`]: length-aware batching of inputs of different lengths
+//!   into padded executions, chosen by a measured cost model.
 //! - [`bert`]: a BERT encoder with mean pooling and L2 normalisation.
 //! - [`minilm`]: all-MiniLM-L6-v2 sentence embeddings end to end
 //!   (provisioning, tokenizer, bucketing, compilation cache).
@@ -11,6 +13,7 @@
 //! Their weights load through [`crate::weights`] (memory-mapped safetensors,
 //! checked before upload, streamed to the device).
 
+pub mod batching;
 pub mod bert;
 pub mod llama;
 pub mod llm;

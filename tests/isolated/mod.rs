@@ -12,14 +12,21 @@ pub const CHILD: &str = "XLAYER_CATALOG_CHILD";
 /// Runs `body` in a child process (see the module docs); in the child,
 /// runs it here.
 pub fn isolated(name: &str, body: impl FnOnce()) {
+    isolated_env(name, &[], body);
+}
+
+/// As [`isolated`], with `env` set in the child; returns the child's
+/// stdout (empty in the child itself).
+pub fn isolated_env(name: &str, env: &[(&str, &std::ffi::OsStr)], body: impl FnOnce()) -> String {
     if std::env::var_os(CHILD).is_some() {
         body();
         println!("catalog case {name} passed");
-        return;
+        return String::new();
     }
     let out = Command::new(std::env::current_exe().expect("test binary"))
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD, "1")
+        .envs(env.iter().copied())
         .output()
         .expect("run the test binary");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -29,6 +36,7 @@ pub fn isolated(name: &str, body: impl FnOnce()) {
         "case {name} failed in its child process ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         out.status
     );
+    stdout.into_owned()
 }
 
 #[allow(unused_macros)]
