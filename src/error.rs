@@ -1019,6 +1019,30 @@ pub enum Error {
         /// The product of their sizes.
         shards: usize,
     },
+
+    // --- speed-suite ---
+    /// A per-compile XLA flag the plugin does not know (its compiler has no
+    /// such debug option; names differ between plugin builds).
+    #[error("the PJRT plugin {} has no XLA flag `{name}` (set through CompileOptions::xla_flag)", plugin.display())]
+    UnknownXlaFlag {
+        /// The flag's name.
+        name: String,
+        /// The plugin file.
+        plugin: PathBuf,
+    },
+
+    /// A per-compile XLA flag the plugin knows, given a value it refuses.
+    #[error("the PJRT plugin {} refuses XLA flag `{name}` = {value}: {message}", plugin.display())]
+    InvalidXlaFlag {
+        /// The flag's name.
+        name: String,
+        /// The value given.
+        value: crate::pjrt::compile_options::XlaFlag,
+        /// The plugin file.
+        plugin: PathBuf,
+        /// The plugin's reason.
+        message: String,
+    },
 }
 
 /// `; known: a, b` for [`Error::UnknownName`] messages.

@@ -368,6 +368,8 @@ fn the_device_assignment_is_encoded_as_jax_encodes_it() -> Result<()> {
     Ok(())
 }
 
+// The child process is the `xlayer` binary, built with the `cli` feature.
+#[cfg(feature = "cli")]
 #[test]
 fn an_isolated_spmd_compile_runs_like_an_in_process_one() -> Result<()> {
     let c = client()?;
@@ -386,5 +388,29 @@ fn an_isolated_spmd_compile_runs_like_an_in_process_one() -> Result<()> {
     let lists: Vec<[&xlayer::Buffer; 1]> = shards.iter().map(|b| [b]).collect();
     let out = exe.execute_sharded(&lists)?;
     assert_eq!(out.device(3)[0].to_vec::<f32>()?, vec![8.0; 4]);
+    Ok(())
+}
+
+#[test]
+fn a_partitioned_text_program_must_be_compiled_for_its_device_count() -> Result<()> {
+    let c = client()?;
+    let p = Program::mlir_text(MATMUL_2X2)?;
+    assert_eq!(p.device_count(), 4);
+    assert!(matches!(
+        c.compile(&p),
+        Err(Error::DeviceCount {
+            expected: 4,
+            actual: 1,
+            ..
+        })
+    ));
+    assert!(matches!(
+        c.compile_with(&p, &CompileOptions::new().spmd(2)),
+        Err(Error::DeviceCount {
+            expected: 4,
+            actual: 2,
+            ..
+        })
+    ));
     Ok(())
 }

@@ -28,14 +28,13 @@ fn float_only(op: &'static str, x: &Value) -> Result<()> {
 /// # Ok::<(), xlayer::Error>(())
 /// ```
 pub fn relu(x: &Value) -> Result<Value> {
-    // Forward: max(x, 0), NaN-propagating. Gradient: JAX's custom rule,
-    // g where x > 0 and 0 elsewhere (also at x == 0, where max would split
-    // it). The gradient flows through the select only; the stop_gradient
-    // term makes the value exactly max(x, 0) (it is 0 unless x is NaN).
+    // Forward: max(x, 0), NaN-propagating, one op as in JAX (so the
+    // compiler can fuse it, e.g. into a YNNPACK conv fusion). Gradient:
+    // JAX's custom rule, g where x > 0 and 0 elsewhere (also at x == 0,
+    // where max would split it), the derivative of the select.
     let zero = x.scalar_like(0.0)?;
     let positive = x.gt(&zero)?.select(x, &zero)?;
-    let max = x.maximum(&zero)?;
-    positive.add(&max.sub(&positive)?.stop_gradient()?)
+    x.maximum(&zero)?.with_gradient_of(&positive)
 }
 
 /// The logistic sigmoid `1 / (1 + e^-x)`.
