@@ -24,8 +24,8 @@
 //!     → `{"entry", "runs_ms": [...], "median_ms"}`;
 //!   - `hlo NAME FILE N [FLAGS]`: compiles the StableHLO text FILE (e.g.
 //!     JAX's own `jax.jit(f).lower(...).as_text()`) with the XLA flags
-//!     FLAGS (`name=value,name=value`; `true`/`false`, integers, else
-//!     strings), fills its inputs with 0.5, and times N calls →
+//!     FLAGS (`name=value;name=value`; `true`/`false`, integers, else
+//!     strings, which may hold commas), fills its inputs with 0.5, and times N calls →
 //!     `{"entry": NAME, "runs_ms", "median_ms", "compile_ms"}`;
 //!   - `info` → the plugin's path, C API version and platform version;
 //!   - `quit`.
@@ -321,10 +321,10 @@ fn build(client: &Client, entry: &str) -> Result<Runner> {
     })
 }
 
-/// `name=value,name=value` → XLA flags on top of the default options.
+/// `name=value;name=value` → XLA flags on top of the default options.
 fn parse_flags(s: Option<&str>) -> Result<CompileOptions> {
     let mut opts = CompileOptions::new();
-    for kv in s.unwrap_or("").split(',').filter(|kv| !kv.is_empty()) {
+    for kv in s.unwrap_or("").split(';').filter(|kv| !kv.is_empty()) {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| anyhow!("flag {kv:?} is not name=value"))?;

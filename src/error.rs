@@ -815,15 +815,18 @@ pub enum Error {
         input: String,
     },
 
-    /// An axis out of range for the rank of an input.
-    #[error("{what}: axis {axis} is out of range for inputs {input}")]
+    /// An axis out of range for the rank of an input: not in
+    /// `-rank..rank` (see [`crate::builder::normalize_axis`]).
+    #[error("{what}: axis {axis} is out of range for rank {rank}{}", input.as_ref().map(|i| format!(" (input {i})")).unwrap_or_default())]
     AxisOutOfRange {
-        /// The layer or function.
+        /// The op, layer or function.
         what: String,
         /// The axis as given (negative from the end).
         axis: i64,
-        /// The input's type.
-        input: ArraySpec,
+        /// The number of axes it may address.
+        rank: usize,
+        /// The input's type, when there is one.
+        input: Option<ArraySpec>,
     },
 
     /// A range of rows outside an array's first dimension (or an array
@@ -1015,6 +1018,30 @@ pub enum Error {
         axes: Vec<String>,
         /// The product of their sizes.
         shards: usize,
+    },
+
+    // --- speed-suite ---
+    /// A per-compile XLA flag the plugin does not know (its compiler has no
+    /// such debug option; names differ between plugin builds).
+    #[error("the PJRT plugin {} has no XLA flag `{name}` (set through CompileOptions::xla_flag)", plugin.display())]
+    UnknownXlaFlag {
+        /// The flag's name.
+        name: String,
+        /// The plugin file.
+        plugin: PathBuf,
+    },
+
+    /// A per-compile XLA flag the plugin knows, given a value it refuses.
+    #[error("the PJRT plugin {} refuses XLA flag `{name}` = {value}: {message}", plugin.display())]
+    InvalidXlaFlag {
+        /// The flag's name.
+        name: String,
+        /// The value given.
+        value: crate::pjrt::compile_options::XlaFlag,
+        /// The plugin file.
+        plugin: PathBuf,
+        /// The plugin's reason.
+        message: String,
     },
 }
 

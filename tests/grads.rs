@@ -752,3 +752,37 @@ fn errors_name_the_op_and_the_shape() -> Result<()> {
     );
     Ok(())
 }
+
+/// relu's forward is the one `max(x, 0)` JAX emits (the surrogate of its
+/// custom gradient is dead code the compiler drops, so a conv + relu + pool
+/// chain stays fusable), and its gradient is JAX's: 0 at x == 0, where
+/// `max`'s own rule would give 0.5.
+#[test]
+fn relu_forward_is_one_max_and_its_gradient_is_zero_at_zero() -> Result<()> {
+    let spec = ArraySpec::of::<f32>([5]);
+    let c = xlayer::builder::trace("relu", &Tree::leaf(spec.clone()), |b, t| {
+        let x = t.into_leaf()?;
+        let y = nn::relu(&x)?;
+        let g = grad(b, &Tree::leaf(x), |_, p| {
+            nn::relu(p.leaves()[0])?.sum(&[0], false)
+        })?;
+        Ok(Tree::List(vec![Tree::leaf(y), g]))
+    })?;
+    let fwd = xlayer::builder::trace("relu_fwd", &Tree::leaf(spec), |_, t| {
+        Ok(Tree::leaf(nn::relu(&t.into_leaf()?)?))
+    })?;
+    let (_, hlo) =
+        client().compile_with_hlo_text(&fwd.program()?, &xlayer::CompileOptions::new())?;
+    assert!(
+        hlo.contains("maximum(") && !hlo.contains("select("),
+        "{hlo}"
+    );
+    let exe = c.compile(client())?;
+    let x = client().buffer_from_host(&[-1f32, 0.0, 2.0, f32::NAN, -0.0], &[5])?;
+    let outs = exe.execute(&[&x])?;
+    let y = outs[0].to_vec::<f32>()?;
+    assert_eq!(&y[..3], &[0.0, 0.0, 2.0]);
+    assert!(y[3].is_nan() && y[4] == 0.0, "{y:?}");
+    assert_eq!(outs[1].to_vec::<f32>()?, vec![0.0, 0.0, 1.0, 0.0, 0.0]);
+    Ok(())
+}

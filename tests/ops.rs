@@ -791,8 +791,8 @@ fn every_fixture_case_is_tested() {
 
 // ------------------------------------------------------------------ misuse
 
-/// `r` must be an error of `op` (`Error::Op`, or a typed dimension or
-/// shape error) whose message names every one of `shapes`.
+/// `r` must be an error of `op` (`Error::Op`, or a typed axis, dimension
+/// or shape error) whose message names every one of `shapes`.
 fn misuse<T: std::fmt::Debug>(r: Result<T>, op: &str, shapes: &[&str]) {
     let got = match &r {
         Err(
@@ -802,7 +802,8 @@ fn misuse<T: std::fmt::Debug>(r: Result<T>, op: &str, shapes: &[&str]) {
             | Error::ShapeOverflow { op: got, .. }
             | Error::ShapeMismatch { op: got, .. }
             | Error::DTypeMismatch { op: got, .. },
-        ) => *got,
+        ) => got.to_string(),
+        Err(Error::AxisOutOfRange { what, .. }) => what.clone(),
         other => panic!("{op}: expected an error of the op, got {other:?}"),
     };
     let text = r.unwrap_err().to_string();
@@ -879,7 +880,11 @@ fn misuse_names_op_and_shapes() -> Result<()> {
         &["f32[2,3]", "f32[3,4]"],
     );
     misuse(f23.pad(&i0, &[0, 0], &[0, 0], &[0, 0]), "pad", &["i32[]"]);
-    misuse(f23.reverse(&[2]), "reverse", &["f32[2,3]", "dimension 2"]);
+    misuse(
+        f23.reverse(&[2]),
+        "reverse",
+        &["f32[2,3]", "axis 2", "rank 2"],
+    );
     misuse(b.iota(DType::F32, &[2, 3], 2), "iota", &["[2, 3]"]);
     // linalg
     misuse(f23.matmul(&f4), "matmul", &["f32[2,3]", "f32[4]"]);
@@ -1055,7 +1060,7 @@ fn one_program_uses_every_op() -> Result<()> {
             let avg = cv.avg_pool(&[1, 2, 2, 1], &[1, 1, 1, 1], &Padding::Same)?;
             outs.push(pool.sum(&[0, 1, 2, 3], false)?);
             outs.push(avg.mean(&[0, 1, 2, 3], false)?);
-            outs.push(es.prod(&[0, 1], false)?.min(&[], false)?);
+            outs.push(es.prod(&[0, 1], false)?.min(&[0usize; 0], false)?);
             outs.push(bc.max(&[0, 1], false)?);
             outs.push(
                 f.gt(&f.scalar_like(0.0)?)?

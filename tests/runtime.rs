@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::Result;
 use xlayer::{
     bf16, f16, Arg, ArraySpec, Client, ClientOptions, CompileOptions, DType, Error, NativeType,
-    Plugin, Program,
+    Plugin, Program, XlaFlag,
 };
 
 /// One client for the whole test binary, with two CPU devices.
@@ -476,5 +476,37 @@ fn no_leak_over_100k_executions() -> Result<()> {
         growth < 8 << 20,
         "resident memory grew by {growth} bytes over 100k executions"
     );
+    Ok(())
+}
+
+/// XLA flags are checked by the plugin at compile time; a name it does not
+/// know and a value it refuses come back as typed errors naming the flag.
+#[test]
+fn unknown_and_refused_xla_flags_are_typed_errors() -> Result<()> {
+    let c = client();
+    let p = Program::mlir_text(MATMUL)?;
+    let e = c
+        .compile_with(
+            &p,
+            &CompileOptions::new().xla_flag("xla_no_such_flag", true),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::UnknownXlaFlag { name, plugin } if name == "xla_no_such_flag" && plugin == c.plugin().path()),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("`xla_no_such_flag`"), "{e}");
+    // A repeated enum flag takes the enum's full name, not `dot`.
+    let opts = CompileOptions::new().xla_flag("xla_cpu_experimental_ynn_fusion_type", "dot");
+    let e = c.compile_with(&p, &opts).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidXlaFlag { name, value: XlaFlag::String(v), .. } if name == "xla_cpu_experimental_ynn_fusion_type" && v == "dot"),
+        "{e:?}"
+    );
+    // A known flag with a valid value compiles.
+    c.compile_with(
+        &p,
+        &CompileOptions::new().xla_flag("xla_cpu_enable_fast_math", false),
+    )?;
     Ok(())
 }

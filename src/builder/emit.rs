@@ -15,7 +15,7 @@ fn vref(g: &Graph, v: ValueId) -> String {
     match n.op {
         Op::RegionArgs => format!("%v{}_{}", v.node, v.output),
         // An identity for autodiff only: the operand itself.
-        Op::StopGradient => vref(g, n.operands[0]),
+        Op::StopGradient | Op::GradientOf => vref(g, n.operands[0]),
         Op::Parameter { .. }
         | Op::Constant { .. }
         | Op::Iota { .. }
@@ -273,13 +273,14 @@ fn attributes(g: &Graph, node: NodeId) -> String {
         | Op::DynamicUpdateSlice
         | Op::While { .. }
         | Op::Case { .. }
-        | Op::StopGradient => String::new(),
+        | Op::StopGradient
+        | Op::GradientOf => String::new(),
     }
 }
 
 fn op_name(op: &Op) -> &'static str {
     match op {
-        Op::Parameter { .. } | Op::RegionArgs | Op::StopGradient => "",
+        Op::Parameter { .. } | Op::RegionArgs | Op::StopGradient | Op::GradientOf => "",
         Op::Constant { .. } => "stablehlo.constant",
         Op::Iota { .. } => "stablehlo.iota",
         Op::Unary(u) => u.mlir_name(),

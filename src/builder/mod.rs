@@ -9,7 +9,9 @@
 //! enum) so later passes (reverse-mode autodiff) can walk it; emission to
 //! StableHLO text is one such pass.
 //!
-//! - [`Builder`], [`Value`]: recording, constants, parameters.
+//! - [`Builder`], [`Value`]: recording, constants, parameters; arithmetic
+//!   operators that chain over `Result<Value>`; axes negative from the end
+//!   ([`Axis`], [`normalize_axis`]).
 //! - [`trace`], [`jit`], [`Computation`]: closure → program → executable.
 //! - [`Tree`]: JAX-style pytrees with stable flatten order and [`Path`]s.
 //! - [`VarBuilder`]: weights bound by path where a model uses them.
@@ -32,6 +34,7 @@
 //! ```
 
 pub mod autodiff;
+mod axis;
 mod core;
 mod emit;
 pub mod graph;
@@ -52,6 +55,8 @@ mod tree;
 mod var_builder;
 
 pub use self::core::{Builder, Value};
+pub(crate) use axis::axis_of;
+pub use axis::{normalize_axis, Axes, Axis};
 pub use emit::emit_module;
 pub use graph::{Graph, Node, NodeId, Region, RegionId, ValueId};
 pub use op::{

@@ -5,6 +5,7 @@
 use crate::dtype::DType;
 use crate::error::Result;
 
+use super::axis::{axis_of, Axis};
 use super::core::{op_err, Value};
 
 fn float_only(op: &'static str, x: &Value) -> Result<()> {
@@ -27,14 +28,13 @@ fn float_only(op: &'static str, x: &Value) -> Result<()> {
 /// # Ok::<(), xlayer::Error>(())
 /// ```
 pub fn relu(x: &Value) -> Result<Value> {
-    // Forward: max(x, 0), NaN-propagating. Gradient: JAX's custom rule,
-    // g where x > 0 and 0 elsewhere (also at x == 0, where max would split
-    // it). The gradient flows through the select only; the stop_gradient
-    // term makes the value exactly max(x, 0) (it is 0 unless x is NaN).
+    // Forward: max(x, 0), NaN-propagating, one op as in JAX (so the
+    // compiler can fuse it, e.g. into a YNNPACK conv fusion). Gradient:
+    // JAX's custom rule, g where x > 0 and 0 elsewhere (also at x == 0,
+    // where max would split it), the derivative of the select.
     let zero = x.scalar_like(0.0)?;
     let positive = x.gt(&zero)?.select(x, &zero)?;
-    let max = x.maximum(&zero)?;
-    positive.add(&max.sub(&positive)?.stop_gradient()?)
+    x.maximum(&zero)?.with_gradient_of(&positive)
 }
 
 /// The logistic sigmoid `1 / (1 + e^-x)`.
@@ -117,16 +117,6 @@ pub fn softplus(x: &Value) -> Result<Value> {
     m + x.abs()?.neg()?.exp()?.log1p()?
 }
 
-fn axis_check(op: &'static str, x: &Value, axis: usize) -> Result<()> {
-    if axis >= x.rank() {
-        return Err(op_err(
-            op,
-            format!("axis {axis} out of range for {}", x.spec()),
-        ));
-    }
-    Ok(())
-}
-
 /// `log(sum(exp(x), axis))`, stable: the maximum is subtracted first and an
 /// infinite maximum is treated as 0 (as `jax.nn.logsumexp`).
 ///
@@ -140,9 +130,9 @@ fn axis_check(op: &'static str, x: &Value, axis: usize) -> Result<()> {
 /// assert_eq!(nn::logsumexp(&x, 1, false)?.dims(), &[2]);
 /// # Ok::<(), xlayer::Error>(())
 /// ```
-pub fn logsumexp(x: &Value, axis: usize, keepdims: bool) -> Result<Value> {
+pub fn logsumexp(x: &Value, axis: impl Axis, keepdims: bool) -> Result<Value> {
     float_only("logsumexp", x)?;
-    axis_check("logsumexp", x, axis)?;
+    let axis = axis_of("logsumexp", axis, x.spec(), 0)?;
     let m = x.max(&[axis], true)?.stop_gradient()?;
     let m = m.is_finite()?.select(&m, &m.scalar_like(0.0)?)?;
     let s = (x - &m)?.exp()?.sum(&[axis], true)?.log()?;
@@ -154,7 +144,10 @@ pub fn logsumexp(x: &Value, axis: usize, keepdims: bool) -> Result<Value> {
     }
 }
 
-/// `exp(x - max) / sum(exp(x - max))` along `axis`.
+/// `exp(x - max) / sum(exp(x - max))` along `axis` (negative from the end).
+///
+/// Errors: [`crate::Error::AxisOutOfRange`] naming `softmax`, the axis and
+/// the rank; [`crate::Error::Op`] for a non-float `x`.
 ///
 /// ```
 /// # use xlayer::{builder::*, ArraySpec, DType};
@@ -163,12 +156,12 @@ pub fn logsumexp(x: &Value, axis: usize, keepdims: bool) -> Result<Value> {
 /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
 /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
 /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
-/// let z = nn::softmax(&x, 1)?;
+/// let z = nn::softmax(&x, -1)?; // the last axis
 /// # Ok::<(), xlayer::Error>(())
 /// ```
-pub fn softmax(x: &Value, axis: usize) -> Result<Value> {
+pub fn softmax(x: &Value, axis: impl Axis) -> Result<Value> {
     float_only("softmax", x)?;
-    axis_check("softmax", x, axis)?;
+    let axis = axis_of("softmax", axis, x.spec(), 0)?;
     let unnormalized = (x - x.max(&[axis], true)?.stop_gradient()?)?.exp()?;
     let total = unnormalized.sum(&[axis], true)?;
     unnormalized / total
@@ -183,12 +176,12 @@ pub fn softmax(x: &Value, axis: usize) -> Result<Value> {
 /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
 /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
 /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
-/// let z = nn::log_softmax(&x, 1)?;
+/// let z = nn::log_softmax(&x, -1)?;
 /// # Ok::<(), xlayer::Error>(())
 /// ```
-pub fn log_softmax(x: &Value, axis: usize) -> Result<Value> {
+pub fn log_softmax(x: &Value, axis: impl Axis) -> Result<Value> {
     float_only("log_softmax", x)?;
-    axis_check("log_softmax", x, axis)?;
+    let axis = axis_of("log_softmax", axis, x.spec(), 0)?;
     let shifted = (x - x.max(&[axis], true)?.stop_gradient()?)?;
     let lse = shifted.exp()?.sum(&[axis], true)?.log()?;
     shifted - lse
@@ -235,10 +228,10 @@ pub fn one_hot(indices: &Value, num_classes: usize, dtype: DType) -> Result<Valu
 /// let z = nn::standardize(&x, 1, 1e-5)?;
 /// # Ok::<(), xlayer::Error>(())
 /// ```
-pub fn standardize(x: &Value, axis: usize, epsilon: f64) -> Result<Value> {
+pub fn standardize(x: &Value, axis: impl Axis, epsilon: f64) -> Result<Value> {
     float_only("standardize", x)?;
-    axis_check("standardize", x, axis)?;
+    let axis = axis_of("standardize", axis, x.spec(), 0)?;
     let mean = x.mean(&[axis], true)?;
     let var = (x.square()?.mean(&[axis], true)? - mean.square()?)?;
-    (x - mean)? * (var + epsilon)?.rsqrt()?
+    (x - mean) * (var + epsilon)?.rsqrt()?
 }

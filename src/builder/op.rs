@@ -574,6 +574,11 @@ pub enum Op {
     },
     /// Identity whose cotangent is zero (`lax.stop_gradient`); emits nothing.
     StopGradient,
+    /// Operand 0's value with operand 1's gradient (a custom derivative,
+    /// as `jax.custom_jvp` gives `jax.nn.relu`): emits nothing (the program
+    /// uses operand 0, and operand 1's ops are dead code the compiler
+    /// drops); reverse mode sends the cotangent to operand 1 only.
+    GradientOf,
     /// Run one of several branches by an i32 index (operand), clamped as StableHLO does.
     Case {
         /// The branches; each returns the same types.
@@ -618,7 +623,8 @@ impl Op {
             | Op::Convolution(_)
             | Op::Gather { .. }
             | Op::TopK { .. }
-            | Op::StopGradient => Vec::new(),
+            | Op::StopGradient
+            | Op::GradientOf => Vec::new(),
         }
     }
 
@@ -657,6 +663,7 @@ impl Op {
             Op::While { .. } => "while",
             Op::Case { .. } => "case",
             Op::StopGradient => "stop_gradient",
+            Op::GradientOf => "gradient_of",
         }
     }
 }

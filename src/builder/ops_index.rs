@@ -4,6 +4,7 @@
 use crate::dtype::{ArraySpec, DType};
 use crate::error::Result;
 
+use super::axis::{axis_of, Axis};
 use super::core::{check_dim_list, op_err, Value};
 use super::op::{BinaryOp, GatherDims, Op, ScatterDims};
 
@@ -167,13 +168,8 @@ impl Value {
     /// assert_eq!(table.take(&ids, 0)?.dims(), &[2, 7, 16]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn take(&self, indices: &Value, axis: usize) -> Result<Value> {
-        if axis >= self.rank() {
-            return Err(op_err(
-                "take",
-                format!("axis {axis} out of range for {}", self.spec),
-            ));
-        }
+    pub fn take(&self, indices: &Value, axis: impl Axis) -> Result<Value> {
+        let axis = axis_of("take", axis, &self.spec, 0)?;
         check_indices("take", indices)?;
         let ir = indices.rank();
         let mut slice_sizes = self.dims().to_vec();
@@ -336,15 +332,10 @@ impl Value {
         &self,
         indices: &Value,
         updates: &Value,
-        axis: usize,
+        axis: impl Axis,
         mode: ScatterMode,
     ) -> Result<Value> {
-        if axis >= self.rank() {
-            return Err(op_err(
-                "scatter",
-                format!("axis {axis} out of range for {}", self.spec),
-            ));
-        }
+        let axis = axis_of("scatter", axis, &self.spec, 0)?;
         check_indices("scatter", indices)?;
         let ir = indices.rank();
         let mut want: Vec<usize> = self.dims()[..axis].to_vec();
@@ -418,17 +409,15 @@ impl Value {
     /// let sorted = Value::sort_many(&[x.clone(), i.clone()], 1, false)?;
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn sort_many(values: &[Value], axis: usize, descending: bool) -> Result<Vec<Value>> {
+    pub fn sort_many(values: &[Value], axis: impl Axis, descending: bool) -> Result<Vec<Value>> {
         let first = values
             .first()
             .ok_or_else(|| op_err("sort", "needs at least one operand"))?;
-        if axis >= first.rank() || values.iter().any(|v| v.dims() != first.dims()) {
+        let axis = axis_of("sort", axis, &first.spec, 0)?;
+        if values.iter().any(|v| v.dims() != first.dims()) {
             return Err(op_err(
                 "sort",
-                format!(
-                    "operands must share a shape and axis {axis} must be in range ({})",
-                    first.spec
-                ),
+                format!("operands must share a shape ({})", first.spec),
             ));
         }
         let b = &first.builder;
@@ -478,7 +467,7 @@ impl Value {
     /// let z = x.sort(1, false)?;
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn sort(&self, axis: usize, descending: bool) -> Result<Value> {
+    pub fn sort(&self, axis: impl Axis, descending: bool) -> Result<Value> {
         Ok(Value::sort_many(std::slice::from_ref(self), axis, descending)?.remove(0))
     }
 

@@ -4,6 +4,7 @@
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
 
+use super::axis::{axes_of, axis_of, Axes, Axis};
 use super::core::{
     check_dim_list, check_i64_attr, op_err, scalar_bytes, window_output_size, Builder, Value,
 };
@@ -124,7 +125,7 @@ impl Builder {
         &self,
         inputs: &[Value],
         inits: &[Value],
-        axes: &[usize],
+        axes: impl Axes,
         body: impl FnOnce(&[Value]) -> Result<Vec<Value>>,
     ) -> Result<Vec<Value>> {
         let first = inputs
@@ -141,7 +142,7 @@ impl Builder {
                 return Err(op_err("reduce", format!("input {} / init {} do not match (inputs share a shape; inits are scalars of their dtype)", x.spec, i.spec)));
             }
         }
-        let axes = normalize_axes("reduce", first, axes)?;
+        let axes = normalize_axes("reduce", first, &axes_of("reduce", axes, &first.spec)?)?;
         let scalars: Vec<ArraySpec> = inputs
             .iter()
             .map(|x| ArraySpec::new(x.dtype(), []))
@@ -320,7 +321,8 @@ impl Value {
     /// assert_eq!(x.sum(&[1], false)?.dims(), &[2]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn sum(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
+    pub fn sum(&self, axes: impl Axes, keepdims: bool) -> Result<Value> {
+        let axes = &axes_of("sum", axes, &self.spec)?;
         if self.dtype() == DType::Bool {
             return Err(op_err(
                 "sum",
@@ -338,7 +340,8 @@ impl Value {
     /// assert_eq!(x.prod(&[0, 1], false)?.dims(), &[] as &[usize]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn prod(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
+    pub fn prod(&self, axes: impl Axes, keepdims: bool) -> Result<Value> {
+        let axes = &axes_of("prod", axes, &self.spec)?;
         if self.dtype() == DType::Bool {
             return Err(op_err(
                 "prod",
@@ -356,7 +359,8 @@ impl Value {
     /// assert_eq!(x.max(&[1], true)?.dims(), &[2, 1]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn max(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
+    pub fn max(&self, axes: impl Axes, keepdims: bool) -> Result<Value> {
+        let axes = &axes_of("max", axes, &self.spec)?;
         self.monoid_reduce(BinaryOp::Max, axes, keepdims)
     }
     /// Minimum over `axes`.
@@ -368,7 +372,8 @@ impl Value {
     /// assert_eq!(x.min(&[0], false)?.dims(), &[3]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn min(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
+    pub fn min(&self, axes: impl Axes, keepdims: bool) -> Result<Value> {
+        let axes = &axes_of("min", axes, &self.spec)?;
         self.monoid_reduce(BinaryOp::Min, axes, keepdims)
     }
     /// Logical and over `axes` (bool).
@@ -381,7 +386,8 @@ impl Value {
     /// let z = x.gt(&y)?.all(&[1], false)?;
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn all(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
+    pub fn all(&self, axes: impl Axes, keepdims: bool) -> Result<Value> {
+        let axes = &axes_of("all", axes, &self.spec)?;
         self.bool_only("all")?
             .monoid_reduce(BinaryOp::And, axes, keepdims)
     }
@@ -395,7 +401,8 @@ impl Value {
     /// let z = x.gt(&y)?.any(&[0, 1], false)?;
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn any(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
+    pub fn any(&self, axes: impl Axes, keepdims: bool) -> Result<Value> {
+        let axes = &axes_of("any", axes, &self.spec)?;
         self.bool_only("any")?
             .monoid_reduce(BinaryOp::Or, axes, keepdims)
     }
@@ -408,14 +415,12 @@ impl Value {
     /// assert_eq!(x.mean(&[1], false)?.dims(), &[2]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn mean(&self, axes: &[usize], keepdims: bool) -> Result<Value> {
+    pub fn mean(&self, axes: impl Axes, keepdims: bool) -> Result<Value> {
+        let axes = &axes_of("mean", axes, &self.spec)?;
         if !self.dtype().is_float() {
             return Err(op_err("mean", format!("needs floats, got {}", self.spec)));
         }
-        let n: usize = normalize_axes("mean", self, axes)?
-            .iter()
-            .map(|&a| self.dims()[a])
-            .product();
+        let n: usize = axes.iter().map(|&a| self.dims()[a]).product();
         self.sum(axes, keepdims)? / n as f64
     }
 
@@ -433,12 +438,6 @@ impl Value {
         index_dtype: DType,
         greater: bool,
     ) -> Result<Value> {
-        if axis >= self.rank() {
-            return Err(op_err(
-                op,
-                format!("axis {axis} out of range for {}", self.spec),
-            ));
-        }
         if !index_dtype.is_int() {
             return Err(op_err(
                 op,
@@ -497,7 +496,8 @@ impl Value {
     /// assert_eq!(x.argmax(1, DType::I32)?.dims(), &[2]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn argmax(&self, axis: usize, index_dtype: DType) -> Result<Value> {
+    pub fn argmax(&self, axis: impl Axis, index_dtype: DType) -> Result<Value> {
+        let axis = axis_of("argmax", axis, &self.spec, 0)?;
         self.arg_reduce("argmax", axis, index_dtype, true)
     }
 
@@ -510,7 +510,8 @@ impl Value {
     /// assert_eq!(x.argmin(0, DType::I32)?.dims(), &[3]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn argmin(&self, axis: usize, index_dtype: DType) -> Result<Value> {
+    pub fn argmin(&self, axis: impl Axis, index_dtype: DType) -> Result<Value> {
+        let axis = axis_of("argmin", axis, &self.spec, 0)?;
         self.arg_reduce("argmin", axis, index_dtype, false)
     }
 
@@ -632,12 +633,6 @@ impl Value {
         axis: usize,
         reverse: bool,
     ) -> Result<Value> {
-        if axis >= self.rank() {
-            return Err(op_err(
-                op,
-                format!("axis {axis} out of range for {}", self.spec),
-            ));
-        }
         let n = self.dims()[axis];
         let mut window = vec![1; self.rank()];
         window[axis] = n.max(1);
@@ -665,7 +660,8 @@ impl Value {
     /// assert_eq!(x.cumsum(1, false)?.dims(), &[2, 3]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn cumsum(&self, axis: usize, reverse: bool) -> Result<Value> {
+    pub fn cumsum(&self, axis: impl Axis, reverse: bool) -> Result<Value> {
+        let axis = axis_of("cumsum", axis, &self.spec, 0)?;
         self.cumulative("cumsum", BinaryOp::Add, axis, reverse)
     }
 
@@ -678,7 +674,8 @@ impl Value {
     /// let z = x.cummax(0, true)?;
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn cummax(&self, axis: usize, reverse: bool) -> Result<Value> {
+    pub fn cummax(&self, axis: impl Axis, reverse: bool) -> Result<Value> {
+        let axis = axis_of("cummax", axis, &self.spec, 0)?;
         self.cumulative("cummax", BinaryOp::Max, axis, reverse)
     }
 }

@@ -4,6 +4,7 @@
 use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
 
+use super::axis::{axes_of, axis_of, Axes, Axis};
 use super::core::{check_dim_list, check_i64_attr, op_err, Value};
 use super::op::Op;
 
@@ -106,7 +107,8 @@ impl Value {
     /// assert_eq!(x.transpose(&[1, 0])?.dims(), &[3, 2]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn transpose(&self, perm: &[usize]) -> Result<Value> {
+    pub fn transpose(&self, perm: impl Axes) -> Result<Value> {
+        let perm = &axes_of("transpose", perm, &self.spec)?;
         if perm.len() != self.rank() {
             return Err(op_err(
                 "transpose",
@@ -212,13 +214,8 @@ impl Value {
     /// assert_eq!(x.slice_axis(1, 1, 3)?.dims(), &[2, 2]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn slice_axis(&self, axis: usize, start: usize, limit: usize) -> Result<Value> {
-        if axis >= self.rank() {
-            return Err(op_err(
-                "slice",
-                format!("axis {axis} out of range for {}", self.spec),
-            ));
-        }
+    pub fn slice_axis(&self, axis: impl Axis, start: usize, limit: usize) -> Result<Value> {
+        let axis = axis_of("slice", axis, &self.spec, 0)?;
         let mut s = vec![0; self.rank()];
         let mut l = self.dims().to_vec();
         s[axis] = start;
@@ -330,16 +327,11 @@ impl Value {
     /// assert_eq!(Value::concatenate(&[x.clone(), y.clone()], 0)?.dims(), &[4, 3]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn concatenate(values: &[Value], dim: usize) -> Result<Value> {
+    pub fn concatenate(values: &[Value], dim: impl Axis) -> Result<Value> {
         let first = values
             .first()
             .ok_or_else(|| op_err("concatenate", "needs at least one operand"))?;
-        if dim >= first.rank() {
-            return Err(op_err(
-                "concatenate",
-                format!("dimension {dim} out of range for {}", first.spec),
-            ));
-        }
+        let dim = axis_of("concatenate", dim, &first.spec, 0)?;
         let mut dims = first.dims().to_vec();
         dims[dim] = 0;
         for v in values {
@@ -464,15 +456,8 @@ impl Value {
     /// let z = x.reverse(&[0, 1])?;
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn reverse(&self, dims: &[usize]) -> Result<Value> {
-        check_dim_list(
-            "reverse",
-            "dimensions",
-            "operand",
-            dims,
-            self.rank(),
-            &self.spec,
-        )?;
+    pub fn reverse(&self, dims: impl Axes) -> Result<Value> {
+        let dims = &axes_of("reverse", dims, &self.spec)?;
         Ok(self
             .builder
             .push(
@@ -497,13 +482,8 @@ impl Value {
     /// assert_eq!(x.expand_dims(0)?.dims(), &[1, 2, 3]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn expand_dims(&self, axis: usize) -> Result<Value> {
-        if axis > self.rank() {
-            return Err(op_err(
-                "expand_dims",
-                format!("axis {axis} out of range for {}", self.spec),
-            ));
-        }
+    pub fn expand_dims(&self, axis: impl Axis) -> Result<Value> {
+        let axis = axis_of("expand_dims", axis, &self.spec, 1)?;
         let mut dims = self.dims().to_vec();
         dims.insert(axis, 1);
         self.reshape(&dims)
@@ -521,8 +501,8 @@ impl Value {
     /// assert_eq!(x.expand_dims(2)?.squeeze(&[2])?.dims(), &[2, 3]);
     /// # Ok::<(), xlayer::Error>(())
     /// ```
-    pub fn squeeze(&self, axes: &[usize]) -> Result<Value> {
-        check_dim_list("squeeze", "axes", "operand", axes, self.rank(), &self.spec)?;
+    pub fn squeeze(&self, axes: impl Axes) -> Result<Value> {
+        let axes = &axes_of("squeeze", axes, &self.spec)?;
         if let Some(&a) = axes.iter().find(|&&a| self.dims()[a] != 1) {
             return Err(op_err(
                 "squeeze",

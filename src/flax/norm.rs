@@ -4,7 +4,7 @@
 //! `max(0, mean(x²) - mean(x)²)`, `y = (x - mean) * (rsqrt(var + eps) * scale) + bias`.
 
 use crate::builder::init::{self, Initializer};
-use crate::builder::{promote_types, ParamSource, Value};
+use crate::builder::{normalize_axis, promote_types, ParamSource, Value};
 use crate::dtype::DType;
 use crate::error::Result;
 
@@ -12,18 +12,16 @@ use super::linear::{flax_err, one_input_module};
 use super::module::{merge_param, promote_dtype};
 use super::scope::Scope;
 
+/// Flax's `_canonicalize_axes`: each axis normalized (negative from the
+/// end), duplicates dropped, sorted.
+///
+/// Errors: [`crate::Error::AxisOutOfRange`] naming the module's path.
 fn canon_axes(axes: &[isize], rank: usize, s: &impl ParamSource) -> Result<Vec<usize>> {
     let mut out: Vec<usize> = Vec::new();
     for &a in axes {
-        let n = if a < 0 { a + rank as isize } else { a };
-        if n < 0 || n >= rank as isize {
-            return Err(flax_err(
-                s.path_text(),
-                format!("axis {a} out of range for rank {rank}"),
-            ));
-        }
-        if !out.contains(&(n as usize)) {
-            out.push(n as usize);
+        let n = normalize_axis(&s.path_text(), a, rank)?;
+        if !out.contains(&n) {
+            out.push(n);
         }
     }
     out.sort_unstable();

@@ -3,7 +3,7 @@
 //! formulas: `inv = rsqrt(variance + epsilon) * gamma`, `y = x * inv +
 //! (beta - mean * inv)`, variance the biased one over the reduced axes.
 
-use crate::builder::{Tree, Value};
+use crate::builder::{axis_of, Tree, Value};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
@@ -11,18 +11,9 @@ use super::jax_layer::JaxLayer;
 use super::keras::{common_setters, field_setters, float_or_f32, keras_layer, weight, Common};
 use super::signature::{InitState, Inputs, OutState, Params, State, Training};
 
-/// `axis` (negative from the end) as an index into rank `rank`.
+/// `axis` (negative from the end) as an index into `x`'s axes.
 fn resolve_axis(layer: &str, axis: i64, x: &Value) -> Result<usize> {
-    let rank = x.rank() as i64;
-    let a = if axis < 0 { axis + rank } else { axis };
-    if !(0..rank).contains(&a) {
-        return Err(Error::AxisOutOfRange {
-            what: layer.to_string(),
-            axis,
-            input: x.spec().clone(),
-        });
-    }
-    Ok(a as usize)
+    axis_of(layer, axis, x.spec(), 0)
 }
 
 /// `v` of shape `(n,)` reshaped to broadcast along `axis` of `x`.

@@ -183,23 +183,37 @@ fn rope(x: &Value, cos: &Value, sin: &Value) -> Result<Value> {
 /// The decoder over `ids: i32[S]` at positions `start + 0 .. S` (`start`:
 /// `i32[]`), the first `n` (`i32[]`) real, with its weights bound by their
 /// GGUF names under `vb` (`token_embd.weight`, `blk.{i}.attn_q.weight`, ...;
-/// see [`super::qweight::DeviceWeights::declare`]). `kc`/`vc` are the key and value
-/// caches, `f32[layers, capacity, kv_heads, head_dim]`, updated at `start`.
-/// Returns the logits at position `start + n - 1` (`f32[vocab]`) and the
-/// updated caches. The caller keeps `start + S <= capacity`.
+/// see [`super::qweight::DeviceWeights::declare`]). `cache` holds each
+/// layer's key and value cache, `f32[capacity, kv_heads, head_dim]` each,
+/// updated at `start`: one pair of arrays per layer, so that each update is
+/// done in place on its own buffer (with one array for all layers, XLA
+/// copied the whole cache at every layer's update, which made a decode step
+/// grow with the capacity). Returns the logits at position `start + n - 1`
+/// (`f32[vocab]`) and the updated caches. The caller keeps `start + S <=
+/// capacity`.
+///
+/// Errors: [`Error::OutOfRange`] when `cache` does not hold one pair per
+/// layer; weight binding and op errors.
 pub fn forward(
     cfg: &LlamaConfig,
     vb: &VarBuilder,
     ids: &Value,
     start: &Value,
     n: &Value,
-    kc: &Value,
-    vc: &Value,
-) -> Result<(Value, Value, Value)> {
+    cache: &[(Value, Value)],
+) -> Result<(Value, Vec<(Value, Value)>)> {
+    if cache.len() != cfg.layers {
+        return Err(Error::OutOfRange {
+            function: "llama::forward",
+            what: "KV-cache layers".into(),
+            value: cache.len().to_string(),
+            expected: format!("one (key, value) pair per layer: {}", cfg.layers),
+        });
+    }
     let b = ids.builder().clone();
     let s = ids.dims()[0];
     let (h, nh, nkv, dh) = (cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim);
-    let cap = kc.dims()[1];
+    let cap = cache[0].0.dims()[0];
     let rep = nh / nkv;
     let pos = (b.iota(DType::I32, &[s], 0)? + start)?;
     // Rotary angles: pos * theta^(-2i/d), as f32.
@@ -221,9 +235,9 @@ pub fn forward(
 
     let embd = QWeight::load(&vb.pp("token_embd"), "weight", &[cfg.vocab_size, h])?;
     let mut x = embd.rows(ids)?;
-    let (mut kc, mut vc) = (kc.clone(), vc.clone());
+    let mut updated = Vec::with_capacity(cfg.layers);
     let blk = vb.pp("blk");
-    for l in 0..cfg.layers {
+    for (l, (k_cache, v_cache)) in cache.iter().enumerate() {
         let wl = blk.pp(l);
         let xn = rms_norm(&wl.pp("attn_norm"), &x, cfg.eps)?;
         let q = qweight::linear(&wl.pp("attn_q"), &xn, h)?.reshape(&[s, nh, dh])?;
@@ -231,16 +245,14 @@ pub fn forward(
         let v = qweight::linear(&wl.pp("attn_v"), &xn, nkv * dh)?.reshape(&[s, nkv, dh])?;
         let q = (rope(&q, &cos, &sin)? * scale)?;
         let k = rope(&k, &cos, &sin)?;
-        let li = b.scalar(l as i32)?;
-        let at = [li, start.clone(), zero_i.clone(), zero_i.clone()];
-        kc = kc.dynamic_update_slice(&k.reshape(&[1, s, nkv, dh])?, &at)?;
-        vc = vc.dynamic_update_slice(&v.reshape(&[1, s, nkv, dh])?, &at)?;
-        let kl = kc.slice_axis(0, l, l + 1)?.reshape(&[cap, nkv, dh])?;
-        let vl = vc.slice_axis(0, l, l + 1)?.reshape(&[cap, nkv, dh])?;
+        let at = [start.clone(), zero_i.clone(), zero_i.clone()];
+        let kl = k_cache.dynamic_update_slice(&k, &at)?;
+        let vl = v_cache.dynamic_update_slice(&v, &at)?;
         let qg = q.reshape(&[s, nkv, rep, dh])?;
         let scores = Value::einsum("sgrd,cgd->grsc", &qg, &kl)?;
         let probs = nn::softmax(&(scores + &mask_bias)?, 3)?;
         let ctx = Value::einsum("grsc,cgd->sgrd", &probs, &vl)?.reshape(&[s, h])?;
+        updated.push((kl, vl));
         x = (x + qweight::linear(&wl.pp("attn_output"), &ctx, h)?)?;
         let xn = rms_norm(&wl.pp("ffn_norm"), &x, cfg.eps)?;
         let gate = nn::silu(&qweight::linear(&wl.pp("ffn_gate"), &xn, cfg.ffn)?)?;
@@ -256,5 +268,5 @@ pub fn forward(
         QWeight::load(&vb.pp("output"), "weight", &[cfg.vocab_size, h])?
     };
     let logits = head.linear(&xl)?.reshape(&[cfg.vocab_size])?;
-    Ok((logits, kc, vc))
+    Ok((logits, updated))
 }

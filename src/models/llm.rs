@@ -277,9 +277,15 @@ impl Llm {
         let ids = b.parameter(ArraySpec::new(DType::I32, vec![s]), "ids")?;
         let start = b.parameter(scalar(DType::I32), "start")?;
         let n = b.parameter(scalar(DType::I32), "n")?;
-        let cache = ArraySpec::new(DType::F32, vec![l, c, kv, d]);
-        let kc = b.parameter(cache.clone(), "k_cache")?;
-        let vc = b.parameter(cache, "v_cache")?;
+        let cache_spec = ArraySpec::new(DType::F32, vec![c, kv, d]);
+        let cache = (0..l)
+            .map(|i| {
+                Ok((
+                    b.parameter(cache_spec.clone(), &format!("k_cache_{i}"))?,
+                    b.parameter(cache_spec.clone(), &format!("v_cache_{i}"))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let seen = b.parameter(
             ArraySpec::new(DType::F32, vec![self.cfg.vocab_size]),
             "seen",
@@ -291,7 +297,7 @@ impl Llm {
             top_p: b.parameter(scalar(DType::F32), "top_p")?,
             penalty: b.parameter(scalar(DType::F32), "repetition_penalty")?,
         };
-        let (logits, kc, vc) = llama::forward(&self.cfg, &vb, &ids, &start, &n, &kc, &vc)?;
+        let (logits, cache) = llama::forward(&self.cfg, &vb, &ids, &start, &n, &cache)?;
         // Mark the real prompt tokens as seen, then choose.
         let valid = b
             .iota(DType::I32, &[s], 0)?
@@ -304,12 +310,16 @@ impl Llm {
         let one = b.ones(DType::F32, &[1])?;
         let seen = seen.at_add(&next.reshape(&[1])?, &one)?;
         let seen = seen.minimum(&seen.scalar_like(1.0)?)?;
+        // Donated: every layer's key and value cache, and `seen`.
         let n_weights = self.weights.buffers().len();
-        let mut donors = vec![false; n_weights + 11];
-        for i in [3, 4, 5] {
-            donors[n_weights + i] = true;
+        let mut donors = vec![false; n_weights + 3 + 2 * l + 6];
+        for d in &mut donors[n_weights + 3..n_weights + 4 + 2 * l] {
+            *d = true;
         }
-        b.build(&[next, logits, kc, vc, seen])?
+        let mut outs = vec![next, logits];
+        outs.extend(cache.into_iter().flat_map(|(k, v)| [k, v]));
+        outs.push(seen);
+        b.build(&outs)?
             .with_name(&format!("llama_step_s{s}_c{c}"))
             .with_donors(&donors)
     }
@@ -407,22 +417,23 @@ impl Llm {
         let t0 = Instant::now();
         let c = &self.client;
         let dev = c.default_device();
+        // One key and one value cache per layer, zeros, then handed from
+        // step to step (donated, updated in place).
         let cache_spec = ArraySpec::new(
             DType::F32,
-            vec![
-                self.cfg.layers,
-                self.capacity,
-                self.cfg.kv_heads,
-                self.cfg.head_dim,
-            ],
+            vec![self.capacity, self.cfg.kv_heads, self.cfg.head_dim],
         );
         let zeros = vec![0u8; cache_spec.size_in_bytes()];
+        let mut caches = Vec::with_capacity(2 * self.cfg.layers);
+        for _ in 0..2 * self.cfg.layers {
+            caches.push(c.buffer_from_bytes(&zeros, &cache_spec, dev)?);
+        }
+        drop(zeros);
+        let n_caches = caches.len();
         let mut state = Some((
-            c.buffer_from_bytes(&zeros, &cache_spec, dev)?,
-            c.buffer_from_bytes(&zeros, &cache_spec, dev)?,
+            caches,
             c.buffer_from_host(&vec![0f32; self.cfg.vocab_size], &[self.cfg.vocab_size])?,
         ));
-        drop(zeros);
         let sp = &opts.sampling;
         let key = c.buffer_from_host(&crate::builder::random::key_data(sp.seed), &[2])?;
         let temp = c.buffer_from_host(&[sp.temperature], &[])?;
@@ -441,7 +452,7 @@ impl Llm {
             let mut args: Vec<Arg> = self.weights.buffers().iter().map(Arg::Borrowed).collect();
             // The cache and the seen-token mask are donated: the program
             // updates them in place and hands them back.
-            let (k_in, v_in, s_in) = state.take().ok_or_else(|| Error::Misuse {
+            let (caches, s_in) = state.take().ok_or_else(|| Error::Misuse {
                 what: "generate".into(),
                 reason: "an earlier step failed",
             })?;
@@ -449,8 +460,9 @@ impl Llm {
                 Arg::Borrowed(&ids_b),
                 Arg::Borrowed(&start_b),
                 Arg::Borrowed(&n_b),
-                Arg::Donated(k_in),
-                Arg::Donated(v_in),
+            ]);
+            args.extend(caches.into_iter().map(Arg::Donated));
+            args.extend([
                 Arg::Donated(s_in),
                 Arg::Borrowed(&key),
                 Arg::Borrowed(&temp),
@@ -458,17 +470,29 @@ impl Llm {
                 Arg::Borrowed(&top_p),
                 Arg::Borrowed(&pen),
             ]);
-            let mut out = exe.execute_args(args)?.into_iter();
-            let mut next = || {
-                out.next().ok_or_else(|| Error::MissingOutput {
+            let mut out = exe.execute_args(args)?;
+            if out.len() != n_caches + 3 {
+                return Err(Error::MissingOutput {
                     what: "the step program".into(),
-                    expected: 5,
-                    found: 0,
-                })
+                    expected: n_caches + 3,
+                    found: out.len(),
+                });
+            }
+            let seen = out.pop().ok_or(Error::Misuse {
+                what: "generate".into(),
+                reason: "the step program returned no results",
+            })?;
+            let mut out = out.into_iter();
+            let (tok, logits) = match (out.next(), out.next()) {
+                (Some(t), Some(l)) => (t.to_scalar::<i32>()?, l),
+                _ => {
+                    return Err(Error::Misuse {
+                        what: "generate".into(),
+                        reason: "the step program returned no results",
+                    })
+                }
             };
-            let tok = next()?.to_scalar::<i32>()?;
-            let logits = next()?;
-            state = Some((next()?, next()?, next()?));
+            state = Some((out.collect(), seen));
             let logits = if keep_logits {
                 Some(logits.to_vec::<f32>()?)
             } else {

@@ -323,7 +323,7 @@ impl QWeight {
             }
             return block_matvec(self.ty, &self.shape, &self.parts, x)?.reshape(&out_dims);
         }
-        let w = self.dequantize()?;
+        let w = dequant_after(self.ty, &self.parts, Some(x))?.reshape(&self.shape)?;
         x.dot_general(
             &w,
             &DotDims {
@@ -375,12 +375,41 @@ fn block_matvec(ty: GgmlType, shape: &[usize], p: &[Value], x: &Value) -> Result
 /// The f32 values of one tensor's parts (shape `[rows, nb, 32]` for the
 /// block types, the tensor's own shape otherwise).
 fn dequant(ty: GgmlType, p: &[Value]) -> Result<Value> {
+    dequant_after(ty, p, None)
+}
+
+/// [`dequant`], made to depend on `after` (a value of the program) when
+/// given: a zero computed from its first element is added to the block
+/// scales. XLA orders work only by data dependencies, and the
+/// dequantization of a weight depends on nothing but parameters, so without
+/// this the scheduler may run every layer's dequantization at the start of
+/// the program and keep them all alive at once (408 MiB of temporaries for
+/// SmolLM2's 128-token prefill); tied to the op's input, each one runs when
+/// its layer does, and at most a layer's worth is alive.
+fn dequant_after(ty: GgmlType, p: &[Value], after: Option<&Value>) -> Result<Value> {
+    let zero = match after {
+        Some(x) => Some(
+            (x.reshape(&[x.element_count()])?
+                .slice_axis(0, 0, 1)?
+                .reshape(&[])?
+                .convert(DType::F32)?
+                * 0.0)?,
+        ),
+        None => None,
+    };
     let unpack = |qs: &Value| -> Result<Value> {
         let lo = qs.and(&qs.scalar_like(15.0)?)?;
         let hi = qs.shift_right_logical(&qs.scalar_like(4.0)?)?;
         Value::concatenate(&[lo, hi], qs.rank() - 1)?.convert(DType::F32)
     };
-    let scale = |d: &Value| d.convert(DType::F32)?.expand_dims(d.rank());
+    let scale = |d: &Value| -> Result<Value> {
+        let d32 = d.convert(DType::F32)?;
+        let d32 = match &zero {
+            Some(z) => (d32 + z)?,
+            None => d32,
+        };
+        d32.expand_dims(d.rank())
+    };
     match ty {
         GgmlType::Q4_0 => (unpack(&p[1])? - 8.0)? * scale(&p[0])?,
         GgmlType::Q4_1 => (unpack(&p[2])? * scale(&p[0])?)? + scale(&p[1])?,

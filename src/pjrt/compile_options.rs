@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use prost::Message;
 
 use super::client::{Client, Device};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 
 #[derive(Clone, PartialEq, Message)]
 struct CompileOptionsProto {
@@ -90,6 +90,17 @@ pub enum XlaFlag {
     Int(i64),
     /// A floating-point flag.
     Double(f64),
+}
+
+impl std::fmt::Display for XlaFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            XlaFlag::String(s) => write!(f, "{s:?}"),
+            XlaFlag::Bool(b) => write!(f, "{b}"),
+            XlaFlag::Int(i) => write!(f, "{i}"),
+            XlaFlag::Double(d) => write!(f, "{d}"),
+        }
+    }
 }
 
 /// Options of one compile: the device(s) to compile for, and XLA flags.
@@ -234,6 +245,12 @@ impl CompileOptions {
     }
 
     /// Sets an XLA flag (e.g. `xla_cpu_enable_fast_math`) for this compile only.
+    ///
+    /// The plugin checks the name and value when compiling: a name its
+    /// compiler does not know is [`crate::Error::UnknownXlaFlag`], a value
+    /// it refuses [`crate::Error::InvalidXlaFlag`] (repeated enum flags such
+    /// as `xla_cpu_experimental_ynn_fusion_type` take the enum's full name,
+    /// e.g. `LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION`).
     pub fn xla_flag(mut self, name: impl Into<String>, value: impl Into<XlaFlag>) -> Self {
         self.flags.insert(name.into(), value.into());
         self
@@ -273,6 +290,37 @@ impl CompileOptions {
     pub(crate) fn not_isolated(mut self) -> Self {
         self.isolation = None;
         self
+    }
+
+    /// The plugin's compile error `e` as a typed flag error when it names one
+    /// of these flags (XLA answers `No such compile option: 'NAME'` and
+    /// `While setting option NAME, ...`); else `e` unchanged.
+    pub(crate) fn flag_error(&self, e: Error, plugin: &std::path::Path) -> Error {
+        let Error::Pjrt {
+            code: ErrorCode::InvalidArgument,
+            message,
+            ..
+        } = &e
+        else {
+            return e;
+        };
+        for (name, value) in &self.flags {
+            if message.contains(&format!("No such compile option: '{name}'")) {
+                return Error::UnknownXlaFlag {
+                    name: name.clone(),
+                    plugin: plugin.to_path_buf(),
+                };
+            }
+            if message.contains(&format!("While setting option {name},")) {
+                return Error::InvalidXlaFlag {
+                    name: name.clone(),
+                    value: value.clone(),
+                    plugin: plugin.to_path_buf(),
+                    message: message.clone(),
+                };
+            }
+        }
+        e
     }
 
     /// The XLA flags set, by name.

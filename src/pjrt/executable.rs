@@ -158,10 +158,17 @@ impl Client {
     ///
     /// Errors: [`Error::ProgramTooDeep`] and [`Error::ConstantDivisionByZero`]
     /// from those checks; [`Error::Export`] for a program exported for
-    /// another platform; the compiler's own message ([`Error::Pjrt`]); when
-    /// isolated, [`Error::PluginCrashed`] if the compiler crashed the child
-    /// and [`Error::Isolation`] if the child could not be run.
+    /// another platform; [`Error::UnknownXlaFlag`] / [`Error::InvalidXlaFlag`]
+    /// for an XLA flag of `options` the plugin does not know or refuses; the
+    /// compiler's own message ([`Error::Pjrt`]); when isolated,
+    /// [`Error::PluginCrashed`] if the compiler crashed the child and
+    /// [`Error::Isolation`] if the child could not be run.
     pub fn compile_with(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
+        self.compile_unmapped(program, options)
+            .map_err(|e| options.flag_error(e, self.plugin().path()))
+    }
+
+    fn compile_unmapped(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
         let devices = options.resolve_devices(self)?;
         let device = devices[0].clone();
         if let Some(platforms) = program.platforms() {

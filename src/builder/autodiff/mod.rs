@@ -264,6 +264,26 @@ impl Value {
             .push(Op::StopGradient, &[self], vec![self.spec.clone()])?
             .remove(0))
     }
+
+    /// This value, differentiated as `surrogate` (same type): a custom
+    /// derivative that keeps the forward program to this value's own ops
+    /// (`surrogate` is dead code there, dropped by the compiler).
+    ///
+    /// Errors: [`crate::Error::DTypeMismatch`] (both types) when the two
+    /// types differ.
+    pub(crate) fn with_gradient_of(&self, surrogate: &Value) -> Result<Value> {
+        if surrogate.spec != self.spec {
+            return Err(crate::Error::DTypeMismatch {
+                op: "gradient_of",
+                lhs: self.spec.clone(),
+                rhs: surrogate.spec.clone(),
+            });
+        }
+        Ok(self
+            .builder
+            .push(Op::GradientOf, &[self, surrogate], vec![self.spec.clone()])?
+            .remove(0))
+    }
 }
 
 // ------------------------------------------------------------------ the pass
@@ -524,6 +544,8 @@ fn rule(
         Op::Convert => rules_elementwise::convert(&at),
         Op::BroadcastInDim { dims } => rules_shape::broadcast_in_dim(&at, dims),
         Op::Reshape => rules_shape::reshape(&at),
+        // The custom derivative: the cotangent goes to the surrogate only.
+        Op::GradientOf => Ok(vec![(at.id(1), at.ct0()?)]),
         // The barrier only orders compilation; its derivative is the identity.
         Op::OptimizationBarrier => Ok(vec![(at.id(0), at.ct0()?)]),
         Op::Transpose { perm } => rules_shape::transpose(&at, perm),

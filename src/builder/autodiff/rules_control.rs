@@ -126,7 +126,8 @@ fn replay_node(b: &Builder, g: &Graph, n: NodeId, env: &mut HashMap<ValueId, Val
         | Op::Convolution(_)
         | Op::Gather { .. }
         | Op::TopK { .. }
-        | Op::StopGradient) => op.clone(),
+        | Op::StopGradient
+        | Op::GradientOf) => op.clone(),
     };
     let refs: Vec<&Value> = operands.iter().collect();
     let outs = b.push(op, &refs, node.outputs.clone())?;
