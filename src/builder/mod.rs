@@ -48,6 +48,7 @@ mod ops_elementwise;
 mod ops_index;
 mod ops_linalg;
 mod ops_operators;
+mod ops_pool;
 mod ops_reduce;
 mod ops_shape;
 mod path;
@@ -67,6 +68,7 @@ pub use op::{
     WindowAttrs,
 };
 pub use ops_index::ScatterMode;
+pub use ops_pool::Pool;
 pub use ops_reduce::Padding;
 pub use path::Path;
 pub use promotion::{broadcast_shapes, promote_types};
