@@ -18,6 +18,16 @@
 //!   arrays over several devices (SPMD through XLA's partitioner).
 //! - [`layers`]: Keras-style layers and models; [`flax`]: Flax linen modules and `FlaxLayer`.
 //!
+//! ## Cargo features
+//!
+//! All on by default; `cargo add xlayer --no-default-features` builds the
+//! library core alone (everything above but the parts listed here).
+//! - `tokenizers`: the `tokenizers` crate, for `models::minilm`,
+//!   `models::llm` (text generation) and `gguf::tokenizer`.
+//! - `progress`: `indicatif` progress bars in `Model::predict` and
+//!   `Trainer::fit` (without it they draw nothing).
+//! - `cli`: the `xlayer` command line tool (clap, anyhow); implies `progress`.
+//!
 //! ```no_run
 //! use xlayer::{Client, Program};
 //! let client = Client::cpu()?; // fetches the CPU plugin on first use
@@ -34,6 +44,7 @@
 // Every `unsafe` of the crate lives in `pjrt` (the FFI boundary), each block
 // with a `// SAFETY:` line; anywhere else it is a compile error.
 #![deny(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod bench;
 pub mod builder;
@@ -51,6 +62,7 @@ pub mod models;
 #[allow(unsafe_code)]
 pub mod pjrt;
 pub mod program;
+mod progress;
 pub mod sharding;
 mod st_header;
 pub mod train;

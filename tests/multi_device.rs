@@ -368,6 +368,8 @@ fn the_device_assignment_is_encoded_as_jax_encodes_it() -> Result<()> {
     Ok(())
 }
 
+// The child process is the `xlayer` binary, built with the `cli` feature.
+#[cfg(feature = "cli")]
 #[test]
 fn an_isolated_spmd_compile_runs_like_an_in_process_one() -> Result<()> {
     let c = client()?;

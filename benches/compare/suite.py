@@ -47,6 +47,7 @@ class Server:
         env = dict(os.environ, XLAYER_PJRT_PLUGIN_CPU=plugin)
         env.pop("XLAYER_PJRT_PLUGIN", None)
         self.name = name
+        self.plugin = plugin
         self.p = subprocess.Popen([exe, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   env=env, text=True, bufsize=1)
         self.info = self.ask("info")
@@ -71,12 +72,12 @@ class Server:
         self.p.wait()
 
 
-# MINILM_HOOK: the minilm example's `--bench N` mode (issue #14, owned by the
-# MiniLM work) prints one JSON object {"sentences": k, "median_ms": m,
-# "runs_ms": [...]}. When BIN accepts it, these entries time it; the JAX
-# side of MiniLM is benches/compare/minilm_jax.py (its own workload format),
-# not wired in here yet: the table shows xlayer's time alone for them.
-MINILM_LONG = ("A long paragraph sentence " * 28).strip()
+# MiniLM entries: xlayer's side is the minilm example's `--bench N` (one
+# JSON object {"sentences": k, "median_ms": m, "runs_ms": [...]}, a fresh
+# process per round, so its own warm-up and persistent cache apply); JAX's
+# side is suite_jax.minilm (same weights and tokenizer, padded to the
+# longest). Batch 24 is one ~140-token paragraph among 23 short sentences.
+MINILM_LONG = ("A long paragraph sentence " * 35).strip()
 MINILM_BATCHES = {
     "minilm_b1": ["The quick brown fox jumps over the lazy dog."],
     "minilm_b8": [f"Short sentence number {i} about the weather today." for i in range(8)],
@@ -84,9 +85,11 @@ MINILM_BATCHES = {
 }
 
 
-def minilm_time(bin_path, sentences, n):
+def minilm_time(bin_path, plugin, sentences, n):
+    env = dict(os.environ, XLAYER_PJRT_PLUGIN_CPU=plugin)
+    env.pop("XLAYER_PJRT_PLUGIN", None)
     out = subprocess.run([bin_path, "--bench", str(n), *sentences], capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"minilm --bench failed: {out.stderr.strip()[-500:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -114,7 +117,8 @@ def main():
     ap.add_argument("--entries", default=",".join(ENTRIES))
     ap.add_argument("--jax-hlo", action="store_true")
     ap.add_argument("--variant", action="append", default=[], help="NAME=FLAGS for the JAX-HLO runs")
-    ap.add_argument("--minilm")
+    ap.add_argument("--minilm", help="the minilm example binary (adds the MiniLM entries)")
+    ap.add_argument("--minilm-dir", help="the all-MiniLM-L6-v2 folder (xla-build path minilm)")
     ap.add_argument("--json")
     args = ap.parse_args()
     entries = [e for e in args.entries.split(",") if e]
@@ -164,12 +168,14 @@ def main():
         flags = f" {c[3]}" if c[3] else ""
         return c[1].ask(f"hlo {e} {hlo_files[e]} {n}{flags}")["median_ms"]
 
-    minilm = []
+    minilm, minilm_jax = [], {}
     if args.minilm:
         minilm = list(MINILM_BATCHES)
+        if args.minilm_dir:
+            minilm_jax = {e: suite_jax.minilm(args.minilm_dir, MINILM_BATCHES[e]) for e in minilm}
 
     times = {(col_name(c), e): [] for c in columns for e in entries + minilm}
-    ratios = {(col_name(c), e): [] for c in columns[1:] for e in entries}
+    ratios = {(col_name(c), e): [] for c in columns[1:] for e in entries + minilm}
     loads = []
     for r in range(args.rounds):
         loads.append(loadavg())
@@ -191,11 +197,17 @@ def main():
                     if c[0] != "jax" and j:
                         ratios[(col_name(c), e)].append(t / j)
         for e in minilm:
+            n = max(3, round(10 * args.calls))
             try:
-                v = minilm_time(args.minilm, MINILM_BATCHES[e], 10)
-                times[(col_name(columns[1]), e)].append(v["median_ms"])
+                x = minilm_time(args.minilm, servers[0].plugin, MINILM_BATCHES[e], n)["median_ms"]
             except (RuntimeError, ValueError, subprocess.TimeoutExpired) as err:
                 print(f"round {r + 1} {e}: {err}", file=sys.stderr)
+                continue
+            times[(col_name(columns[1]), e)].append(x)
+            if e in minilm_jax:
+                j = statistics.median(minilm_jax[e]() for _ in range(n))
+                times[(col_name(columns[0]), e)].append(j)
+                ratios[(col_name(columns[1]), e)].append(x / j)
         print(f"round {r + 1}/{args.rounds} done (load {loads[-1]:.2f})", file=sys.stderr)
     loads.append(loadavg())
     for s in servers:

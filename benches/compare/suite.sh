@@ -11,6 +11,8 @@
 # interpreter to create it with, default python3.12).
 # SUITE_PLUGINS: comma-separated xla-build recipe names (cpu, cpu-zml,
 # cpu-lammps; each fetched on first use) or NAME=/path/plugin.so.
+# SUITE_MINILM=1: also the MiniLM entries (batch 1, 8, 24; builds the minilm
+# example, fetches the model; xlayer on the first plugin of SUITE_PLUGINS only).
 # Further arguments go to suite.py (--rounds, --calls, --entries, --jax-hlo,
 # --variant NAME=FLAGS, --minilm BIN, --json OUT).
 set -euo pipefail
@@ -39,5 +41,10 @@ for n in "${names[@]}"; do
         *) plugins+=(--plugin "$n=$(cargo run -q -p xla-build -- path "$n")") ;;
     esac
 done
+minilm=()
+if [ "${SUITE_MINILM:-0}" = 1 ]; then
+    cargo build --release --example minilm >&2
+    minilm=(--minilm "$root/target/release/examples/minilm" --minilm-dir "$(cargo run -q -p xla-build -- path minilm)")
+fi
 cd "$here"
-exec "$venv/bin/python" suite.py --server "$server" "${plugins[@]}" "$@"
+exec "$venv/bin/python" suite.py --server "$server" "${plugins[@]}" "${minilm[@]}" "$@"

@@ -26,6 +26,8 @@
 
 mod parse;
 pub mod quant;
+#[cfg(feature = "tokenizers")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokenizers")))]
 pub mod tokenizer;
 
 use std::collections::{BTreeMap, HashMap};

@@ -12,6 +12,7 @@ use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
+use crate::progress::Progress;
 
 use super::host_array::HostArray;
 use super::layer::sealed::hooks;
@@ -382,12 +383,10 @@ impl Model {
         }
         let n = x.spec.dims[0];
         let steps = n.div_ceil(batch_size);
-        let bar = indicatif::ProgressBar::new(steps as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{pos}/{len} [{bar:30}] {elapsed_precise} {per_sec}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        let bar = Progress::new(
+            steps,
+            "{pos}/{len} [{bar:30}] {elapsed_precise} {per_sec}",
+            true,
         );
         let mut out: Option<HostArray> = None;
         for s in 0..steps {
@@ -402,7 +401,7 @@ impl Model {
                 None => y,
                 Some(acc) => acc.concat_rows(&y)?,
             });
-            bar.inc(1);
+            bar.inc();
         }
         bar.finish_and_clear();
         out.ok_or_else(|| Error::Empty {

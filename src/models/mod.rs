@@ -10,13 +10,19 @@
 //!   [`sampling`]: choosing the next token inside the program;
 //!   [`llm`]: text generation with SmolLM2-135M-Instruct end to end.
 //!
+//! [`minilm`] and [`llm`] need the `tokenizers` feature (on by default).
+//!
 //! Their weights load through [`crate::weights`] (memory-mapped safetensors,
 //! checked before upload, streamed to the device).
 
 pub mod batching;
 pub mod bert;
 pub mod llama;
+#[cfg(feature = "tokenizers")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokenizers")))]
 pub mod llm;
+#[cfg(feature = "tokenizers")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokenizers")))]
 pub mod minilm;
 pub mod qweight;
 pub mod sampling;

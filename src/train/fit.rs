@@ -10,6 +10,7 @@ use crate::builder::Value;
 use crate::error::{Error, Result};
 use crate::layers::{HostArray, Training};
 use crate::pjrt::buffer::Buffer;
+use crate::progress::Progress;
 
 use super::loss::accuracy;
 use super::trainer::{upload, Trainer};
@@ -123,18 +124,14 @@ impl Trainer {
                 order.shuffle(&mut rng);
             }
             let steps = n.div_ceil(options.batch_size);
-            let bar = if options.verbose {
-                indicatif::ProgressBar::new(steps as u64)
-            } else {
-                indicatif::ProgressBar::hidden()
-            };
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(&format!(
+            let bar = Progress::new(
+                steps,
+                &format!(
                     "Epoch {}/{} {{pos}}/{{len}} [{{bar:25}}] {{msg}}",
                     epoch + 1,
                     options.epochs
-                ))
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                ),
+                options.verbose,
             );
             let mut sums = vec![0f64; names.len()];
             for s in 0..steps {
@@ -144,15 +141,15 @@ impl Trainer {
                     *acc += *v as f64 * idx.len() as f64;
                 }
                 let seen = ((s * options.batch_size) + idx.len()) as f64;
-                bar.set_message(
+                bar.set_message(|| {
                     names
                         .iter()
                         .zip(&sums)
                         .map(|(k, v)| format!("{k}: {:.4}", v / seen))
                         .collect::<Vec<_>>()
-                        .join(" - "),
-                );
-                bar.inc(1);
+                        .join(" - ")
+                });
+                bar.inc();
             }
             bar.finish();
             let mut e: BTreeMap<String, f32> = names

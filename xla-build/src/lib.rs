@@ -47,6 +47,9 @@ pub enum Error {
     /// The name is not one of the known targets.
     #[error("unknown PJRT target `{0}` (known: cpu, cuda12, tpu)")]
     UnknownTarget(String),
+    /// `XLAYER_CPU_RECIPE` names no CPU plugin recipe.
+    #[error("XLAYER_CPU_RECIPE is `{0}`, which is not a CPU plugin recipe (known: cpu, cpu-zml, cpu-lammps)")]
+    UnknownCpuRecipe(String),
     /// The recipe has no wheel for this operating system or processor.
     #[error("no {target} plugin is published for {os}/{arch}; set {env} to a plugin built for this machine")]
     UnsupportedPlatform {
@@ -397,10 +400,27 @@ fn override_path(var: &'static str) -> Result<Option<PathBuf>> {
     }
 }
 
+/// The recipe `ensure` and `find` use for `target`: the pinned one, except
+/// that `XLAYER_CPU_RECIPE` (`cpu`, `cpu-zml`, `cpu-lammps`) chooses
+/// another CPU plugin build for [`Target::Cpu`] (see "CPU plugin choice"
+/// in `docs/benchmarks.md`).
+///
+/// Errors: [`Error::UnknownCpuRecipe`] when that variable names no CPU
+/// recipe.
+pub fn selected_recipe(target: Target) -> Result<&'static Recipe> {
+    match std::env::var("XLAYER_CPU_RECIPE") {
+        Ok(name) if target == Target::Cpu && !name.is_empty() => recipe_named(&name)
+            .filter(|r| r.target == Target::Cpu)
+            .ok_or(Error::UnknownCpuRecipe(name)),
+        _ => Ok(recipe(target)),
+    }
+}
+
 /// Where the plugin of `target` is already available, without downloading:
 /// the target's override variable, else the cache. `Ok(None)` when neither.
+/// The recipe is [`selected_recipe`]'s.
 pub fn find(target: Target) -> Result<Option<PathBuf>> {
-    find_recipe(recipe(target))
+    find_recipe(selected_recipe(target)?)
 }
 
 /// Where the plugin of `r` is already available, without downloading: its
@@ -419,7 +439,7 @@ pub fn find_recipe(r: &Recipe) -> Result<Option<PathBuf>> {
 /// Returns the path of the shared library. Errors say what to run when the
 /// download fails (offline), and never leave a partial file in the cache.
 pub fn ensure(target: Target) -> Result<PathBuf> {
-    ensure_recipe(recipe(target))
+    ensure_recipe(selected_recipe(target)?)
 }
 
 /// The plugin of `r`, provisioned if it is not there yet (see [`ensure`]).
@@ -700,6 +720,22 @@ mod tests {
             Some(CPU_ZML.package)
         );
         assert!(recipe_named("rocm").is_none());
+    }
+
+    #[test]
+    fn cpu_recipe_is_chosen_by_name() {
+        // The only test of this crate that sets the variable.
+        std::env::set_var("XLAYER_CPU_RECIPE", "cpu-lammps");
+        let lammps = selected_recipe(Target::Cpu).map(|r| r.name);
+        let tpu = selected_recipe(Target::Tpu).map(|r| r.name);
+        std::env::set_var("XLAYER_CPU_RECIPE", "tpu");
+        let wrong = selected_recipe(Target::Cpu).map(|r| r.name);
+        std::env::remove_var("XLAYER_CPU_RECIPE");
+        assert_eq!(lammps.unwrap(), "cpu-lammps");
+        assert_eq!(tpu.unwrap(), "tpu");
+        let e = wrong.unwrap_err().to_string();
+        assert!(e.contains("`tpu`") && e.contains("cpu-lammps"), "{e}");
+        assert_eq!(selected_recipe(Target::Cpu).unwrap().name, "cpu");
     }
 
     #[test]

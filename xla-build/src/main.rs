@@ -30,6 +30,7 @@ targets: cpu, cuda12, tpu; cpu-zml, cpu-lammps (other CPU plugin builds: ZML's, 
 assets: minilm (all-MiniLM-L6-v2: safetensors weights, tokenizer.json, configs)
         smollm2 (SmolLM2-135M-Instruct: one Q4_1 GGUF file, 98 MB)
 environment: XLAYER_HOME (cache), XLAYER_PJRT_PLUGIN[_CPU|_CUDA12|_TPU|_CPU_ZML|_CPU_LAMMPS] (overrides),
+             XLAYER_CPU_RECIPE=cpu-zml|cpu-lammps (another CPU plugin build for every CPU client),
              XLAYER_MINILM_DIR, XLAYER_SMOLLM2_DIR (asset overrides), XLAYER_PYTHON";
 
 fn main() -> ExitCode {
