@@ -13,8 +13,13 @@
 //! platform (at compile), more than one platform
 //! (the module then takes a platform-index argument), a calling convention
 //! outside 9..=10 (those JAX 0.10 writes and reads), ordered effects (token
-//! arguments), more than one device, and symbolic (shape-polymorphic) or
-//! unsupported dtypes (detected by [`JaxExport::parse`] already).
+//! arguments), and symbolic (shape-polymorphic) or unsupported dtypes
+//! (detected by [`JaxExport::parse`] already).
+//!
+//! Artifacts exported for several devices keep their mesh and the
+//! `NamedSharding` of every input and output ([`ExportSharding`]); the
+//! program then runs over that many devices as one SPMD program
+//! ([`crate::sharding::ExportPlan`]).
 
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
@@ -47,6 +52,22 @@ pub struct JaxExport {
     pub nr_devices: u32,
     /// The StableHLO module: a portable artifact (MLIR bytecode).
     pub mlir_module: Vec<u8>,
+    /// The sharding of each input (`None`: unspecified).
+    pub in_shardings: Vec<Option<ExportSharding>>,
+    /// The sharding of each output (`None`: unspecified).
+    pub out_shardings: Vec<Option<ExportSharding>>,
+}
+
+/// A `NamedSharding` recorded in an artifact: its (abstract) mesh and its
+/// `PartitionSpec`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSharding {
+    /// The mesh's axis names.
+    pub axis_names: Vec<String>,
+    /// The mesh's axis sizes.
+    pub axis_sizes: Vec<usize>,
+    /// Per leading dimension, the mesh axes splitting it (empty: none).
+    pub spec: Vec<Vec<String>>,
 }
 
 // Field ids of table `Exported` (declaration order in serialization.fbs).
@@ -64,6 +85,24 @@ const F_NR_DEVICES: usize = 18;
 const F_UNIQUE_AVALS: usize = 19;
 const F_IN_AVALS_IDXS: usize = 22;
 const F_OUT_AVALS_IDXS: usize = 23;
+const F_IN_SHARDINGS: usize = 7;
+const F_OUT_SHARDINGS: usize = 8;
+const F_UNIQUE_NAMED_SHARDINGS: usize = 21;
+const F_IN_SHARDINGS_IDXS: usize = 24;
+const F_OUT_SHARDINGS_IDXS: usize = 25;
+// Table `Sharding`: kind, hlo_sharding_proto, named_sharding.
+const S_HLO_PROTO: usize = 1;
+const S_NAMED: usize = 2;
+// Table `NamedSharding`: mesh, spec. `AbstractMesh`: axis_sizes, axis_names.
+// `PartitionSpec`: partitions, reduced, unreduced. `PartitionSpecOneAxis`: axes.
+const NS_MESH: usize = 0;
+const NS_SPEC: usize = 1;
+const M_AXIS_SIZES: usize = 0;
+const M_AXIS_NAMES: usize = 1;
+const PS_PARTITIONS: usize = 0;
+const PS_REDUCED: usize = 1;
+const PS_UNREDUCED: usize = 2;
+const PSA_AXES: usize = 0;
 // Table `AbstractValue`: kind, shape, dtype, memory_space.
 const A_KIND: usize = 0;
 const A_SHAPE: usize = 1;
@@ -282,6 +321,107 @@ fn read_avals(
     }
 }
 
+/// A `NamedSharding` table of the artifact.
+fn read_named_sharding(fb: &Fb<'_>, t: Table, what: &str) -> Result<ExportSharding> {
+    let mesh = fb
+        .field(t, NS_MESH)?
+        .map(|p| fb.follow(p).and_then(|p| fb.table(p)))
+        .transpose()?
+        .ok_or_else(|| err(format!("the sharding of {what} has no mesh")))?;
+    let axis_names = fb.strings(mesh, M_AXIS_NAMES)?;
+    let axis_sizes: Vec<usize> = fb
+        .u32s(mesh, M_AXIS_SIZES)?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| s as usize)
+        .collect();
+    if axis_names.len() != axis_sizes.len() {
+        return Err(err(format!(
+            "the mesh of {what} has {} axis names but {} sizes",
+            axis_names.len(),
+            axis_sizes.len()
+        )));
+    }
+    let mut spec = Vec::new();
+    if let Some(p) = fb.field(t, NS_SPEC)? {
+        let ps = fb.table(fb.follow(p)?)?;
+        for axis in [PS_REDUCED, PS_UNREDUCED] {
+            if !fb.strings(ps, axis)?.is_empty() {
+                return Err(err(format!(
+                    "the sharding of {what} has reduced/unreduced axes, which xlayer does not support"
+                )));
+            }
+        }
+        for one in fb.tables(ps, PS_PARTITIONS)? {
+            spec.push(fb.strings(one, PSA_AXES)?);
+        }
+    }
+    Ok(ExportSharding {
+        axis_names,
+        axis_sizes,
+        spec,
+    })
+}
+
+/// The shardings of the inputs or outputs: through the unique-sharding
+/// indices when present (0 = unspecified), else the per-value tables.
+fn read_shardings(
+    fb: &Fb<'_>,
+    root: Table,
+    idxs_field: usize,
+    legacy_field: usize,
+    count: usize,
+    what: &str,
+) -> Result<Vec<Option<ExportSharding>>> {
+    let out = match fb.u32s(root, idxs_field)? {
+        Some(idxs) if !idxs.is_empty() => {
+            let unique = fb.tables(root, F_UNIQUE_NAMED_SHARDINGS)?;
+            idxs.iter()
+                .enumerate()
+                .map(|(i, &k)| match k {
+                    0 => Ok(None),
+                    k => {
+                        let t = unique.get(k as usize - 1).ok_or_else(|| {
+                            err(format!(
+                                "{what} {i} refers to sharding {k}, but there are {}",
+                                unique.len()
+                            ))
+                        })?;
+                        read_named_sharding(fb, *t, &format!("{what} {i}")).map(Some)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+        _ => fb
+            .tables(root, legacy_field)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if let Some(p) = fb.field(s, S_NAMED)? {
+                    let t = fb.table(fb.follow(p)?)?;
+                    return read_named_sharding(fb, t, &format!("{what} {i}")).map(Some);
+                }
+                if fb.field(s, S_HLO_PROTO)?.is_some() {
+                    return Err(err(format!(
+                        "{what} {i} has an HLO sharding (an artifact of an older JAX); re-export it with JAX 0.12"
+                    )));
+                }
+                Ok(None)
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
+    if out.is_empty() {
+        return Ok(vec![None; count]);
+    }
+    if out.len() != count {
+        return Err(err(format!(
+            "the artifact has {} {what} shardings for {count} {what}s",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
 impl JaxExport {
     /// Parses a serialized artifact.
     ///
@@ -323,7 +463,25 @@ impl JaxExport {
             Some(n) if n > 0 => n,
             _ => u32::from(fb.scalar_u16(root, F_NR_DEVICES_SHORT)?.unwrap_or(1)),
         };
+        let in_shardings = read_shardings(
+            &fb,
+            root,
+            F_IN_SHARDINGS_IDXS,
+            F_IN_SHARDINGS,
+            inputs.len(),
+            "input",
+        )?;
+        let out_shardings = read_shardings(
+            &fb,
+            root,
+            F_OUT_SHARDINGS_IDXS,
+            F_OUT_SHARDINGS,
+            outputs.len(),
+            "output",
+        )?;
         Ok(JaxExport {
+            in_shardings,
+            out_shardings,
             function_name: fb.string_field(root, F_FUNCTION_NAME)?.unwrap_or_default(),
             serialization_version: fb.scalar_u16(root, F_SERIALIZATION_VERSION)?.unwrap_or(0),
             calling_convention_version: fb.scalar_u16(root, F_CALLING_CONVENTION)?.unwrap_or(0),
@@ -371,10 +529,10 @@ impl JaxExport {
                 self.ordered_effects.join(", ")
             )));
         }
-        if self.nr_devices != 1 {
+        if self.nr_devices == 0 {
             return Err(err(format!(
-                "`{}` was exported for {} devices; xlayer runs single-device programs",
-                self.function_name, self.nr_devices
+                "`{}` was exported for 0 devices",
+                self.function_name
             )));
         }
         let inputs = self
@@ -388,10 +546,17 @@ impl JaxExport {
             outputs: self.outputs.clone(),
         };
         let program = Program::mlir_bytecode(self.mlir_module.clone(), signature)?;
-        Ok(program.with_name(&self.function_name).for_export(
-            self.kept_inputs.clone(),
-            self.inputs.len(),
-            self.platforms.clone(),
-        ))
+        Ok(program
+            .with_name(&self.function_name)
+            .for_export(
+                self.kept_inputs.clone(),
+                self.inputs.len(),
+                self.platforms.clone(),
+            )
+            .with_devices(
+                self.nr_devices as usize,
+                self.in_shardings.clone(),
+                self.out_shardings.clone(),
+            ))
     }
 }

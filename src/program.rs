@@ -67,6 +67,20 @@ pub struct Program {
     caller_inputs: usize,
     /// Platforms the program was lowered for, when known (export artifacts).
     platforms: Option<Vec<String>>,
+    /// Devices the program spans (1, or an artifact's device count).
+    device_count: usize,
+    /// An artifact's input and output shardings (by caller input).
+    export_shardings: Option<ExportShardings>,
+}
+
+/// The shardings a `jax.export` artifact records: per caller input and per
+/// output, `None` when unspecified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportShardings {
+    /// One per input of the exported function.
+    pub inputs: Vec<Option<crate::export::ExportSharding>>,
+    /// One per output.
+    pub outputs: Vec<Option<crate::export::ExportSharding>>,
 }
 
 /// The magic bytes that start MLIR bytecode.
@@ -81,14 +95,12 @@ impl Program {
     pub fn mlir_text(text: impl Into<String>) -> Result<Program> {
         let text = text.into();
         let signature = parse_signature(&text)?;
-        let name =
-            module_name(&mask_comments_and_strings(&text)).unwrap_or_else(|| "main".to_string());
-        Ok(Program::new(
-            text.into_bytes(),
-            ProgramFormat::MlirText,
-            name,
-            signature,
-        ))
+        let masked = mask_comments_and_strings(&text);
+        let name = module_name(&masked).unwrap_or_else(|| "main".to_string());
+        let devices = module_partitions(&masked);
+        let mut p = Program::new(text.into_bytes(), ProgramFormat::MlirText, name, signature);
+        p.device_count = devices;
+        Ok(p)
     }
 
     /// An MLIR bytecode program. Bytecode cannot be read here, so the
@@ -149,6 +161,8 @@ impl Program {
             input_positions: (0..n).collect(),
             caller_inputs: n,
             platforms: None,
+            device_count: 1,
+            export_shardings: None,
         }
     }
 
@@ -169,6 +183,29 @@ impl Program {
         self.caller_inputs = caller_inputs;
         self.platforms = Some(platforms);
         self
+    }
+
+    pub(crate) fn with_devices(
+        mut self,
+        n: usize,
+        inputs: Vec<Option<crate::export::ExportSharding>>,
+        outputs: Vec<Option<crate::export::ExportSharding>>,
+    ) -> Program {
+        self.device_count = n;
+        self.export_shardings = Some(ExportShardings { inputs, outputs });
+        self
+    }
+
+    /// How many devices the program spans: 1, or the device count a
+    /// `jax.export` artifact was exported for (compile it with
+    /// [`crate::CompileOptions::spmd`] of that count).
+    pub fn device_count(&self) -> usize {
+        self.device_count
+    }
+
+    /// The input and output shardings a `jax.export` artifact records.
+    pub fn export_shardings(&self) -> Option<&ExportShardings> {
+        self.export_shardings.as_ref()
     }
 
     /// Reads a program file, recognising its kind by content:
@@ -282,6 +319,24 @@ fn module_name(text: &str) -> Option<String> {
 }
 
 /// Splits `s` at top-level commas (outside `<>`, `()`, `[]`, `{}` and strings).
+/// The `mhlo.num_partitions` attribute of the module (1 when absent or
+/// unreadable).
+fn module_partitions(text: &str) -> usize {
+    let Some(at) = text.find("mhlo.num_partitions") else {
+        return 1;
+    };
+    let rest = text[at + "mhlo.num_partitions".len()..].trim_start();
+    let Some(rest) = rest.strip_prefix('=') else {
+        return 1;
+    };
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok().filter(|&n| n > 0).unwrap_or(1)
+}
+
 fn split_top_level(s: &str) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut depth = 0i32;

@@ -390,3 +390,27 @@ fn an_isolated_spmd_compile_runs_like_an_in_process_one() -> Result<()> {
     assert_eq!(out.device(3)[0].to_vec::<f32>()?, vec![8.0; 4]);
     Ok(())
 }
+
+#[test]
+fn a_partitioned_text_program_must_be_compiled_for_its_device_count() -> Result<()> {
+    let c = client()?;
+    let p = Program::mlir_text(MATMUL_2X2)?;
+    assert_eq!(p.device_count(), 4);
+    assert!(matches!(
+        c.compile(&p),
+        Err(Error::DeviceCount {
+            expected: 4,
+            actual: 1,
+            ..
+        })
+    ));
+    assert!(matches!(
+        c.compile_with(&p, &CompileOptions::new().spmd(2)),
+        Err(Error::DeviceCount {
+            expected: 4,
+            actual: 2,
+            ..
+        })
+    ));
+    Ok(())
+}

@@ -344,8 +344,75 @@ fn preview(b: &Buffer) -> Result<String> {
     Ok(format!("[{s}{more}]"))
 }
 
+/// A client of the default plugin with at least `n` devices: on CPU, one
+/// with `n` devices when the default has fewer.
+fn client_for(n: usize) -> Result<Client> {
+    let client = Client::default_plugin()?;
+    if client.devices().len() >= n || client.platform_name() != "cpu" {
+        return Ok(client);
+    }
+    let count = i64::try_from(n).context("device count")?;
+    Ok(Client::new(
+        client.plugin(),
+        &xlayer::ClientOptions::new().cpu_device_count(count),
+    )?)
+}
+
+/// `xlayer run` of a program partitioned over several devices (a
+/// `jax.export` artifact exported for N > 1): inputs scattered by the
+/// artifact's shardings, one SPMD run, outputs gathered.
+fn run_sharded(
+    args: &ProgramArgs,
+    program: &Program,
+    inputs: Option<&Path>,
+    outputs: Option<&Path>,
+) -> Result<()> {
+    let n = program.device_count();
+    let client = client_for(n)?;
+    let plan = xlayer::sharding::ExportPlan::new(&client, program)?;
+    let tensors = match inputs {
+        Some(p) => read_safetensors(p)?,
+        None => Vec::new(),
+    };
+    let bound = bind_inputs(program, &tensors)
+        .with_context(|| format!("binding the inputs to {}", program.name()))?;
+    let exe = client.compile_with(program, &args.compile_options().spmd(n))?;
+    let host: Vec<(&ArraySpec, &[u8])> = bound
+        .iter()
+        .map(|t| (&t.spec, t.bytes.as_slice()))
+        .collect();
+    let arrays = plan.run(program, &exe, &host)?;
+    eprintln!(
+        "ran `{}` on {n} devices, mesh {:?}",
+        program.name(),
+        plan.mesh
+    );
+    match outputs {
+        Some(path) => {
+            let named = arrays
+                .iter()
+                .enumerate()
+                .map(|(i, a)| Ok((format!("out{i}"), a.spec().clone(), a.to_bytes()?)))
+                .collect::<Result<Vec<_>>>()?;
+            xlayer::io::write_host_safetensors(path, &named)?;
+            println!("wrote {} output(s) to {}", arrays.len(), path.display());
+        }
+        None => {
+            for (i, a) in arrays.iter().enumerate() {
+                let gathered =
+                    client.buffer_from_bytes(&a.to_bytes()?, a.spec(), client.default_device())?;
+                println!("out{i}: {} = {}", a.spec(), preview(&gathered)?);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn run(args: &ProgramArgs, inputs: Option<&Path>, outputs: Option<&Path>) -> Result<()> {
     let program = load_program(args)?;
+    if program.device_count() > 1 {
+        return run_sharded(args, &program, inputs, outputs);
+    }
     let client = Client::default_plugin()?;
     let buffers = match inputs {
         Some(p) => load_inputs(&client, &program, p)?,

@@ -156,7 +156,10 @@ impl Client {
     /// Text programs are first checked in Rust for inputs known to crash
     /// the plugin's compiler (`crate::pjrt::precheck`).
     ///
-    /// Errors: [`Error::ProgramTooDeep`] and [`Error::ConstantDivisionByZero`]
+    /// Errors: [`Error::DeviceCount`] for a program partitioned for N > 1
+    /// devices ([`Program::device_count`]) compiled for another count;
+    /// those of [`CompileOptions::resolve_devices`];
+    /// [`Error::ProgramTooDeep`] and [`Error::ConstantDivisionByZero`]
     /// from those checks; [`Error::Export`] for a program exported for
     /// another platform; [`Error::UnknownXlaFlag`] / [`Error::InvalidXlaFlag`]
     /// for an XLA flag of `options` the plugin does not know or refuses; the
@@ -170,6 +173,18 @@ impl Client {
 
     fn compile_unmapped(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
         let devices = options.resolve_devices(self)?;
+        if program.device_count() > 1 && devices.len() != program.device_count() {
+            return Err(Error::DeviceCount {
+                what: format!(
+                    "`{}` (partitioned for {} devices; compile it with CompileOptions::spmd({}))",
+                    program.name(),
+                    program.device_count(),
+                    program.device_count()
+                ),
+                expected: program.device_count(),
+                actual: devices.len(),
+            });
+        }
         let device = devices[0].clone();
         if let Some(platforms) = program.platforms() {
             let mine = self.platform_name().to_ascii_lowercase();

@@ -8,10 +8,12 @@
 //! [`crate::Executable::execute_arrays`]). See `docs/sharding.md`.
 
 mod array;
+mod export_plan;
 mod mesh;
 mod spec;
 
 pub use array::Array;
+pub use export_plan::ExportPlan;
 pub use mesh::Mesh;
 pub use spec::{DimSpec, NamedSharding, PartitionSpec};
 

@@ -1,0 +1,152 @@
+//! `jax.export` artifacts exported by JAX 0.12 for 4 devices
+//! (tests/fixtures/gen_sharded.py): the recorded mesh and shardings, a run
+//! over the CPU plugin's 4 devices through the library and through
+//! `xlayer run -o`, outputs equal to JAX's.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Result;
+use xlayer::io::{bind_inputs, read_safetensors, HostTensor};
+use xlayer::sharding::ExportPlan;
+use xlayer::{Client, CompileOptions, Error, Program};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/sharded")
+        .join(name)
+}
+
+fn f32s(t: &HostTensor) -> Vec<f32> {
+    t.bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// Same XLA computation on another build of the CPU compiler: equal within
+/// a few ulp of the largest magnitude (tanh and the sums of 8 values).
+fn assert_close(name: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{name}");
+    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 8.0 * f32::EPSILON * scale,
+            "{name}[{i}]: {g} vs JAX {w}"
+        );
+    }
+}
+
+/// Runs artifact `name` through the library; returns the gathered outputs.
+fn run_library(name: &str) -> Result<Vec<Vec<f32>>> {
+    let program = Program::from_file(fixture(&format!("{name}.jaxexport")))?;
+    assert_eq!(program.device_count(), 4);
+    let client = Client::cpu_devices(4)?;
+    let plan = ExportPlan::new(&client, &program)?;
+    let tensors = read_safetensors(fixture(&format!("{name}.in.safetensors")))?;
+    let bound = bind_inputs(&program, &tensors)?;
+    let exe = client.compile_with(&program, &CompileOptions::new().spmd(4))?;
+    let host: Vec<_> = bound
+        .iter()
+        .map(|t| (&t.spec, t.bytes.as_slice()))
+        .collect();
+    let out = plan.run(&program, &exe, &host)?;
+    out.iter().map(|a| Ok(a.to_vec::<f32>()?)).collect()
+}
+
+fn jax_outputs(name: &str) -> Result<Vec<Vec<f32>>> {
+    let mut t = read_safetensors(fixture(&format!("{name}.out.safetensors")))?;
+    t.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(t.iter().map(f32s).collect())
+}
+
+#[test]
+fn the_artifact_records_its_mesh_and_shardings() -> Result<()> {
+    let program = Program::from_file(fixture("mesh2x2.jaxexport"))?;
+    let s = program.export_shardings().expect("shardings");
+    let x = s.inputs[0].as_ref().expect("x sharding");
+    assert_eq!(x.axis_names, vec!["data", "model"]);
+    assert_eq!(x.axis_sizes, vec![2, 2]);
+    assert_eq!(x.spec, vec![vec!["data".to_string()], vec![]]);
+    let plan = ExportPlan::new(&Client::cpu_devices(4)?, &program)?;
+    assert_eq!(plan.inputs[1].spec().to_string(), "P(None, 'model')");
+    assert_eq!(plan.outputs[0].spec().to_string(), "P('data', 'model')");
+    assert_eq!(plan.outputs[1].spec().to_string(), "P('model')");
+    Ok(())
+}
+
+#[test]
+fn a_2x2_data_model_artifact_equals_jax() -> Result<()> {
+    let got = run_library("mesh2x2")?;
+    let want = jax_outputs("mesh2x2")?;
+    assert_eq!(got.len(), 2);
+    assert_close("out0", &got[0], &want[0]);
+    assert_close("out1", &got[1], &want[1]);
+    Ok(())
+}
+
+#[test]
+fn a_shard_map_psum_artifact_equals_jax() -> Result<()> {
+    let got = run_library("psum")?;
+    let want = jax_outputs("psum")?;
+    assert_close("psum", &got[0], &want[0]);
+    // x * axis_index: exact.
+    assert_eq!(got[1], want[1]);
+    Ok(())
+}
+
+#[test]
+fn a_sharded_artifact_needs_as_many_devices() -> Result<()> {
+    let program = Program::from_file(fixture("mesh2x2.jaxexport"))?;
+    let two = Client::cpu_devices(2)?;
+    assert!(matches!(
+        ExportPlan::new(&two, &program),
+        Err(Error::DeviceCount {
+            expected: 4,
+            actual: 2,
+            ..
+        })
+    ));
+    let four = Client::cpu_devices(4)?;
+    // Compiled for one device: refused before the plugin sees it.
+    assert!(matches!(
+        four.compile(&program),
+        Err(Error::DeviceCount {
+            expected: 4,
+            actual: 1,
+            ..
+        })
+    ));
+    Ok(())
+}
+
+#[test]
+fn xlayer_run_scatters_runs_and_gathers_into_safetensors() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("xlayer-sharded-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    for name in ["mesh2x2", "psum"] {
+        let out = dir.join(format!("{name}.out.safetensors"));
+        let status = Command::new(env!("CARGO_BIN_EXE_xlayer"))
+            .arg("run")
+            .arg(fixture(&format!("{name}.jaxexport")))
+            .arg("-i")
+            .arg(fixture(&format!("{name}.in.safetensors")))
+            .arg("-o")
+            .arg(&out)
+            .output()?;
+        assert!(
+            status.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let mut got = read_safetensors(&out)?;
+        got.sort_by(|a, b| a.name.cmp(&b.name));
+        let want = jax_outputs(name)?;
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert_close(&format!("{name} {}", g.name), &f32s(g), w);
+        }
+    }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
