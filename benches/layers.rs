@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use xlayer::builder::{jit, nn, Padding, Tree, Value};
+use xlayer::builder::{jit, nn, Pool, Tree, Value};
 use xlayer::layers::{Inputs, JaxLayer, Layer, Out, Params, Sequential, Training};
 use xlayer::{ArraySpec, Buffer, Client};
 
@@ -115,7 +115,7 @@ fn mlp(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {
 fn cnn(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {
     let g = |n: &str| p.get(n).expect("param");
     let x = x.into_leaf()?;
-    let pool = |v: &Value| v.avg_pool(&[1, 2, 2, 1], &[1, 2, 2, 1], &Padding::Valid);
+    let pool = |v: &Value| v.avg_pool(&Pool::new(&[1, 2, 2, 1]));
     let h = pool(&nn::relu(&conv(&x, g("k1"), g("c1"))?)?)?;
     let h = pool(&nn::relu(&conv(&h, g("k2"), g("c2"))?)?)?;
     let n = h.dims()[0];

@@ -43,7 +43,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use xlayer::builder::{init, jit, nn, random, Padding, Tree, Value};
+use xlayer::builder::{init, jit, nn, random, Pool, Tree, Value};
 use xlayer::flax::{
     make_causal_mask, Dense, FlaxLayer, FnModule, LayerNorm, MultiHeadDotProductAttention,
 };
@@ -176,7 +176,7 @@ fn mlp_train(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {
 }
 
 fn cnn_logits(p: &Tree<Value>, x: &Value) -> xlayer::Result<Value> {
-    let pool = |v: &Value| v.avg_pool(&[1, 2, 2, 1], &[1, 2, 2, 1], &Padding::Valid);
+    let pool = |v: &Value| v.avg_pool(&Pool::new(&[1, 2, 2, 1]));
     let h = pool(&nn::relu(&conv(x, p.get("k1")?, p.get("c1")?)?)?)?;
     let h = pool(&nn::relu(&conv(&h, p.get("k2")?, p.get("c2")?)?)?)?;
     let n = h.dims()[0];

@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use xlayer::builder::{init, nn, random, Padding, Tree, Value};
+use xlayer::builder::{init, nn, random, Pool, Tree, Value};
 use xlayer::layers::{Apply, HostArray, Init, Input, Inputs, JaxLayer, Model, Out, Params, Rng};
 use xlayer::train::{Adam, FitOptions, Loss, Trainer};
 use xlayer::{Client, DType};
@@ -57,7 +57,7 @@ fn mlp_init(Rng(key): Rng, Inputs(_x): Inputs) -> xlayer::Result<Init> {
 fn cnn(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {
     let g = |n: &str| p.get(n).expect("param");
     let x = x.into_leaf()?;
-    let pool = |v: &Value| v.avg_pool(&[1, 2, 2, 1], &[1, 2, 2, 1], &Padding::Valid);
+    let pool = |v: &Value| v.avg_pool(&Pool::new(&[1, 2, 2, 1]));
     let h = pool(&nn::relu(&conv(&x, g("k1"), g("c1"))?)?)?;
     let h = pool(&nn::relu(&conv(&h, g("k2"), g("c2"))?)?)?;
     let n = h.dims()[0];

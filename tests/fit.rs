@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use anyhow::Result;
-use xlayer::builder::{init, nn, Padding, Tree, Value};
+use xlayer::builder::{init, nn, Pool, Tree, Value};
 use xlayer::builder::{ConvAttrs, ConvDims};
 use xlayer::layers::{
     Apply, HostArray, Init, InitState, Input, Inputs, JaxLayer, Layer, Model, Out, OutState,
@@ -295,7 +295,7 @@ fn digits_cnn_reaches_95_percent() -> Result<()> {
         let x = x.into_leaf()?;
         let attrs = ConvAttrs::new(ConvDims::nhwc(2)).padding(&[(1, 1), (1, 1)]);
         let h = nn::relu(&(x.conv_general(p.get("k")?, &attrs)? + p.get("c")?)?)?;
-        let h = h.max_pool(&[1, 2, 2, 1], &[1, 2, 2, 1], &Padding::Valid)?;
+        let h = h.max_pool(&Pool::new(&[1, 2, 2, 1]))?;
         let n = h.dims()[0];
         let h = h.reshape(&[n, 4 * 4 * 16])?;
         Ok(Out::from((h.matmul(p.get("w")?)? + p.get("b")?)?))

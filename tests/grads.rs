@@ -13,8 +13,8 @@ use std::sync::OnceLock;
 
 use xlayer::builder::autodiff::{grad, value_and_grad, value_and_grad_with_aux, vjp};
 use xlayer::builder::{
-    jit, nn, BinaryOp, Builder, ConvAttrs, ConvDims, DotDims, GatherDims, Padding, ScatterDims,
-    ScatterMode, Tree, UnaryOp, Value, WindowAttrs,
+    jit, nn, BinaryOp, Builder, ConvAttrs, ConvDims, DotDims, GatherDims, Padding, Pool,
+    ScatterDims, ScatterMode, Tree, UnaryOp, Value, WindowAttrs,
 };
 use xlayer::{ArraySpec, Client, DType, Error, Result};
 
@@ -284,21 +284,25 @@ fn reduction_and_window_rules() {
         }),
         case("reduce/mean", ELEMENTWISE, |_, x| x[0].mean(&[2], false)),
         case("window/max_pool", sum, |_, x| {
-            x[0].max_pool(&[1, 3, 3, 1], &[1, 2, 2, 1], &Padding::Same)
+            x[0].max_pool(
+                &Pool::new(&[1, 3, 3, 1])
+                    .strides(&[1, 2, 2, 1])
+                    .padding(Padding::Same),
+            )
         }),
         case("window/max_pool_valid", sum, |_, x| {
-            x[0].max_pool(&[1, 2, 2, 1], &[1, 2, 2, 1], &Padding::Valid)
+            x[0].max_pool(&Pool::new(&[1, 2, 2, 1]))
         }),
         case("window/min_pool", sum, |_, x| {
             let p = Padding::Explicit(vec![(0, 0), (1, 0), (0, 2), (0, 0)]);
-            x[0].min_pool(&[1, 2, 3, 1], &[1, 1, 2, 1], &p)
+            x[0].min_pool(&Pool::new(&[1, 2, 3, 1]).strides(&[1, 1, 2, 1]).padding(p))
         }),
         case("window/sum_pool", sum, |_, x| {
             let p = Padding::Explicit(vec![(0, 0), (1, 1), (0, 1), (0, 0)]);
-            x[0].sum_pool(&[1, 3, 2, 1], &[1, 2, 1, 1], &p)
+            x[0].sum_pool(&Pool::new(&[1, 3, 2, 1]).strides(&[1, 2, 1, 1]).padding(p))
         }),
         case("window/avg_pool", sum, |_, x| {
-            x[0].avg_pool(&[1, 2, 2, 1], &[1, 2, 2, 1], &Padding::Valid)
+            x[0].avg_pool(&Pool::new(&[1, 2, 2, 1]))
         }),
         case("window/cumsum", sum, |_, x| x[0].cumsum(1, false)),
         case("window/cumsum_reverse", sum, |_, x| x[0].cumsum(0, true)),

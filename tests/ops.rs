@@ -11,8 +11,8 @@
 use std::sync::OnceLock;
 
 use xlayer::builder::{
-    nn, BinaryOp, Builder, CompareDir, ConvAttrs, ConvDims, DotDims, Padding, ScatterMode, UnaryOp,
-    Value,
+    nn, BinaryOp, Builder, CompareDir, ConvAttrs, ConvDims, DotDims, Padding, Pool, ScatterMode,
+    UnaryOp, Value,
 };
 use xlayer::{ArraySpec, Client, DType, Error, Result};
 
@@ -580,12 +580,14 @@ fn pooling_and_cumulative() {
             FLOAT_SUM_TOL
         };
         cases.push(case(name, tol, move |_, x| {
-            let (w, s) = (&[1, 2, 3, 1], &[1, 2, 2, 1]);
+            let p = Pool::new(&[1, 2, 3, 1])
+                .strides(&[1, 2, 2, 1])
+                .padding(padding.clone());
             one(match kind.as_str() {
-                "max" => x[0].max_pool(w, s, &padding),
-                "min" => x[0].min_pool(w, s, &padding),
-                "sum" => x[0].sum_pool(w, s, &padding),
-                _ => x[0].avg_pool(w, s, &padding),
+                "max" => x[0].max_pool(&p),
+                "min" => x[0].min_pool(&p),
+                "sum" => x[0].sum_pool(&p),
+                _ => x[0].avg_pool(&p),
             })
         }));
     }
@@ -932,7 +934,7 @@ fn misuse_names_op_and_shapes() -> Result<()> {
     misuse(i23.mean(&[0], false), "mean", &["i32[2,3]"]);
     misuse(f23.argmax(5, DType::I32), "argmax", &["f32[2,3]"]);
     misuse(
-        f23.max_pool(&[2], &[1], &Padding::Valid),
+        f23.max_pool(&Pool::new(&[2]).strides(&[1])),
         "max_pool",
         &["f32[2,3]"],
     );
@@ -1056,8 +1058,12 @@ fn one_program_uses_every_op() -> Result<()> {
                 1,
             )?
             .remove(0);
-            let pool = cv.max_pool(&[1, 2, 2, 1], &[1, 2, 2, 1], &Padding::Valid)?;
-            let avg = cv.avg_pool(&[1, 2, 2, 1], &[1, 1, 1, 1], &Padding::Same)?;
+            let pool = cv.max_pool(&Pool::new(&[1, 2, 2, 1]))?;
+            let avg = cv.avg_pool(
+                &Pool::new(&[1, 2, 2, 1])
+                    .strides(&[1, 1, 1, 1])
+                    .padding(Padding::Same),
+            )?;
             outs.push(pool.sum(&[0, 1, 2, 3], false)?);
             outs.push(avg.mean(&[0, 1, 2, 3], false)?);
             outs.push(es.prod(&[0, 1], false)?.min(&[0usize; 0], false)?);

@@ -46,6 +46,7 @@ mod ops_elementwise;
 mod ops_index;
 mod ops_linalg;
 mod ops_operators;
+mod ops_pool;
 mod ops_reduce;
 mod ops_shape;
 mod path;
@@ -65,6 +66,7 @@ pub use op::{
 };
 pub use ops_elementwise::{broadcast_shapes, promote_types};
 pub use ops_index::ScatterMode;
+pub use ops_pool::Pool;
 pub use ops_reduce::Padding;
 pub use path::Path;
 pub use trace::{jit, trace, Computation};

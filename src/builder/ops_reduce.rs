@@ -515,7 +515,7 @@ impl Value {
         self.arg_reduce("argmin", axis, index_dtype, false)
     }
 
-    fn pool(
+    pub(super) fn pool(
         &self,
         op: &'static str,
         reducer: BinaryOp,
@@ -550,80 +550,6 @@ impl Value {
             })?
             .remove(0),
         )
-    }
-
-    /// Max pooling over a window of every dimension (use 1 for batch and features).
-    ///
-    /// ```
-    /// # use xlayer::{builder::*, ArraySpec, DType};
-    /// # let b = Builder::new();
-    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// assert_eq!(x.max_pool(&[1, 2], &[1, 1], &Padding::Valid)?.dims(), &[2, 2]);
-    /// # Ok::<(), xlayer::Error>(())
-    /// ```
-    pub fn max_pool(
-        &self,
-        window: &[usize],
-        strides: &[usize],
-        padding: &Padding,
-    ) -> Result<Value> {
-        self.pool("max_pool", BinaryOp::Max, window, strides, padding)
-    }
-
-    /// Min pooling.
-    ///
-    /// ```
-    /// # use xlayer::{builder::*, ArraySpec, DType};
-    /// # let b = Builder::new();
-    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// assert_eq!(x.min_pool(&[2, 2], &[1, 1], &Padding::Same)?.dims(), &[2, 3]);
-    /// # Ok::<(), xlayer::Error>(())
-    /// ```
-    pub fn min_pool(
-        &self,
-        window: &[usize],
-        strides: &[usize],
-        padding: &Padding,
-    ) -> Result<Value> {
-        self.pool("min_pool", BinaryOp::Min, window, strides, padding)
-    }
-
-    /// Sum pooling.
-    ///
-    /// ```
-    /// # use xlayer::{builder::*, ArraySpec, DType};
-    /// # let b = Builder::new();
-    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// assert_eq!(x.sum_pool(&[1, 3], &[1, 3], &Padding::Valid)?.dims(), &[2, 1]);
-    /// # Ok::<(), xlayer::Error>(())
-    /// ```
-    pub fn sum_pool(
-        &self,
-        window: &[usize],
-        strides: &[usize],
-        padding: &Padding,
-    ) -> Result<Value> {
-        self.pool("sum_pool", BinaryOp::Add, window, strides, padding)
-    }
-
-    /// Average pooling; padded positions count in the divisor (Flax's
-    /// `avg_pool` default, `count_include_pad=True`).
-    ///
-    /// ```
-    /// # use xlayer::{builder::*, ArraySpec, DType};
-    /// # let b = Builder::new();
-    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// assert_eq!(x.avg_pool(&[2, 2], &[2, 2], &Padding::Same)?.dims(), &[1, 2]);
-    /// # Ok::<(), xlayer::Error>(())
-    /// ```
-    pub fn avg_pool(
-        &self,
-        window: &[usize],
-        strides: &[usize],
-        padding: &Padding,
-    ) -> Result<Value> {
-        let n: f64 = window.iter().map(|&w| w as f64).product();
-        self.sum_pool(window, strides, padding)? / n
     }
 
     fn cumulative(

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::builder::{random, Padding, Tree, Value};
+use crate::builder::{random, Padding, Pool, Tree, Value};
 use crate::error::Result;
 
 use super::linear::{flax_err, one_input_module};
@@ -215,12 +215,13 @@ pub fn avg_pool(
 ) -> Result<Value> {
     let (w, s) = full_window(x, window, strides)?;
     let p = pool_padding(padding, x, window.len());
-    let y = x.sum_pool(&w, &s, &p)?;
+    let pool = Pool::new(&w).strides(&s).padding(p);
+    let y = x.sum_pool(&pool)?;
     if count_include_pad {
         y / window.iter().product::<usize>() as f64
     } else {
         let ones = x.builder().ones(x.dtype(), x.dims())?;
-        y / ones.sum_pool(&w, &s, &p)?
+        y / ones.sum_pool(&pool)?
     }
 }
 
@@ -232,7 +233,11 @@ pub fn max_pool(
     padding: &Padding,
 ) -> Result<Value> {
     let (w, s) = full_window(x, window, strides)?;
-    x.max_pool(&w, &s, &pool_padding(padding, x, window.len()))
+    x.max_pool(
+        &Pool::new(&w)
+            .strides(&s)
+            .padding(pool_padding(padding, x, window.len())),
+    )
 }
 
 /// `nn.min_pool(x, window_shape, strides, padding)`.
@@ -243,5 +248,9 @@ pub fn min_pool(
     padding: &Padding,
 ) -> Result<Value> {
     let (w, s) = full_window(x, window, strides)?;
-    x.min_pool(&w, &s, &pool_padding(padding, x, window.len()))
+    x.min_pool(
+        &Pool::new(&w)
+            .strides(&s)
+            .padding(pool_padding(padding, x, window.len())),
+    )
 }

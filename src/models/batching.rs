@@ -13,9 +13,10 @@
 //! optimal partition consists of runs of the sorted list, so the search is
 //! exact for the model, in `O(n × max_batch)`.
 //!
-//! Shapes come from a finite grid ([`batch_bucket`], [`seq_bucket`]), so a
-//! workload compiles a bounded set of programs (each compiled once, then
-//! loaded from the persistent compilation cache by later processes).
+//! Shapes come from a finite grid ([`batch_bucket`], [`seq_bucket`]: 11
+//! batch sizes × 39 lengths up to 512), so a workload compiles a bounded
+//! set of programs (each compiled once, then loaded from the persistent
+//! compilation cache by later processes).
 
 use std::ops::Range;
 
@@ -30,17 +31,17 @@ pub fn batch_bucket(n: usize) -> usize {
 }
 
 /// The padded length for an input of `n` tokens, at most `limit` (the
-/// model's position count): multiples of 8 up to 64, of 16 up to 256, of 32
-/// above (at least 8). Up to 512 tokens that is 28 lengths; the waste is at
-/// most 7, 15 or 31 tokens (139 tokens pad to 144).
+/// model's position count): multiples of 4 up to 64, of 8 up to 128, of 16
+/// up to 256, of 32 above (at least 8). Up to 512 tokens that is 39
+/// lengths; the waste is at most 3, 7, 15 or 31 tokens, under 25% of the
+/// input from 12 tokens on (139 tokens pad to 144, 17 to 20).
 pub fn seq_bucket(n: usize, limit: usize) -> usize {
     let n = n.max(8);
-    let step = if n <= 64 {
-        8
-    } else if n <= 256 {
-        16
-    } else {
-        32
+    let step = match n {
+        0..=64 => 4,
+        65..=128 => 8,
+        129..=256 => 16,
+        _ => 32,
     };
     n.div_ceil(step).saturating_mul(step).min(limit.max(1))
 }
@@ -141,16 +142,18 @@ mod tests {
     #[test]
     fn buckets() {
         assert_eq!(seq_bucket(1, 512), 8);
-        assert_eq!(seq_bucket(25, 512), 32);
+        assert_eq!(seq_bucket(9, 512), 12);
+        assert_eq!(seq_bucket(25, 512), 28);
         assert_eq!(seq_bucket(64, 512), 64);
-        assert_eq!(seq_bucket(65, 512), 80);
+        assert_eq!(seq_bucket(65, 512), 72);
+        assert_eq!(seq_bucket(129, 512), 144);
         assert_eq!(seq_bucket(139, 512), 144);
         assert_eq!(seq_bucket(257, 512), 288);
         assert_eq!(seq_bucket(512, 512), 512);
         assert_eq!(seq_bucket(20, 16), 16, "capped at the limit");
         let distinct: std::collections::BTreeSet<usize> =
             (1..=512).map(|n| seq_bucket(n, 512)).collect();
-        assert_eq!(distinct.len(), 28);
+        assert_eq!(distinct.len(), 39);
         assert_eq!(batch_bucket(1), 1);
         assert_eq!(batch_bucket(5), 6);
         assert_eq!(batch_bucket(23), 24);
@@ -197,7 +200,7 @@ mod tests {
             [Group {
                 rows: 0..8,
                 batch: 8,
-                seq: 16
+                seq: 12
             }]
         );
         // Exhaustive check on small inputs: no partition into runs is cheaper.

@@ -70,7 +70,8 @@ pub struct LoadInfo {
     pub unused: Vec<String>,
     /// Wall time of opening the checkpoint and uploading the weights.
     pub weights_time: Duration,
-    /// Wall time of reading `config.json` and `tokenizer.json`.
+    /// Wall time of reading `config.json` and `tokenizer.json` (the latter
+    /// while the weights upload).
     pub tokenizer_time: Duration,
 }
 
@@ -124,30 +125,30 @@ impl MiniLm {
         // Before anything is built from the config's sizes.
         cfg.check_checkpoint(&config_path, &file)?;
         let open_time = start.elapsed();
-        let start = Instant::now();
         let tokenizer_path = dir.join("tokenizer.json");
-        let mut tokenizer =
-            tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| Error::Tokenizer {
-                path: tokenizer_path.clone(),
-                reason: e.to_string(),
-            })?;
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(Some(tokenizers::TruncationParams {
-                max_length: MAX_SEQ_LEN.min(cfg.max_position_embeddings),
-                ..Default::default()
-            }))
-            .map_err(|e| Error::Tokenizer {
-                path: tokenizer_path.clone(),
-                reason: e.to_string(),
-            })?;
-        let tokenizer_time = config_time + start.elapsed();
-        let start = Instant::now();
-        let wanted = bert::param_tree(&cfg)?;
-        let (tree, report) = load_tree(client, &file, &wanted, &bert::checkpoint_names())?;
+        let max_length = MAX_SEQ_LEN.min(cfg.max_position_embeddings);
+        // The tokenizer is read while the weights upload.
+        let (tokenizer, loaded) = std::thread::scope(|s| {
+            let tok = s.spawn(|| {
+                let start = Instant::now();
+                load_tokenizer(&tokenizer_path, max_length).map(|t| (t, start.elapsed()))
+            });
+            let start = Instant::now();
+            let loaded = bert::param_tree(&cfg).and_then(|wanted| {
+                let (tree, report) = load_tree(client, &file, &wanted, &bert::checkpoint_names())?;
+                Ok((wanted, tree, report, start.elapsed()))
+            });
+            let tok = tok
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (tok, loaded)
+        });
+        let (tokenizer, tokenizer_time) = tokenizer?;
+        let tokenizer_time = config_time + tokenizer_time;
+        let (wanted, tree, report, upload_time) = loaded?;
         // The program takes the weights in the tree's flatten order.
         let weights = tree.into_leaves();
-        let weights_time = open_time + start.elapsed();
+        let weights_time = open_time + upload_time;
         Ok(MiniLm {
             client: client.clone(),
             cfg,
@@ -300,14 +301,31 @@ impl MiniLm {
     }
 
     /// Compiles (or loads from the compilation cache) every program that
-    /// embedding inputs of these token counts needs, so that the first
-    /// [`MiniLm::embed_tokens`] only runs them. Returns how many there are.
+    /// embedding inputs of these token counts needs, side by side on as
+    /// many threads as there are cores, so that the first
+    /// [`MiniLm::embed_tokens`] only runs them. Returns how many executions
+    /// the inputs take.
     ///
     /// Errors: those of compiling.
     pub fn prepare(&self, lens: &[usize]) -> Result<usize> {
         let plan = self.plan(lens);
-        for (_, batch, seq) in &plan {
-            self.program(*batch, *seq)?;
+        let mut shapes: Vec<(usize, usize)> = plan.iter().map(|(_, b, s)| (*b, *s)).collect();
+        shapes.sort_unstable();
+        shapes.dedup();
+        // Loaded (or compiled) side by side, a thread per core.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for chunk in shapes.chunks(threads.max(1)) {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|&(b, q)| s.spawn(move || self.program(b, q)))
+                    .collect();
+                handles.into_iter().try_for_each(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                        .map(drop)
+                })
+            })?;
         }
         Ok(plan.len())
     }
@@ -352,6 +370,24 @@ impl MiniLm {
             })?
             .to_vec::<f32>()
     }
+}
+
+/// The WordPiece tokenizer of `path`, without padding, truncating at
+/// `max_length` tokens.
+fn load_tokenizer(path: &Path, max_length: usize) -> Result<tokenizers::Tokenizer> {
+    let err = |e: tokenizers::Error| Error::Tokenizer {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut tokenizer = tokenizers::Tokenizer::from_file(path).map_err(err)?;
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(tokenizers::TruncationParams {
+            max_length,
+            ..Default::default()
+        }))
+        .map_err(err)?;
+    Ok(tokenizer)
 }
 
 /// Cosine similarity of two vectors (0 when either is zero).
