@@ -4,7 +4,6 @@
 //! `xlayer run -o`, outputs equal to JAX's.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::Result;
 use xlayer::io::{bind_inputs, read_safetensors, HostTensor};
@@ -120,13 +119,15 @@ fn a_sharded_artifact_needs_as_many_devices() -> Result<()> {
     Ok(())
 }
 
+// Runs the `xlayer` binary, built with the `cli` feature.
+#[cfg(feature = "cli")]
 #[test]
 fn xlayer_run_scatters_runs_and_gathers_into_safetensors() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("xlayer-sharded-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     for name in ["mesh2x2", "psum"] {
         let out = dir.join(format!("{name}.out.safetensors"));
-        let status = Command::new(env!("CARGO_BIN_EXE_xlayer"))
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_xlayer"))
             .arg("run")
             .arg(fixture(&format!("{name}.jaxexport")))
             .arg("-i")

@@ -41,7 +41,9 @@ pub mod graph;
 pub mod init;
 pub mod nn;
 pub mod op;
+mod ops_compare;
 mod ops_control;
+mod ops_convert;
 mod ops_elementwise;
 mod ops_index;
 mod ops_linalg;
@@ -50,6 +52,7 @@ mod ops_pool;
 mod ops_reduce;
 mod ops_shape;
 mod path;
+mod promotion;
 pub mod random;
 mod trace;
 mod tree;
@@ -64,11 +67,11 @@ pub use op::{
     BinaryOp, CompareDir, ConvAttrs, ConvDims, DotDims, GatherDims, Op, ScatterDims, UnaryOp,
     WindowAttrs,
 };
-pub use ops_elementwise::{broadcast_shapes, promote_types};
 pub use ops_index::ScatterMode;
 pub use ops_pool::Pool;
 pub use ops_reduce::Padding;
 pub use path::Path;
+pub use promotion::{broadcast_shapes, promote_types};
 pub use trace::{jit, trace, Computation};
 pub use tree::Tree;
 pub use var_builder::{ParamSource, VarBuilder};

@@ -126,17 +126,16 @@ impl Value {
                 format!("contracting sizes differ: {} @ {}", self.spec, rhs.spec),
             ));
         }
-        let batch =
-            super::ops_elementwise::broadcast_shapes(&a.dims()[..ra - 2], &b.dims()[..rb - 2])
-                .map_err(|_| {
-                    op_err(
-                        "matmul",
-                        format!(
-                            "batch dimensions of {} and {} do not broadcast",
-                            self.spec, rhs.spec
-                        ),
-                    )
-                })?;
+        let batch = super::promotion::broadcast_shapes(&a.dims()[..ra - 2], &b.dims()[..rb - 2])
+            .map_err(|_| {
+                op_err(
+                    "matmul",
+                    format!(
+                        "batch dimensions of {} and {} do not broadcast",
+                        self.spec, rhs.spec
+                    ),
+                )
+            })?;
         let nb = batch.len();
         let full = |v: &Value, r: usize| -> Result<Value> {
             let mut d = batch.clone();

@@ -164,10 +164,29 @@ fn reshape_axis_into(src: usize, dst: usize, x: &Value) -> Result<Value> {
     x.transpose(&perm)?.reshape(&shape)
 }
 
+/// Per spatial dimension, the dilated extents `(l, r, o)` of the input,
+/// the kernel and the output cotangent `g`: the terms of JAX's transpose
+/// padding formulas.
+fn dilated_extents(g: &Value, lhs: &Value, rhs: &Value, a: &ConvAttrs) -> Vec<(i64, i64, i64)> {
+    let [lhs_spec, rhs_spec, out_spec] = specs(&a.dims);
+    let in_shape = take(lhs.dims(), &lhs_spec[2..]);
+    let win = take(rhs.dims(), &rhs_spec[2..]);
+    let out_shape = take(g.dims(), &out_spec[2..]);
+    (0..in_shape.len())
+        .map(|i| {
+            (
+                dilate(in_shape[i], a.lhs_dilation[i]),
+                dilate(win[i], a.rhs_dilation[i]),
+                dilate(out_shape[i], a.strides[i]),
+            )
+        })
+        .collect()
+}
+
 /// JAX's `_conv_general_dilated_transpose_lhs`.
 fn conv_transpose_lhs(g: &Value, lhs: &Value, rhs: &Value, a: &ConvAttrs) -> Result<Value> {
     let [lhs_spec, rhs_spec, out_spec] = specs(&a.dims);
-    let (sl, sr, so) = (&lhs_spec[2..], &rhs_spec[2..], &out_spec[2..]);
+    let sr = &rhs_spec[2..];
     let t_rhs_spec = swap01(&rhs_spec);
     let mut fgc = a.feature_group_count;
     let bgc = a.batch_group_count;
@@ -180,14 +199,10 @@ fn conv_transpose_lhs(g: &Value, lhs: &Value, rhs: &Value, a: &ConvAttrs) -> Res
         k = reshape_axis_into(rhs_spec[0], rhs_spec[1], &k)?;
         fgc = bgc;
     }
-    let in_shape = take(lhs.dims(), sl);
-    let win = take(rhs.dims(), sr);
-    let out_shape = take(g.dims(), so);
-    let padding: Vec<(i64, i64)> = (0..sl.len())
-        .map(|i| {
-            let l = dilate(in_shape[i], a.lhs_dilation[i]);
-            let r = dilate(win[i], a.rhs_dilation[i]);
-            let o = dilate(out_shape[i], a.strides[i]);
+    let padding: Vec<(i64, i64)> = dilated_extents(g, lhs, rhs, a)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (l, r, o))| {
             let before = r - a.padding[i].0 - 1;
             (before, l + r - 1 - o - before)
         })
@@ -213,7 +228,6 @@ fn conv_transpose_lhs(g: &Value, lhs: &Value, rhs: &Value, a: &ConvAttrs) -> Res
 /// JAX's `_conv_general_dilated_transpose_rhs`.
 fn conv_transpose_rhs(g: &Value, lhs: &Value, rhs: &Value, a: &ConvAttrs) -> Result<Value> {
     let [lhs_spec, rhs_spec, out_spec] = specs(&a.dims);
-    let (sl, sr, so) = (&lhs_spec[2..], &rhs_spec[2..], &out_spec[2..]);
     let (mut fgc, mut bgc) = (a.feature_group_count, a.batch_group_count);
     if bgc > 1 {
         fgc = bgc;
@@ -222,14 +236,10 @@ fn conv_transpose_rhs(g: &Value, lhs: &Value, rhs: &Value, a: &ConvAttrs) -> Res
         bgc = fgc;
         fgc = 1;
     }
-    let in_shape = take(lhs.dims(), sl);
-    let win = take(rhs.dims(), sr);
-    let out_shape = take(g.dims(), so);
-    let padding: Vec<(i64, i64)> = (0..sl.len())
-        .map(|i| {
-            let l = dilate(in_shape[i], a.lhs_dilation[i]);
-            let r = dilate(win[i], a.rhs_dilation[i]);
-            let o = dilate(out_shape[i], a.strides[i]);
+    let padding: Vec<(i64, i64)> = dilated_extents(g, lhs, rhs, a)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (l, r, o))| {
             let lo = a.padding[i].0;
             (lo, (o - l) + (r - lo - 1))
         })
