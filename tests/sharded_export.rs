@@ -152,8 +152,11 @@ fn xlayer_run_scatters_runs_and_gathers_into_safetensors() -> Result<()> {
     Ok(())
 }
 
+// Runs the `xlayer` binary, built with the `cli` feature.
+#[cfg(feature = "cli")]
 #[test]
 fn xlayer_devices_and_doctor_show_the_devices() -> Result<()> {
+    use std::process::Command;
     let out = Command::new(env!("CARGO_BIN_EXE_xlayer"))
         .args(["devices", "--cpu-count", "3"])
         .output()?;
