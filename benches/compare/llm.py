@@ -102,13 +102,27 @@ def run_xlayer(gguf_dir):
     cmd = [str(exe), "--json", "--verbose", "--no-stop", "--capacity", "512",
            "--max-tokens", str(NEW), text, text]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    # The process's own peak (VmHWM, printed by --verbose): RUSAGE_CHILDREN
+    # would also count the forked image of this Python process (with
+    # transformers loaded) before it exec'ed the binary.
+    rss = float(re.findall(r"memory after generating: RSS \d+ MiB, peak (\d+) MiB", out.stderr)[-1])
     lines = [l for l in out.stderr.splitlines() if "first token" in l]
     m = re.search(r"(\d+) prompt tokens, (\d+) new .*first token ([\d.]+) ms, decode ([\d.]+) tok/s",
                   lines[-1])
     n_prompt, n_new, ttft_ms, dec = int(m[1]), int(m[2]), float(m[3]), float(m[4])
+    # What the resident memory is made of (generate --verbose): the client
+    # alone (the plugin's floor), then with the weights loaded.
+    mem = {k: float(re.search(r"memory " + k + r": RSS (\d+) MiB", out.stderr)[1])
+           for k in ["with the client only", "after loading"]}
+    temps = re.findall(r"program of (\d+) token\(s\): temp ([\d.]+) MiB", out.stderr)
     return {"ttft_s": ttft_ms / 1e3, "prefill_tok_s": n_prompt / (ttft_ms / 1e3),
-            "decode_tok_s": dec, "new_tokens": n_new, "prompt_tokens": n_prompt, "rss_mb": rss}
+            "decode_tok_s": dec, "new_tokens": n_new, "prompt_tokens": n_prompt, "rss_mb": rss,
+            "client_only_rss_mb": mem["with the client only"],
+            "after_load_rss_mb": mem["after loading"],
+            "program_temp_mb": {s: float(t) for s, t in temps}}
+
+
+LOAD_BEFORE = os.getloadavg()
 
 
 def main():
@@ -133,6 +147,10 @@ def main():
         if "error" not in r and "error" not in x:
             print(f"xlayer / {other}: decode {x['decode_tok_s'] / r['decode_tok_s']:.2f}x, "
                   f"prefill {x['prefill_tok_s'] / r['prefill_tok_s']:.2f}x")
+    if "error" not in x:
+        print(f"xlayer memory: client alone {x['client_only_rss_mb']:.0f} MiB, with the weights "
+              f"{x['after_load_rss_mb']:.0f} MiB, program temporaries {x['program_temp_mb']} MiB")
+    print(f"load average before/after: {LOAD_BEFORE} / {os.getloadavg()}")
     print(json.dumps(results))
 
 

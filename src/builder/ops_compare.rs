@@ -29,97 +29,42 @@ impl Value {
             .push(Op::Compare(dir), &[&a, &b], vec![out])?
             .remove(0))
     }
-    /// `self == rhs`.
-    ///
-    /// ```
-    /// # use xlayer::{builder::*, ArraySpec, DType};
-    /// # let b = Builder::new();
-    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
-    /// let z = x.eq(&y)?;
-    /// # Ok::<(), xlayer::Error>(())
-    /// ```
-    pub fn eq(&self, rhs: &Value) -> Result<Value> {
-        self.compare(CompareDir::Eq, rhs)
-    }
-    /// `self != rhs`.
-    ///
-    /// ```
-    /// # use xlayer::{builder::*, ArraySpec, DType};
-    /// # let b = Builder::new();
-    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
-    /// let z = x.ne(&y)?;
-    /// # Ok::<(), xlayer::Error>(())
-    /// ```
-    pub fn ne(&self, rhs: &Value) -> Result<Value> {
-        self.compare(CompareDir::Ne, rhs)
-    }
-    /// `self < rhs`.
-    ///
-    /// ```
-    /// # use xlayer::{builder::*, ArraySpec, DType};
-    /// # let b = Builder::new();
-    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
-    /// let z = x.lt(&y)?;
-    /// # Ok::<(), xlayer::Error>(())
-    /// ```
-    pub fn lt(&self, rhs: &Value) -> Result<Value> {
-        self.compare(CompareDir::Lt, rhs)
-    }
-    /// `self <= rhs`.
-    ///
-    /// ```
-    /// # use xlayer::{builder::*, ArraySpec, DType};
-    /// # let b = Builder::new();
-    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
-    /// let z = x.le(&y)?;
-    /// # Ok::<(), xlayer::Error>(())
-    /// ```
-    pub fn le(&self, rhs: &Value) -> Result<Value> {
-        self.compare(CompareDir::Le, rhs)
-    }
-    /// `self > rhs`.
-    ///
-    /// ```
-    /// # use xlayer::{builder::*, ArraySpec, DType};
-    /// # let b = Builder::new();
-    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
-    /// let z = x.gt(&y)?;
-    /// # Ok::<(), xlayer::Error>(())
-    /// ```
-    pub fn gt(&self, rhs: &Value) -> Result<Value> {
-        self.compare(CompareDir::Gt, rhs)
-    }
-    /// `self >= rhs`.
-    ///
-    /// ```
-    /// # use xlayer::{builder::*, ArraySpec, DType};
-    /// # let b = Builder::new();
-    /// # let x = b.parameter(ArraySpec::of::<f32>([2, 3]), "x")?;
-    /// # let y = b.parameter(ArraySpec::of::<f32>([2, 3]), "y")?;
-    /// # let i = b.parameter(ArraySpec::of::<i32>([2, 3]), "i")?;
-    /// # let idx = b.parameter(ArraySpec::of::<i32>([4]), "idx")?;
-    /// let z = x.ge(&y)?;
-    /// # Ok::<(), xlayer::Error>(())
-    /// ```
-    pub fn ge(&self, rhs: &Value) -> Result<Value> {
-        self.compare(CompareDir::Ge, rhs)
-    }
+}
 
+/// The comparison shorthands `x.eq(&y)` … `x.ge(&y)`: [`Value::compare`]
+/// with one direction each, bool results.
+macro_rules! compare_methods {
+    ($($sym:literal $name:ident => $dir:ident;)*) => {
+        impl Value {
+            $(
+                #[doc = concat!("`self ", $sym, " rhs`, elementwise with broadcasting → bool.")]
+                ///
+                #[doc = concat!(
+                    "```\n# let b = xlayer::builder::Builder::new();\n",
+                    "# let x = b.parameter(xlayer::ArraySpec::of::<f32>([2, 3]), \"x\")?;\n",
+                    "# let y = b.parameter(xlayer::ArraySpec::of::<f32>([3]), \"y\")?;\n",
+                    "let z = x.", stringify!($name), "(&y)?;\n",
+                    "assert_eq!((z.dtype(), z.dims()), (xlayer::DType::Bool, &[2, 3][..]));\n",
+                    "# Ok::<(), xlayer::Error>(())\n```"
+                )]
+                pub fn $name(&self, rhs: &Value) -> Result<Value> {
+                    self.compare(CompareDir::$dir, rhs)
+                }
+            )*
+        }
+    };
+}
+
+compare_methods! {
+    "==" eq => Eq;
+    "!=" ne => Ne;
+    "<" lt => Lt;
+    "<=" le => Le;
+    ">" gt => Gt;
+    ">=" ge => Ge;
+}
+
+impl Value {
     /// `self ? on_true : on_false`, elementwise; `self` is bool; all three broadcast.
     ///
     /// ```
