@@ -12,7 +12,8 @@
 //! - Layers: [`Dense`], [`DenseGeneral`], [`Conv`], [`ConvTranspose`],
 //!   [`Embed`], [`BatchNorm`], [`LayerNorm`], [`RMSNorm`], [`GroupNorm`],
 //!   [`Dropout`], [`MultiHeadDotProductAttention`], [`Sequential`], pooling
-//!   ([`avg_pool`], [`max_pool`], [`min_pool`]); activations are
+//!   ([`avg_pool`], [`max_pool`], [`min_pool`]), [`init_specs`] (the variables'
+//!   specs without compiling, as `jax.eval_shape`); activations are
 //!   [`crate::builder::nn`].
 //! - [`FlaxLayer`]: a module as a Keras [`crate::layers::Layer`].
 //! - Checkpoints: [`save_variables`]/[`load_variables`] with `.`-joined keys.
@@ -50,6 +51,7 @@ mod misc;
 mod module;
 mod norm;
 mod scope;
+mod shapes;
 
 pub use attention::{
     dot_product_attention, make_attention_mask, make_causal_mask, MultiHeadDotProductAttention,
@@ -67,6 +69,7 @@ pub use module::{
 };
 pub use norm::{compute_stats, BatchNorm, GroupNorm, LayerNorm, RMSNorm};
 pub use scope::{Mutable, Scope, Variable};
+pub use shapes::init_specs;
 
 /// SHA-1 (FIPS 180-4) of `data`, for Flax's rng folding.
 pub(crate) fn sha1(data: &[u8]) -> [u8; 20] {

@@ -318,7 +318,7 @@ pub fn apply_traced(
 /// assert_eq!(r.names(), vec!["dropout", "params"]);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Rngs(BTreeMap<String, [u32; 2]>);
+pub struct Rngs(pub(super) BTreeMap<String, [u32; 2]>);
 
 impl Rngs {
     /// No streams.
