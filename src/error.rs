@@ -869,6 +869,48 @@ pub enum Error {
         reason: &'static str,
     },
 
+    // --- shard-collectives ---
+    /// A collective (`psum`, `axis_index`...) recorded outside every
+    /// manual region (`shard_map` body).
+    #[error("{op}: collectives name mesh axes and run only inside a shard_map body")]
+    NotInManualRegion {
+        /// The op.
+        op: &'static str,
+    },
+
+    /// A collective's operand dimension does not fit the axis size.
+    #[error("{op} over {axes:?} (size {axis_size}): dimension {dim} of {operand} {}", if *exact { "must equal the axis size (tiled=false)" } else { "is not divisible by the axis size" })]
+    CollectiveShape {
+        /// The op.
+        op: &'static str,
+        /// The mesh axes.
+        axes: Vec<String>,
+        /// Devices along them.
+        axis_size: usize,
+        /// The dimension.
+        dim: usize,
+        /// The operand.
+        operand: ArraySpec,
+        /// Whether the dimension must equal the axis size (untiled)
+        /// rather than be divisible by it.
+        exact: bool,
+    },
+
+    /// A `ppermute` permutation that is not one.
+    #[error("{op} over `{axis}` (size {axis_size}): pairs {pairs:?}: {reason}")]
+    InvalidPermutation {
+        /// The op.
+        op: &'static str,
+        /// The axis.
+        axis: String,
+        /// Devices along it.
+        axis_size: usize,
+        /// The `(source, target)` pairs given.
+        pairs: Vec<(usize, usize)>,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
     // --- shard-core ---
     /// A single-device call (`execute`, `execute_args`) on an executable
     /// that spans several devices.

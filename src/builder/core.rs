@@ -8,6 +8,7 @@ use std::rc::Rc;
 use crate::dtype::{ArraySpec, DType, NativeType};
 use crate::error::{Error, Result};
 
+use super::collectives::MeshAxes;
 use super::graph::{Graph, Node, Region, RegionId, ValueId};
 use super::op::Op;
 
@@ -399,6 +400,27 @@ impl Builder {
         arg_specs: &[ArraySpec],
         f: impl FnOnce(&[Value]) -> Result<Vec<Value>>,
     ) -> Result<(RegionId, Vec<ArraySpec>)> {
+        self.region_in(op, arg_specs, None, f)
+    }
+
+    /// Records the body of a manual region over `mesh` (see
+    /// [`crate::builder::shard_map`]): isolated from the values outside it.
+    pub(crate) fn manual_region(
+        &self,
+        mesh: MeshAxes,
+        arg_specs: &[ArraySpec],
+        f: impl FnOnce(&[Value]) -> Result<Vec<Value>>,
+    ) -> Result<(RegionId, Vec<ArraySpec>)> {
+        self.region_in("shard_map", arg_specs, Some(mesh), f)
+    }
+
+    fn region_in(
+        &self,
+        op: &'static str,
+        arg_specs: &[ArraySpec],
+        manual: Option<MeshAxes>,
+        f: impl FnOnce(&[Value]) -> Result<Vec<Value>>,
+    ) -> Result<(RegionId, Vec<ArraySpec>)> {
         let (rid, parent) = {
             let mut s = self.state.borrow_mut();
             let rid = RegionId(s.graph.regions.len());
@@ -415,6 +437,7 @@ impl Builder {
                 args_node,
                 nodes: vec![args_node],
                 results: vec![],
+                manual,
             });
             s.scope = Some(rid);
             (rid, parent)

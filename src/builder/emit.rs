@@ -6,8 +6,10 @@ use std::fmt::Write;
 
 use crate::dtype::{ArraySpec, DType};
 
+use super::collectives::{CollectiveAxes, MeshAxes};
 use super::graph::{Graph, NodeId, RegionId, ValueId};
 use super::op::{ConvAttrs, Op};
+use super::shard_map::{DimAxes, ManualAttrs};
 
 /// The SSA name of a value.
 fn vref(g: &Graph, v: ValueId) -> String {
@@ -45,7 +47,14 @@ fn vref(g: &Graph, v: ValueId) -> String {
         | Op::Sort { .. }
         | Op::TopK { .. }
         | Op::While { .. }
-        | Op::Case { .. } => {
+        | Op::Case { .. }
+        | Op::ManualComputation { .. }
+        | Op::AllReduce { .. }
+        | Op::AllGather { .. }
+        | Op::ReduceScatter { .. }
+        | Op::AllToAll { .. }
+        | Op::CollectivePermute { .. }
+        | Op::PartitionId => {
             if n.outputs.len() == 1 {
                 format!("%v{}", v.node)
             } else {
@@ -260,7 +269,44 @@ fn attributes(g: &Graph, node: NodeId) -> String {
         ),
         Op::Sort { dim, stable, .. } => format!("dimension = {dim} : i64, is_stable = {stable}"),
         Op::TopK { k } => format!("k = {k} : i64"),
-        Op::Parameter { .. }
+        Op::ManualComputation { attrs, .. } => manual_attrs_of(g, node, attrs),
+        Op::AllReduce { over, .. } => format!(
+            "{}, replica_groups = {}, use_global_device_ids",
+            channel(node),
+            replica_groups(over)
+        ),
+        Op::AllGather { over, dim } => format!(
+            "all_gather_dim = {dim} : i64, {}, replica_groups = {}, use_global_device_ids",
+            channel(node),
+            replica_groups(over)
+        ),
+        Op::ReduceScatter { over, dim, .. } => format!(
+            "{}, replica_groups = {}, scatter_dimension = {dim} : i64, use_global_device_ids",
+            channel(node),
+            replica_groups(over)
+        ),
+        Op::AllToAll {
+            over,
+            split_dim,
+            concat_dim,
+        } => format!(
+            "{}, concat_dimension = {concat_dim} : i64, replica_groups = {}, split_count = {} : i64, split_dimension = {split_dim} : i64",
+            channel(node),
+            replica_groups(over),
+            over.size()
+        ),
+        Op::CollectivePermute { over, perm } => {
+            let pairs = over.pairs(perm);
+            let rows: Vec<String> = pairs.iter().map(|(s, t)| format!("[{s}, {t}]")).collect();
+            format!(
+                "{}, source_target_pairs = dense<[{}]> : tensor<{}x2xi64>",
+                channel(node),
+                rows.join(", "),
+                pairs.len()
+            )
+        }
+        Op::PartitionId
+        | Op::Parameter { .. }
         | Op::RegionArgs
         | Op::Unary(_)
         | Op::Binary(_)
@@ -310,7 +356,115 @@ fn op_name(op: &Op) -> &'static str {
         Op::TopK { .. } => "chlo.top_k",
         Op::While { .. } => "stablehlo.while",
         Op::Case { .. } => "stablehlo.case",
+        Op::ManualComputation { .. } => "sdy.manual_computation",
+        Op::AllReduce { .. } => "stablehlo.all_reduce",
+        Op::AllGather { .. } => "stablehlo.all_gather",
+        Op::ReduceScatter { .. } => "stablehlo.reduce_scatter",
+        Op::AllToAll { .. } => "stablehlo.all_to_all",
+        Op::CollectivePermute { .. } => "stablehlo.collective_permute",
+        Op::PartitionId => "stablehlo.partition_id",
     }
+}
+
+/// `channel_handle`: one per collective (the node's index + 1), device to
+/// device (type 1), as JAX writes it.
+fn channel(node: NodeId) -> String {
+    format!(
+        "channel_handle = #stablehlo.channel_handle<handle = {}, type = 1>",
+        node + 1
+    )
+}
+
+/// `replica_groups` as a dense `groups x members` i64 tensor.
+fn replica_groups(over: &CollectiveAxes) -> String {
+    let groups = over.groups();
+    let rows: Vec<String> = groups.iter().map(|g| list(g)).collect();
+    format!(
+        "dense<[{}]> : tensor<{}x{}xi64>",
+        rows.join(", "),
+        groups.len(),
+        groups.first().map_or(0, Vec::len)
+    )
+}
+
+/// The symbol of `mesh` among the module's `sdy.mesh` declarations.
+fn mesh_symbol(g: &Graph, mesh: &MeshAxes) -> String {
+    let i = meshes(g).iter().position(|m| m == mesh).unwrap_or(0);
+    if i == 0 {
+        "mesh".to_string()
+    } else {
+        format!("mesh_{i}")
+    }
+}
+
+/// The distinct meshes of the graph's manual regions, in order of first use.
+fn meshes(g: &Graph) -> Vec<MeshAxes> {
+    let mut out: Vec<MeshAxes> = Vec::new();
+    for n in &g.nodes {
+        if let Op::ManualComputation { attrs, .. } = &n.op {
+            if !out.contains(&attrs.mesh) {
+                out.push(attrs.mesh.clone());
+            }
+        }
+    }
+    out
+}
+
+/// `<["a"=2, "b"=2]>`.
+fn mesh_literal(mesh: &MeshAxes) -> String {
+    let axes: Vec<String> = mesh
+        .names()
+        .iter()
+        .zip(mesh.sizes())
+        .map(|(n, s)| format!("\"{n}\"={s}"))
+        .collect();
+    format!("<[{}]>", axes.join(", "))
+}
+
+/// One value's Shardy sharding: `<@mesh, [{"a"}, {}]>`.
+fn sdy_sharding(symbol: &str, mesh: &MeshAxes, spec: &DimAxes, rank: usize) -> String {
+    let dims: Vec<String> = (0..rank)
+        .map(|d| {
+            let axes: Vec<String> = spec
+                .get(d)
+                .map(|axes| {
+                    axes.iter()
+                        .map(|&a| format!("\"{}\"", mesh.names()[a]))
+                        .collect()
+                })
+                .unwrap_or_default();
+            format!("{{{}}}", axes.join(", "))
+        })
+        .collect();
+    format!("<@{symbol}, [{}]>", dims.join(", "))
+}
+
+/// The attributes of an `sdy.manual_computation` over all the mesh's axes.
+fn manual_attrs_of(g: &Graph, node: NodeId, attrs: &ManualAttrs) -> String {
+    let n = &g.nodes[node];
+    let symbol = mesh_symbol(g, &attrs.mesh);
+    let per_value = |specs: &[DimAxes], ranks: &[usize]| -> String {
+        let items: Vec<String> = specs
+            .iter()
+            .zip(ranks)
+            .map(|(s, &r)| sdy_sharding(&symbol, &attrs.mesh, s, r))
+            .collect();
+        format!("#sdy.sharding_per_value<[{}]>", items.join(", "))
+    };
+    let in_ranks: Vec<usize> = n.operands.iter().map(|&v| g.spec(v).rank()).collect();
+    let out_ranks: Vec<usize> = n.outputs.iter().map(ArraySpec::rank).collect();
+    let axes: Vec<String> = attrs
+        .mesh
+        .names()
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect();
+    format!(
+        "in_shardings = {}, manual_axes = #sdy<manual_axes{{{}}}>, out_shardings = {}",
+        per_value(&attrs.in_specs, &in_ranks),
+        axes.join(", "),
+        per_value(&attrs.out_specs, &out_ranks)
+    )
 }
 
 struct Emitter<'g> {
@@ -384,9 +538,14 @@ impl Emitter<'_> {
         let results: Vec<String> = region.results.iter().map(|&v| vref(g, v)).collect();
         let result_specs: Vec<ArraySpec> =
             region.results.iter().map(|&v| g.spec(v).clone()).collect();
+        let terminator = if region.manual.is_some() {
+            "sdy.return"
+        } else {
+            "stablehlo.return"
+        };
         let _ = writeln!(
             self.out,
-            "{pad}  \"stablehlo.return\"({}) : ({}) -> ()",
+            "{pad}  \"{terminator}\"({}) : ({}) -> ()",
             results.join(", "),
             types(&result_specs)
         );
@@ -414,10 +573,17 @@ pub fn emit_module(g: &Graph, name: &str, outputs: &[ValueId], donors: &[bool]) 
         })
         .collect();
     let out_specs: Vec<ArraySpec> = outputs.iter().map(|&v| g.spec(v).clone()).collect();
+    let meshes = meshes(g);
+    let partitions = meshes.first().map_or(1, MeshAxes::device_count);
     let _ = writeln!(
         e.out,
-        "module @{name} attributes {{mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32}} {{"
+        "module @{name} attributes {{mhlo.num_partitions = {partitions} : i32, mhlo.num_replicas = 1 : i32}} {{"
     );
+    for (i, mesh) in meshes.iter().enumerate() {
+        let symbol = mesh_symbol(g, mesh);
+        debug_assert!(i > 0 || symbol == "mesh");
+        let _ = writeln!(e.out, "  sdy.mesh @{symbol} = {}", mesh_literal(mesh));
+    }
     let _ = writeln!(
         e.out,
         "  func.func public @main({}) -> ({}) {{",

@@ -7,6 +7,7 @@
 
 use crate::dtype::ArraySpec;
 
+use super::collectives::MeshAxes;
 use super::op::Op;
 
 /// Index of a node in [`Graph::nodes`].
@@ -49,6 +50,9 @@ pub struct Region {
     pub nodes: Vec<NodeId>,
     /// What the region returns.
     pub results: Vec<ValueId>,
+    /// The mesh of a manual region (a `shard_map` body): its collectives
+    /// name these axes, and it cannot see values defined outside it.
+    pub manual: Option<MeshAxes>,
 }
 
 /// A whole traced program.
@@ -71,7 +75,8 @@ impl Graph {
     }
 
     /// Whether code in `inner` may use a value defined in `outer`
-    /// (same region, or an enclosing one).
+    /// (same region, or an enclosing one not beyond a manual region, which
+    /// is isolated from what is outside it).
     pub fn is_visible(&self, outer: Option<RegionId>, inner: Option<RegionId>) -> bool {
         let mut s = inner;
         loop {
@@ -80,6 +85,7 @@ impl Graph {
             }
             match s {
                 None => return false,
+                Some(r) if self.regions[r.0].manual.is_some() => return false,
                 Some(r) => s = self.regions[r.0].parent,
             }
         }

@@ -35,6 +35,7 @@
 
 pub mod autodiff;
 mod axis;
+pub mod collectives;
 mod core;
 mod emit;
 pub mod graph;
@@ -54,6 +55,7 @@ mod ops_shape;
 mod path;
 mod promotion;
 pub mod random;
+pub mod shard_map;
 mod trace;
 mod tree;
 mod var_builder;
@@ -61,6 +63,7 @@ mod var_builder;
 pub use self::core::{Builder, Value};
 pub(crate) use axis::axis_of;
 pub use axis::{normalize_axis, Axes, Axis};
+pub use collectives::{CollectiveAxes, MeshAxes};
 pub use emit::emit_module;
 pub use graph::{Graph, Node, NodeId, Region, RegionId, ValueId};
 pub use op::{
@@ -72,6 +75,7 @@ pub use ops_pool::Pool;
 pub use ops_reduce::Padding;
 pub use path::Path;
 pub use promotion::{broadcast_shapes, promote_types};
+pub use shard_map::{shard_map, shard_map_over, DimAxes, ManualAttrs};
 pub use trace::{jit, trace, Computation};
 pub use tree::Tree;
 pub use var_builder::{ParamSource, VarBuilder};

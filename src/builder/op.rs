@@ -5,7 +5,9 @@
 //! [`Op`] exhaustively, so adding an op is one variant, one shape rule, one
 //! emit arm and one test.
 
+use super::collectives::CollectiveAxes;
 use super::graph::RegionId;
+use super::shard_map::ManualAttrs;
 
 /// Elementwise functions of one operand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -584,6 +586,58 @@ pub enum Op {
         /// The branches; each returns the same types.
         branches: Vec<RegionId>,
     },
+    /// A manual region over a device mesh (`shard_map`; Shardy's
+    /// `sdy.manual_computation`): operands and outputs are global, the
+    /// body sees per-device shards.
+    ManualComputation {
+        /// The mesh and the input and output specs.
+        attrs: ManualAttrs,
+        /// The per-device body.
+        body: RegionId,
+    },
+    /// Combine across devices (`psum`, `pmax`, `pmin`): `stablehlo.all_reduce`.
+    AllReduce {
+        /// The mesh axes.
+        over: CollectiveAxes,
+        /// The combining function.
+        body: RegionId,
+    },
+    /// Concatenate every device's operand along `dim` (`all_gather`, tiled).
+    AllGather {
+        /// The mesh axes.
+        over: CollectiveAxes,
+        /// The dimension that grows.
+        dim: usize,
+    },
+    /// Sum across devices and keep this device's block along `dim`
+    /// (`psum_scatter`, tiled).
+    ReduceScatter {
+        /// The mesh axes.
+        over: CollectiveAxes,
+        /// The dimension that shrinks.
+        dim: usize,
+        /// The combining function.
+        body: RegionId,
+    },
+    /// Exchange blocks (`all_to_all`, tiled): `split_dim` shrinks,
+    /// `concat_dim` grows by the axis size.
+    AllToAll {
+        /// The mesh axes.
+        over: CollectiveAxes,
+        /// The dimension cut into blocks.
+        split_dim: usize,
+        /// The dimension the received blocks are joined along.
+        concat_dim: usize,
+    },
+    /// Send to another device along one axis (`ppermute`).
+    CollectivePermute {
+        /// The mesh axis.
+        over: CollectiveAxes,
+        /// `(source, target)` positions along the axis.
+        perm: Vec<(usize, usize)>,
+    },
+    /// This device's logical id (`ui32` scalar), inside a manual region.
+    PartitionId,
 }
 
 impl Op {
@@ -598,7 +652,14 @@ impl Op {
             Op::Sort { comparator, .. } => vec![*comparator],
             Op::While { cond, body } => vec![*cond, *body],
             Op::Case { branches } => branches.clone(),
-            Op::Parameter { .. }
+            Op::ManualComputation { body, .. }
+            | Op::AllReduce { body, .. }
+            | Op::ReduceScatter { body, .. } => vec![*body],
+            Op::AllGather { .. }
+            | Op::AllToAll { .. }
+            | Op::CollectivePermute { .. }
+            | Op::PartitionId
+            | Op::Parameter { .. }
             | Op::RegionArgs
             | Op::Constant { .. }
             | Op::Iota { .. }
@@ -663,6 +724,13 @@ impl Op {
             Op::While { .. } => "while",
             Op::Case { .. } => "case",
             Op::StopGradient => "stop_gradient",
+            Op::ManualComputation { .. } => "shard_map",
+            Op::AllReduce { .. } => "all_reduce",
+            Op::AllGather { .. } => "all_gather",
+            Op::ReduceScatter { .. } => "psum_scatter",
+            Op::AllToAll { .. } => "all_to_all",
+            Op::CollectivePermute { .. } => "ppermute",
+            Op::PartitionId => "partition_id",
             Op::GradientOf => "gradient_of",
         }
     }

@@ -37,6 +37,7 @@
 //! # Ok::<(), xlayer::Error>(())
 //! ```
 
+mod rules_collectives;
 mod rules_control;
 mod rules_elementwise;
 mod rules_index;
@@ -338,7 +339,24 @@ fn backprop(
     cotangents: &[Value],
     wrt: &[ValueId],
 ) -> Result<Vec<Option<Value>>> {
+    backprop_in(b, None, outputs, cotangents, wrt)
+}
+
+/// [`backprop`] over the nodes of `scope` (`None`: the entry function),
+/// emitting the backward ops into the builder's current scope (a manual
+/// region's transpose differentiates its replayed body inside a new one).
+fn backprop_in(
+    b: &Builder,
+    scope: Option<RegionId>,
+    outputs: &[Value],
+    cotangents: &[Value],
+    wrt: &[ValueId],
+) -> Result<Vec<Option<Value>>> {
     let g = b.graph();
+    let nodes: &[NodeId] = match scope {
+        None => &g.main_nodes,
+        Some(r) => &g.regions[r.0].nodes,
+    };
     let wrt_set: HashSet<ValueId> = wrt.iter().copied().collect();
     let Some(first) = wrt.iter().map(|v| v.node).min() else {
         return Ok(Vec::new());
@@ -357,7 +375,7 @@ fn backprop(
     let is_active = |active: &HashSet<NodeId>, v: ValueId| {
         wrt_set.contains(&v) || (active.contains(&v.node) && g.spec(v).dtype.is_float())
     };
-    for &n in &g.main_nodes {
+    for &n in nodes {
         if n < first {
             continue;
         }
@@ -376,7 +394,7 @@ fn backprop(
     }
     let mut results: HashMap<ValueId, Value> = HashMap::new();
     let cx = Cx { b, g: &g };
-    for &n in g.main_nodes.iter().rev() {
+    for &n in nodes.iter().rev() {
         if n < first {
             break;
         }
@@ -573,5 +591,16 @@ fn rule(
         Op::TopK { .. } => rules_index::top_k(&at),
         Op::While { cond, body } => rules_control::while_loop(&at, *cond, *body),
         Op::Case { branches } => rules_control::case(&at, branches),
+        Op::ManualComputation { attrs, body } => rules_collectives::manual(&at, attrs, *body),
+        Op::AllReduce { over, body } => rules_collectives::all_reduce(&at, over, *body),
+        Op::AllGather { over, dim } => rules_collectives::all_gather(&at, over, *dim),
+        Op::ReduceScatter { over, dim, .. } => rules_collectives::reduce_scatter(&at, over, *dim),
+        Op::AllToAll {
+            over,
+            split_dim,
+            concat_dim,
+        } => rules_collectives::all_to_all(&at, over, *split_dim, *concat_dim),
+        Op::CollectivePermute { over, perm } => rules_collectives::ppermute(&at, over, perm),
+        Op::PartitionId => Ok(Vec::new()),
     }
 }

@@ -99,6 +99,25 @@ fn replay_node(b: &Builder, g: &Graph, n: NodeId, env: &mut HashMap<ValueId, Val
                 .map(|&r| replay_sub(b, g, name, r, env))
                 .collect::<Result<_>>()?,
         },
+        Op::ManualComputation { attrs, body } => {
+            let specs = g.nodes[g.regions[body.0].args_node].outputs.clone();
+            let (body, _) = b.manual_region(attrs.mesh.clone(), &specs, |a| {
+                replay_region(b, g, *body, a, env)
+            })?;
+            Op::ManualComputation {
+                attrs: attrs.clone(),
+                body,
+            }
+        }
+        Op::AllReduce { over, body } => Op::AllReduce {
+            over: over.clone(),
+            body: replay_sub(b, g, name, *body, env)?,
+        },
+        Op::ReduceScatter { over, dim, body } => Op::ReduceScatter {
+            over: over.clone(),
+            dim: *dim,
+            body: replay_sub(b, g, name, *body, env)?,
+        },
         Op::Parameter { .. } | Op::RegionArgs => {
             return Err(op_err(name, "internal: cannot replay a parameter"))
         }
@@ -127,6 +146,10 @@ fn replay_node(b: &Builder, g: &Graph, n: NodeId, env: &mut HashMap<ValueId, Val
         | Op::Gather { .. }
         | Op::TopK { .. }
         | Op::StopGradient
+        | Op::AllGather { .. }
+        | Op::AllToAll { .. }
+        | Op::CollectivePermute { .. }
+        | Op::PartitionId
         | Op::GradientOf) => op.clone(),
     };
     let refs: Vec<&Value> = operands.iter().collect();
