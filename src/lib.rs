@@ -83,3 +83,8 @@ pub use pjrt::plugin::{NamedValue, Plugin};
 pub use program::{Program, ProgramFormat, Signature};
 
 pub use half::{bf16, f16};
+
+/// The README's example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

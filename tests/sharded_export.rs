@@ -151,3 +151,42 @@ fn xlayer_run_scatters_runs_and_gathers_into_safetensors() -> Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+// Runs the `xlayer` binary, built with the `cli` feature.
+#[cfg(feature = "cli")]
+#[test]
+fn xlayer_devices_and_doctor_show_the_devices() -> Result<()> {
+    use std::process::Command;
+    let out = Command::new(env!("CARGO_BIN_EXE_xlayer"))
+        .args(["devices", "--cpu-count", "3"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(
+        text.lines().nth(2).is_some_and(|l| l.starts_with("2\t")),
+        "{text}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_xlayer"))
+        .arg("doctor")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    assert!(
+        text.contains("cpu_device_count") && text.contains("Client::cpu_devices(n)"),
+        "{text}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_xlayer"))
+        .args(["devices", "--cpu-count", "0"])
+        .output()?;
+    assert!(!out.status.success());
+    Ok(())
+}

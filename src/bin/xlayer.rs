@@ -61,8 +61,15 @@ enum Command {
     /// Load the default PJRT plugin (fetching it if needed) and report its
     /// path, C API version, attributes, platform and devices.
     Doctor,
-    /// List the addressable devices of the default plugin.
-    Devices,
+    /// List the addressable devices of the default plugin (index, id,
+    /// kind, description).
+    Devices {
+        /// On the CPU plugin: expose this many devices (its
+        /// `cpu_device_count` option; the plugin's default is 4, the
+        /// library's `Client::cpu()` uses 1, `Client::cpu_devices(n)` n).
+        #[arg(long)]
+        cpu_count: Option<usize>,
+    },
     /// Compile PROGRAM, run it on the inputs, print or save the outputs.
     Run {
         #[command(flatten)]
@@ -175,7 +182,7 @@ fn main() -> ExitCode {
     xlayer::set_plugin_logging(cli.verbose || xlayer::pjrt::logging::log_requested_by_env());
     let result = match cli.command {
         Command::Doctor => doctor(),
-        Command::Devices => devices(),
+        Command::Devices { cpu_count } => devices(cpu_count),
         Command::Run {
             program,
             inputs,
@@ -241,7 +248,13 @@ fn doctor() -> Result<()> {
         client.platform_name(),
         client.platform_version()
     );
-    println!("devices:      {}", client.devices().len());
+    println!(
+        "devices:      {} (multi-device programs: one SPMD program over N of them; see docs/sharding.md)",
+        client.devices().len()
+    );
+    if client.platform_name() == "cpu" {
+        println!("              CPU device count: the plugin's `cpu_device_count` option (default 4); Client::cpu() uses 1 (as JAX), Client::cpu_devices(n) n; `xlayer devices --cpu-count N` lists N");
+    }
     for d in client.devices() {
         println!(
             "  [{}] id={} kind={} {}",
@@ -254,10 +267,27 @@ fn doctor() -> Result<()> {
     Ok(())
 }
 
-fn devices() -> Result<()> {
-    let client = Client::default_plugin()?;
+fn devices(cpu_count: Option<usize>) -> Result<()> {
+    let client = match cpu_count {
+        None => Client::default_plugin()?,
+        Some(n) => {
+            let plugin = Plugin::default_plugin()?;
+            let count = i64::try_from(n).context("--cpu-count")?;
+            anyhow::ensure!(n > 0, "--cpu-count must be at least 1");
+            Client::new(
+                &plugin,
+                &xlayer::ClientOptions::new().cpu_device_count(count),
+            )?
+        }
+    };
     for d in client.devices() {
-        println!("{}\t{}\t{}", d.index(), d.kind(), d.description());
+        println!(
+            "{}\t{}\t{}\t{}",
+            d.index(),
+            d.id(),
+            d.kind(),
+            d.description()
+        );
     }
     Ok(())
 }
