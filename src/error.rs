@@ -1085,6 +1085,16 @@ pub enum Error {
         /// The plugin's reason.
         message: String,
     },
+
+    // --- tp-minilm ---
+    /// A tensor asked of a safetensors file is not in it.
+    #[error("safetensors file {}: no tensor named `{tensor}`", path.display())]
+    TensorNotInFile {
+        /// The file.
+        path: PathBuf,
+        /// The missing tensor's name.
+        tensor: String,
+    },
 }
 
 /// `; known: a, b` for [`Error::UnknownName`] messages.
