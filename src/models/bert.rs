@@ -250,26 +250,57 @@ fn embeddings(cfg: &BertConfig, vb: &VarBuilder, ids: &Value) -> Result<Value> {
 /// One encoder layer (`vb` at `encoder/layer/{i}`): self-attention with
 /// the additive `mask_bias` (`[B, 1, 1, S]`), then the MLP, each followed by
 /// a residual LayerNorm.
-fn encoder_layer(cfg: &BertConfig, vb: &VarBuilder, x: &Value, mask_bias: &Value) -> Result<Value> {
+///
+/// With `tp = Some((axis, n))` the layer is one device's part of a
+/// Megatron-style tensor-parallel layer inside a `shard_map` over `axis`
+/// (`n` devices): `vb` holds this device's shards (the query/key/value and
+/// intermediate kernels and biases split by columns, the two output
+/// kernels by rows, everything else whole), the device computes
+/// `num_heads / n` heads and `intermediate_size / n` MLP units, and the two
+/// row-parallel projections are summed over `axis` (`psum`) before their
+/// bias is added.
+pub(crate) fn encoder_layer(
+    cfg: &BertConfig,
+    vb: &VarBuilder,
+    x: &Value,
+    mask_bias: &Value,
+    tp: Option<(&str, usize)>,
+) -> Result<Value> {
     let (b, s) = (x.dims()[0], x.dims()[1]);
     let (h, nh) = (cfg.hidden_size, cfg.num_heads);
     let dh = h / nh;
-    let dense = Dense::new(h);
+    let n = tp.map_or(1, |(_, n)| n);
+    let (lh, lnh) = (h / n, nh / n);
+    // Row-parallel projection to `h`: local matmul, sum over the axis, bias.
+    let project = |vb: &VarBuilder, x: &Value| -> Result<Value> {
+        match tp {
+            None => Dense::new(h).call_in(vb, x),
+            Some((axis, _)) => {
+                let partial = Dense {
+                    use_bias: false,
+                    ..Dense::new(h)
+                }
+                .call_in(vb, x)?
+                .psum(&[axis])?;
+                partial + vb.get_checked("bias", &[h], DType::F32)?
+            }
+        }
+    };
     let attention = vb.pp("attention");
     let heads = |name: &str| {
-        dense
+        Dense::new(lh)
             .call_in(&attention.pp("self").pp(name), x)?
-            .reshape(&[b, s, nh, dh])
+            .reshape(&[b, s, lnh, dh])
     };
     let (q, k, v) = (heads("query")?, heads("key")?, heads("value")?);
     let scores = (Value::einsum("bqhd,bkhd->bhqk", &q, &k)? * (1.0 / (dh as f64).sqrt()))?;
     let probs = nn::softmax(&(scores + mask_bias)?, 3)?;
-    let context = Value::einsum("bhqk,bkhd->bqhd", &probs, &v)?.reshape(&[b, s, h])?;
+    let context = Value::einsum("bhqk,bkhd->bqhd", &probs, &v)?.reshape(&[b, s, lh])?;
     let out = attention.pp("output");
-    let attended = dense.call_in(&out.pp("dense"), &context)?;
+    let attended = project(&out.pp("dense"), &context)?;
     let x = layer_norm(cfg).call_in(&out.pp("LayerNorm"), &(attended + x)?)?;
-    let inner = Dense::new(cfg.intermediate_size).call_in(&vb.pp("intermediate.dense"), &x)?;
-    let y = dense.call_in(&vb.pp("output.dense"), &nn::gelu(&inner, false)?)?;
+    let inner = Dense::new(cfg.intermediate_size / n).call_in(&vb.pp("intermediate.dense"), &x)?;
+    let y = project(&vb.pp("output.dense"), &nn::gelu(&inner, false)?)?;
     layer_norm(cfg).call_in(&vb.pp("output.LayerNorm"), &(y + x)?)
 }
 
@@ -286,6 +317,19 @@ pub fn sentence_embedding(
     vb: &VarBuilder,
     ids: &Value,
     mask: &Value,
+) -> Result<Value> {
+    sentence_embedding_with(cfg, vb, ids, mask, None)
+}
+
+/// [`sentence_embedding`], optionally as one device's part of the
+/// tensor-parallel model (`tp`: see [`encoder_layer`] and
+/// [`crate::models::bert_tp`]).
+pub(crate) fn sentence_embedding_with(
+    cfg: &BertConfig,
+    vb: &VarBuilder,
+    ids: &Value,
+    mask: &Value,
+    tp: Option<(&str, usize)>,
 ) -> Result<Value> {
     if ids.rank() != 2 || mask.dims() != ids.dims() {
         return Err(Error::OutOfRange {
@@ -313,7 +357,7 @@ pub fn sentence_embedding(
     let mask_bias = ((mask - 1.0)? * 1e30)?.reshape(&[b, 1, 1, s])?;
     let layers = vb.pp("encoder.layer");
     for i in 0..cfg.num_layers {
-        x = encoder_layer(cfg, &layers.pp(i), &x, &mask_bias)?;
+        x = encoder_layer(cfg, &layers.pp(i), &x, &mask_bias, tp)?;
     }
     // Mean pooling over real tokens, then L2 normalisation.
     let m = mask.reshape(&[b, s, 1])?;

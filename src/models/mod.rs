@@ -17,6 +17,7 @@
 
 pub mod batching;
 pub mod bert;
+pub mod bert_tp;
 pub mod llama;
 #[cfg(feature = "tokenizers")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokenizers")))]
