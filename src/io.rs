@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::dtype::{ArraySpec, DType};
+use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
@@ -34,20 +34,13 @@ fn st_err(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-pub(crate) fn dtype_from_st(d: safetensors::Dtype) -> Option<DType> {
-    let name = format!("{d:?}");
-    DType::ALL
-        .into_iter()
-        .find(|t| t.safetensors_name() == name)
-}
-
 /// Reads every tensor of a safetensors file, in file order.
 ///
 /// Errors: [`Error::IsADirectory`] for a directory, [`Error::Truncated`]
 /// and [`Error::DuplicateTensor`] as for
 /// [`crate::weights::SafetensorsFile::open`], [`Error::Io`] if the file
-/// cannot be read, [`Error::Safetensors`]
-/// if it is not a valid safetensors file or holds a dtype xlayer does not.
+/// cannot be read, [`Error::SafetensorsDtype`] for a dtype xlayer does not
+/// hold, [`Error::Safetensors`] if it is not a valid safetensors file.
 pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<HostTensor>> {
     let path = path.as_ref();
     crate::st_header::not_a_directory("safetensors file", path)?;
@@ -61,15 +54,7 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<HostTensor>> {
         .map_err(|e| crate::st_header::refusal(path, &e, &data))?;
     let mut out = Vec::new();
     for (name, view) in st.iter() {
-        let dtype = dtype_from_st(view.dtype()).ok_or_else(|| {
-            st_err(
-                path,
-                format!(
-                    "tensor `{name}` has dtype {:?}, which xlayer does not support",
-                    view.dtype()
-                ),
-            )
-        })?;
+        let dtype = crate::weights::stored_dtype(path, name, view.dtype())?;
         let start = view.data().as_ptr() as usize - data.as_ptr() as usize;
         out.push((
             start,
@@ -98,7 +83,7 @@ pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[(String, &Buffer)]) 
 pub fn write_host_safetensors(path: &Path, tensors: &[(String, ArraySpec, Vec<u8>)]) -> Result<()> {
     let mut views = BTreeMap::new();
     for (name, spec, bytes) in tensors {
-        let dtype = st_dtype(spec.dtype);
+        let dtype = spec.dtype.to_safetensors();
         let view = safetensors::tensor::TensorView::new(dtype, spec.dims.clone(), bytes)
             .map_err(|e| st_err(path, format!("tensor `{name}` ({spec}): {e}")))?;
         views.insert(name.clone(), view);
@@ -122,25 +107,6 @@ pub fn write_host_safetensors(path: &Path, tensors: &[(String, ArraySpec, Vec<u8
         let _ = std::fs::remove_file(&tmp);
     }
     written
-}
-
-pub(crate) fn st_dtype(d: DType) -> safetensors::Dtype {
-    use safetensors::Dtype as S;
-    match d {
-        DType::Bool => S::BOOL,
-        DType::I8 => S::I8,
-        DType::I16 => S::I16,
-        DType::I32 => S::I32,
-        DType::I64 => S::I64,
-        DType::U8 => S::U8,
-        DType::U16 => S::U16,
-        DType::U32 => S::U32,
-        DType::U64 => S::U64,
-        DType::F16 => S::F16,
-        DType::BF16 => S::BF16,
-        DType::F32 => S::F32,
-        DType::F64 => S::F64,
-    }
 }
 
 /// The function-input position a tensor name designates (`arg3` or `3`).

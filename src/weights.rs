@@ -43,7 +43,7 @@ use half::{bf16, f16};
 use crate::builder::{Path as TreePath, Tree};
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
-use crate::io::{dtype_from_st, write_host_safetensors};
+use crate::io::write_host_safetensors;
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 use crate::pjrt::mapped::MappedFile;
@@ -77,11 +77,16 @@ pub struct SafetensorsFile {
     entries: BTreeMap<String, Entry>,
 }
 
-fn bad_file(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Safetensors {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
+/// The xlayer dtype of tensor `name` stored as `d` in `path`.
+///
+/// Errors: [`Error::SafetensorsDtype`] naming the file, the tensor and the
+/// dtype, when xlayer does not hold `d`.
+pub(crate) fn stored_dtype(path: &Path, name: &str, d: safetensors::Dtype) -> Result<DType> {
+    DType::from_safetensors(d).map_err(|_| Error::SafetensorsDtype {
+        dtype: d.to_string(),
+        file: Some(path.to_path_buf()),
+        tensor: Some(name.to_string()),
+    })
 }
 
 impl SafetensorsFile {
@@ -90,9 +95,10 @@ impl SafetensorsFile {
     /// Errors: [`Error::IsADirectory`] for a directory; [`Error::Io`] if
     /// unreadable; [`Error::Truncated`] naming the file and the first tensor
     /// whose data lies past its end; [`Error::DuplicateTensor`] naming a
-    /// tensor the header lists twice; [`Error::Safetensors`] naming the
-    /// file (and the tensor, when one is at fault) if it is otherwise corrupt
-    /// or holds a dtype xlayer does not support.
+    /// tensor the header lists twice; [`Error::SafetensorsDtype`] naming the
+    /// file, the tensor and the dtype for a dtype xlayer does not hold;
+    /// [`Error::Safetensors`] naming the file (and the tensor, when one is at
+    /// fault) if it is otherwise corrupt.
     pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
         let path = path.as_ref();
         crate::st_header::not_a_directory("safetensors file", path)?;
@@ -103,15 +109,7 @@ impl SafetensorsFile {
             .map_err(|e| crate::st_header::refusal(path, &e, bytes))?;
         let mut entries = BTreeMap::new();
         for (name, view) in st.iter() {
-            let dtype = dtype_from_st(view.dtype()).ok_or_else(|| {
-                bad_file(
-                    path,
-                    format!(
-                        "tensor `{name}` has dtype {:?}, which xlayer does not support",
-                        view.dtype()
-                    ),
-                )
-            })?;
+            let dtype = stored_dtype(path, name, view.dtype())?;
             let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
             let end = start + view.data().len();
             entries.insert(

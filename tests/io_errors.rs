@@ -169,3 +169,43 @@ fn an_already_truncated_file_names_file_and_tensor() {
         }
     }
 }
+
+/// A dtype xlayer does not hold (fp8) is named, with its file and tensor,
+/// by both readers; every xlayer dtype round-trips through safetensors.
+#[test]
+fn an_unsupported_dtype_names_dtype_file_and_tensor() {
+    let path = raw_file(
+        "fp8.safetensors",
+        r#"{"ok":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w8":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[4,6]}}"#,
+        &[0, 0, 128, 63, 1, 2],
+    );
+    for err in [
+        SafetensorsFile::open(&path).unwrap_err(),
+        read_safetensors(&path).unwrap_err(),
+    ] {
+        match &err {
+            Error::SafetensorsDtype {
+                dtype,
+                file,
+                tensor,
+            } => {
+                assert_eq!(dtype, "F8_E4M3");
+                assert_eq!(file.as_deref(), Some(path.as_path()));
+                assert_eq!(tensor.as_deref(), Some("w8"));
+            }
+            other => panic!("expected SafetensorsDtype, got {other:?}"),
+        }
+        assert!(err.to_string().contains("`w8`"), "{err}");
+    }
+    for d in DType::ALL {
+        assert_eq!(DType::from_safetensors(d.to_safetensors()).unwrap(), d);
+    }
+    assert!(matches!(
+        DType::from_safetensors(safetensors::Dtype::C64),
+        Err(Error::SafetensorsDtype {
+            file: None,
+            tensor: None,
+            ..
+        })
+    ));
+}

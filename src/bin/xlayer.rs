@@ -574,7 +574,7 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
     if json {
         let list: Vec<_> = tensors
             .iter()
-            .map(|t| serde_json::json!({"name": t.name, "dtype": t.spec.dtype.safetensors_name(), "shape": t.spec.dims, "bytes": t.bytes.len()}))
+            .map(|t| serde_json::json!({"name": t.name, "dtype": t.spec.dtype.to_safetensors().to_string(), "shape": t.spec.dims, "bytes": t.bytes.len()}))
             .collect();
         println!(
             "{}",
@@ -599,7 +599,7 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
         println!(
             "{:width$}  {:5}  {:16}  {:>12}",
             t.name,
-            t.spec.dtype.safetensors_name(),
+            t.spec.dtype.to_safetensors().to_string(),
             shape,
             t.bytes.len()
         );

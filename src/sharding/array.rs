@@ -8,6 +8,7 @@ use crate::dtype::{ArraySpec, NativeType};
 use crate::error::{Error, Result};
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Device;
+use crate::weights::SafetensorsFile;
 
 /// A global array of type [`Array::spec`], split as its
 /// [`NamedSharding`] says: one [`Buffer`] per mesh device (in
@@ -85,6 +86,55 @@ impl Array {
             .collect::<Result<Vec<_>>>()?;
         Ok(Array {
             spec: spec.clone(),
+            sharding: sharding.clone(),
+            shards,
+        })
+    }
+
+    /// Uploads tensor `name` of a memory-mapped safetensors file laid out by
+    /// `sharding`, straight from the mapped bytes: each device receives only
+    /// its slice, and no host copy of the whole tensor is made (only each
+    /// slice's bytes are gathered, one slice at a time).
+    ///
+    /// ```no_run
+    /// use xlayer::{sharding::{Array, Mesh, NamedSharding}, weights::SafetensorsFile, Client, P};
+    /// let mesh = Mesh::new(&Client::cpu_devices(2)?, &[2], &["model"])?;
+    /// let file = SafetensorsFile::open("model.safetensors")?;
+    /// let w = Array::from_safetensors(&file, "dense.weight", &NamedSharding::new(&mesh, P![None, "model"]))?;
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
+    ///
+    /// Errors: [`Error::TensorNotInFile`] naming the file and the tensor;
+    /// the sharding's errors ([`Error::IndivisibleDimension`],
+    /// [`Error::UnknownMeshAxis`], ...) naming the tensor; upload errors.
+    pub fn from_safetensors(
+        file: &SafetensorsFile,
+        name: &str,
+        sharding: &NamedSharding,
+    ) -> Result<Array> {
+        let (spec, bytes) = match (file.spec(name), file.bytes(name)) {
+            (Some(s), Some(b)) => (s.clone(), b),
+            _ => {
+                return Err(Error::TensorNotInFile {
+                    path: file.path().to_path_buf(),
+                    tensor: name.to_string(),
+                })
+            }
+        };
+        let ranges = sharding.shard_ranges(name, &spec.dims)?;
+        let shard_spec = ArraySpec::new(spec.dtype, sharding.shard_shape(name, &spec.dims)?);
+        let client = sharding.mesh().client();
+        let esize = spec.dtype.size_in_bytes();
+        let shards = ranges
+            .iter()
+            .zip(sharding.mesh().devices())
+            .map(|(r, dev)| {
+                let block = copy_block(bytes, &spec.dims, r, esize);
+                client.buffer_from_bytes(&block, &shard_spec, dev)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Array {
+            spec,
             sharding: sharding.clone(),
             shards,
         })
