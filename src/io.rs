@@ -7,7 +7,6 @@
 //! their data in the file). Every bound tensor's dtype and shape is checked
 //! against the program's signature before anything is uploaded.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::dtype::ArraySpec;
@@ -15,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 use crate::program::Program;
+use crate::weights::SafetensorsFile;
 
 /// One tensor read from a file: name, type and little-endian bytes.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,49 +27,30 @@ pub struct HostTensor {
     pub bytes: Vec<u8>,
 }
 
-fn st_err(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Safetensors {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
-}
-
-/// Reads every tensor of a safetensors file, in file order.
+/// Reads every tensor of a safetensors file, in file order (the order of
+/// their data in the file), copied out of [`SafetensorsFile`]'s map.
 ///
-/// Errors: [`Error::IsADirectory`] for a directory, [`Error::Truncated`]
-/// and [`Error::DuplicateTensor`] as for
-/// [`crate::weights::SafetensorsFile::open`], [`Error::Io`] if the file
-/// cannot be read, [`Error::SafetensorsDtype`] for a dtype xlayer does not
-/// hold, [`Error::Safetensors`] if it is not a valid safetensors file.
+/// Errors: as [`SafetensorsFile::open`] (which validates the whole header
+/// before anything is read).
 pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<HostTensor>> {
-    let path = path.as_ref();
-    crate::st_header::not_a_directory("safetensors file", path)?;
-    let data = std::fs::read(path).map_err(|source| Error::Io {
-        what: "cannot read safetensors file",
-        path: path.to_path_buf(),
-        source,
-    })?;
-    crate::st_header::check(path, &data)?;
-    let st = safetensors::SafeTensors::deserialize(&data)
-        .map_err(|e| crate::st_header::refusal(path, &e, &data))?;
-    let mut out = Vec::new();
-    for (name, view) in st.iter() {
-        let dtype = crate::weights::stored_dtype(path, name, view.dtype())?;
-        let start = view.data().as_ptr() as usize - data.as_ptr() as usize;
-        out.push((
-            start,
-            HostTensor {
+    let file = SafetensorsFile::open(path)?;
+    Ok(file
+        .names_in_file_order()
+        .into_iter()
+        .filter_map(|name| {
+            Some(HostTensor {
                 name: name.to_string(),
-                spec: ArraySpec::new(dtype, view.shape().to_vec()),
-                bytes: view.data().to_vec(),
-            },
-        ));
-    }
-    out.sort_by_key(|(start, _)| *start);
-    Ok(out.into_iter().map(|(_, t)| t).collect())
+                spec: file.spec(name)?.clone(),
+                bytes: file.bytes(name)?.to_vec(),
+            })
+        })
+        .collect())
 }
 
-/// Writes named tensors to a safetensors file (buffers are copied to the host).
+/// Writes named tensors to a safetensors file (buffers are copied to the
+/// host), as [`SafetensorsFile::write`] does.
+///
+/// Errors: [`Error`]s of [`Buffer::to_bytes`], then as [`SafetensorsFile::write`].
 pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[(String, &Buffer)]) -> Result<()> {
     let path = path.as_ref();
     let mut host = Vec::with_capacity(tensors.len());
@@ -79,34 +60,12 @@ pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[(String, &Buffer)]) 
     write_host_safetensors(path, &host)
 }
 
-/// Writes host tensors `(name, spec, bytes)` to a safetensors file.
+/// Writes host tensors `(name, spec, bytes)` to a safetensors file, as
+/// [`SafetensorsFile::write`] does (atomically, by rename).
+///
+/// Errors: as [`SafetensorsFile::write`].
 pub fn write_host_safetensors(path: &Path, tensors: &[(String, ArraySpec, Vec<u8>)]) -> Result<()> {
-    let mut views = BTreeMap::new();
-    for (name, spec, bytes) in tensors {
-        let dtype = spec.dtype.to_safetensors();
-        let view = safetensors::tensor::TensorView::new(dtype, spec.dims.clone(), bytes)
-            .map_err(|e| st_err(path, format!("tensor `{name}` ({spec}): {e}")))?;
-        views.insert(name.clone(), view);
-    }
-    // Write beside the target and rename: a crash never leaves a half-written file.
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let written = safetensors::serialize_to_file(views, None, &tmp)
-        .map_err(|e| st_err(path, format!("cannot write: {e}")))
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-                what: "cannot move into place",
-                path: path.to_path_buf(),
-                source,
-            })
-        });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    SafetensorsFile::write(path, tensors)
 }
 
 /// The function-input position a tensor name designates (`arg3` or `3`).

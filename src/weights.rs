@@ -1,4 +1,5 @@
-//! Weights I/O: memory-mapped safetensors files, loading checkpoint
+//! Weights I/O: memory-mapped safetensors files (the crate's one
+//! safetensors reader and writer, [`SafetensorsFile`]), loading checkpoint
 //! tensors into trees of device buffers by path, and saving trees back.
 //!
 //! Loading is all-or-nothing: every wanted tensor is found and its shape
@@ -43,7 +44,6 @@ use half::{bf16, f16};
 use crate::builder::{Path as TreePath, Tree};
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
-use crate::io::write_host_safetensors;
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 use crate::pjrt::mapped::MappedFile;
@@ -81,7 +81,7 @@ pub struct SafetensorsFile {
 ///
 /// Errors: [`Error::SafetensorsDtype`] naming the file, the tensor and the
 /// dtype, when xlayer does not hold `d`.
-pub(crate) fn stored_dtype(path: &Path, name: &str, d: safetensors::Dtype) -> Result<DType> {
+fn stored_dtype(path: &Path, name: &str, d: safetensors::Dtype) -> Result<DType> {
     DType::from_safetensors(d).map_err(|_| Error::SafetensorsDtype {
         dtype: d.to_string(),
         file: Some(path.to_path_buf()),
@@ -164,6 +164,59 @@ impl SafetensorsFile {
     /// Total size of the tensor data in bytes.
     pub fn data_size(&self) -> usize {
         self.entries.values().map(|e| e.end - e.start).sum()
+    }
+
+    /// Tensor names in file order (the order of their data in the file).
+    pub fn names_in_file_order(&self) -> Vec<&str> {
+        let mut names: Vec<(&str, usize)> = self
+            .entries
+            .iter()
+            .map(|(n, e)| (n.as_str(), e.start))
+            .collect();
+        names.sort_by_key(|&(_, start)| start);
+        names.into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// Writes host tensors `(name, spec, little-endian bytes)` to `path`:
+    /// the crate's one safetensors writer. The file is written beside the
+    /// target and renamed into place, so it is never left half-written.
+    ///
+    /// Errors: [`Error::Safetensors`] naming the file and the tensor whose
+    /// byte count does not match its spec, or the file when it cannot be
+    /// written; [`Error::Io`] when it cannot be moved into place.
+    pub fn write(path: &Path, tensors: &[(String, ArraySpec, Vec<u8>)]) -> Result<()> {
+        let st_err = |reason: String| Error::Safetensors {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut views = BTreeMap::new();
+        for (name, spec, bytes) in tensors {
+            let view = safetensors::tensor::TensorView::new(
+                spec.dtype.to_safetensors(),
+                spec.dims.clone(),
+                bytes,
+            )
+            .map_err(|e| st_err(format!("tensor `{name}` ({spec}): {e}")))?;
+            views.insert(name.clone(), view);
+        }
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+        let written = safetensors::serialize_to_file(views, None, &tmp)
+            .map_err(|e| st_err(format!("cannot write: {e}")))
+            .and_then(|()| {
+                std::fs::rename(&tmp, path).map_err(|source| Error::Io {
+                    what: "cannot move into place",
+                    path: path.to_path_buf(),
+                    source,
+                })
+            });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 
     /// Drops a tensor's pages from the resident set (read back from the
@@ -495,7 +548,7 @@ pub fn save_tree<B: AsRef<Buffer>>(
         let b = b.as_ref();
         host.push((map.key_for(&p), b.spec().clone(), b.to_bytes()?));
     }
-    write_host_safetensors(path, &host)
+    SafetensorsFile::write(path, &host)
 }
 
 #[cfg(test)]

@@ -209,3 +209,24 @@ fn an_unsupported_dtype_names_dtype_file_and_tensor() {
         })
     ));
 }
+
+/// `read_safetensors` (over the mapped reader) keeps the file's data order,
+/// which positional input binding relies on, not name order.
+#[test]
+fn read_safetensors_keeps_file_order() {
+    let path = raw_file(
+        "order.safetensors",
+        r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]},"z":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
+        &[7, 9],
+    );
+    let file = SafetensorsFile::open(&path).unwrap();
+    assert_eq!(file.names_in_file_order(), vec!["z", "a"]);
+    let got = read_safetensors(&path).unwrap();
+    let names: Vec<&str> = got.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, vec!["z", "a"]);
+    assert_eq!(
+        (got[0].bytes.clone(), got[1].bytes.clone()),
+        (vec![7], vec![9])
+    );
+    assert_eq!(got[1].spec, ArraySpec::new(DType::U8, vec![1]));
+}
