@@ -9,40 +9,29 @@
 
 use std::path::Path;
 
-use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
+use crate::host_array::NamedArray;
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 use crate::program::Program;
 use crate::weights::SafetensorsFile;
-
-/// One tensor read from a file: name, type and little-endian bytes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostTensor {
-    /// The tensor's name in the file.
-    pub name: String,
-    /// Its dtype and shape.
-    pub spec: ArraySpec,
-    /// Its data, little-endian, row-major.
-    pub bytes: Vec<u8>,
-}
 
 /// Reads every tensor of a safetensors file, in file order (the order of
 /// their data in the file), copied out of [`SafetensorsFile`]'s map.
 ///
 /// Errors: as [`SafetensorsFile::open`] (which validates the whole header
 /// before anything is read).
-pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<HostTensor>> {
+pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<NamedArray>> {
     let file = SafetensorsFile::open(path)?;
     Ok(file
         .names_in_file_order()
         .into_iter()
         .filter_map(|name| {
-            Some(HostTensor {
-                name: name.to_string(),
-                spec: file.spec(name)?.clone(),
-                bytes: file.bytes(name)?.to_vec(),
-            })
+            Some(NamedArray::new(
+                name,
+                file.spec(name)?.clone(),
+                file.bytes(name)?.to_vec(),
+            ))
         })
         .collect())
 }
@@ -55,16 +44,20 @@ pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[(String, &Buffer)]) 
     let path = path.as_ref();
     let mut host = Vec::with_capacity(tensors.len());
     for (name, b) in tensors {
-        host.push((name.clone(), b.spec().clone(), b.to_bytes()?));
+        host.push(NamedArray::new(
+            name.clone(),
+            b.spec().clone(),
+            b.to_bytes()?,
+        ));
     }
     write_host_safetensors(path, &host)
 }
 
-/// Writes host tensors `(name, spec, bytes)` to a safetensors file, as
+/// Writes named host arrays to a safetensors file, as
 /// [`SafetensorsFile::write`] does (atomically, by rename).
 ///
 /// Errors: as [`SafetensorsFile::write`].
-pub fn write_host_safetensors(path: &Path, tensors: &[(String, ArraySpec, Vec<u8>)]) -> Result<()> {
+pub fn write_host_safetensors(path: &Path, tensors: &[NamedArray]) -> Result<()> {
     SafetensorsFile::write(path, tensors)
 }
 
@@ -81,11 +74,11 @@ fn position_of(name: &str) -> Option<usize> {
 /// the expected and the actual type).
 pub fn bind_inputs<'t>(
     program: &Program,
-    tensors: &'t [HostTensor],
-) -> Result<Vec<&'t HostTensor>> {
+    tensors: &'t [NamedArray],
+) -> Result<Vec<&'t NamedArray>> {
     let n = program.caller_input_count();
     let named = tensors.iter().any(|t| position_of(&t.name).is_some());
-    let mut by_position: Vec<Option<&HostTensor>> = vec![None; n];
+    let mut by_position: Vec<Option<&NamedArray>> = vec![None; n];
     if named {
         for t in tensors {
             let k = position_of(&t.name).ok_or_else(|| Error::Input(format!("tensor `{}` is not named `argK` like the others; name every input `argK` (K = its position) or none", t.name)))?;
@@ -124,11 +117,11 @@ pub fn bind_inputs<'t>(
             .copied()
             .flatten()
             .ok_or_else(|| Error::Input(format!("missing input {k} (parameter {param} of `{}`, {expected}): no tensor named `arg{k}`", program.name())))?;
-        if &t.spec != expected {
+        if &t.array.spec != expected {
             return Err(Error::Input(format!(
                 "tensor `{}` is {}, but input {k} of `{}` is {expected}",
                 t.name,
-                t.spec,
+                t.array.spec,
                 program.name()
             )));
         }
@@ -138,9 +131,9 @@ pub fn bind_inputs<'t>(
 }
 
 /// Uploads bound tensors to `client`'s default device.
-pub fn upload(client: &Client, tensors: &[&HostTensor]) -> Result<Vec<Buffer>> {
+pub fn upload(client: &Client, tensors: &[&NamedArray]) -> Result<Vec<Buffer>> {
     tensors
         .iter()
-        .map(|t| client.buffer_from_bytes(&t.bytes, &t.spec, client.default_device()))
+        .map(|t| client.buffer_from_bytes(&t.array.bytes, &t.array.spec, client.default_device()))
         .collect()
 }

@@ -44,6 +44,7 @@ use half::{bf16, f16};
 use crate::builder::{Path as TreePath, Tree};
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
+use crate::host_array::NamedArray;
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 use crate::pjrt::mapped::MappedFile;
@@ -177,20 +178,21 @@ impl SafetensorsFile {
         names.into_iter().map(|(n, _)| n).collect()
     }
 
-    /// Writes host tensors `(name, spec, little-endian bytes)` to `path`:
+    /// Writes named host arrays to `path`:
     /// the crate's one safetensors writer. The file is written beside the
     /// target and renamed into place, so it is never left half-written.
     ///
     /// Errors: [`Error::Safetensors`] naming the file and the tensor whose
     /// byte count does not match its spec, or the file when it cannot be
     /// written; [`Error::Io`] when it cannot be moved into place.
-    pub fn write(path: &Path, tensors: &[(String, ArraySpec, Vec<u8>)]) -> Result<()> {
+    pub fn write(path: &Path, tensors: &[NamedArray]) -> Result<()> {
         let st_err = |reason: String| Error::Safetensors {
             path: path.to_path_buf(),
             reason,
         };
         let mut views = BTreeMap::new();
-        for (name, spec, bytes) in tensors {
+        for NamedArray { name, array } in tensors {
+            let (spec, bytes) = (&array.spec, &array.bytes);
             let view = safetensors::tensor::TensorView::new(
                 spec.dtype.to_safetensors(),
                 spec.dims.clone(),
@@ -546,7 +548,11 @@ pub fn save_tree<B: AsRef<Buffer>>(
     let mut host = Vec::new();
     for (p, b) in tree.entries() {
         let b = b.as_ref();
-        host.push((map.key_for(&p), b.spec().clone(), b.to_bytes()?));
+        host.push(NamedArray::new(
+            map.key_for(&p),
+            b.spec().clone(),
+            b.to_bytes()?,
+        ));
     }
     SafetensorsFile::write(path, &host)
 }

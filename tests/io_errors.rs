@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use xlayer::builder::Tree;
 use xlayer::io::{read_safetensors, write_host_safetensors};
 use xlayer::weights::{load_tree, save_tree, NameMap, SafetensorsFile};
-use xlayer::{ArraySpec, Client, DType, Error};
+use xlayer::{ArraySpec, Client, DType, Error, NamedArray};
 
 fn client() -> &'static Client {
     static C: OnceLock<Client> = OnceLock::new();
@@ -56,8 +56,8 @@ fn bool_bytes_error_names_tensor_and_file() {
     write_host_safetensors(
         &path,
         &[
-            ("ok".to_string(), spec.clone(), vec![0, 1, 1, 0]),
-            ("flags".to_string(), spec.clone(), vec![0, 1, 2, 0]),
+            NamedArray::new("ok", spec.clone(), vec![0, 1, 1, 0]),
+            NamedArray::new("flags", spec.clone(), vec![0, 1, 2, 0]),
         ],
     )
     .unwrap();
@@ -225,8 +225,8 @@ fn read_safetensors_keeps_file_order() {
     let names: Vec<&str> = got.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, vec!["z", "a"]);
     assert_eq!(
-        (got[0].bytes.clone(), got[1].bytes.clone()),
+        (got[0].array.bytes.clone(), got[1].array.bytes.clone()),
         (vec![7], vec![9])
     );
-    assert_eq!(got[1].spec, ArraySpec::new(DType::U8, vec![1]));
+    assert_eq!(got[1].array.spec, ArraySpec::new(DType::U8, vec![1]));
 }
