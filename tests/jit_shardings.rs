@@ -262,3 +262,53 @@ fn bad_shardings_are_typed_errors_naming_the_tensor() -> Result<()> {
     assert!(matches!(f.call(&[]), Err(Error::ArgumentCount { .. })));
     Ok(())
 }
+
+/// Whether the optimized (partitioned) program of `f` has an op `opcode`
+/// (the CPU plugin returns the HLO module as a proto, whose instructions
+/// name their opcode as a string).
+fn has_op(f: &xlayer::builder::ShardedJit, opcode: &str) -> Result<bool> {
+    let hlo = f.executable().optimized_hlo()?;
+    Ok(hlo
+        .bytes
+        .windows(opcode.len())
+        .any(|w| w == opcode.as_bytes()))
+}
+
+#[test]
+fn a_constraint_changes_the_partitioned_program_not_the_result() -> Result<()> {
+    let mesh = mesh()?;
+    let rows = NamedSharding::new(&mesh, P![("data", "model")]);
+    let replicated = NamedSharding::replicated(&mesh);
+    let spec = [ArraySpec::of::<f32>([8, 4])];
+    let host = data(32, 1.5);
+    let x = Array::from_host(&host, &[8, 4], &rows)?;
+    let mut results = Vec::new();
+    for constraint in [None, Some(&replicated)] {
+        let f = jit_sharded(
+            &spec,
+            std::slice::from_ref(&rows),
+            std::slice::from_ref(&replicated),
+            |_b, x| {
+                let mut y = x[0].sin()?;
+                if let Some(s) = constraint {
+                    y = y.with_sharding_constraint(s)?;
+                }
+                Ok(vec![y.sum(&[0], false)?])
+            },
+        )?;
+        // Rows split 4 ways: a local sum plus an all-reduce; forcing `sin`'s
+        // result to be replicated first makes the partitioner gather it.
+        assert_eq!(
+            has_op(&f, "all-gather")?,
+            constraint.is_some(),
+            "{constraint:?}"
+        );
+        results.push(f.call(&[&x])?[0].to_vec::<f32>()?);
+    }
+    let want: Vec<f32> = (0..4)
+        .map(|j| (0..8).map(|i| host[i * 4 + j].sin()).sum())
+        .collect();
+    assert_close(&results[0], &want, "unconstrained");
+    assert_close(&results[1], &want, "constrained");
+    Ok(())
+}
