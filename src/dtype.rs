@@ -120,23 +120,65 @@ impl DType {
         DType::ALL.into_iter().find(|d| d.mlir_name() == name)
     }
 
-    /// The name used in safetensors headers (`F32`, `BF16`, `BOOL`, ...).
-    pub fn safetensors_name(self) -> &'static str {
+    /// The safetensors dtype that stores this one (`F32`, `BF16`, `BOOL`, ...).
+    ///
+    /// The inverse of [`DType::from_safetensors`]; its `Display` is the name
+    /// written in safetensors headers.
+    ///
+    /// ```
+    /// use xlayer::DType;
+    /// assert_eq!(DType::BF16.to_safetensors().to_string(), "BF16");
+    /// assert_eq!(DType::from_safetensors(DType::Bool.to_safetensors())?, DType::Bool);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
+    pub fn to_safetensors(self) -> safetensors::Dtype {
+        use safetensors::Dtype as S;
         match self {
-            DType::Bool => "BOOL",
-            DType::I8 => "I8",
-            DType::I16 => "I16",
-            DType::I32 => "I32",
-            DType::I64 => "I64",
-            DType::U8 => "U8",
-            DType::U16 => "U16",
-            DType::U32 => "U32",
-            DType::U64 => "U64",
-            DType::F16 => "F16",
-            DType::BF16 => "BF16",
-            DType::F32 => "F32",
-            DType::F64 => "F64",
+            DType::Bool => S::BOOL,
+            DType::I8 => S::I8,
+            DType::I16 => S::I16,
+            DType::I32 => S::I32,
+            DType::I64 => S::I64,
+            DType::U8 => S::U8,
+            DType::U16 => S::U16,
+            DType::U32 => S::U32,
+            DType::U64 => S::U64,
+            DType::F16 => S::F16,
+            DType::BF16 => S::BF16,
+            DType::F32 => S::F32,
+            DType::F64 => S::F64,
         }
+    }
+
+    /// The xlayer dtype of a safetensors dtype.
+    ///
+    /// Errors: [`crate::Error::SafetensorsDtype`] naming the dtype (its file
+    /// and tensor unset: readers fill them in) for a safetensors dtype xlayer
+    /// does not hold (e.g. `F8_E4M3`, `C64`).
+    pub fn from_safetensors(d: safetensors::Dtype) -> crate::error::Result<DType> {
+        use safetensors::Dtype as S;
+        Ok(match d {
+            S::BOOL => DType::Bool,
+            S::I8 => DType::I8,
+            S::I16 => DType::I16,
+            S::I32 => DType::I32,
+            S::I64 => DType::I64,
+            S::U8 => DType::U8,
+            S::U16 => DType::U16,
+            S::U32 => DType::U32,
+            S::U64 => DType::U64,
+            S::F16 => DType::F16,
+            S::BF16 => DType::BF16,
+            S::F32 => DType::F32,
+            S::F64 => DType::F64,
+            other => {
+                return Err(crate::error::Error::SafetensorsDtype {
+                    dtype: other.to_string(),
+                    file: None,
+                    tensor: None,
+                })
+            }
+        })
     }
 }
 

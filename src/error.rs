@@ -1095,6 +1095,18 @@ pub enum Error {
         /// The missing tensor's name.
         tensor: String,
     },
+
+    // --- one-of-each ---
+    /// A safetensors tensor has a dtype xlayer does not hold.
+    #[error("{}{}dtype {dtype} is not supported by xlayer (supported: BOOL, I8..I64, U8..U64, F16, BF16, F32, F64)", file.as_ref().map(|f| format!("safetensors file {}: ", f.display())).unwrap_or_default(), tensor.as_ref().map(|t| format!("tensor `{t}` has ")).unwrap_or_default())]
+    SafetensorsDtype {
+        /// The safetensors dtype's name (`F8_E4M3`, `C64`, ...).
+        dtype: String,
+        /// The file, when known.
+        file: Option<PathBuf>,
+        /// The tensor, when known.
+        tensor: Option<String>,
+    },
 }
 
 /// `; known: a, b` for [`Error::UnknownName`] messages.

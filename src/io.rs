@@ -7,140 +7,58 @@
 //! their data in the file). Every bound tensor's dtype and shape is checked
 //! against the program's signature before anything is uploaded.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
+use crate::host_array::NamedArray;
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 use crate::program::Program;
+use crate::weights::SafetensorsFile;
 
-/// One tensor read from a file: name, type and little-endian bytes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostTensor {
-    /// The tensor's name in the file.
-    pub name: String,
-    /// Its dtype and shape.
-    pub spec: ArraySpec,
-    /// Its data, little-endian, row-major.
-    pub bytes: Vec<u8>,
-}
-
-fn st_err(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Safetensors {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
-}
-
-pub(crate) fn dtype_from_st(d: safetensors::Dtype) -> Option<DType> {
-    let name = format!("{d:?}");
-    DType::ALL
-        .into_iter()
-        .find(|t| t.safetensors_name() == name)
-}
-
-/// Reads every tensor of a safetensors file, in file order.
+/// Reads every tensor of a safetensors file, in file order (the order of
+/// their data in the file), copied out of [`SafetensorsFile`]'s map.
 ///
-/// Errors: [`Error::IsADirectory`] for a directory, [`Error::Truncated`]
-/// and [`Error::DuplicateTensor`] as for
-/// [`crate::weights::SafetensorsFile::open`], [`Error::Io`] if the file
-/// cannot be read, [`Error::Safetensors`]
-/// if it is not a valid safetensors file or holds a dtype xlayer does not.
-pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<HostTensor>> {
-    let path = path.as_ref();
-    crate::st_header::not_a_directory("safetensors file", path)?;
-    let data = std::fs::read(path).map_err(|source| Error::Io {
-        what: "cannot read safetensors file",
-        path: path.to_path_buf(),
-        source,
-    })?;
-    crate::st_header::check(path, &data)?;
-    let st = safetensors::SafeTensors::deserialize(&data)
-        .map_err(|e| crate::st_header::refusal(path, &e, &data))?;
-    let mut out = Vec::new();
-    for (name, view) in st.iter() {
-        let dtype = dtype_from_st(view.dtype()).ok_or_else(|| {
-            st_err(
-                path,
-                format!(
-                    "tensor `{name}` has dtype {:?}, which xlayer does not support",
-                    view.dtype()
-                ),
-            )
-        })?;
-        let start = view.data().as_ptr() as usize - data.as_ptr() as usize;
-        out.push((
-            start,
-            HostTensor {
-                name: name.to_string(),
-                spec: ArraySpec::new(dtype, view.shape().to_vec()),
-                bytes: view.data().to_vec(),
-            },
-        ));
-    }
-    out.sort_by_key(|(start, _)| *start);
-    Ok(out.into_iter().map(|(_, t)| t).collect())
+/// Errors: as [`SafetensorsFile::open`] (which validates the whole header
+/// before anything is read).
+pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<NamedArray>> {
+    let file = SafetensorsFile::open(path)?;
+    Ok(file
+        .names_in_file_order()
+        .into_iter()
+        .filter_map(|name| {
+            Some(NamedArray::new(
+                name,
+                file.spec(name)?.clone(),
+                file.bytes(name)?.to_vec(),
+            ))
+        })
+        .collect())
 }
 
-/// Writes named tensors to a safetensors file (buffers are copied to the host).
+/// Writes named tensors to a safetensors file (buffers are copied to the
+/// host), as [`SafetensorsFile::write`] does.
+///
+/// Errors: [`Error`]s of [`Buffer::to_bytes`], then as [`SafetensorsFile::write`].
 pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[(String, &Buffer)]) -> Result<()> {
     let path = path.as_ref();
     let mut host = Vec::with_capacity(tensors.len());
     for (name, b) in tensors {
-        host.push((name.clone(), b.spec().clone(), b.to_bytes()?));
+        host.push(NamedArray::new(
+            name.clone(),
+            b.spec().clone(),
+            b.to_bytes()?,
+        ));
     }
     write_host_safetensors(path, &host)
 }
 
-/// Writes host tensors `(name, spec, bytes)` to a safetensors file.
-pub fn write_host_safetensors(path: &Path, tensors: &[(String, ArraySpec, Vec<u8>)]) -> Result<()> {
-    let mut views = BTreeMap::new();
-    for (name, spec, bytes) in tensors {
-        let dtype = st_dtype(spec.dtype);
-        let view = safetensors::tensor::TensorView::new(dtype, spec.dims.clone(), bytes)
-            .map_err(|e| st_err(path, format!("tensor `{name}` ({spec}): {e}")))?;
-        views.insert(name.clone(), view);
-    }
-    // Write beside the target and rename: a crash never leaves a half-written file.
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let written = safetensors::serialize_to_file(views, None, &tmp)
-        .map_err(|e| st_err(path, format!("cannot write: {e}")))
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-                what: "cannot move into place",
-                path: path.to_path_buf(),
-                source,
-            })
-        });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
-}
-
-pub(crate) fn st_dtype(d: DType) -> safetensors::Dtype {
-    use safetensors::Dtype as S;
-    match d {
-        DType::Bool => S::BOOL,
-        DType::I8 => S::I8,
-        DType::I16 => S::I16,
-        DType::I32 => S::I32,
-        DType::I64 => S::I64,
-        DType::U8 => S::U8,
-        DType::U16 => S::U16,
-        DType::U32 => S::U32,
-        DType::U64 => S::U64,
-        DType::F16 => S::F16,
-        DType::BF16 => S::BF16,
-        DType::F32 => S::F32,
-        DType::F64 => S::F64,
-    }
+/// Writes named host arrays to a safetensors file, as
+/// [`SafetensorsFile::write`] does (atomically, by rename).
+///
+/// Errors: as [`SafetensorsFile::write`].
+pub fn write_host_safetensors(path: &Path, tensors: &[NamedArray]) -> Result<()> {
+    SafetensorsFile::write(path, tensors)
 }
 
 /// The function-input position a tensor name designates (`arg3` or `3`).
@@ -156,11 +74,11 @@ fn position_of(name: &str) -> Option<usize> {
 /// the expected and the actual type).
 pub fn bind_inputs<'t>(
     program: &Program,
-    tensors: &'t [HostTensor],
-) -> Result<Vec<&'t HostTensor>> {
+    tensors: &'t [NamedArray],
+) -> Result<Vec<&'t NamedArray>> {
     let n = program.caller_input_count();
     let named = tensors.iter().any(|t| position_of(&t.name).is_some());
-    let mut by_position: Vec<Option<&HostTensor>> = vec![None; n];
+    let mut by_position: Vec<Option<&NamedArray>> = vec![None; n];
     if named {
         for t in tensors {
             let k = position_of(&t.name).ok_or_else(|| Error::Input(format!("tensor `{}` is not named `argK` like the others; name every input `argK` (K = its position) or none", t.name)))?;
@@ -199,11 +117,11 @@ pub fn bind_inputs<'t>(
             .copied()
             .flatten()
             .ok_or_else(|| Error::Input(format!("missing input {k} (parameter {param} of `{}`, {expected}): no tensor named `arg{k}`", program.name())))?;
-        if &t.spec != expected {
+        if &t.array.spec != expected {
             return Err(Error::Input(format!(
                 "tensor `{}` is {}, but input {k} of `{}` is {expected}",
                 t.name,
-                t.spec,
+                t.array.spec,
                 program.name()
             )));
         }
@@ -213,9 +131,9 @@ pub fn bind_inputs<'t>(
 }
 
 /// Uploads bound tensors to `client`'s default device.
-pub fn upload(client: &Client, tensors: &[&HostTensor]) -> Result<Vec<Buffer>> {
+pub fn upload(client: &Client, tensors: &[&NamedArray]) -> Result<Vec<Buffer>> {
     tensors
         .iter()
-        .map(|t| client.buffer_from_bytes(&t.bytes, &t.spec, client.default_device()))
+        .map(|t| client.buffer_from_bytes(&t.array.bytes, &t.array.spec, client.default_device()))
         .collect()
 }

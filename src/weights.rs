@@ -1,4 +1,5 @@
-//! Weights I/O: memory-mapped safetensors files, loading checkpoint
+//! Weights I/O: memory-mapped safetensors files (the crate's one
+//! safetensors reader and writer, [`SafetensorsFile`]), loading checkpoint
 //! tensors into trees of device buffers by path, and saving trees back.
 //!
 //! Loading is all-or-nothing: every wanted tensor is found and its shape
@@ -43,7 +44,7 @@ use half::{bf16, f16};
 use crate::builder::{Path as TreePath, Tree};
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
-use crate::io::{dtype_from_st, write_host_safetensors};
+use crate::host_array::NamedArray;
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 use crate::pjrt::mapped::MappedFile;
@@ -77,11 +78,16 @@ pub struct SafetensorsFile {
     entries: BTreeMap<String, Entry>,
 }
 
-fn bad_file(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Safetensors {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
+/// The xlayer dtype of tensor `name` stored as `d` in `path`.
+///
+/// Errors: [`Error::SafetensorsDtype`] naming the file, the tensor and the
+/// dtype, when xlayer does not hold `d`.
+fn stored_dtype(path: &Path, name: &str, d: safetensors::Dtype) -> Result<DType> {
+    DType::from_safetensors(d).map_err(|_| Error::SafetensorsDtype {
+        dtype: d.to_string(),
+        file: Some(path.to_path_buf()),
+        tensor: Some(name.to_string()),
+    })
 }
 
 impl SafetensorsFile {
@@ -90,9 +96,10 @@ impl SafetensorsFile {
     /// Errors: [`Error::IsADirectory`] for a directory; [`Error::Io`] if
     /// unreadable; [`Error::Truncated`] naming the file and the first tensor
     /// whose data lies past its end; [`Error::DuplicateTensor`] naming a
-    /// tensor the header lists twice; [`Error::Safetensors`] naming the
-    /// file (and the tensor, when one is at fault) if it is otherwise corrupt
-    /// or holds a dtype xlayer does not support.
+    /// tensor the header lists twice; [`Error::SafetensorsDtype`] naming the
+    /// file, the tensor and the dtype for a dtype xlayer does not hold;
+    /// [`Error::Safetensors`] naming the file (and the tensor, when one is at
+    /// fault) if it is otherwise corrupt.
     pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
         let path = path.as_ref();
         crate::st_header::not_a_directory("safetensors file", path)?;
@@ -103,15 +110,7 @@ impl SafetensorsFile {
             .map_err(|e| crate::st_header::refusal(path, &e, bytes))?;
         let mut entries = BTreeMap::new();
         for (name, view) in st.iter() {
-            let dtype = dtype_from_st(view.dtype()).ok_or_else(|| {
-                bad_file(
-                    path,
-                    format!(
-                        "tensor `{name}` has dtype {:?}, which xlayer does not support",
-                        view.dtype()
-                    ),
-                )
-            })?;
+            let dtype = stored_dtype(path, name, view.dtype())?;
             let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
             let end = start + view.data().len();
             entries.insert(
@@ -166,6 +165,60 @@ impl SafetensorsFile {
     /// Total size of the tensor data in bytes.
     pub fn data_size(&self) -> usize {
         self.entries.values().map(|e| e.end - e.start).sum()
+    }
+
+    /// Tensor names in file order (the order of their data in the file).
+    pub fn names_in_file_order(&self) -> Vec<&str> {
+        let mut names: Vec<(&str, usize)> = self
+            .entries
+            .iter()
+            .map(|(n, e)| (n.as_str(), e.start))
+            .collect();
+        names.sort_by_key(|&(_, start)| start);
+        names.into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// Writes named host arrays to `path`:
+    /// the crate's one safetensors writer. The file is written beside the
+    /// target and renamed into place, so it is never left half-written.
+    ///
+    /// Errors: [`Error::Safetensors`] naming the file and the tensor whose
+    /// byte count does not match its spec, or the file when it cannot be
+    /// written; [`Error::Io`] when it cannot be moved into place.
+    pub fn write(path: &Path, tensors: &[NamedArray]) -> Result<()> {
+        let st_err = |reason: String| Error::Safetensors {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut views = BTreeMap::new();
+        for NamedArray { name, array } in tensors {
+            let (spec, bytes) = (&array.spec, &array.bytes);
+            let view = safetensors::tensor::TensorView::new(
+                spec.dtype.to_safetensors(),
+                spec.dims.clone(),
+                bytes,
+            )
+            .map_err(|e| st_err(format!("tensor `{name}` ({spec}): {e}")))?;
+            views.insert(name.clone(), view);
+        }
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+        let written = safetensors::serialize_to_file(views, None, &tmp)
+            .map_err(|e| st_err(format!("cannot write: {e}")))
+            .and_then(|()| {
+                std::fs::rename(&tmp, path).map_err(|source| Error::Io {
+                    what: "cannot move into place",
+                    path: path.to_path_buf(),
+                    source,
+                })
+            });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 
     /// Drops a tensor's pages from the resident set (read back from the
@@ -495,9 +548,13 @@ pub fn save_tree<B: AsRef<Buffer>>(
     let mut host = Vec::new();
     for (p, b) in tree.entries() {
         let b = b.as_ref();
-        host.push((map.key_for(&p), b.spec().clone(), b.to_bytes()?));
+        host.push(NamedArray::new(
+            map.key_for(&p),
+            b.spec().clone(),
+            b.to_bytes()?,
+        ));
     }
-    write_host_safetensors(path, &host)
+    SafetensorsFile::write(path, &host)
 }
 
 #[cfg(test)]

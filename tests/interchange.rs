@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use xlayer::export::JaxExport;
-use xlayer::io::{bind_inputs, read_safetensors, upload, HostTensor};
+use xlayer::io::{bind_inputs, read_safetensors, upload};
+use xlayer::HostArray;
 use xlayer::{ArraySpec, Client, DType, Error, Program, Signature};
 
 fn fixture(name: &str) -> PathBuf {
@@ -14,7 +15,7 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn as_f64(t: &HostTensor) -> Vec<f64> {
+fn as_f64(t: &HostArray) -> Vec<f64> {
     let w = t.spec.dtype.size_in_bytes();
     t.bytes
         .chunks(w)
@@ -38,13 +39,12 @@ fn run_and_compare(client: &Client, program: &Program, name: &str) {
     let outs = exe.execute(&buffers.iter().collect::<Vec<_>>()).unwrap();
     assert_eq!(outs.len(), expected.len());
     for (o, e) in outs.iter().zip(&expected) {
-        assert_eq!(o.spec(), &e.spec, "{name}: {}", e.name);
-        let got = HostTensor {
-            name: e.name.clone(),
+        assert_eq!(o.spec(), &e.array.spec, "{name}: {}", e.name);
+        let got = HostArray {
             spec: o.spec().clone(),
             bytes: o.to_bytes().unwrap(),
         };
-        for (g, w) in as_f64(&got).iter().zip(as_f64(e)) {
+        for (g, w) in as_f64(&got).iter().zip(as_f64(&e.array)) {
             assert!(
                 (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
                 "{name} {}: got {g}, JAX {w}",

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use xlayer::builder::Tree;
 use xlayer::io::{read_safetensors, write_host_safetensors};
 use xlayer::weights::{load_tree, save_tree, NameMap, SafetensorsFile};
-use xlayer::{ArraySpec, Client, DType, Error};
+use xlayer::{ArraySpec, Client, DType, Error, NamedArray};
 
 fn client() -> &'static Client {
     static C: OnceLock<Client> = OnceLock::new();
@@ -56,8 +56,8 @@ fn bool_bytes_error_names_tensor_and_file() {
     write_host_safetensors(
         &path,
         &[
-            ("ok".to_string(), spec.clone(), vec![0, 1, 1, 0]),
-            ("flags".to_string(), spec.clone(), vec![0, 1, 2, 0]),
+            NamedArray::new("ok", spec.clone(), vec![0, 1, 1, 0]),
+            NamedArray::new("flags", spec.clone(), vec![0, 1, 2, 0]),
         ],
     )
     .unwrap();
@@ -168,4 +168,65 @@ fn an_already_truncated_file_names_file_and_tensor() {
             other => panic!("expected Error::Truncated, got {other:?}"),
         }
     }
+}
+
+/// A dtype xlayer does not hold (fp8) is named, with its file and tensor,
+/// by both readers; every xlayer dtype round-trips through safetensors.
+#[test]
+fn an_unsupported_dtype_names_dtype_file_and_tensor() {
+    let path = raw_file(
+        "fp8.safetensors",
+        r#"{"ok":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w8":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[4,6]}}"#,
+        &[0, 0, 128, 63, 1, 2],
+    );
+    for err in [
+        SafetensorsFile::open(&path).unwrap_err(),
+        read_safetensors(&path).unwrap_err(),
+    ] {
+        match &err {
+            Error::SafetensorsDtype {
+                dtype,
+                file,
+                tensor,
+            } => {
+                assert_eq!(dtype, "F8_E4M3");
+                assert_eq!(file.as_deref(), Some(path.as_path()));
+                assert_eq!(tensor.as_deref(), Some("w8"));
+            }
+            other => panic!("expected SafetensorsDtype, got {other:?}"),
+        }
+        assert!(err.to_string().contains("`w8`"), "{err}");
+    }
+    for d in DType::ALL {
+        assert_eq!(DType::from_safetensors(d.to_safetensors()).unwrap(), d);
+    }
+    assert!(matches!(
+        DType::from_safetensors(safetensors::Dtype::C64),
+        Err(Error::SafetensorsDtype {
+            file: None,
+            tensor: None,
+            ..
+        })
+    ));
+}
+
+/// `read_safetensors` (over the mapped reader) keeps the file's data order,
+/// which positional input binding relies on, not name order.
+#[test]
+fn read_safetensors_keeps_file_order() {
+    let path = raw_file(
+        "order.safetensors",
+        r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]},"z":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
+        &[7, 9],
+    );
+    let file = SafetensorsFile::open(&path).unwrap();
+    assert_eq!(file.names_in_file_order(), vec!["z", "a"]);
+    let got = read_safetensors(&path).unwrap();
+    let names: Vec<&str> = got.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, vec!["z", "a"]);
+    assert_eq!(
+        (got[0].array.bytes.clone(), got[1].array.bytes.clone()),
+        (vec![7], vec![9])
+    );
+    assert_eq!(got[1].array.spec, ArraySpec::new(DType::U8, vec![1]));
 }

@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use xlayer::io::{bind_inputs, read_safetensors, HostTensor};
+use xlayer::io::{bind_inputs, read_safetensors};
 use xlayer::sharding::ExportPlan;
+use xlayer::NamedArray;
 use xlayer::{Client, CompileOptions, Error, Program};
 
 fn fixture(name: &str) -> PathBuf {
@@ -16,8 +17,9 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn f32s(t: &HostTensor) -> Vec<f32> {
-    t.bytes
+fn f32s(t: &NamedArray) -> Vec<f32> {
+    t.array
+        .bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
@@ -47,7 +49,7 @@ fn run_library(name: &str) -> Result<Vec<Vec<f32>>> {
     let exe = client.compile_with(&program, &CompileOptions::new().spmd(4))?;
     let host: Vec<_> = bound
         .iter()
-        .map(|t| (&t.spec, t.bytes.as_slice()))
+        .map(|t| (&t.array.spec, t.array.bytes.as_slice()))
         .collect();
     let out = plan.run(&program, &exe, &host)?;
     out.iter().map(|a| Ok(a.to_vec::<f32>()?)).collect()

@@ -409,7 +409,7 @@ fn run_sharded(
     let exe = client.compile_with(program, &args.compile_options().spmd(n))?;
     let host: Vec<(&ArraySpec, &[u8])> = bound
         .iter()
-        .map(|t| (&t.spec, t.bytes.as_slice()))
+        .map(|t| (&t.array.spec, t.array.bytes.as_slice()))
         .collect();
     let arrays = plan.run(program, &exe, &host)?;
     eprintln!(
@@ -422,7 +422,13 @@ fn run_sharded(
             let named = arrays
                 .iter()
                 .enumerate()
-                .map(|(i, a)| Ok((format!("out{i}"), a.spec().clone(), a.to_bytes()?)))
+                .map(|(i, a)| {
+                    Ok(xlayer::NamedArray::new(
+                        format!("out{i}"),
+                        a.spec().clone(),
+                        a.to_bytes()?,
+                    ))
+                })
                 .collect::<Result<Vec<_>>>()?;
             xlayer::io::write_host_safetensors(path, &named)?;
             println!("wrote {} output(s) to {}", arrays.len(), path.display());
@@ -570,11 +576,11 @@ fn hlo(args: &ProgramArgs, cost: bool, proto: Option<&Path>) -> Result<()> {
 
 fn inspect(path: &Path, json: bool) -> Result<()> {
     let tensors = read_safetensors(path)?;
-    let total: usize = tensors.iter().map(|t| t.bytes.len()).sum();
+    let total: usize = tensors.iter().map(|t| t.array.bytes.len()).sum();
     if json {
         let list: Vec<_> = tensors
             .iter()
-            .map(|t| serde_json::json!({"name": t.name, "dtype": t.spec.dtype.safetensors_name(), "shape": t.spec.dims, "bytes": t.bytes.len()}))
+            .map(|t| serde_json::json!({"name": t.name, "dtype": t.array.spec.dtype.to_safetensors().to_string(), "shape": t.array.spec.dims, "bytes": t.array.bytes.len()}))
             .collect();
         println!(
             "{}",
@@ -595,13 +601,13 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
         "name", "dtype", "shape", "bytes"
     );
     for t in &tensors {
-        let shape = format!("{:?}", t.spec.dims);
+        let shape = format!("{:?}", t.array.spec.dims);
         println!(
             "{:width$}  {:5}  {:16}  {:>12}",
             t.name,
-            t.spec.dtype.safetensors_name(),
+            t.array.spec.dtype.to_safetensors().to_string(),
             shape,
-            t.bytes.len()
+            t.array.bytes.len()
         );
     }
     println!("{} tensor(s), {total} bytes", tensors.len());

@@ -29,6 +29,7 @@ fn vref(g: &Graph, v: ValueId) -> String {
         | Op::Convert
         | Op::BitcastConvert
         | Op::OptimizationBarrier
+        | Op::ShardingConstraint { .. }
         | Op::BroadcastInDim { .. }
         | Op::Reshape
         | Op::Transpose { .. }
@@ -305,6 +306,10 @@ fn attributes(g: &Graph, node: NodeId) -> String {
                 pairs.len()
             )
         }
+        Op::ShardingConstraint { mesh, spec } => format!(
+            "sharding = #sdy.sharding{}",
+            sdy_sharding(&mesh_symbol(g, mesh), mesh, spec, n.outputs[0].rank())
+        ),
         Op::PartitionId
         | Op::Parameter { .. }
         | Op::RegionArgs
@@ -337,6 +342,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::Convert => "stablehlo.convert",
         Op::BitcastConvert => "stablehlo.bitcast_convert",
         Op::OptimizationBarrier => "stablehlo.optimization_barrier",
+        Op::ShardingConstraint { .. } => "sdy.sharding_constraint",
         Op::BroadcastInDim { .. } => "stablehlo.broadcast_in_dim",
         Op::Reshape => "stablehlo.reshape",
         Op::Transpose { .. } => "stablehlo.transpose",
@@ -397,17 +403,43 @@ fn mesh_symbol(g: &Graph, mesh: &MeshAxes) -> String {
     }
 }
 
-/// The distinct meshes of the graph's manual regions, in order of first use.
+/// The distinct meshes of the program: that of its input and output
+/// shardings first, then those of its manual regions and sharding
+/// constraints, in order of first use.
 fn meshes(g: &Graph) -> Vec<MeshAxes> {
     let mut out: Vec<MeshAxes> = Vec::new();
+    if let Some(io) = &g.shardings {
+        out.push(io.mesh.clone());
+    }
     for n in &g.nodes {
-        if let Op::ManualComputation { attrs, .. } = &n.op {
-            if !out.contains(&attrs.mesh) {
-                out.push(attrs.mesh.clone());
-            }
+        let mesh = match &n.op {
+            Op::ManualComputation { attrs, .. } => &attrs.mesh,
+            Op::ShardingConstraint { mesh, .. } => mesh,
+            _ => continue,
+        };
+        if !out.contains(mesh) {
+            out.push(mesh.clone());
         }
     }
     out
+}
+
+/// ` {sdy.sharding = ...}` for a parameter or result of `@main` with a
+/// sharding, `extra` (other attributes) kept.
+fn io_attributes(g: &Graph, spec: Option<&DimAxes>, rank: usize, extra: &[&str]) -> String {
+    let mut attrs: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+    if let (Some(io), Some(spec)) = (&g.shardings, spec) {
+        let symbol = mesh_symbol(g, &io.mesh);
+        attrs.push(format!(
+            "sdy.sharding = #sdy.sharding{}",
+            sdy_sharding(&symbol, &io.mesh, spec, rank)
+        ));
+    }
+    if attrs.is_empty() {
+        String::new()
+    } else {
+        format!(" {{{}}}", attrs.join(", "))
+    }
 }
 
 /// `<["a"=2, "b"=2]>`.
@@ -564,15 +596,30 @@ pub fn emit_module(g: &Graph, name: &str, outputs: &[ValueId], donors: &[bool]) 
         .iter()
         .enumerate()
         .map(|(i, &p)| {
-            let donor = if donors.get(i).copied().unwrap_or(false) {
-                " {jax.buffer_donor = true}"
+            let donor: &[&str] = if donors.get(i).copied().unwrap_or(false) {
+                &["jax.buffer_donor = true"]
             } else {
-                ""
+                &[]
             };
-            format!("%v{p}: {}{donor}", g.nodes[p].outputs[0].mlir_type())
+            let spec = &g.nodes[p].outputs[0];
+            let sharding = g.shardings.as_ref().and_then(|io| io.inputs.get(i));
+            let attrs = io_attributes(g, sharding, spec.rank(), donor);
+            format!("%v{p}: {}{attrs}", spec.mlir_type())
         })
         .collect();
     let out_specs: Vec<ArraySpec> = outputs.iter().map(|&v| g.spec(v).clone()).collect();
+    let result_decls: Vec<String> = out_specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let sharding = g.shardings.as_ref().and_then(|io| io.outputs.get(i));
+            format!(
+                "{}{}",
+                spec.mlir_type(),
+                io_attributes(g, sharding, spec.rank(), &[])
+            )
+        })
+        .collect();
     let meshes = meshes(g);
     let partitions = meshes.first().map_or(1, MeshAxes::device_count);
     let _ = writeln!(
@@ -588,7 +635,7 @@ pub fn emit_module(g: &Graph, name: &str, outputs: &[ValueId], donors: &[bool]) 
         e.out,
         "  func.func public @main({}) -> ({}) {{",
         params.join(", "),
-        types(&out_specs)
+        result_decls.join(", ")
     );
     for &n in &g.main_nodes {
         e.node(n, 4);

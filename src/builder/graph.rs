@@ -9,6 +9,7 @@ use crate::dtype::ArraySpec;
 
 use super::collectives::MeshAxes;
 use super::op::Op;
+use super::shardings::IoShardings;
 
 /// Index of a node in [`Graph::nodes`].
 pub type NodeId = usize;
@@ -66,6 +67,9 @@ pub struct Graph {
     pub main_nodes: Vec<NodeId>,
     /// The [`Op::Parameter`] nodes, by parameter index.
     pub params: Vec<NodeId>,
+    /// The shardings of the entry function's parameters and results
+    /// (`jit`'s `in_shardings` / `out_shardings`), if any.
+    pub shardings: Option<IoShardings>,
 }
 
 impl Graph {

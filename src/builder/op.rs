@@ -5,9 +5,9 @@
 //! [`Op`] exhaustively, so adding an op is one variant, one shape rule, one
 //! emit arm and one test.
 
-use super::collectives::CollectiveAxes;
+use super::collectives::{CollectiveAxes, MeshAxes};
 use super::graph::RegionId;
-use super::shard_map::ManualAttrs;
+use super::shard_map::{DimAxes, ManualAttrs};
 
 /// Elementwise functions of one operand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -595,6 +595,14 @@ pub enum Op {
         /// The per-device body.
         body: RegionId,
     },
+    /// `jax.lax.with_sharding_constraint`: the value unchanged, laid out
+    /// over the mesh as `spec` says (Shardy's `sdy.sharding_constraint`).
+    ShardingConstraint {
+        /// The mesh.
+        mesh: MeshAxes,
+        /// Per dimension, the mesh axes (positions) that split it.
+        spec: DimAxes,
+    },
     /// Combine across devices (`psum`, `pmax`, `pmin`): `stablehlo.all_reduce`.
     AllReduce {
         /// The mesh axes.
@@ -671,6 +679,7 @@ impl Op {
             | Op::Convert
             | Op::BitcastConvert
             | Op::OptimizationBarrier
+            | Op::ShardingConstraint { .. }
             | Op::BroadcastInDim { .. }
             | Op::Reshape
             | Op::Transpose { .. }
@@ -704,6 +713,7 @@ impl Op {
             Op::Convert => "convert",
             Op::BitcastConvert => "bitcast_convert",
             Op::OptimizationBarrier => "optimization_barrier",
+            Op::ShardingConstraint { .. } => "with_sharding_constraint",
             Op::BroadcastInDim { .. } => "broadcast_in_dim",
             Op::Reshape => "reshape",
             Op::Transpose { .. } => "transpose",

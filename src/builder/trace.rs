@@ -153,6 +153,11 @@ impl Computation {
         Ok(self)
     }
 
+    /// Sets the shardings of `@main`'s parameters and results.
+    pub(super) fn set_shardings(&mut self, io: super::shardings::IoShardings) {
+        self.graph.shardings = Some(io);
+    }
+
     /// The recorded graph.
     pub fn graph(&self) -> &Graph {
         &self.graph

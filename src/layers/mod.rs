@@ -130,7 +130,6 @@
 //! ```
 
 pub mod haiku;
-mod host_array;
 mod jax_layer;
 mod keras;
 mod keras_norm;
@@ -142,7 +141,7 @@ mod sequential;
 pub mod signature;
 mod symbolic;
 
-pub use host_array::HostArray;
+pub use crate::host_array::HostArray;
 pub use jax_layer::{JaxLayer, JaxLayerBuilder};
 pub use keras::{
     Activation, Conv2D, Conv2DConfig, Dense, DenseConfig, Dropout, DropoutConfig, Embedding,

@@ -14,12 +14,12 @@ use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 use crate::progress::Progress;
 
-use super::host_array::HostArray;
 use super::layer::sealed::hooks;
 use super::layer::{Layer, Weights};
 use super::runner::{LayerValues, Runner};
 use super::signature::{CallArgs, Training};
 use super::symbolic::{common_client, layer_key, node_key, shape_string, SymNode, Symbolic};
+use crate::host_array::HostArray;
 
 /// A model: inputs, outputs, and the layers between them, compiled as one
 /// program per input shape and mode, run on its inputs' client.

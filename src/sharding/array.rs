@@ -6,6 +6,7 @@ use std::ops::Range;
 use super::spec::NamedSharding;
 use crate::dtype::{ArraySpec, NativeType};
 use crate::error::{Error, Result};
+use crate::host_array::HostArray;
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Device;
 use crate::weights::SafetensorsFile;
@@ -42,20 +43,8 @@ impl Array {
         dims: &[usize],
         sharding: &NamedSharding,
     ) -> Result<Array> {
-        let spec = ArraySpec::new(T::DTYPE, dims);
-        spec.check_size(|| "a sharded upload".into())?;
-        if data.len() != spec.element_count() {
-            return Err(Error::HostDataSize {
-                expected: spec.element_count(),
-                actual: data.len(),
-                spec,
-            });
-        }
-        let mut bytes = Vec::with_capacity(spec.size_in_bytes());
-        for &v in data {
-            v.extend_le_bytes(&mut bytes);
-        }
-        Array::from_bytes(&bytes, &spec, sharding)
+        let host = HostArray::from_slice(data, dims)?;
+        Array::from_bytes(&host.bytes, &host.spec, sharding)
     }
 
     /// [`Array::from_host`] from raw little-endian bytes of type `spec`.

@@ -36,11 +36,8 @@ impl Fixture {
         let mut tensors = BTreeMap::new();
         let mut cases = BTreeSet::new();
         for (name, view) in st.iter() {
-            let st_name = format!("{:?}", view.dtype());
-            let dtype = DType::ALL
-                .into_iter()
-                .find(|d| d.safetensors_name() == st_name)
-                .unwrap_or_else(|| panic!("{name}: dtype {st_name}"));
+            let dtype = DType::from_safetensors(view.dtype())
+                .unwrap_or_else(|e| panic!("{file}: tensor {name}: {e}"));
             let (case, _) = name.rsplit_once('.').expect("NAME.inN / NAME.outN");
             cases.insert(case.to_string());
             tensors.insert(

@@ -566,6 +566,11 @@ fn rule(
         Op::GradientOf => Ok(vec![(at.id(1), at.ct0()?)]),
         // The barrier only orders compilation; its derivative is the identity.
         Op::OptimizationBarrier => Ok(vec![(at.id(0), at.ct0()?)]),
+        // As JAX: the cotangent under the same constraint.
+        Op::ShardingConstraint { mesh, spec } => Ok(vec![(
+            at.id(0),
+            crate::builder::shardings::constrain(&at.ct0()?, mesh.clone(), spec.clone())?,
+        )]),
         Op::Transpose { perm } => rules_shape::transpose(&at, perm),
         Op::Slice { start, strides, .. } => rules_shape::slice(&at, start, strides),
         Op::DynamicSlice { .. } => rules_shape::dynamic_slice(&at),

@@ -132,6 +132,7 @@ fn replay_node(b: &Builder, g: &Graph, n: NodeId, env: &mut HashMap<ValueId, Val
         | Op::Convert
         | Op::BitcastConvert
         | Op::OptimizationBarrier
+        | Op::ShardingConstraint { .. }
         | Op::BroadcastInDim { .. }
         | Op::Reshape
         | Op::Transpose { .. }

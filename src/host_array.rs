@@ -1,11 +1,13 @@
-//! [`HostArray`]: host data with a spec, what `Model::predict` takes and
-//! returns.
+//! [`HostArray`]: the crate's one host-array type (a spec and its
+//! row-major little-endian bytes), what `Model::predict` takes and returns
+//! and what safetensors files hold; [`NamedArray`]: one with its name in a
+//! file.
 
 use crate::dtype::ArraySpec;
 use crate::error::{Error, Result};
 
 /// Host data with a spec (row-major, little-endian): what `predict` takes
-/// and returns.
+/// and returns, and each tensor of a safetensors file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostArray {
     /// Dtype and dimensions.
@@ -16,6 +18,17 @@ pub struct HostArray {
 
 impl HostArray {
     /// From a slice of native values and dimensions.
+    ///
+    /// Errors: [`Error::ShapeTooLarge`] when the size overflows;
+    /// [`Error::HostDataSize`] when `data` does not fill `dims`.
+    ///
+    /// ```
+    /// use xlayer::HostArray;
+    /// let a = HostArray::from_slice(&[1f32, 2.0, 3.0], &[3])?;
+    /// assert_eq!(a.bytes.len(), 12);
+    /// assert_eq!(a.to_vec::<f32>()?, vec![1.0, 2.0, 3.0]);
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
     pub fn from_slice<T: crate::NativeType>(data: &[T], dims: &[usize]) -> Result<HostArray> {
         let spec = ArraySpec::new(T::DTYPE, dims);
         spec.check_size(|| "HostArray".into())?;
@@ -94,6 +107,26 @@ impl HostArray {
             })?;
         self.bytes.extend_from_slice(&other.bytes);
         Ok(self)
+    }
+}
+
+/// A host array with its name: one tensor of a safetensors file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedArray {
+    /// The tensor's name in the file.
+    pub name: String,
+    /// Its spec and data.
+    pub array: HostArray,
+}
+
+impl NamedArray {
+    /// A named array from its parts (not checked here: the safetensors
+    /// writer checks that `bytes` fills `spec`).
+    pub fn new(name: impl Into<String>, spec: ArraySpec, bytes: Vec<u8>) -> NamedArray {
+        NamedArray {
+            name: name.into(),
+            array: HostArray { spec, bytes },
+        }
     }
 }
 
