@@ -43,6 +43,7 @@ fn specs_split_heads_and_mlp_units() {
 }
 
 #[test]
+#[ignore = "the CPU plugin deadlocks in the first all-reduce about 1 run in 3 on a 2-core machine and aborts the process (docs/sharding.md); run with --ignored"]
 fn tensor_parallel_minilm_matches_single_device() -> Result<()> {
     let dir = xla_build::ensure_asset(&xla_build::MINILM)?;
     let cpu = Client::cpu()?;
