@@ -328,6 +328,24 @@ impl Client {
         }
     }
 
+    /// Checks that `other` (the client of an argument) is this client;
+    /// `what` names the argument in the error.
+    pub(crate) fn check_same_client(
+        &self,
+        other: &Client,
+        what: impl FnOnce() -> String,
+    ) -> Result<()> {
+        if other.id() == self.id() {
+            Ok(())
+        } else {
+            Err(Error::ForeignClient {
+                what: what(),
+                other: other.describe(),
+                this: self.describe(),
+            })
+        }
+    }
+
     /// Uploads `data` as an array of shape `dims` to the default device.
     ///
     /// Errors: [`Error::HostDataSize`] when `data.len()` is not the product

@@ -630,13 +630,9 @@ impl Executable {
         }
         for (index, expected) in inputs.iter().enumerate() {
             let b = arg(index);
-            if b.client().id() != self.client.id() {
-                return Err(Error::ForeignClient {
-                    what: format!("argument {index} of `{}`", self.name),
-                    other: b.client().describe(),
-                    this: self.client.describe(),
-                });
-            }
+            self.client.check_same_client(b.client(), || {
+                format!("argument {index} of `{}`", self.name)
+            })?;
             if b.spec() != expected {
                 return Err(Error::ArgumentType {
                     program: self.name.clone(),

@@ -218,13 +218,9 @@ impl Executable {
                 });
             }
             for (index, (b, expected)) in list.iter().zip(inputs).enumerate() {
-                if b.client().id() != self.client.id() {
-                    return Err(Error::ForeignClient {
-                        what: format!("argument {index} for device {d} of `{}`", self.name),
-                        other: b.client().describe(),
-                        this: self.client.describe(),
-                    });
-                }
+                self.client.check_same_client(b.client(), || {
+                    format!("argument {index} for device {d} of `{}`", self.name)
+                })?;
                 if b.spec() != expected {
                     return Err(Error::ShardArgumentType {
                         program: self.name.clone(),

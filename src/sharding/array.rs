@@ -61,23 +61,7 @@ impl Array {
             });
         }
         let name = spec.to_string();
-        let ranges = sharding.shard_ranges(&name, &spec.dims)?;
-        let shard_spec = ArraySpec::new(spec.dtype, sharding.shard_shape(&name, &spec.dims)?);
-        let client = sharding.mesh().client();
-        let esize = spec.dtype.size_in_bytes();
-        let shards = ranges
-            .iter()
-            .zip(sharding.mesh().devices())
-            .map(|(r, dev)| {
-                let block = copy_block(bytes, &spec.dims, r, esize);
-                client.buffer_from_bytes(&block, &shard_spec, dev)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Array {
-            spec: spec.clone(),
-            sharding: sharding.clone(),
-            shards,
-        })
+        Array::scatter(bytes, spec.clone(), sharding, &name)
     }
 
     /// Uploads tensor `name` of a memory-mapped safetensors file laid out by
@@ -110,8 +94,20 @@ impl Array {
                 })
             }
         };
-        let ranges = sharding.shard_ranges(name, &spec.dims)?;
-        let shard_spec = ArraySpec::new(spec.dtype, sharding.shard_shape(name, &spec.dims)?);
+        Array::scatter(bytes, spec, sharding, name)
+    }
+
+    /// Uploads each device's slice of `bytes` (little-endian, of type
+    /// `spec`, already checked to fill it), naming `tensor` in the
+    /// sharding's errors.
+    fn scatter(
+        bytes: &[u8],
+        spec: ArraySpec,
+        sharding: &NamedSharding,
+        tensor: &str,
+    ) -> Result<Array> {
+        let ranges = sharding.shard_ranges(tensor, &spec.dims)?;
+        let shard_spec = ArraySpec::new(spec.dtype, sharding.shard_shape(tensor, &spec.dims)?);
         let client = sharding.mesh().client();
         let esize = spec.dtype.size_in_bytes();
         let shards = ranges
