@@ -8,11 +8,13 @@ use xlayer::weights::SafetensorsFile;
 use xlayer::{Client, Error, P};
 
 /// Writes a safetensors file holding `w` ([8, 6] f32, w[i][j] = 10 i + j)
-/// and `b` ([6] f32), by the format's layout (u64 header size, JSON, data).
-fn fixture() -> Result<PathBuf> {
+/// and `b` ([6] f32), by the format's layout (u64 header size, JSON, data),
+/// into a file of its own per test (`test`): tests run in parallel threads,
+/// and one rewriting a file that another has mapped would truncate it.
+fn fixture(test: &str) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("xlayer-sharded-weights-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join("w.safetensors");
+    let path = dir.join(format!("{test}.safetensors"));
     let w: Vec<f32> = (0..8)
         .flat_map(|i| (0..6).map(move |j| (10 * i + j) as f32))
         .collect();
@@ -29,7 +31,7 @@ fn fixture() -> Result<PathBuf> {
 
 #[test]
 fn each_device_receives_its_slice_of_a_mapped_tensor() -> Result<()> {
-    let file = SafetensorsFile::open(fixture()?)?;
+    let file = SafetensorsFile::open(fixture("slices")?)?;
     let mesh = Mesh::new(&Client::cpu_devices(4)?, &[4], &["model"])?;
     // Rows over 'model': 4 buffers of [2, 6].
     let a = Array::from_safetensors(&file, "w", &NamedSharding::new(&mesh, P!["model", None]))?;
@@ -63,7 +65,7 @@ fn each_device_receives_its_slice_of_a_mapped_tensor() -> Result<()> {
 
 #[test]
 fn sharded_loading_errors_name_the_tensor_and_file() -> Result<()> {
-    let path = fixture()?;
+    let path = fixture("errors")?;
     let file = SafetensorsFile::open(&path)?;
     let mesh = Mesh::new(&Client::cpu_devices(4)?, &[4], &["model"])?;
     // 6 columns over 4 devices.
