@@ -80,6 +80,6 @@ fn sharded_loading_errors_name_the_tensor_and_file() -> Result<()> {
         matches!(&e, Error::TensorNotInFile { path: p, tensor } if tensor == "nope" && *p == path),
         "{e}"
     );
-    assert!(e.to_string().contains("w.safetensors"), "{e}");
+    assert!(e.to_string().contains("errors.safetensors"), "{e}");
     Ok(())
 }
