@@ -94,6 +94,13 @@ impl PartialEq for Device {
 }
 impl Eq for Device {}
 
+impl std::hash::Hash for Device {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.raw as usize).hash(state);
+        self.client_id.hash(state);
+    }
+}
+
 impl fmt::Debug for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Device({}:{} id={})", self.kind, self.index, self.id)
