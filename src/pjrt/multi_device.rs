@@ -31,7 +31,7 @@ use std::sync::{Mutex, Weak};
 use super::buffer::Buffer;
 use super::client::{Client, ClientInner, ClientOptions};
 use super::compile_options::CompileOptions;
-use super::executable::Executable;
+use super::executable::{Arg, Executable};
 use super::plugin::{pjrt_call, Args, Plugin};
 use super::sys;
 use crate::error::{Error, Result};
@@ -206,19 +206,64 @@ impl Executable {
     /// [`Error::ShardArgumentType`] (dtype or shard shape differs from
     /// [`Executable::signature`]) and [`Error::ShardArgumentDevice`] (the
     /// buffer lives on another device than the one its list runs on).
-    /// Buffers are borrowed; none is donated.
+    /// Buffers are borrowed; none is donated ([`Executable::execute_sharded_args`]
+    /// donates).
     pub fn execute_sharded<'b, L: AsRef<[&'b Buffer]>>(
         &self,
         per_device: &[L],
     ) -> Result<DeviceOutputs> {
         self.validate_sharded(per_device)?;
-        let n_dev = self.devices.len();
-        let n_args = self.signature.inputs.len();
-        let n_out = self.signature.outputs.len();
         let arg_lists: Vec<Vec<*mut sys::PJRT_Buffer>> = per_device
             .iter()
             .map(|l| l.as_ref().iter().map(|b| b.raw()).collect())
             .collect();
+        self.launch_sharded(&arg_lists, &self.donor_indices)
+    }
+
+    /// [`Executable::execute_sharded`] on a mix of borrowed and donated
+    /// shards: `per_device[d][i]` is argument `i` on device `d`. Argument
+    /// `i` is donated when the program declares it a donor and every
+    /// device's shard of it is [`Arg::Donated`]; its device memory may then
+    /// be reused for an output. Donated shards are consumed either way.
+    ///
+    /// Errors: those of [`Executable::execute_sharded`], checked before
+    /// anything runs.
+    pub fn execute_sharded_args(&self, per_device: Vec<Vec<Arg<'_>>>) -> Result<DeviceOutputs> {
+        let refs: Vec<Vec<&Buffer>> = per_device
+            .iter()
+            .map(|l| l.iter().map(Arg::buffer).collect())
+            .collect();
+        self.validate_sharded(&refs)?;
+        let arg_lists: Vec<Vec<*mut sys::PJRT_Buffer>> = refs
+            .iter()
+            .map(|l| l.iter().map(|b| b.raw()).collect())
+            .collect();
+        drop(refs);
+        let keep: Vec<i64> = self
+            .donor_indices
+            .iter()
+            .copied()
+            .filter(|&i| {
+                per_device
+                    .iter()
+                    .any(|l| matches!(l[i as usize], Arg::Borrowed(_)))
+            })
+            .collect();
+        let out = self.launch_sharded(&arg_lists, &keep);
+        drop(per_device);
+        out
+    }
+
+    /// Runs on every device with the raw argument lists (already checked);
+    /// `non_donatable` lists the donor parameters to keep.
+    fn launch_sharded(
+        &self,
+        arg_lists: &[Vec<*mut sys::PJRT_Buffer>],
+        non_donatable: &[i64],
+    ) -> Result<DeviceOutputs> {
+        let n_dev = self.devices.len();
+        let n_args = self.signature.inputs.len();
+        let n_out = self.signature.outputs.len();
         let arg_ptrs: Vec<*const *mut sys::PJRT_Buffer> =
             arg_lists.iter().map(|l| l.as_ptr()).collect();
         let mut out_lists: Vec<Vec<*mut sys::PJRT_Buffer>> = (0..n_dev)
@@ -227,8 +272,8 @@ impl Executable {
         let out_ptrs: Vec<*mut *mut sys::PJRT_Buffer> =
             out_lists.iter_mut().map(|l| l.as_mut_ptr()).collect();
         let mut options = sys::PJRT_ExecuteOptions::new();
-        options.non_donatable_input_indices = self.donor_indices.as_ptr();
-        options.num_non_donatable_input_indices = self.donor_indices.len();
+        options.non_donatable_input_indices = non_donatable.as_ptr();
+        options.num_non_donatable_input_indices = non_donatable.len();
         let mut a = sys::PJRT_LoadedExecutable_Execute_Args::new();
         a.executable = self.raw;
         a.options = &mut options;
