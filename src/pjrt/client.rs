@@ -216,9 +216,28 @@ impl Client {
         }
     }
 
-    /// A client of the default plugin (`XLAYER_PJRT_PLUGIN`, else CPU).
+    /// A new (not shared) client of the default plugin
+    /// (`XLAYER_PJRT_PLUGIN`, else the CPU plugin), with one device on CPU
+    /// as [`Client::cpu`] and JAX have (the CPU plugin's own default is
+    /// four); other platforms keep the plugin's defaults. For N CPU devices
+    /// use [`Client::cpu_devices`].
+    ///
+    /// Errors: those of provisioning or loading the plugin and of
+    /// [`Client::new`].
     pub fn default_plugin() -> Result<Client> {
-        Client::new(&Plugin::default_plugin()?, &ClientOptions::new())
+        let one_cpu = ClientOptions::new().cpu_device_count(1);
+        if std::env::var_os("XLAYER_PJRT_PLUGIN").is_none_or(|v| v.is_empty()) {
+            return Client::new(&Plugin::cpu()?, &one_cpu);
+        }
+        let plugin = Plugin::default_plugin()?;
+        let client = Client::new(&plugin, &ClientOptions::new())?;
+        // Only a CPU plugin knows `cpu_device_count`, and which platform a
+        // plugin file is becomes known once a client exists.
+        if client.platform_name() == "cpu" && client.devices().len() != 1 {
+            drop(client);
+            return Client::new(&plugin, &one_cpu);
+        }
+        Ok(client)
     }
 
     /// Creates a client of `plugin` with `options`.
