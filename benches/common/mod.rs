@@ -1,6 +1,8 @@
-//! Helpers shared by the benchmarks (`mod common;`). Each bench uses a
-//! subset of them.
+//! Helpers shared by the benchmarks (`mod common;`). Each bench uses some
+//! of them, hence `dead_code` is allowed here.
 #![allow(dead_code)]
+
+pub mod interleaved;
 
 use xlayer::builder::{nn, ConvAttrs, ConvDims, Tree, Value};
 use xlayer::flax::{make_causal_mask, Dense, FnModule, LayerNorm, MultiHeadDotProductAttention};
