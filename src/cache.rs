@@ -6,8 +6,10 @@
 //! [`CompileCache::disabled`].
 //!
 //! An entry is keyed by a [`CacheKey`]: everything that decides what the
-//! compiler produces: the program (code, format, signature, donated inputs),
-//! the serialized compile options, the client's platform name and version,
+//! compiler produces: the program (code, format, signature, donated inputs;
+//! a sharded program's text holds its mesh and shardings), the serialized
+//! compile options (with a multi-device compile's device assignment), the
+//! client's platform name and version,
 //! the plugin's C API version and `xla_version` attribute, and **the sha256
 //! of the plugin file's content**. Different plugin builds report the same
 //! `xla_version`, and loading an executable serialized by another build is
@@ -220,8 +222,9 @@ impl CompileCache {
     /// A compile for an explicit device other than the default one bypasses
     /// the cache (a deserialized executable loads on the default device), as
     /// does a plugin whose file changed on disk since it was loaded (with a
-    /// warning on stderr). An entry is loaded only if it holds exactly this
-    /// compile's key.
+    /// warning on stderr). A multi-device compile (SPMD partitions or
+    /// replicas) is cached under its device assignment, part of the key. An
+    /// entry is loaded only if it holds exactly this compile's key.
     ///
     /// Errors: the compiler's; a cache folder that is not private to this
     /// user ([`Error::CacheDirWritableByOthers`], [`Error::CacheDirNotOwned`])
@@ -235,10 +238,25 @@ impl CompileCache {
         program: &Program,
         options: &CompileOptions,
     ) -> Result<Executable> {
-        // Multi-device executables are compiled, not cached (their devices
-        // are not part of the key yet).
-        let cacheable =
-            matches!(options.device_index, None | Some(0)) && options.device_count() == 1;
+        // A multi-device compile is keyed with its device assignment (the
+        // client's first devices when the options name none), which the
+        // serialized options carry: the loaded executable runs on exactly
+        // those devices. It is also keyed with the options it compiles with
+        // (`Client::effective_compile_options`: XNNPACK off on several CPU
+        // devices), so no entry compiled otherwise is loaded.
+        let assigned;
+        let options = if options.device_count() > 1 {
+            let mut o = client.effective_compile_options(options)?;
+            if o.assignment.is_none() {
+                let devices = o.resolve_devices(client)?;
+                o = o.device_assignment(&devices);
+            }
+            assigned = o;
+            &assigned
+        } else {
+            options
+        };
+        let cacheable = matches!(options.device_index, None | Some(0));
         let keyed = match (&self.dir, cacheable) {
             (Some(d), true) => self.locate(d, client, program, options)?,
             _ => None,

@@ -1107,6 +1107,47 @@ pub enum Error {
         /// The tensor, when known.
         tensor: Option<String>,
     },
+
+    // --- multiproc ---
+    /// No process put `key` into the key-value store of a distributed run
+    /// within the time a get waited.
+    #[error("key-value store {}: no value for key `{key}` within {timeout_ms} ms (did every node start, with the same store?)", store.display())]
+    KvTimeout {
+        /// The key waited for.
+        key: String,
+        /// The store (its folder, for a `FileKvStore`).
+        store: PathBuf,
+        /// How long the get waited.
+        timeout_ms: u64,
+    },
+
+    /// A non-waiting get found no value for `key` (reported to the plugin
+    /// as `NOT_FOUND`).
+    #[error("key-value store: no value for key `{key}`")]
+    KvNotFound {
+        /// The key asked for.
+        key: String,
+    },
+
+    /// A client made for a multi-process run came up seeing only its own
+    /// devices: the plugin has no cross-process runtime (the pinned CPU
+    /// plugin ignores `node_id` / `num_nodes` and has only in-process
+    /// collectives).
+    #[error("the {platform} plugin {} did not join a {num_nodes}-process run: it sees {global_devices} device(s) in all, {local_devices} of them its own, and called the key-value store {store_calls} time(s); it has no cross-process runtime (docs/sharding.md, \"More than one process\")", plugin.display())]
+    DistributedUnsupported {
+        /// The client's platform name.
+        platform: String,
+        /// The plugin file.
+        plugin: PathBuf,
+        /// The node count asked for.
+        num_nodes: usize,
+        /// Devices of the whole run, as the client reports them.
+        global_devices: usize,
+        /// The client's own (addressable) devices.
+        local_devices: usize,
+        /// How many times the plugin called the store.
+        store_calls: usize,
+    },
 }
 
 /// `; known: a, b` for [`Error::UnknownName`] messages.

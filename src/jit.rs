@@ -21,7 +21,9 @@ use crate::dtype::ArraySpec;
 use crate::error::Result;
 use crate::mode::Training;
 use crate::pjrt::client::Client;
+use crate::pjrt::compile_options::CompileOptions;
 use crate::pjrt::executable::Executable;
+use crate::sharding::NamedSharding;
 
 /// The structure, dtypes and shapes of a tree of arrays, hashed once when
 /// made (cheap to clone, hash and compare in a key).
@@ -74,6 +76,10 @@ pub struct JitKey {
     pub training: Training,
     /// Per layer: whether it receives a random key.
     pub rngs: Vec<bool>,
+    /// For a program partitioned over a mesh (a data-parallel train step):
+    /// the sharding of its batch inputs; everything else is replicated over
+    /// that sharding's mesh. `None` for a single-device program.
+    pub batch_sharding: Option<NamedSharding>,
 }
 
 impl JitKey {
@@ -92,6 +98,7 @@ impl JitKey {
             inputs: Layout::new(inputs),
             training,
             rngs: Vec::new(),
+            batch_sharding: None,
         }
     }
 }
@@ -155,17 +162,41 @@ impl JitCache {
         key: JitKey,
         trace: impl FnOnce() -> Result<(Computation, Vec<Tree<()>>)>,
     ) -> Result<Arc<Jitted>> {
+        self.get_or_compile_with(client, key, &CompileOptions::new(), trace)
+    }
+
+    /// [`JitCache::get_or_compile`] with compile `options` (e.g.
+    /// [`CompileOptions::spmd`] and a device assignment for a program
+    /// partitioned over a mesh; `key` must then tell the partitioning
+    /// apart, as [`JitKey::batch_sharding`] does).
+    ///
+    /// Errors: those of `trace` and of the compile; nothing is cached then.
+    pub fn get_or_compile_with(
+        &self,
+        client: &Client,
+        key: JitKey,
+        options: &CompileOptions,
+        trace: impl FnOnce() -> Result<(Computation, Vec<Tree<()>>)>,
+    ) -> Result<Arc<Jitted>> {
         if let Some(hit) = self.lock().get(&key) {
             return Ok(hit.clone());
         }
         let (computation, outputs) = trace()?;
-        let exe = computation.compile_cached(client, &self.disk)?;
+        let exe = self
+            .disk
+            .compile(client, &computation.program()?, options)?;
         self.traced.fetch_add(1, Ordering::Relaxed);
         let jitted = Arc::new(Jitted {
             exe: Arc::new(exe),
             outputs,
         });
         Ok(self.lock().entry(key).or_insert(jitted).clone())
+    }
+
+    /// The executables compiled (or loaded) so far, in no particular
+    /// order: to inspect them (optimized HLO, devices, memory).
+    pub fn executables(&self) -> Vec<Arc<Executable>> {
+        self.lock().values().map(|j| j.exe.clone()).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JitKey, Arc<Jitted>>> {
@@ -193,6 +224,7 @@ mod tests {
             inputs: b.clone(),
             training,
             rngs: vec![false],
+            batch_sharding: None,
         };
         assert_eq!(key(Training::No), key(Training::No));
         assert_ne!(

@@ -7,12 +7,13 @@
 use std::ffi::OsStr;
 use std::path::PathBuf;
 
-use xlayer::builder::{jit, Tree};
+use xlayer::builder::{jit, jit_sharded, Tree};
 use xlayer::flax::{self, ApplyOptions, InitOptions, Rngs};
 use xlayer::layers::{Apply, Dense, HostArray, Input, Model, Training};
 use xlayer::models::minilm::MiniLm;
+use xlayer::sharding::{Array, Mesh, NamedSharding};
 use xlayer::train::{Adam, FitOptions, Loss, Trainer};
-use xlayer::{ArraySpec, Client, DType};
+use xlayer::{compile_count, ArraySpec, Client, DType, P};
 
 mod isolated;
 
@@ -139,6 +140,83 @@ fn fit_hits_the_cache_in_a_second_process() {
         let h = trainer.fit(&x, &y, &options).unwrap();
         assert!(h.get("loss")[0].is_finite());
     });
+}
+
+#[test]
+fn data_parallel_fit_hits_the_cache_in_a_second_process() {
+    twice(
+        "data_parallel_fit_hits_the_cache_in_a_second_process",
+        || {
+            let mesh = Mesh::new(&Client::cpu_devices(2).unwrap(), &[2], &["data"]).unwrap();
+            let trainer = Trainer::new(
+                dense_model(&client()),
+                Adam::new(0.01),
+                Loss::SparseCategoricalCrossentropy { from_logits: true },
+                &[],
+            )
+            .data_parallel(&mesh, "data")
+            .unwrap();
+            let x = HostArray::from_slice(&[0.5f32; 32], &[8, 4]).unwrap();
+            let y = HostArray::from_slice(&[0i32, 1, 2, 0, 1, 2, 0, 1], &[8]).unwrap();
+            let options = FitOptions {
+                batch_size: 4,
+                verbose: false,
+                ..FitOptions::default()
+            };
+            let h = trainer.fit(&x, &y, &options).unwrap();
+            assert!(h.get("loss")[0].is_finite());
+            assert_eq!(trainer.compiled_steps()[0].devices().len(), 2);
+        },
+    );
+}
+
+/// `jit_sharded` of a row-sum over `mesh` (rows split over `data`).
+fn row_sum(mesh: &Mesh) -> (xlayer::builder::ShardedJit, NamedSharding) {
+    let rows = NamedSharding::new(mesh, P!["data"]);
+    let f = jit_sharded(
+        &[ArraySpec::of::<f32>([8, 2])],
+        std::slice::from_ref(&rows),
+        &[NamedSharding::replicated(mesh)],
+        |_b, x| Ok(vec![x[0].sin()?.sum(&[0], false)?]),
+    )
+    .unwrap();
+    (f, rows)
+}
+
+#[test]
+fn jit_sharded_hits_the_cache_in_a_second_call_and_process() {
+    twice(
+        "jit_sharded_hits_the_cache_in_a_second_call_and_process",
+        || {
+            let c = Client::cpu_devices(4).unwrap();
+            let mesh = Mesh::new(&c, &[4], &["data"]).unwrap();
+            let host: Vec<f32> = (0..16).map(|i| i as f32 * 0.25).collect();
+            let want: Vec<f32> = (0..2)
+                .map(|j| (0..8).map(|i| host[i * 2 + j].sin()).sum())
+                .collect();
+            let run = |mesh: &Mesh| {
+                let start = compile_count();
+                let (f, rows) = row_sum(mesh);
+                let compiled = compile_count() - start;
+                let x = Array::from_host(&host, &[8, 2], &rows).unwrap();
+                let y = f.call(&[&x]).unwrap()[0].to_vec::<f32>().unwrap();
+                for (a, b) in y.iter().zip(&want) {
+                    assert!((a - b).abs() <= 1e-5, "{y:?} vs {want:?}");
+                }
+                assert_eq!(f.executable().devices(), mesh.devices());
+                compiled
+            };
+            let first = run(&mesh);
+            assert_eq!(run(&mesh), 0, "the second call compiles nothing");
+            // The same program over the devices in another order: its own
+            // entry (compiled with the first, loaded with it in a second
+            // process), running on those devices.
+            let mut devices = c.devices().to_vec();
+            devices.reverse();
+            let reversed = Mesh::from_devices(&c, &devices, &[4], &["data"]).unwrap();
+            assert_eq!(run(&reversed), first, "another device assignment");
+        },
+    );
 }
 
 #[test]

@@ -1,4 +1,8 @@
-//! Helpers shared by the benchmarks (`mod common;`).
+//! Helpers shared by the benchmarks (`mod common;`). Each bench uses some
+//! of them, hence `dead_code` is allowed here.
+#![allow(dead_code)]
+
+pub mod interleaved;
 
 use xlayer::builder::{ConvAttrs, ConvDims, Value};
 

@@ -172,9 +172,15 @@ pub struct ShardedJit {
 /// outputs with `in_shardings` / `out_shardings` (as
 /// [`Computation::with_shardings`]) and compiles it for their mesh's
 /// devices with SPMD partitioning ([`CompileOptions::spmd`], the mesh's
-/// devices as the device assignment).
+/// devices as the device assignment), through the environment's persistent
+/// compilation cache ([`crate::cache::CompileCache::from_env`]), as
+/// [`Computation::compile`]: the program text holds the mesh and the
+/// shardings, the options the devices, so a later call (in this process or
+/// another) with the same function, shardings and devices traces again but
+/// loads the executable instead of compiling it.
 ///
-/// Errors: those of `f`, [`Computation::with_shardings`] and the compile.
+/// Errors: those of `f`, [`Computation::with_shardings`] and the compile
+/// (and a cache folder that is not private to this user).
 ///
 /// ```
 /// use xlayer::builder::jit_sharded;
@@ -214,7 +220,9 @@ pub fn jit_sharded(
     let options = CompileOptions::new()
         .spmd(mesh.size())
         .device_assignment(mesh.devices());
-    let exe = mesh.client().compile_with(&c.program()?, &options)?;
+    let cache = crate::cache::CompileCache::from_env()
+        .unwrap_or_else(|_| crate::cache::CompileCache::disabled());
+    let exe = cache.compile(mesh.client(), &c.program()?, &options)?;
     Ok(ShardedJit {
         exe,
         inputs: specs.to_vec(),

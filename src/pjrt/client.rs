@@ -94,6 +94,13 @@ impl PartialEq for Device {
 }
 impl Eq for Device {}
 
+impl std::hash::Hash for Device {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.raw as usize).hash(state);
+        self.client_id.hash(state);
+    }
+}
+
 impl fmt::Debug for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Device({}:{} id={})", self.kind, self.index, self.id)
@@ -113,6 +120,9 @@ pub(crate) struct ClientInner {
     platform_name: String,
     platform_version: String,
     devices: Vec<Device>,
+    /// The key-value store the plugin's callbacks reach
+    /// ([`Client::distributed`]); dropped after the client is destroyed.
+    pub(crate) kv: Option<Box<super::distributed::KvBridge>>,
 }
 
 // SAFETY: the PJRT client is thread-safe by the C API's contract; the raw
@@ -225,10 +235,23 @@ impl Client {
     ///
     /// Errors: the plugin's own error (unknown option, no device found...).
     pub fn new(plugin: &Arc<Plugin>, options: &ClientOptions) -> Result<Client> {
+        Client::create(plugin, options, None)
+    }
+
+    /// Creates a client, with key-value store callbacks reaching `kv` when
+    /// given (`kv` then lives as long as the client).
+    pub(crate) fn create(
+        plugin: &Arc<Plugin>,
+        options: &ClientOptions,
+        kv: Option<Box<super::distributed::KvBridge>>,
+    ) -> Result<Client> {
         let raw_options = RawNamedValues::new(options.values());
         let mut a = sys::PJRT_Client_Create_Args::new();
         a.create_options = raw_options.values.as_ptr();
         a.num_options = raw_options.values.len();
+        if let Some(bridge) = &kv {
+            super::distributed::install(&mut a, bridge);
+        }
         pjrt_call!(plugin, PJRT_Client_Create, &mut a)?;
         let raw = a.client;
         let mut inner = ClientInner {
@@ -238,6 +261,7 @@ impl Client {
             platform_name: String::new(),
             platform_version: String::new(),
             devices: Vec::new(),
+            kv,
         };
         let mut n = sys::PJRT_Client_PlatformName_Args::new();
         n.client = raw;

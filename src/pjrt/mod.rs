@@ -11,6 +11,9 @@
 //!   (replicas, SPMD partitions, device assignment).
 //! - [`multi_device`]: N-device CPU clients and running one executable over
 //!   several devices (per-device argument and output lists).
+//! - [`distributed`]: more than one process (node id and count, the
+//!   C API's key-value store callbacks); [`kv_store`]: the store they reach
+//!   (`FileKvStore`, a folder shared by the processes).
 //! - [`logging`]: the plugin's own log lines, quiet unless `XLAYER_LOG`.
 //! - [`mapped`]: read-only memory-mapped files, the zero-copy source of
 //!   weights (`crate::weights`), with pages released after upload.
@@ -37,9 +40,11 @@ pub mod bench_support;
 pub mod buffer;
 pub mod client;
 pub mod compile_options;
+pub mod distributed;
 mod event;
 pub mod executable;
 pub mod isolate;
+pub mod kv_store;
 pub mod logging;
 pub mod mapped;
 pub mod multi_device;

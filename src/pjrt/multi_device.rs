@@ -8,13 +8,30 @@
 //! plugin would trip on is checked here first: the number of argument
 //! lists, then for each device the argument count, every argument's dtype
 //! and shard shape, its client, and that it lives on that device.
+//!
+//! **Collectives on the CPU plugin.** A program spanning several CPU
+//! devices runs one thread per device, and its thunks continue on the
+//! client's intra-op thread pool (as many threads as cores, at least one
+//! per device). An all-reduce blocks its thread until every device has
+//! arrived. XNNPACK fusions (`xla_cpu_use_xnnpack`, on by default in the
+//! pinned plugin) wait on that same pool for their own parallel loops:
+//! when one device's all-reduce holds one thread and the other device's
+//! XNNPACK fusion holds the last one, neither moves, and after 40 s XLA
+//! aborts the process ("Expected 2 threads to join the rendezvous, but
+//! only 1 of them arrived"). This happened on a 2-core machine in every
+//! run of 6-layer tensor-parallel MiniLM over 2 devices (thread dumps in
+//! `docs/sharding.md`). So compiles for more than one device on a CPU
+//! client set `xla_cpu_use_xnnpack = false` unless the options set it
+//! ([`MULTI_DEVICE_CPU_FLAG`]); single-device compiles keep the plugin's
+//! default.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, Weak};
 
 use super::buffer::Buffer;
 use super::client::{Client, ClientInner, ClientOptions};
-use super::executable::Executable;
+use super::compile_options::CompileOptions;
+use super::executable::{Arg, Executable};
 use super::plugin::{pjrt_call, Args, Plugin};
 use super::sys;
 use crate::error::{Error, Result};
@@ -65,6 +82,59 @@ impl Client {
         *slot = std::sync::Arc::downgrade(&client.inner);
         Ok(client)
     }
+}
+
+/// The XLA flag set to `false` by default when a program is compiled for
+/// more than one device of a CPU client: XNNPACK fusions wait on the
+/// thread pool that a blocked all-reduce holds, which deadlocks the
+/// devices (see the module documentation). Setting it in
+/// [`CompileOptions::xla_flag`] overrides the default.
+pub const MULTI_DEVICE_CPU_FLAG: &str = "xla_cpu_use_xnnpack";
+
+impl CompileOptions {
+    /// The options a compile for `devices` devices of `client` runs with,
+    /// when they differ from `self`: for more than one device of a CPU
+    /// client, [`MULTI_DEVICE_CPU_FLAG`] off unless `self` sets it.
+    pub(crate) fn multi_device_defaults(
+        &self,
+        client: &Client,
+        devices: usize,
+    ) -> Option<CompileOptions> {
+        let cpu = client.platform_name().eq_ignore_ascii_case("cpu");
+        (devices > 1 && cpu && !self.flags().contains_key(MULTI_DEVICE_CPU_FLAG))
+            .then(|| self.clone().xla_flag(MULTI_DEVICE_CPU_FLAG, false))
+    }
+}
+
+impl Client {
+    /// The options a compile with `options` on this client runs with:
+    /// `options` plus the multi-device defaults (for more than one device
+    /// of a CPU client, [`MULTI_DEVICE_CPU_FLAG`] off unless `options`
+    /// set it).
+    ///
+    /// Errors: those of [`CompileOptions::resolve_devices`].
+    ///
+    /// ```no_run
+    /// use xlayer::{pjrt::multi_device::MULTI_DEVICE_CPU_FLAG, Client, CompileOptions};
+    /// let client = Client::cpu_devices(2)?;
+    /// let opts = client.effective_compile_options(&CompileOptions::new().spmd(2))?;
+    /// assert_eq!(opts.flags()[MULTI_DEVICE_CPU_FLAG], false.into());
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
+    pub fn effective_compile_options(&self, options: &CompileOptions) -> Result<CompileOptions> {
+        let devices = options.resolve_devices(self)?.len();
+        Ok(options
+            .multi_device_defaults(self, devices)
+            .unwrap_or_else(|| options.clone()))
+    }
+}
+
+/// Whether `e` is the compiler refusing [`MULTI_DEVICE_CPU_FLAG`] as an
+/// unknown option (a CPU plugin older than the flag, which has no XNNPACK
+/// fusions to turn off).
+pub(crate) fn is_unknown_multi_device_flag(e: &Error) -> bool {
+    matches!(e, Error::Pjrt { message, .. }
+        if message.contains(&format!("No such compile option: '{MULTI_DEVICE_CPU_FLAG}'")))
 }
 
 /// The outputs of one multi-device run: for each device (in
@@ -136,19 +206,64 @@ impl Executable {
     /// [`Error::ShardArgumentType`] (dtype or shard shape differs from
     /// [`Executable::signature`]) and [`Error::ShardArgumentDevice`] (the
     /// buffer lives on another device than the one its list runs on).
-    /// Buffers are borrowed; none is donated.
+    /// Buffers are borrowed; none is donated ([`Executable::execute_sharded_args`]
+    /// donates).
     pub fn execute_sharded<'b, L: AsRef<[&'b Buffer]>>(
         &self,
         per_device: &[L],
     ) -> Result<DeviceOutputs> {
         self.validate_sharded(per_device)?;
-        let n_dev = self.devices.len();
-        let n_args = self.signature.inputs.len();
-        let n_out = self.signature.outputs.len();
         let arg_lists: Vec<Vec<*mut sys::PJRT_Buffer>> = per_device
             .iter()
             .map(|l| l.as_ref().iter().map(|b| b.raw()).collect())
             .collect();
+        self.launch_sharded(&arg_lists, &self.donor_indices)
+    }
+
+    /// [`Executable::execute_sharded`] on a mix of borrowed and donated
+    /// shards: `per_device[d][i]` is argument `i` on device `d`. Argument
+    /// `i` is donated when the program declares it a donor and every
+    /// device's shard of it is [`Arg::Donated`]; its device memory may then
+    /// be reused for an output. Donated shards are consumed either way.
+    ///
+    /// Errors: those of [`Executable::execute_sharded`], checked before
+    /// anything runs.
+    pub fn execute_sharded_args(&self, per_device: Vec<Vec<Arg<'_>>>) -> Result<DeviceOutputs> {
+        let refs: Vec<Vec<&Buffer>> = per_device
+            .iter()
+            .map(|l| l.iter().map(Arg::buffer).collect())
+            .collect();
+        self.validate_sharded(&refs)?;
+        let arg_lists: Vec<Vec<*mut sys::PJRT_Buffer>> = refs
+            .iter()
+            .map(|l| l.iter().map(|b| b.raw()).collect())
+            .collect();
+        drop(refs);
+        let keep: Vec<i64> = self
+            .donor_indices
+            .iter()
+            .copied()
+            .filter(|&i| {
+                per_device
+                    .iter()
+                    .any(|l| matches!(l[i as usize], Arg::Borrowed(_)))
+            })
+            .collect();
+        let out = self.launch_sharded(&arg_lists, &keep);
+        drop(per_device);
+        out
+    }
+
+    /// Runs on every device with the raw argument lists (already checked);
+    /// `non_donatable` lists the donor parameters to keep.
+    fn launch_sharded(
+        &self,
+        arg_lists: &[Vec<*mut sys::PJRT_Buffer>],
+        non_donatable: &[i64],
+    ) -> Result<DeviceOutputs> {
+        let n_dev = self.devices.len();
+        let n_args = self.signature.inputs.len();
+        let n_out = self.signature.outputs.len();
         let arg_ptrs: Vec<*const *mut sys::PJRT_Buffer> =
             arg_lists.iter().map(|l| l.as_ptr()).collect();
         let mut out_lists: Vec<Vec<*mut sys::PJRT_Buffer>> = (0..n_dev)
@@ -157,8 +272,8 @@ impl Executable {
         let out_ptrs: Vec<*mut *mut sys::PJRT_Buffer> =
             out_lists.iter_mut().map(|l| l.as_mut_ptr()).collect();
         let mut options = sys::PJRT_ExecuteOptions::new();
-        options.non_donatable_input_indices = self.donor_indices.as_ptr();
-        options.num_non_donatable_input_indices = self.donor_indices.len();
+        options.non_donatable_input_indices = non_donatable.as_ptr();
+        options.num_non_donatable_input_indices = non_donatable.len();
         let mut a = sys::PJRT_LoadedExecutable_Execute_Args::new();
         a.executable = self.raw;
         a.options = &mut options;

@@ -211,6 +211,7 @@ impl_args! {
     PJRT_Client_PlatformName_Args => PJRT_Client_PlatformName_Args_STRUCT_SIZE,
     PJRT_Client_PlatformVersion_Args => PJRT_Client_PlatformVersion_Args_STRUCT_SIZE,
     PJRT_Client_AddressableDevices_Args => PJRT_Client_AddressableDevices_Args_STRUCT_SIZE,
+    PJRT_Client_Devices_Args => PJRT_Client_Devices_Args_STRUCT_SIZE,
     PJRT_Client_Compile_Args => PJRT_Client_Compile_Args_STRUCT_SIZE,
     PJRT_Client_BufferFromHostBuffer_Args => PJRT_Client_BufferFromHostBuffer_Args_STRUCT_SIZE,
     PJRT_Program => PJRT_Program_STRUCT_SIZE,

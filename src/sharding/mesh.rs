@@ -36,6 +36,16 @@ impl PartialEq for Mesh {
     }
 }
 
+impl Eq for Mesh {}
+
+impl std::hash::Hash for Mesh {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.devices.hash(state);
+        self.shape.hash(state);
+        self.axis_names.hash(state);
+    }
+}
+
 impl fmt::Debug for Mesh {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Mesh(")?;

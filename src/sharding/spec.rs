@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 /// How one array dimension is split: over no axis (replicated along it),
 /// or over one or more mesh axes (major to minor), as one entry of JAX's
 /// `PartitionSpec`: `None`, `'data'`, `('data', 'model')`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct DimSpec(Vec<String>);
 
 impl DimSpec {
@@ -66,7 +66,7 @@ impl From<(&str, &str, &str)> for DimSpec {
 /// assert_eq!(spec.to_string(), "P('data', None, ('x', 'y'))");
 /// assert_eq!(P![].rank(), 0);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct PartitionSpec(Vec<DimSpec>);
 
 /// Builds a [`PartitionSpec`] as JAX's `P(...)`: each entry a mesh axis
@@ -134,7 +134,7 @@ impl fmt::Display for PartitionSpec {
 /// assert_eq!(s.shard_shape("x", &[8, 6])?, vec![4, 6]);
 /// # Ok::<(), xlayer::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NamedSharding {
     mesh: Mesh,
     spec: PartitionSpec,

@@ -102,8 +102,14 @@ impl Trainer {
     /// Keras's `fit`: trains on `x`, `y` (rows first) for `epochs`, in
     /// batches, shuffling each epoch; returns the per-epoch history.
     ///
+    /// With [`Trainer::data_parallel`], each batch is split over the mesh's
+    /// data axis and the weights are written back to the model at the end
+    /// (and before each validation); if a step fails, the model keeps the
+    /// weights it had when `fit` started.
+    ///
     /// Errors: data that does not fit the model's input; `batch_size` 0 or
-    /// no rows.
+    /// no rows; data-parallel, [`Error::IndivisibleDimension`] for a batch
+    /// (or the last, smaller one) that the data axis does not divide.
     pub fn fit(&self, x: &HostArray, y: &HostArray, options: &FitOptions) -> Result<History> {
         let client = self.model().client();
         let n = self.check_data(x, y)?;
@@ -113,6 +119,15 @@ impl Trainer {
                 reason: "needs batch_size > 0 and at least one row",
             });
         }
+        // Data-parallel: the weights live on the mesh for the whole fit
+        // (the model keeps its pre-fit weights until they are written back).
+        let mut replicas = match &self.data_parallel {
+            Some(dp) => {
+                self.check_data_parallel_batches(n, options.batch_size)?;
+                Some((dp, self.replicate(dp)?))
+            }
+            None => None,
+        };
         let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
         let mut history = History::default();
         let names: Vec<String> = std::iter::once("loss".to_string())
@@ -136,7 +151,11 @@ impl Trainer {
             let mut sums = vec![0f64; names.len()];
             for s in 0..steps {
                 let idx = &order[s * options.batch_size..((s + 1) * options.batch_size).min(n)];
-                let vals = self.train_step(client, &take_rows(x, idx)?, &take_rows(y, idx)?)?;
+                let (xb, yb) = (take_rows(x, idx)?, take_rows(y, idx)?);
+                let vals = match replicas.as_mut() {
+                    Some((dp, r)) => self.data_parallel_step(dp, r, &xb, &yb)?,
+                    None => self.train_step(client, &xb, &yb)?,
+                };
                 for (acc, v) in sums.iter_mut().zip(&vals) {
                     *acc += *v as f64 * idx.len() as f64;
                 }
@@ -158,11 +177,17 @@ impl Trainer {
                 .map(|(k, v)| (k.clone(), (v / n as f64) as f32))
                 .collect();
             if let Some((vx, vy)) = &options.validation_data {
+                if let Some((_, r)) = &replicas {
+                    self.write_back(r)?;
+                }
                 for (k, v) in self.evaluate(vx, vy, options.batch_size)? {
                     e.insert(format!("val_{k}"), v);
                 }
             }
             history.epochs.push(e);
+        }
+        if let Some((_, r)) = &replicas {
+            self.write_back(r)?;
         }
         Ok(history)
     }

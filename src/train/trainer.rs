@@ -61,7 +61,10 @@ pub struct Trainer {
     pub(crate) loss: Loss,
     pub(crate) metrics: Vec<Metric>,
     /// The optimizer state on the device, by layer name (created at the first step).
-    opt_state: Mutex<Option<Tree<Arc<Buffer>>>>,
+    pub(super) opt_state: Mutex<Option<Tree<Arc<Buffer>>>>,
+    /// Data parallelism over a mesh ([`Trainer::data_parallel`]); `None`
+    /// trains on the model's device.
+    pub(super) data_parallel: Option<super::data_parallel::DataParallel>,
     /// Train steps (outputs: each layer's params, each layer's state, the
     /// optimizer state, then the loss and metrics) and eval steps.
     pub(crate) jit: JitCache,
@@ -73,6 +76,7 @@ impl std::fmt::Debug for Trainer {
             .field("model", &self.model.name())
             .field("loss", &self.loss)
             .field("metrics", &self.metrics)
+            .field("data_parallel", &self.data_parallel)
             .finish()
     }
 }
@@ -104,6 +108,7 @@ impl Trainer {
             loss,
             metrics: metrics.to_vec(),
             opt_state: Mutex::new(None),
+            data_parallel: None,
             jit: JitCache::from_env(),
         }
     }
@@ -299,7 +304,11 @@ impl Trainer {
         Ok((comp.with_donors(&donors)?, outputs))
     }
 
-    fn init_opt_state(&self, client: &Client, weights: &[Weights]) -> Result<Tree<Arc<Buffer>>> {
+    pub(super) fn init_opt_state(
+        &self,
+        client: &Client,
+        weights: &[Weights],
+    ) -> Result<Tree<Arc<Buffer>>> {
         let names: Vec<String> = self.model.layers().iter().map(|l| l.name()).collect();
         let specs = Tree::Map(
             names
