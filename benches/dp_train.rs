@@ -27,22 +27,15 @@ use xlayer::sharding::Mesh;
 use xlayer::train::{Adam, FitOptions, Loss, Trainer};
 use xlayer::{Client, DType};
 
-#[path = "common/mlp.rs"]
-mod mlp;
+mod common;
 
-use mlp::{median, mlp_train_layer};
+use common::interleaved::load_average;
+use common::median;
+use common::mlp::mlp_train_layer;
 
 const BATCH: usize = 256;
 const STEPS: usize = 20;
 const ROUNDS: usize = 7;
-
-/// The 1-minute load average (`/proc/loadavg`), if readable.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "unknown".into())
-}
 
 /// The suite's MLP trainer on `client`, data-parallel over the first
 /// `devices` devices of `mesh_client` when given.

@@ -41,12 +41,9 @@ use std::io::{BufRead, Write};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use rand::{Rng, SeedableRng};
 use serde_json::json;
 use xlayer::builder::{jit, nn, Pool, Tree, Value};
-use xlayer::flax::{
-    make_causal_mask, Dense, FlaxLayer, FnModule, LayerNorm, MultiHeadDotProductAttention,
-};
+use xlayer::flax::FlaxLayer;
 use xlayer::layers::{
     Apply, HostArray, Input, Inputs, JaxLayer, Layer, Model, Out, Params, Rng as RngArg,
     Sequential, Training,
@@ -55,11 +52,9 @@ use xlayer::train::{Adam, FitOptions, Loss, Trainer};
 use xlayer::{ArraySpec, Buffer, Client, CompileOptions, DType, Executable, Program};
 
 mod common;
-#[path = "common/mlp.rs"]
-mod mlp;
 
-use common::conv;
-use mlp::{init_from, median, mlp_logits, mlp_shapes, mlp_train_layer};
+use common::mlp::{init_from, mlp_logits, mlp_shapes, mlp_train_layer};
+use common::{block, conv, median, random_params};
 
 /// Every entry, in the order the table lists them.
 const ENTRIES: [&str; 7] = [
@@ -113,27 +108,6 @@ impl Runner {
     }
 }
 
-fn random_params(
-    client: &Client,
-    shapes: &[(&str, Vec<usize>)],
-    seed: u64,
-) -> Result<Tree<Buffer>> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut m = Vec::new();
-    for (name, dims) in shapes {
-        let n: usize = dims.iter().product();
-        let fan_in = dims.iter().rev().skip(1).product::<usize>().max(1) as f32;
-        let data: Vec<f32> = (0..n)
-            .map(|_| rng.random_range(-1.0..1.0) / fan_in.sqrt())
-            .collect();
-        m.push((
-            name.to_string(),
-            Tree::leaf(client.buffer_from_host(&data, dims)?),
-        ));
-    }
-    Ok(Tree::map(m))
-}
-
 fn input(client: &Client, dims: &[usize]) -> Result<Buffer> {
     let n: usize = dims.iter().product();
     let data: Vec<f32> = (0..n)
@@ -183,23 +157,6 @@ fn cnn_shapes() -> Vec<(&'static str, Vec<usize>)> {
     ]
 }
 
-fn block() -> FnModule {
-    FnModule::new("Block").call(|s, x, _| {
-        let x: Value = x.clone().into_leaf()?;
-        let d = x.dims()[2];
-        let ones = x.builder().ones(DType::F32, &x.dims()[..2])?;
-        let mask = make_causal_mask(&ones, DType::F32)?;
-        let h = LayerNorm::new().apply(s, &x)?;
-        let h =
-            MultiHeadDotProductAttention::new(12).apply(s, &h, None, None, Some(&mask), None)?;
-        let x = (&x + &h)?;
-        let h = LayerNorm::new().apply(s, &x)?;
-        let h = nn::gelu(&Dense::new(4 * d).apply(s, &h)?, true)?;
-        let h = Dense::new(d).apply(s, &h)?;
-        Ok(Tree::leaf((x + h)?))
-    })
-}
-
 fn train_data() -> Result<(HostArray, HostArray)> {
     let n = TRAIN_BATCH * TRAIN_STEPS;
     let x: Vec<f32> = (0..n * 784).map(|i| (i % 17) as f32 / 17.0).collect();
@@ -238,7 +195,7 @@ fn build(client: &Client, entry: &str) -> Result<Runner> {
             Runner::Seq(model, input(client, &[batch, 28, 28, 1])?)
         }
         "block_b8x128x768" => Runner::Flax(
-            FlaxLayer::builder(block()).seed(0).build()?,
+            FlaxLayer::builder(block(12)).seed(0).build()?,
             input(client, &[8, 128, 768])?,
         ),
         "matmul_1024" => {

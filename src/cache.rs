@@ -241,12 +241,17 @@ impl CompileCache {
         // A multi-device compile is keyed with its device assignment (the
         // client's first devices when the options name none), which the
         // serialized options carry: the loaded executable runs on exactly
-        // those devices.
+        // those devices. It is also keyed with the options it compiles with
+        // (`Client::effective_compile_options`: XNNPACK off on several CPU
+        // devices), so no entry compiled otherwise is loaded.
         let assigned;
-        let options = if options.device_count() > 1 && options.assignment.is_none() {
-            assigned = options
-                .clone()
-                .device_assignment(&options.resolve_devices(client)?);
+        let options = if options.device_count() > 1 {
+            let mut o = client.effective_compile_options(options)?;
+            if o.assignment.is_none() {
+                let devices = o.resolve_devices(client)?;
+                o = o.device_assignment(&devices);
+            }
+            assigned = o;
             &assigned
         } else {
             options

@@ -1,13 +1,19 @@
 //! Tensor-parallel all-MiniLM-L6-v2 (Megatron style, `models::bert_tp`) on
 //! 2 CPU devices: heads and MLP units split over `model`, one `shard_map`,
 //! compiled once; its sentence embeddings equal single-device MiniLM's.
+//!
+//! The whole model (6 encoder layers, 12 all-reduces) runs with the default
+//! compile options: multi-device CPU compiles turn XNNPACK fusions off,
+//! which deadlocked against the all-reduces on a 2-core machine
+//! (`xlayer::pjrt::multi_device`, docs/sharding.md).
 
 use anyhow::Result;
 use xlayer::models::bert::{checkpoint_names, param_tree, trace_sentence_embedding, BertConfig};
 use xlayer::models::bert_tp::{check_split, param_spec, trace_sentence_embedding_tp};
 use xlayer::models::minilm::{cosine, MiniLm};
 
-const LAYERS: usize = 1;
+/// Encoder layers run: all of MiniLM's.
+const LAYERS: usize = 6;
 use xlayer::sharding::{Array, Mesh, NamedSharding};
 use xlayer::weights::{load_tree, SafetensorsFile};
 use xlayer::{Client, CompileCache, CompileOptions, Error, Program, P};
@@ -43,7 +49,6 @@ fn specs_split_heads_and_mlp_units() {
 }
 
 #[test]
-#[ignore = "the CPU plugin deadlocks in the first all-reduce about 1 run in 3 on a 2-core machine and aborts the process (docs/sharding.md); run with --ignored"]
 fn tensor_parallel_minilm_matches_single_device() -> Result<()> {
     let dir = xla_build::ensure_asset(&xla_build::MINILM)?;
     let cpu = Client::cpu()?;
@@ -54,11 +59,8 @@ fn tensor_parallel_minilm_matches_single_device() -> Result<()> {
         "Rust",
         "A longer sentence, with punctuation; and several clauses, to pad the others.",
     ];
-    // The first LAYERS encoder layers (the whole model: 6).
-    let cfg = BertConfig {
-        num_layers: LAYERS,
-        ..model.config().clone()
-    };
+    let cfg = model.config().clone();
+    assert_eq!(cfg.num_layers, LAYERS);
     let mesh = Mesh::new(&Client::cpu_devices(2)?, &[2], &["model"])?;
     let file = SafetensorsFile::open(dir.join("model.safetensors"))?;
     let wanted = param_tree(&cfg)?;
@@ -123,14 +125,11 @@ fn tensor_parallel_minilm_matches_single_device() -> Result<()> {
     assert!(text.contains("sdy.manual_computation"));
     // Two psums per layer, nothing else crosses devices.
     assert_eq!(text.matches("all_reduce").count(), 2 * LAYERS, "{text}");
-    let exe = mesh.client().compile_with(
-        &Program::mlir_text(text)?,
-        &CompileOptions::new()
-            .spmd(2)
-            // Without it the 2 CPU devices deadlock in the first all-reduce on
-            // a 2-core machine (docs/sharding.md, "Tensor-parallel MiniLM").
-            .xla_flag("xla_cpu_multi_thread_eigen", false),
-    )?;
+    // Default options: the multi-device defaults keep the all-reduces
+    // from deadlocking (no test-only flag).
+    let exe = mesh
+        .client()
+        .compile_with(&Program::mlir_text(text)?, &CompileOptions::new().spmd(2))?;
     let mut args: Vec<&Array> = weights.iter().collect();
     args.extend([&ids, &mask]);
     let out = exe.execute_arrays(&args, &[repl])?;

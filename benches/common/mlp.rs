@@ -1,6 +1,5 @@
 //! The speed suite's MLP (784-512-512-10, relu) and its train-entry
-//! initializers, shared by `benches/suite.rs` and `benches/dp_train.rs`
-//! (`#[path = "common/mlp.rs"] mod mlp;`), and the median both report.
+//! initializers, shared by `benches/suite.rs` and `benches/dp_train.rs`.
 
 use xlayer::builder::{init, nn, random, Tree, Value};
 use xlayer::layers::{Init, Inputs, JaxLayer, Out, Params, Rng};
@@ -61,16 +60,4 @@ pub fn mlp_train_layer() -> xlayer::Result<JaxLayer> {
         .init_fn(|Rng(k): Rng, Inputs(_x): Inputs| init_from(mlp_shapes(), &k))
         .seed(0)
         .build()
-}
-
-/// The median of `v` (the mean of the middle two for an even count).
-pub fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    }
 }

@@ -173,6 +173,24 @@ impl Client {
 
     fn compile_unmapped(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
         let devices = options.resolve_devices(self)?;
+        // Several CPU devices: without XNNPACK fusions, which deadlock
+        // against a blocked all-reduce (`multi_device`); a plugin that does
+        // not know the flag has none.
+        if let Some(adjusted) = options.multi_device_defaults(self, devices.len()) {
+            match self.compile_resolved(program, &adjusted, devices.clone()) {
+                Err(e) if super::multi_device::is_unknown_multi_device_flag(&e) => {}
+                done => return done,
+            }
+        }
+        self.compile_resolved(program, options, devices)
+    }
+
+    fn compile_resolved(
+        &self,
+        program: &Program,
+        options: &CompileOptions,
+        devices: Vec<Device>,
+    ) -> Result<Executable> {
         if program.device_count() > 1 && devices.len() != program.device_count() {
             return Err(Error::DeviceCount {
                 what: format!(

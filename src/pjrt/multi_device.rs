@@ -8,12 +8,29 @@
 //! plugin would trip on is checked here first: the number of argument
 //! lists, then for each device the argument count, every argument's dtype
 //! and shard shape, its client, and that it lives on that device.
+//!
+//! **Collectives on the CPU plugin.** A program spanning several CPU
+//! devices runs one thread per device, and its thunks continue on the
+//! client's intra-op thread pool (as many threads as cores, at least one
+//! per device). An all-reduce blocks its thread until every device has
+//! arrived. XNNPACK fusions (`xla_cpu_use_xnnpack`, on by default in the
+//! pinned plugin) wait on that same pool for their own parallel loops:
+//! when one device's all-reduce holds one thread and the other device's
+//! XNNPACK fusion holds the last one, neither moves, and after 40 s XLA
+//! aborts the process ("Expected 2 threads to join the rendezvous, but
+//! only 1 of them arrived"). This happened on a 2-core machine in every
+//! run of 6-layer tensor-parallel MiniLM over 2 devices (thread dumps in
+//! `docs/sharding.md`). So compiles for more than one device on a CPU
+//! client set `xla_cpu_use_xnnpack = false` unless the options set it
+//! ([`MULTI_DEVICE_CPU_FLAG`]); single-device compiles keep the plugin's
+//! default.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, Weak};
 
 use super::buffer::Buffer;
 use super::client::{Client, ClientInner, ClientOptions};
+use super::compile_options::CompileOptions;
 use super::executable::{Arg, Executable};
 use super::plugin::{pjrt_call, Args, Plugin};
 use super::sys;
@@ -65,6 +82,59 @@ impl Client {
         *slot = std::sync::Arc::downgrade(&client.inner);
         Ok(client)
     }
+}
+
+/// The XLA flag set to `false` by default when a program is compiled for
+/// more than one device of a CPU client: XNNPACK fusions wait on the
+/// thread pool that a blocked all-reduce holds, which deadlocks the
+/// devices (see the module documentation). Setting it in
+/// [`CompileOptions::xla_flag`] overrides the default.
+pub const MULTI_DEVICE_CPU_FLAG: &str = "xla_cpu_use_xnnpack";
+
+impl CompileOptions {
+    /// The options a compile for `devices` devices of `client` runs with,
+    /// when they differ from `self`: for more than one device of a CPU
+    /// client, [`MULTI_DEVICE_CPU_FLAG`] off unless `self` sets it.
+    pub(crate) fn multi_device_defaults(
+        &self,
+        client: &Client,
+        devices: usize,
+    ) -> Option<CompileOptions> {
+        let cpu = client.platform_name().eq_ignore_ascii_case("cpu");
+        (devices > 1 && cpu && !self.flags().contains_key(MULTI_DEVICE_CPU_FLAG))
+            .then(|| self.clone().xla_flag(MULTI_DEVICE_CPU_FLAG, false))
+    }
+}
+
+impl Client {
+    /// The options a compile with `options` on this client runs with:
+    /// `options` plus the multi-device defaults (for more than one device
+    /// of a CPU client, [`MULTI_DEVICE_CPU_FLAG`] off unless `options`
+    /// set it).
+    ///
+    /// Errors: those of [`CompileOptions::resolve_devices`].
+    ///
+    /// ```no_run
+    /// use xlayer::{pjrt::multi_device::MULTI_DEVICE_CPU_FLAG, Client, CompileOptions};
+    /// let client = Client::cpu_devices(2)?;
+    /// let opts = client.effective_compile_options(&CompileOptions::new().spmd(2))?;
+    /// assert_eq!(opts.flags()[MULTI_DEVICE_CPU_FLAG], false.into());
+    /// # Ok::<(), xlayer::Error>(())
+    /// ```
+    pub fn effective_compile_options(&self, options: &CompileOptions) -> Result<CompileOptions> {
+        let devices = options.resolve_devices(self)?.len();
+        Ok(options
+            .multi_device_defaults(self, devices)
+            .unwrap_or_else(|| options.clone()))
+    }
+}
+
+/// Whether `e` is the compiler refusing [`MULTI_DEVICE_CPU_FLAG`] as an
+/// unknown option (a CPU plugin older than the flag, which has no XNNPACK
+/// fusions to turn off).
+pub(crate) fn is_unknown_multi_device_flag(e: &Error) -> bool {
+    matches!(e, Error::Pjrt { message, .. }
+        if message.contains(&format!("No such compile option: '{MULTI_DEVICE_CPU_FLAG}'")))
 }
 
 /// The outputs of one multi-device run: for each device (in
