@@ -41,12 +41,9 @@ use std::io::{BufRead, Write};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use rand::{Rng, SeedableRng};
 use serde_json::json;
 use xlayer::builder::{init, jit, nn, random, Pool, Tree, Value};
-use xlayer::flax::{
-    make_causal_mask, Dense, FlaxLayer, FnModule, LayerNorm, MultiHeadDotProductAttention,
-};
+use xlayer::flax::FlaxLayer;
 use xlayer::layers::{
     Apply, HostArray, Init, Input, Inputs, JaxLayer, Layer, Model, Out, Params, Rng as RngArg,
     Sequential, Training,
@@ -56,7 +53,7 @@ use xlayer::{ArraySpec, Buffer, Client, CompileOptions, DType, Executable, Progr
 
 mod common;
 
-use common::conv;
+use common::{block, conv, median, random_params};
 
 /// Every entry, in the order the table lists them.
 const ENTRIES: [&str; 7] = [
@@ -108,38 +105,6 @@ impl Runner {
         }
         Ok(start.elapsed().as_secs_f64() * 1e3)
     }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    }
-}
-
-fn random_params(
-    client: &Client,
-    shapes: &[(&str, Vec<usize>)],
-    seed: u64,
-) -> Result<Tree<Buffer>> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut m = Vec::new();
-    for (name, dims) in shapes {
-        let n: usize = dims.iter().product();
-        let fan_in = dims.iter().rev().skip(1).product::<usize>().max(1) as f32;
-        let data: Vec<f32> = (0..n)
-            .map(|_| rng.random_range(-1.0..1.0) / fan_in.sqrt())
-            .collect();
-        m.push((
-            name.to_string(),
-            Tree::leaf(client.buffer_from_host(&data, dims)?),
-        ));
-    }
-    Ok(Tree::map(m))
 }
 
 fn input(client: &Client, dims: &[usize]) -> Result<Buffer> {
@@ -236,23 +201,6 @@ fn init_from(shapes: Vec<(&'static str, Vec<usize>)>, key: &Value) -> xlayer::Re
     Ok(Init(Tree::map(m)))
 }
 
-fn block() -> FnModule {
-    FnModule::new("Block").call(|s, x, _| {
-        let x: Value = x.clone().into_leaf()?;
-        let d = x.dims()[2];
-        let ones = x.builder().ones(DType::F32, &x.dims()[..2])?;
-        let mask = make_causal_mask(&ones, DType::F32)?;
-        let h = LayerNorm::new().apply(s, &x)?;
-        let h =
-            MultiHeadDotProductAttention::new(12).apply(s, &h, None, None, Some(&mask), None)?;
-        let x = (&x + &h)?;
-        let h = LayerNorm::new().apply(s, &x)?;
-        let h = nn::gelu(&Dense::new(4 * d).apply(s, &h)?, true)?;
-        let h = Dense::new(d).apply(s, &h)?;
-        Ok(Tree::leaf((x + h)?))
-    })
-}
-
 fn train_data() -> Result<(HostArray, HostArray)> {
     let n = TRAIN_BATCH * TRAIN_STEPS;
     let x: Vec<f32> = (0..n * 784).map(|i| (i % 17) as f32 / 17.0).collect();
@@ -291,7 +239,7 @@ fn build(client: &Client, entry: &str) -> Result<Runner> {
             Runner::Seq(model, input(client, &[batch, 28, 28, 1])?)
         }
         "block_b8x128x768" => Runner::Flax(
-            FlaxLayer::builder(block()).seed(0).build()?,
+            FlaxLayer::builder(block(12)).seed(0).build()?,
             input(client, &[8, 128, 768])?,
         ),
         "matmul_1024" => {

@@ -52,3 +52,4 @@ pub mod mapped;
 pub mod multi_device;
 pub mod plugin;
 pub mod precheck;
+pub mod upload;
