@@ -8,11 +8,15 @@
 //! prints the ratio xlayer / raw. The goal (issue #2) is a ratio <= 1.15.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use xlayer::pjrt::bench_support::RawDispatch;
 use xlayer::{Client, ClientOptions, Plugin, Program};
+
+mod common;
+
+use common::{interleaved, mean_ns, median, spread};
 
 /// The StableHLO text JAX 0.10.2 emits for `jax.jit(f)` (facts file).
 const PROGRAM: &str = r#"module @jit_f attributes {mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32} {
@@ -34,19 +38,6 @@ const B: [f32; 12] = [1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0
 /// the median of the per-round ratios stays put.
 const CALLS: u32 = 5_000;
 const ROUNDS: usize = 41;
-
-fn mean_ns(calls: u32, mut f: impl FnMut()) -> f64 {
-    let start = Instant::now();
-    for _ in 0..calls {
-        f();
-    }
-    start.elapsed().as_nanos() as f64 / calls as f64
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn dispatch(c: &mut Criterion) {
     let path = xla_build::ensure(xla_build::Target::Cpu).expect("CPU plugin");
@@ -79,37 +70,34 @@ fn dispatch(c: &mut Criterion) {
     g.bench_function("xlayer", |bench| bench.iter(xlayer_call));
     g.finish();
 
-    let (mut raws, mut xlayers, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let r = mean_ns(CALLS, raw_call);
-        let x = mean_ns(CALLS, xlayer_call);
-        raws.push(r);
-        xlayers.push(x);
-        ratios.push(x / r);
-    }
-    let spread = |v: &[f64]| {
-        v.iter().copied().fold(f64::INFINITY, f64::min)..v.iter().copied().fold(0.0, f64::max)
-    };
-    let (r, x) = (spread(&raws), spread(&xlayers));
+    let times = interleaved(
+        ROUNDS,
+        &mut [&mut || mean_ns(CALLS, raw_call), &mut || {
+            mean_ns(CALLS, xlayer_call)
+        }],
+    );
+    let (raws, xlayers) = (&times[0], &times[1]);
+    let ratios: Vec<f64> = raws.iter().zip(xlayers).map(|(r, x)| x / r).collect();
+    let (r, x) = (spread(raws), spread(xlayers));
     println!("\ninterleaved: {ROUNDS} rounds x {CALLS} calls each, mean per call, median of rounds [min .. max]");
     println!(
         "  raw C API (floor)  {:7.3} us  [{:.3} .. {:.3}]",
         median(raws.clone()) / 1e3,
-        r.start / 1e3,
-        r.end / 1e3
+        r.0 / 1e3,
+        r.1 / 1e3
     );
     println!(
         "  xlayer execute     {:7.3} us  [{:.3} .. {:.3}]",
         median(xlayers.clone()) / 1e3,
-        x.start / 1e3,
-        x.end / 1e3
+        x.0 / 1e3,
+        x.1 / 1e3
     );
     let q = spread(&ratios);
     println!(
         "  ratio xlayer/raw   {:7.3}     [{:.3} .. {:.3}]  (goal <= 1.15)",
         median(ratios),
-        q.start,
-        q.end
+        q.0,
+        q.1
     );
 }
 

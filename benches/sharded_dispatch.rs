@@ -14,9 +14,12 @@
 //! `cargo bench --bench sharded_dispatch`
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use xlayer::{Buffer, Client, CompileOptions, Program};
+
+mod common;
+
+use common::{interleaved, load_average, mean_ns, median, spread};
 
 const SINGLE: &str = r#"module @jit_f attributes {mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32} {
   func.func public @main(%arg0: tensor<2x3xf32>, %arg1: tensor<3x4xf32>) -> (tensor<2x4xf32>) {
@@ -49,22 +52,8 @@ fn sharded(n: usize) -> String {
 const CALLS: u32 = 2_000;
 const ROUNDS: usize = 31;
 
-fn mean_ns(calls: u32, mut f: impl FnMut()) -> f64 {
-    let start = Instant::now();
-    for _ in 0..calls {
-        f();
-    }
-    start.elapsed().as_nanos() as f64 / calls as f64
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("load average at start: {}", load.trim());
+    println!("load average at start: {}", load_average());
     let client = Client::cpu_devices(4).expect("4 CPU devices");
     let single = client
         .compile(&Program::mlir_text(SINGLE).expect("program"))
@@ -108,24 +97,28 @@ fn main() {
                 exe.execute_sharded(black_box(&lists)).expect("run"),
             ))
         };
-        let (mut s1, mut sn, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            let t1 = mean_ns(CALLS, single_call);
-            let tn = mean_ns(CALLS, sharded_call);
-            s1.push(t1);
-            sn.push(tn);
-            ratios.push(tn / (n as f64 * t1));
-        }
+        let times = interleaved(
+            ROUNDS,
+            &mut [&mut || mean_ns(CALLS, single_call), &mut || {
+                mean_ns(CALLS, sharded_call)
+            }],
+        );
+        let (s1, sn) = (&times[0], &times[1]);
+        let ratios: Vec<f64> = s1
+            .iter()
+            .zip(sn)
+            .map(|(t1, tn)| tn / (n as f64 * t1))
+            .collect();
+        let (lo, hi) = spread(&ratios);
         println!(
             "N={n}: single-device {:.3} us, sharded over {n} {:.3} us, per device {:.3} us; ratio per device {:.3} [min {:.3} max {:.3}] (goal <= 1.2)",
             median(s1.clone()) / 1e3,
             median(sn.clone()) / 1e3,
             median(sn.clone()) / 1e3 / n as f64,
             median(ratios.clone()),
-            ratios.iter().copied().fold(f64::INFINITY, f64::min),
-            ratios.iter().copied().fold(0.0, f64::max),
+            lo,
+            hi,
         );
     }
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("load average at end: {}", load.trim());
+    println!("load average at end: {}", load_average());
 }
