@@ -15,8 +15,7 @@ use xlayer::pjrt::bench_support::RawDispatch;
 use xlayer::{Client, ClientOptions, Plugin, Program};
 
 mod common;
-
-use common::{interleaved, mean_ns, median, spread};
+use common::interleaved::{line_ratio, line_us, ratios, rounds};
 
 /// The StableHLO text JAX 0.10.2 emits for `jax.jit(f)` (facts file).
 const PROGRAM: &str = r#"module @jit_f attributes {mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32} {
@@ -70,34 +69,19 @@ fn dispatch(c: &mut Criterion) {
     g.bench_function("xlayer", |bench| bench.iter(xlayer_call));
     g.finish();
 
-    let times = interleaved(
-        ROUNDS,
-        &mut [&mut || mean_ns(CALLS, raw_call), &mut || {
-            mean_ns(CALLS, xlayer_call)
-        }],
-    );
-    let (raws, xlayers) = (&times[0], &times[1]);
-    let ratios: Vec<f64> = raws.iter().zip(xlayers).map(|(r, x)| x / r).collect();
-    let (r, x) = (spread(raws), spread(xlayers));
+    let mut raw_call = raw_call;
+    let mut xlayer_call = xlayer_call;
+    let t = rounds(ROUNDS, CALLS, &mut [&mut raw_call, &mut xlayer_call]);
     println!("\ninterleaved: {ROUNDS} rounds x {CALLS} calls each, mean per call, median of rounds [min .. max]");
+    println!("{}", line_us("raw C API (floor)", &t[0]));
+    println!("{}", line_us("xlayer execute", &t[1]));
     println!(
-        "  raw C API (floor)  {:7.3} us  [{:.3} .. {:.3}]",
-        median(raws.clone()) / 1e3,
-        r.0 / 1e3,
-        r.1 / 1e3
-    );
-    println!(
-        "  xlayer execute     {:7.3} us  [{:.3} .. {:.3}]",
-        median(xlayers.clone()) / 1e3,
-        x.0 / 1e3,
-        x.1 / 1e3
-    );
-    let q = spread(&ratios);
-    println!(
-        "  ratio xlayer/raw   {:7.3}     [{:.3} .. {:.3}]  (goal <= 1.15)",
-        median(ratios),
-        q.0,
-        q.1
+        "{}",
+        line_ratio(
+            "ratio xlayer/raw",
+            &ratios(&t[1], &t[0], 1.0),
+            "(goal <= 1.15)"
+        )
     );
 }
 

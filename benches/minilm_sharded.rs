@@ -30,7 +30,7 @@ use xlayer::{Buffer, Client, CompileOptions, Program, P};
 
 mod common;
 
-use common::{interleaved, load_average, median, seconds, spread};
+use common::interleaved::{load_average, median, ratios, rounds, spread};
 
 const BATCH: usize = 32;
 
@@ -133,7 +133,7 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
-    let rounds: usize = std::env::var("MINILM_SHARDED_ROUNDS")
+    let n_rounds: usize = std::env::var("MINILM_SHARDED_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(9);
@@ -237,43 +237,43 @@ fn main() -> Result<()> {
             }
         }
 
-        let mut cases: Vec<Box<dyn FnMut() -> f64 + '_>> = vec![
-            Box::new(|| seconds(|| run_single().map(drop))),
-            Box::new(|| seconds(|| run_single_no_xnn().map(drop))),
+        // One run per call and round; a failed run ends the benchmark.
+        let mut calls: Vec<Box<dyn FnMut() + '_>> = vec![
+            Box::new(|| drop(run_single().expect("single device"))),
+            Box::new(|| drop(run_single_no_xnn().expect("single device, XNNPACK off"))),
         ];
         for s in &layouts {
-            cases.push(Box::new(move || seconds(|| run(s).map(drop))));
+            calls.push(Box::new(move || drop(run(s).expect(s.name))));
         }
-        let mut refs: Vec<&mut dyn FnMut() -> f64> =
-            cases.iter_mut().map(|c| c.as_mut() as _).collect();
-        let times = interleaved(rounds, &mut refs);
+        let mut refs: Vec<&mut dyn FnMut()> = calls.iter_mut().map(|c| c.as_mut() as _).collect();
+        let times = rounds(n_rounds, 1, &mut refs);
         println!(
-            "\nMiniLM b{BATCH} x {seq} tokens ({case}), {rounds} interleaved rounds, load {}:",
+            "\nMiniLM b{BATCH} x {seq} tokens ({case}), {n_rounds} interleaved rounds, load {}:",
             load_average()
         );
         println!("| layout | devices | median ms | t(1 device) / t(layout) [min .. max] |");
         println!("|---|---|---|---|");
         println!(
             "| single device (anchor) | 1 | {:.1} | 1 |",
-            median(times[0].clone()) * 1e3
+            median(&times[0]) / 1e6
         );
-        let no_xnn: Vec<f64> = times[0].iter().zip(&times[1]).map(|(a, b)| a / b).collect();
+        let no_xnn = ratios(&times[0], &times[1], 1.0);
         let (lo, hi) = spread(&no_xnn);
         println!(
             "| single device, XNNPACK off | 1 | {:.1} | {:.2} [{lo:.2} .. {hi:.2}] |",
-            median(times[1].clone()) * 1e3,
-            median(no_xnn.clone()),
+            median(&times[1]) / 1e6,
+            median(&no_xnn),
         );
         for (k, (s, l)) in layouts.iter().zip(&LAYOUTS).enumerate() {
             let t = &times[k + 2];
-            let ratios: Vec<f64> = times[0].iter().zip(t).map(|(a, b)| a / b).collect();
-            let (lo, hi) = spread(&ratios);
+            let r = ratios(&times[0], t, 1.0);
+            let (lo, hi) = spread(&r);
             println!(
                 "| {} | {} | {:.1} | {:.2} [{lo:.2} .. {hi:.2}] |",
                 s.name,
                 l.shape.iter().product::<usize>(),
-                median(t.clone()) * 1e3,
-                median(ratios.clone()),
+                median(t) / 1e6,
+                median(&r),
             );
         }
         if case == "short" {

@@ -1,25 +1,31 @@
 //! Dispatch of a sharded execute next to a single-device one, per device
-//! (issue #13; goal <= 1.2x per device).
+//! (issue #13; goal <= 1.2x per device), each next to its floor.
 //!
 //! Single: `f(a, b) = a @ b + 1` with a: f32[2,3], b: f32[3,4] on one device.
 //! Sharded: the same per-device work as one SPMD program over N devices
 //! (a: f32[2N,3] split over mesh axis `d`, b replicated), run with
 //! `Executable::execute_sharded` (every argument of every device checked in
-//! Rust, one `PJRT_LoadedExecutable_Execute` for all devices). Measured
-//! interleaved (rounds of single then sharded), outputs dropped (async
-//! dispatch, as `benches/dispatch.rs`). The ratio printed is
-//! `t(sharded over N) / (N * t(single))`: the cost per device of a sharded
-//! dispatch against a single-device dispatch.
+//! Rust, one `PJRT_LoadedExecutable_Execute` for all devices). Each is also
+//! run straight through the plugin's C table (`RawDispatch`,
+//! `RawShardedDispatch`: the plugin's own cost, nothing of xlayer's).
+//! Measured interleaved (rounds of the four calls), outputs dropped (async
+//! dispatch, as `benches/dispatch.rs`). Printed ratios, medians of per-round
+//! ratios:
+//! - `per device, xlayer`: `t(sharded over N) / (N * t(single))`, the
+//!   issue's figure;
+//! - `per device, C floor`: the same for the raw calls: what the plugin
+//!   itself costs per device of a multi-device execute;
+//! - `xlayer/floor, sharded`: xlayer's own overhead on a sharded execute.
 //!
 //! `cargo bench --bench sharded_dispatch`
 
 use std::hint::black_box;
 
+use xlayer::pjrt::bench_support::{RawDispatch, RawShardedDispatch};
 use xlayer::{Buffer, Client, CompileOptions, Program};
 
 mod common;
-
-use common::{interleaved, load_average, mean_ns, median, spread};
+use common::interleaved::{line_ratio, line_us, load_average, ratios, rounds};
 
 const SINGLE: &str = r#"module @jit_f attributes {mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32} {
   func.func public @main(%arg0: tensor<2x3xf32>, %arg1: tensor<3x4xf32>) -> (tensor<2x4xf32>) {
@@ -60,11 +66,13 @@ fn main() {
         .expect("compile");
     let a = client.buffer_from_host(&[1f32; 6], &[2, 3]).expect("a");
     let b = client.buffer_from_host(&[1f32; 12], &[3, 4]).expect("b");
-    let single_call = || {
+    let mut single_call = || {
         drop(black_box(
             single.execute(black_box(&[&a, &b])).expect("run"),
         ))
     };
+    let raw_single = RawDispatch::new(&single, &[&a, &b]).expect("raw single");
+    let mut raw_single_call = || raw_single.execute_and_drop().expect("raw run");
     for n in [2usize, 4] {
         let exe = client
             .compile_with(
@@ -86,38 +94,64 @@ fn main() {
                 )
             })
             .collect();
-        let lists: Vec<[&Buffer; 2]> = shards.iter().map(|(x, y)| [x, y]).collect();
+        let lists: Vec<Vec<&Buffer>> = shards.iter().map(|(x, y)| vec![x, y]).collect();
         let out = exe.execute_sharded(&lists).expect("run sharded");
         assert_eq!(
             out.device(n - 1)[0].to_vec::<f32>().expect("read"),
             vec![4.0; 8]
         );
-        let sharded_call = || {
+        let mut sharded_call = || {
             drop(black_box(
                 exe.execute_sharded(black_box(&lists)).expect("run"),
             ))
         };
-        let times = interleaved(
+        let raw_sharded = RawShardedDispatch::new(&exe, &lists).expect("raw sharded");
+        let mut raw_sharded_call = || raw_sharded.execute_and_drop().expect("raw run");
+        let t = rounds(
             ROUNDS,
-            &mut [&mut || mean_ns(CALLS, single_call), &mut || {
-                mean_ns(CALLS, sharded_call)
-            }],
+            CALLS,
+            &mut [
+                &mut single_call,
+                &mut sharded_call,
+                &mut raw_single_call,
+                &mut raw_sharded_call,
+            ],
         );
-        let (s1, sn) = (&times[0], &times[1]);
-        let ratios: Vec<f64> = s1
-            .iter()
-            .zip(sn)
-            .map(|(t1, tn)| tn / (n as f64 * t1))
-            .collect();
-        let (lo, hi) = spread(&ratios);
+        let nf = n as f64;
         println!(
-            "N={n}: single-device {:.3} us, sharded over {n} {:.3} us, per device {:.3} us; ratio per device {:.3} [min {:.3} max {:.3}] (goal <= 1.2)",
-            median(s1.clone()) / 1e3,
-            median(sn.clone()) / 1e3,
-            median(sn.clone()) / 1e3 / n as f64,
-            median(ratios.clone()),
-            lo,
-            hi,
+            "N={n}: {ROUNDS} rounds x {CALLS} calls, mean per call, median of rounds [min .. max]"
+        );
+        println!("{}", line_us("single-device, xlayer", &t[0]));
+        println!("{}", line_us(&format!("sharded over {n}, xlayer"), &t[1]));
+        println!("{}", line_us("single-device, C floor", &t[2]));
+        println!("{}", line_us(&format!("sharded over {n}, C floor"), &t[3]));
+        println!(
+            "{}",
+            line_ratio(
+                "per device, xlayer",
+                &ratios(&t[1], &t[0], nf),
+                "(goal <= 1.2)"
+            )
+        );
+        println!(
+            "{}",
+            line_ratio(
+                "per device, C floor",
+                &ratios(&t[3], &t[2], nf),
+                "(the plugin's own)"
+            )
+        );
+        println!(
+            "{}",
+            line_ratio(
+                "xlayer/floor, sharded",
+                &ratios(&t[1], &t[3], 1.0),
+                "(xlayer's overhead)"
+            )
+        );
+        println!(
+            "{}",
+            line_ratio("xlayer/floor, single", &ratios(&t[0], &t[2], 1.0), "")
         );
     }
     println!("load average at end: {}", load_average());

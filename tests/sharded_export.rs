@@ -173,6 +173,18 @@ fn xlayer_devices_and_doctor_show_the_devices() -> Result<()> {
         text.lines().nth(2).is_some_and(|l| l.starts_with("2\t")),
         "{text}"
     );
+    // Without --cpu-count: one CPU device, as `Client::cpu()` and JAX.
+    let out = Command::new(env!("CARGO_BIN_EXE_xlayer"))
+        .arg("devices")
+        .env_remove("XLAYER_PJRT_PLUGIN")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    assert_eq!(text.lines().count(), 1, "{text}");
     let out = Command::new(env!("CARGO_BIN_EXE_xlayer"))
         .arg("doctor")
         .output()?;
@@ -186,6 +198,7 @@ fn xlayer_devices_and_doctor_show_the_devices() -> Result<()> {
         text.contains("cpu_device_count") && text.contains("Client::cpu_devices(n)"),
         "{text}"
     );
+    assert!(text.contains("devices:      1 "), "{text}");
     let out = Command::new(env!("CARGO_BIN_EXE_xlayer"))
         .args(["devices", "--cpu-count", "0"])
         .output()?;

@@ -1,10 +1,13 @@
-//! Helpers shared by the benchmarks (`mod common;`): the benchmarks' CNN
-//! convolution, and the interleaved timing loop (each bench uses part).
+//! Helpers shared by the benchmarks (`mod common;`). Each bench uses some
+//! of them, hence `dead_code` is allowed here.
 #![allow(dead_code)]
 
-use std::time::Instant;
+pub mod interleaved;
+pub mod mlp;
 
-use xlayer::builder::{ConvAttrs, ConvDims, Value};
+use xlayer::builder::{nn, ConvAttrs, ConvDims, Tree, Value};
+use xlayer::flax::{make_causal_mask, Dense, FnModule, LayerNorm, MultiHeadDotProductAttention};
+use xlayer::{Buffer, Client, DType};
 
 /// A 3×3 NHWC convolution, stride 1, padding 1 ("same"), plus bias `b`:
 /// the conv of the benchmarks' Flax-style CNN.
@@ -13,55 +16,60 @@ pub fn conv(x: &Value, k: &Value, b: &Value) -> xlayer::Result<Value> {
     x.conv_general(k, &attrs)? + b
 }
 
-/// Mean time of one call of `f` over `calls` calls, in nanoseconds.
-pub fn mean_ns(calls: u32, mut f: impl FnMut()) -> f64 {
-    let start = Instant::now();
-    for _ in 0..calls {
-        f();
+/// The median of `v` (the mean of the middle two for an even count; NaN
+/// for an empty `v`).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[m],
+        _ => (s[m - 1] + s[m]) / 2.0,
     }
-    start.elapsed().as_nanos() as f64 / calls as f64
 }
 
-/// Seconds one call of `f` takes (its errors end the benchmark).
-pub fn seconds<E: std::fmt::Debug>(mut f: impl FnMut() -> Result<(), E>) -> f64 {
-    let start = Instant::now();
-    f().expect("a timed run failed");
-    start.elapsed().as_secs_f64()
-}
-
-/// The median of `v` (the upper one for an even count).
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// The smallest and largest of `v`.
-pub fn spread(v: &[f64]) -> (f64, f64) {
-    v.iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
-            (lo.min(x), hi.max(x))
-        })
-}
-
-/// Measures `cases` interleaved: `rounds` rounds, each running every case
-/// once in order (a case returns its own measurement, e.g. a
-/// [`mean_ns`]), so that a burst of load from a neighbour on a shared
-/// machine spoils a round of every case rather than one case. Returns each
-/// case's measurements, one per round; compare cases by the median of
-/// their per-round ratios.
-pub fn interleaved(rounds: usize, cases: &mut [&mut dyn FnMut() -> f64]) -> Vec<Vec<f64>> {
-    let mut out = vec![Vec::with_capacity(rounds); cases.len()];
-    for _ in 0..rounds {
-        for (case, times) in cases.iter_mut().zip(&mut out) {
-            times.push(case());
-        }
+/// A map of named f32 parameters on the device, uniform in
+/// `±1/sqrt(fan_in)` (fan-in: the product of all dimensions but the last)
+/// from a seeded generator.
+pub fn random_params(
+    client: &Client,
+    shapes: &[(&str, Vec<usize>)],
+    seed: u64,
+) -> xlayer::Result<Tree<Buffer>> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut m = Vec::new();
+    for (name, dims) in shapes {
+        let n: usize = dims.iter().product();
+        let fan_in = dims.iter().rev().skip(1).product::<usize>().max(1) as f32;
+        let data: Vec<f32> = (0..n)
+            .map(|_| rng.random_range(-1.0..1.0) / fan_in.sqrt())
+            .collect();
+        m.push((
+            name.to_string(),
+            Tree::leaf(client.buffer_from_host(&data, dims)?),
+        ));
     }
-    out
+    Ok(Tree::Map(m.into_iter().collect()))
 }
 
-/// The 1-, 5- and 15-minute load averages (`/proc/loadavg`), or `?`.
-pub fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
+/// A pre-LayerNorm transformer block as a Flax module: causal
+/// self-attention with `heads` heads, then Dense 4·d + gelu (tanh) and
+/// Dense d, each with a residual connection (the JAX side's `Block`).
+pub fn block(heads: usize) -> FnModule {
+    FnModule::new("Block").call(move |s, x, _| {
+        let x: Value = x.clone().into_leaf()?;
+        let d = x.dims()[2];
+        let ones = x.builder().ones(DType::F32, &x.dims()[..2])?;
+        let mask = make_causal_mask(&ones, DType::F32)?;
+        let h = LayerNorm::new().apply(s, &x)?;
+        let h =
+            MultiHeadDotProductAttention::new(heads).apply(s, &h, None, None, Some(&mask), None)?;
+        let x = (&x + &h)?;
+        let h = LayerNorm::new().apply(s, &x)?;
+        let h = nn::gelu(&Dense::new(4 * d).apply(s, &h)?, true)?;
+        let h = Dense::new(d).apply(s, &h)?;
+        Ok(Tree::leaf((x + h)?))
+    })
 }

@@ -114,7 +114,7 @@ def run_xlayer(gguf_dir):
     # alone (the plugin's floor), then with the weights loaded.
     mem = {k: float(re.search(r"memory " + k + r": RSS (\d+) MiB", out.stderr)[1])
            for k in ["with the client only", "after loading"]}
-    temps = re.findall(r"program of (\d+) token\(s\): temp ([\d.]+) MiB", out.stderr)
+    temps = re.findall(r"program of (\d+) token\(s\), KV cache \d+: temp ([\d.]+) MiB", out.stderr)
     return {"ttft_s": ttft_ms / 1e3, "prefill_tok_s": n_prompt / (ttft_ms / 1e3),
             "decode_tok_s": dec, "new_tokens": n_new, "prompt_tokens": n_prompt, "rss_mb": rss,
             "client_only_rss_mb": mem["with the client only"],

@@ -16,7 +16,7 @@
 //! (`x[2i]`, `x[2i+1]`), which is what [`rope`] applies.
 
 use crate::builder::{nn, Value, VarBuilder};
-use crate::dtype::DType;
+use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, GgufProblem};
 
@@ -180,15 +180,29 @@ fn rope(x: &Value, cos: &Value, sin: &Value) -> Result<Value> {
     Value::concatenate(&[ra, rb], 3)?.reshape(&[s, h, d])
 }
 
+/// The specs of one layer's key and value caches for `capacity` tokens:
+/// `f32[kv_heads, head_dim, capacity]` and `f32[kv_heads, capacity,
+/// head_dim]`.
+pub fn cache_specs(cfg: &LlamaConfig, capacity: usize) -> (ArraySpec, ArraySpec) {
+    let (kv, d) = (cfg.kv_heads, cfg.head_dim);
+    (
+        ArraySpec::new(DType::F32, vec![kv, d, capacity]),
+        ArraySpec::new(DType::F32, vec![kv, capacity, d]),
+    )
+}
+
 /// The decoder over `ids: i32[S]` at positions `start + 0 .. S` (`start`:
 /// `i32[]`), the first `n` (`i32[]`) real, with its weights bound by their
 /// GGUF names under `vb` (`token_embd.weight`, `blk.{i}.attn_q.weight`, ...;
 /// see [`super::qweight::DeviceWeights::declare`]). `cache` holds each
-/// layer's key and value cache, `f32[capacity, kv_heads, head_dim]` each,
-/// updated at `start`: one pair of arrays per layer, so that each update is
-/// done in place on its own buffer (with one array for all layers, XLA
-/// copied the whole cache at every layer's update, which made a decode step
-/// grow with the capacity). Returns the logits at position `start + n - 1`
+/// layer's key cache, `f32[kv_heads, head_dim, capacity]`, and value cache,
+/// `f32[kv_heads, capacity, head_dim]` (see [`cache_specs`]), updated at
+/// `start`: one pair of arrays per layer, so that each update is done in
+/// place on its own buffer (with one array for all layers, XLA copied the
+/// whole cache at every layer's update, which made a decode step grow with
+/// the capacity), each laid out as the attention's batched products read
+/// it (with `[capacity, kv_heads, head_dim]` for both, XLA transposed both
+/// whole caches into new arrays at every step). Returns the logits at position `start + n - 1`
 /// (`f32[vocab]`) and the updated caches. The caller keeps `start + S <=
 /// capacity`.
 ///
@@ -213,7 +227,7 @@ pub fn forward(
     let b = ids.builder().clone();
     let s = ids.dims()[0];
     let (h, nh, nkv, dh) = (cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim);
-    let cap = cache[0].0.dims()[0];
+    let cap = cache[0].1.dims()[1];
     let rep = nh / nkv;
     let pos = (b.iota(DType::I32, &[s], 0)? + start)?;
     // Rotary angles: pos * theta^(-2i/d), as f32.
@@ -245,13 +259,18 @@ pub fn forward(
         let v = qweight::linear(&wl.pp("attn_v"), &xn, nkv * dh)?.reshape(&[s, nkv, dh])?;
         let q = (rope(&q, &cos, &sin)? * scale)?;
         let k = rope(&k, &cos, &sin)?;
-        let at = [start.clone(), zero_i.clone(), zero_i.clone()];
-        let kl = k_cache.dynamic_update_slice(&k, &at)?;
-        let vl = v_cache.dynamic_update_slice(&v, &at)?;
+        let kl = k_cache.dynamic_update_slice(
+            &k.transpose(&[1, 2, 0])?,
+            &[zero_i.clone(), zero_i.clone(), start.clone()],
+        )?;
+        let vl = v_cache.dynamic_update_slice(
+            &v.transpose(&[1, 0, 2])?,
+            &[zero_i.clone(), start.clone(), zero_i.clone()],
+        )?;
         let qg = q.reshape(&[s, nkv, rep, dh])?;
-        let scores = Value::einsum("sgrd,cgd->grsc", &qg, &kl)?;
+        let scores = Value::einsum("sgrd,gdc->grsc", &qg, &kl)?;
         let probs = nn::softmax(&(scores + &mask_bias)?, 3)?;
-        let ctx = Value::einsum("grsc,cgd->sgrd", &probs, &vl)?.reshape(&[s, h])?;
+        let ctx = Value::einsum("grsc,gcd->sgrd", &probs, &vl)?.reshape(&[s, h])?;
         updated.push((kl, vl));
         x = (x + qweight::linear(&wl.pp("attn_output"), &ctx, h)?)?;
         let xn = rms_norm(&wl.pp("ffn_norm"), &x, cfg.eps)?;

@@ -41,6 +41,10 @@ pub const DEFAULT_CAPACITY: usize = 1024;
 pub const MIN_BUCKET: usize = 16;
 /// The longest prefill bucket; longer prompts are prefilled in chunks.
 pub const MAX_BUCKET: usize = 256;
+/// The smallest KV cache a request gets (see [`Llm::generate`]): requests
+/// of up to this many tokens (prompt and new ones) share one set of
+/// programs.
+pub const MIN_CACHE: usize = 256;
 
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +112,7 @@ pub struct Llm {
     capacity: usize,
     default_stops: Vec<u32>,
     cache: CompileCache,
-    programs: Mutex<HashMap<usize, Arc<Executable>>>,
+    programs: Mutex<HashMap<(usize, usize), Arc<Executable>>>,
 }
 
 impl std::fmt::Debug for Llm {
@@ -263,26 +267,32 @@ impl Llm {
             .min(self.capacity)
     }
 
-    fn trace(&self, s: usize) -> Result<Computation> {
+    /// The KV-cache size of a request of `n` tokens (prompt and new ones):
+    /// the next power of two from [`MIN_CACHE`], at most the capacity.
+    /// Attention reads the whole cache at every step, so a short request
+    /// reads (and holds) less.
+    fn cache_for(&self, n: usize) -> usize {
+        n.max(MIN_CACHE)
+            .checked_next_power_of_two()
+            .unwrap_or(usize::MAX)
+            .min(self.capacity)
+    }
+
+    fn trace(&self, s: usize, c: usize) -> Result<Computation> {
         let b = Builder::new();
         let params = self.weights.declare(&b)?;
         let vb = VarBuilder::new(&params);
-        let (l, c, kv, d) = (
-            self.cfg.layers,
-            self.capacity,
-            self.cfg.kv_heads,
-            self.cfg.head_dim,
-        );
+        let l = self.cfg.layers;
         let scalar = |dt| ArraySpec::new(dt, Vec::<usize>::new());
         let ids = b.parameter(ArraySpec::new(DType::I32, vec![s]), "ids")?;
         let start = b.parameter(scalar(DType::I32), "start")?;
         let n = b.parameter(scalar(DType::I32), "n")?;
-        let cache_spec = ArraySpec::new(DType::F32, vec![c, kv, d]);
+        let (k_spec, v_spec) = llama::cache_specs(&self.cfg, c);
         let cache = (0..l)
             .map(|i| {
                 Ok((
-                    b.parameter(cache_spec.clone(), &format!("k_cache_{i}"))?,
-                    b.parameter(cache_spec.clone(), &format!("v_cache_{i}"))?,
+                    b.parameter(k_spec.clone(), &format!("k_cache_{i}"))?,
+                    b.parameter(v_spec.clone(), &format!("v_cache_{i}"))?,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -324,26 +334,31 @@ impl Llm {
             .with_donors(&donors)
     }
 
-    /// The step program for `s` tokens at a time (compiled, or loaded from
-    /// the compilation cache, on first use).
+    /// The step program for `s` tokens at a time over a KV cache of `c`
+    /// tokens (compiled, or loaded from the compilation cache, on first
+    /// use).
     ///
     /// Errors: tracing or compilation errors.
-    pub fn program(&self, s: usize) -> Result<Arc<Executable>> {
+    pub fn program(&self, s: usize, c: usize) -> Result<Arc<Executable>> {
         let mut p = self.programs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = p.get(&s) {
+        if let Some(e) = p.get(&(s, c)) {
             return Ok(e.clone());
         }
-        let exe = Arc::new(self.trace(s)?.compile_cached(&self.client, &self.cache)?);
-        p.insert(s, exe.clone());
+        let exe = Arc::new(
+            self.trace(s, c)?
+                .compile_cached(&self.client, &self.cache)?,
+        );
+        p.insert((s, c), exe.clone());
         Ok(exe)
     }
 
-    /// The step programs compiled so far, by the number of tokens they take
-    /// (prefill buckets, and 1 for the decode step), smallest first.
-    pub fn programs(&self) -> Vec<(usize, Arc<Executable>)> {
+    /// The step programs compiled so far, as (tokens per step, KV-cache
+    /// tokens, program): prefill buckets, and 1 for the decode step;
+    /// smallest first.
+    pub fn programs(&self) -> Vec<(usize, usize, Arc<Executable>)> {
         let p = self.programs.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<_> = p.iter().map(|(&s, e)| (s, e.clone())).collect();
-        v.sort_by_key(|(s, _)| *s);
+        let mut v: Vec<_> = p.iter().map(|(&(s, c), e)| (s, c, e.clone())).collect();
+        v.sort_by_key(|(s, c, _)| (*s, *c));
         v
     }
 
@@ -417,16 +432,15 @@ impl Llm {
         let t0 = Instant::now();
         let c = &self.client;
         let dev = c.default_device();
-        // One key and one value cache per layer, zeros, then handed from
-        // step to step (donated, updated in place).
-        let cache_spec = ArraySpec::new(
-            DType::F32,
-            vec![self.capacity, self.cfg.kv_heads, self.cfg.head_dim],
-        );
-        let zeros = vec![0u8; cache_spec.size_in_bytes()];
+        // One key and one value cache per layer, sized for this request,
+        // zeros, then handed from step to step (donated, updated in place).
+        let cap = self.cache_for(prompt.len().saturating_add(opts.max_tokens));
+        let (k_spec, v_spec) = llama::cache_specs(&self.cfg, cap);
+        let zeros = vec![0u8; k_spec.size_in_bytes()];
         let mut caches = Vec::with_capacity(2 * self.cfg.layers);
-        for _ in 0..2 * self.cfg.layers {
-            caches.push(c.buffer_from_bytes(&zeros, &cache_spec, dev)?);
+        for _ in 0..self.cfg.layers {
+            caches.push(c.buffer_from_bytes(&zeros, &k_spec, dev)?);
+            caches.push(c.buffer_from_bytes(&zeros, &v_spec, dev)?);
         }
         drop(zeros);
         let n_caches = caches.len();
@@ -443,7 +457,7 @@ impl Llm {
         let stops = opts.stop.as_deref().unwrap_or(&self.default_stops);
 
         let mut step = |ids: &[u32], start: usize, s: usize| -> Result<(u32, Option<Vec<f32>>)> {
-            let exe = self.program(s)?;
+            let exe = self.program(s, cap)?;
             let mut padded: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
             padded.resize(s, 0);
             let ids_b = c.buffer_from_host(&padded, &[s])?;
@@ -506,7 +520,7 @@ impl Llm {
         let mut result = (0, None);
         while start < prompt.len() {
             let end = (start + MAX_BUCKET).min(prompt.len());
-            let s = self.bucket(end - start).min(self.capacity - start);
+            let s = self.bucket(end - start).min(cap - start);
             let end = end.min(start + s);
             result = step(&prompt[start..end], start, s)?;
             start = end;
@@ -541,7 +555,7 @@ impl Llm {
             if ids.len() >= opts.max_tokens {
                 break Finish::Length;
             }
-            if pos >= self.capacity {
+            if pos >= cap {
                 break Finish::Context;
             }
             result = step(&[tok], pos, 1)?;
