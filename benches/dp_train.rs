@@ -3,7 +3,8 @@
 //! from logits, `benches/common/mlp.rs`) at batch 256, trained with
 //! `Trainer::fit` on one device and data-parallel
 //! (`Trainer::data_parallel`) over meshes of 1, 2 and 4 CPU devices of
-//! `Client::cpu_devices(4)`.
+//! `Client::cpu_devices(4)` (and over the one device of `Client::cpu()`,
+//! to tell the data-parallel path's cost from the 4-device client's).
 //!
 //! One timed call is one `fit` of 20 batches of 256 rows (no shuffling):
 //! each step uploads its batch (scattered over the mesh when
@@ -74,7 +75,11 @@ fn main() -> xlayer::Result<()> {
     let configs: Vec<(String, Trainer)> = vec![
         ("1 device, `fit`".into(), trainer(&client, None)?),
         (
-            "data-parallel, 1 device".into(),
+            "data-parallel, 1 device of `Client::cpu()`".into(),
+            trainer(&client, Some((&client, 1)))?,
+        ),
+        (
+            "data-parallel, 1 device of `cpu_devices(4)`".into(),
             trainer(&client, Some((&four, 1)))?,
         ),
         (
