@@ -42,10 +42,10 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
-use xlayer::builder::{init, jit, nn, random, Pool, Tree, Value};
+use xlayer::builder::{jit, nn, Pool, Tree, Value};
 use xlayer::flax::FlaxLayer;
 use xlayer::layers::{
-    Apply, HostArray, Init, Input, Inputs, JaxLayer, Layer, Model, Out, Params, Rng as RngArg,
+    Apply, HostArray, Input, Inputs, JaxLayer, Layer, Model, Out, Params, Rng as RngArg,
     Sequential, Training,
 };
 use xlayer::train::{Adam, FitOptions, Loss, Trainer};
@@ -53,6 +53,7 @@ use xlayer::{ArraySpec, Buffer, Client, CompileOptions, DType, Executable, Progr
 
 mod common;
 
+use common::mlp::{init_from, mlp_logits, mlp_shapes, mlp_train_layer};
 use common::{block, conv, median, random_params};
 
 /// Every entry, in the order the table lists them.
@@ -115,29 +116,11 @@ fn input(client: &Client, dims: &[usize]) -> Result<Buffer> {
     Ok(client.buffer_from_host(&data, dims)?)
 }
 
-const MLP_SIZES: [usize; 4] = [784, 512, 512, 10];
-
-fn mlp_logits(p: &Tree<Value>, x: &Value) -> xlayer::Result<Value> {
-    let n = x.dims()[0];
-    let mut h = x.reshape(&[n, x.element_count() / n])?;
-    for i in 0..3 {
-        h = (h.matmul(p.get(format!("w{i}"))?)? + p.get(format!("b{i}"))?)?;
-        if i < 2 {
-            h = nn::relu(&h)?;
-        }
-    }
-    Ok(h)
-}
-
 fn mlp(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {
     Ok(Out::from(nn::softmax(
         &mlp_logits(&p, &x.into_leaf()?)?,
         1,
     )?))
-}
-
-fn mlp_train(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {
-    Ok(Out::from(mlp_logits(&p, &x.into_leaf()?)?))
 }
 
 fn cnn_logits(p: &Tree<Value>, x: &Value) -> xlayer::Result<Value> {
@@ -161,16 +144,6 @@ fn cnn_train(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {
     Ok(Out::from(cnn_logits(&p, &x.into_leaf()?)?))
 }
 
-fn mlp_shapes() -> Vec<(&'static str, Vec<usize>)> {
-    let names = [("w0", "b0"), ("w1", "b1"), ("w2", "b2")];
-    let mut v = Vec::new();
-    for (i, (w, b)) in names.into_iter().enumerate() {
-        v.push((w, vec![MLP_SIZES[i], MLP_SIZES[i + 1]]));
-        v.push((b, vec![MLP_SIZES[i + 1]]));
-    }
-    v
-}
-
 fn cnn_shapes() -> Vec<(&'static str, Vec<usize>)> {
     vec![
         ("k1", vec![3, 3, 1, 32]),
@@ -182,23 +155,6 @@ fn cnn_shapes() -> Vec<(&'static str, Vec<usize>)> {
         ("w2", vec![200, 10]),
         ("b2", vec![10]),
     ]
-}
-
-/// Initializers of the train entries (glorot-uniform kernels, zero biases),
-/// drawn in the program as Keras does.
-fn init_from(shapes: Vec<(&'static str, Vec<usize>)>, key: &Value) -> xlayer::Result<Init> {
-    let keys = random::split_keys(key, shapes.len())?;
-    let b = key.builder();
-    let mut m = Vec::new();
-    for (i, (name, dims)) in shapes.into_iter().enumerate() {
-        let leaf = if dims.len() == 1 {
-            b.zeros(DType::F32, &dims)?
-        } else {
-            init::glorot_uniform().init(&keys[i], &dims, DType::F32)?
-        };
-        m.push((name.to_string(), Tree::leaf(leaf)));
-    }
-    Ok(Init(Tree::map(m)))
 }
 
 fn train_data() -> Result<(HostArray, HostArray)> {
@@ -251,13 +207,7 @@ fn build(client: &Client, entry: &str) -> Result<Runner> {
             let b = input(client, &[1024, 1024])?;
             Runner::Exe(exe, vec![a, b])
         }
-        "train_mlp" => trainer(
-            client,
-            JaxLayer::builder(mlp_train)
-                .init_fn(|RngArg(k): RngArg, Inputs(_x): Inputs| init_from(mlp_shapes(), &k))
-                .seed(0)
-                .build()?,
-        )?,
+        "train_mlp" => trainer(client, mlp_train_layer()?)?,
         "train_cnn" => trainer(
             client,
             JaxLayer::builder(cnn_train)

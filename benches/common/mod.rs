@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod interleaved;
+pub mod mlp;
 
 use xlayer::builder::{nn, ConvAttrs, ConvDims, Tree, Value};
 use xlayer::flax::{make_causal_mask, Dense, FnModule, LayerNorm, MultiHeadDotProductAttention};
