@@ -166,12 +166,8 @@ impl MiniLm {
                 let tokenizer_time = start.elapsed();
                 let tokens = tokenize_with(&tokenizer, &tokenizer_path, texts)?;
                 let lens: Vec<usize> = tokens.iter().map(|t| t.ids.len()).collect();
-                let mut programs = Vec::new();
-                for (b, q) in bucket_shapes(&plan_of(&cost, cfg.max_position_embeddings, &lens)) {
-                    let start = Instant::now();
-                    bucket_program(&jit, client, &cfg, b, q)?;
-                    programs.push((b, q, start.elapsed()));
-                }
+                let plan = plan_of(&cost, cfg.max_position_embeddings, &lens);
+                let programs = load_programs(&jit, client, &cfg, &bucket_shapes(&plan))?;
                 Ok::<_, Error>((tokenizer, tokenizer_time, programs))
             });
             let start = Instant::now();
@@ -330,21 +326,7 @@ impl MiniLm {
     pub fn prepare(&self, lens: &[usize]) -> Result<usize> {
         let plan = self.plan(lens);
         let shapes = bucket_shapes(&plan);
-        // Loaded (or compiled) side by side, a thread per core.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        for chunk in shapes.chunks(threads.max(1)) {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = chunk
-                    .iter()
-                    .map(|&(b, q)| s.spawn(move || self.program(b, q)))
-                    .collect();
-                handles.into_iter().try_for_each(|h| {
-                    h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                        .map(drop)
-                })
-            })?;
-        }
+        load_programs(&self.jit, &self.client, &self.cfg, &shapes)?;
         Ok(plan.len())
     }
 
@@ -397,6 +379,39 @@ fn bucket_program(
         Ok((bert::trace_sentence_embedding(cfg, batch, seq)?, Vec::new()))
     })?;
     Ok(jitted.exe.clone())
+}
+
+/// Loads (or compiles) the programs of `shapes` side by side, a thread per
+/// core; returns each one's `(batch, seq, wall time)`, in `shapes` order.
+fn load_programs(
+    jit: &JitCache,
+    client: &Client,
+    cfg: &BertConfig,
+    shapes: &[(usize, usize)],
+) -> Result<Vec<(usize, usize, Duration)>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut times = Vec::with_capacity(shapes.len());
+    for chunk in shapes.chunks(threads.max(1)) {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|&(b, q)| {
+                    s.spawn(move || {
+                        let start = Instant::now();
+                        bucket_program(jit, client, cfg, b, q).map(|_| (b, q, start.elapsed()))
+                    })
+                })
+                .collect();
+            for h in handles {
+                times.push(
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
+                );
+            }
+            Ok::<_, Error>(())
+        })?;
+    }
+    Ok(times)
 }
 
 /// [`MiniLm::plan`] with the cost model and position limit given.
