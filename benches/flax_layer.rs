@@ -9,13 +9,14 @@
 
 use std::time::Instant;
 
-use xlayer::builder::{nn, Padding, Tree, Value};
-use xlayer::flax::{
-    avg_pool, make_causal_mask, Conv, Dense, FlaxLayer, FnModule, LayerNorm,
-    MultiHeadDotProductAttention,
-};
+use xlayer::builder::{nn, Padding, Tree};
+use xlayer::flax::{avg_pool, Conv, Dense, FlaxLayer, FnModule};
 use xlayer::layers::{Layer, Training};
-use xlayer::{Client, DType};
+use xlayer::Client;
+
+mod common;
+
+use common::block;
 
 fn cnn() -> FnModule {
     FnModule::new("CNN").call(|s, x, _| {
@@ -28,22 +29,6 @@ fn cnn() -> FnModule {
         let x = nn::relu(&Dense::new(200).apply(s, &x)?)?;
         let x = Dense::new(10).apply(s, &x)?;
         Ok(Tree::leaf(nn::softmax(&x, 1)?))
-    })
-}
-
-fn block() -> FnModule {
-    FnModule::new("Block").call(|s, x, _| {
-        let x: Value = x.clone().into_leaf()?;
-        let d = x.dims()[2];
-        let ones = x.builder().ones(DType::F32, &x.dims()[..2])?;
-        let mask = make_causal_mask(&ones, DType::F32)?;
-        let h = LayerNorm::new().apply(s, &x)?;
-        let h = MultiHeadDotProductAttention::new(4).apply(s, &h, None, None, Some(&mask), None)?;
-        let x = (&x + &h)?;
-        let h = LayerNorm::new().apply(s, &x)?;
-        let h = nn::gelu(&Dense::new(4 * d).apply(s, &h)?, true)?;
-        let h = Dense::new(d).apply(s, &h)?;
-        Ok(Tree::leaf((x + h)?))
     })
 }
 
@@ -85,7 +70,7 @@ fn main() -> xlayer::Result<()> {
     )?;
     time(
         "block f32[32,64,128]",
-        &FlaxLayer::builder(block()).seed(0).build()?,
+        &FlaxLayer::builder(block(4)).seed(0).build()?,
         &client,
         &[32, 64, 128],
     )?;

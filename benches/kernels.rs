@@ -26,6 +26,10 @@ use xlayer::bench::{bench, BenchOptions};
 use xlayer::builder::jit;
 use xlayer::{ArraySpec, Buffer, Client, Executable};
 
+mod common;
+
+use common::median;
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -38,17 +42,6 @@ fn run_once(exe: &Executable, args: &[&Buffer]) -> Result<()> {
         o.block_until_ready()?;
     }
     Ok(())
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    }
 }
 
 fn min_max(v: &[f64]) -> (f64, f64) {

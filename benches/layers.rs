@@ -17,7 +17,7 @@ use xlayer::{ArraySpec, Buffer, Client};
 
 mod common;
 
-use common::conv;
+use common::{conv, random_params};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -73,28 +73,6 @@ fn overhead(client: &Client) -> xlayer::Result<()> {
     println!("| call overhead (f32[2,3] @ f32[3,4] + b) | raw executable {:.2} µs | JaxLayer call {:.2} µs | ratio {:.2} |",
         median(t_raw) / 1e3, median(t_layer) / 1e3, median(ratios));
     Ok(())
-}
-
-fn random_params(
-    client: &Client,
-    shapes: &[(&str, Vec<usize>)],
-    seed: u64,
-) -> xlayer::Result<Tree<Buffer>> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut m = Vec::new();
-    for (name, dims) in shapes {
-        let n: usize = dims.iter().product();
-        let fan_in = dims.iter().rev().skip(1).product::<usize>().max(1) as f32;
-        let data: Vec<f32> = (0..n)
-            .map(|_| rng.random_range(-1.0..1.0) / fan_in.sqrt())
-            .collect();
-        m.push((
-            name.to_string(),
-            Tree::leaf(client.buffer_from_host(&data, dims)?),
-        ));
-    }
-    Ok(Tree::Map(m.into_iter().collect()))
 }
 
 fn mlp(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {

@@ -41,14 +41,11 @@ use std::io::{BufRead, Write};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use rand::{Rng, SeedableRng};
 use serde_json::json;
-use xlayer::builder::{init, jit, nn, random, Pool, Tree, Value};
-use xlayer::flax::{
-    make_causal_mask, Dense, FlaxLayer, FnModule, LayerNorm, MultiHeadDotProductAttention,
-};
+use xlayer::builder::{jit, nn, Pool, Tree, Value};
+use xlayer::flax::FlaxLayer;
 use xlayer::layers::{
-    Apply, HostArray, Init, Input, Inputs, JaxLayer, Layer, Model, Out, Params, Rng as RngArg,
+    Apply, HostArray, Input, Inputs, JaxLayer, Layer, Model, Out, Params, Rng as RngArg,
     Sequential, Training,
 };
 use xlayer::train::{Adam, FitOptions, Loss, Trainer};
@@ -56,7 +53,8 @@ use xlayer::{ArraySpec, Buffer, Client, CompileOptions, DType, Executable, Progr
 
 mod common;
 
-use common::conv;
+use common::mlp::{init_from, mlp_logits, mlp_shapes, mlp_train_layer};
+use common::{block, conv, median, random_params};
 
 /// Every entry, in the order the table lists them.
 const ENTRIES: [&str; 7] = [
@@ -110,38 +108,6 @@ impl Runner {
     }
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    }
-}
-
-fn random_params(
-    client: &Client,
-    shapes: &[(&str, Vec<usize>)],
-    seed: u64,
-) -> Result<Tree<Buffer>> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut m = Vec::new();
-    for (name, dims) in shapes {
-        let n: usize = dims.iter().product();
-        let fan_in = dims.iter().rev().skip(1).product::<usize>().max(1) as f32;
-        let data: Vec<f32> = (0..n)
-            .map(|_| rng.random_range(-1.0..1.0) / fan_in.sqrt())
-            .collect();
-        m.push((
-            name.to_string(),
-            Tree::leaf(client.buffer_from_host(&data, dims)?),
-        ));
-    }
-    Ok(Tree::map(m))
-}
-
 fn input(client: &Client, dims: &[usize]) -> Result<Buffer> {
     let n: usize = dims.iter().product();
     let data: Vec<f32> = (0..n)
@@ -150,29 +116,11 @@ fn input(client: &Client, dims: &[usize]) -> Result<Buffer> {
     Ok(client.buffer_from_host(&data, dims)?)
 }
 
-const MLP_SIZES: [usize; 4] = [784, 512, 512, 10];
-
-fn mlp_logits(p: &Tree<Value>, x: &Value) -> xlayer::Result<Value> {
-    let n = x.dims()[0];
-    let mut h = x.reshape(&[n, x.element_count() / n])?;
-    for i in 0..3 {
-        h = (h.matmul(p.get(format!("w{i}"))?)? + p.get(format!("b{i}"))?)?;
-        if i < 2 {
-            h = nn::relu(&h)?;
-        }
-    }
-    Ok(h)
-}
-
 fn mlp(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {
     Ok(Out::from(nn::softmax(
         &mlp_logits(&p, &x.into_leaf()?)?,
         1,
     )?))
-}
-
-fn mlp_train(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {
-    Ok(Out::from(mlp_logits(&p, &x.into_leaf()?)?))
 }
 
 fn cnn_logits(p: &Tree<Value>, x: &Value) -> xlayer::Result<Value> {
@@ -196,16 +144,6 @@ fn cnn_train(Params(p): Params, Inputs(x): Inputs) -> xlayer::Result<Out> {
     Ok(Out::from(cnn_logits(&p, &x.into_leaf()?)?))
 }
 
-fn mlp_shapes() -> Vec<(&'static str, Vec<usize>)> {
-    let names = [("w0", "b0"), ("w1", "b1"), ("w2", "b2")];
-    let mut v = Vec::new();
-    for (i, (w, b)) in names.into_iter().enumerate() {
-        v.push((w, vec![MLP_SIZES[i], MLP_SIZES[i + 1]]));
-        v.push((b, vec![MLP_SIZES[i + 1]]));
-    }
-    v
-}
-
 fn cnn_shapes() -> Vec<(&'static str, Vec<usize>)> {
     vec![
         ("k1", vec![3, 3, 1, 32]),
@@ -217,40 +155,6 @@ fn cnn_shapes() -> Vec<(&'static str, Vec<usize>)> {
         ("w2", vec![200, 10]),
         ("b2", vec![10]),
     ]
-}
-
-/// Initializers of the train entries (glorot-uniform kernels, zero biases),
-/// drawn in the program as Keras does.
-fn init_from(shapes: Vec<(&'static str, Vec<usize>)>, key: &Value) -> xlayer::Result<Init> {
-    let keys = random::split_keys(key, shapes.len())?;
-    let b = key.builder();
-    let mut m = Vec::new();
-    for (i, (name, dims)) in shapes.into_iter().enumerate() {
-        let leaf = if dims.len() == 1 {
-            b.zeros(DType::F32, &dims)?
-        } else {
-            init::glorot_uniform().init(&keys[i], &dims, DType::F32)?
-        };
-        m.push((name.to_string(), Tree::leaf(leaf)));
-    }
-    Ok(Init(Tree::map(m)))
-}
-
-fn block() -> FnModule {
-    FnModule::new("Block").call(|s, x, _| {
-        let x: Value = x.clone().into_leaf()?;
-        let d = x.dims()[2];
-        let ones = x.builder().ones(DType::F32, &x.dims()[..2])?;
-        let mask = make_causal_mask(&ones, DType::F32)?;
-        let h = LayerNorm::new().apply(s, &x)?;
-        let h =
-            MultiHeadDotProductAttention::new(12).apply(s, &h, None, None, Some(&mask), None)?;
-        let x = (&x + &h)?;
-        let h = LayerNorm::new().apply(s, &x)?;
-        let h = nn::gelu(&Dense::new(4 * d).apply(s, &h)?, true)?;
-        let h = Dense::new(d).apply(s, &h)?;
-        Ok(Tree::leaf((x + h)?))
-    })
 }
 
 fn train_data() -> Result<(HostArray, HostArray)> {
@@ -291,7 +195,7 @@ fn build(client: &Client, entry: &str) -> Result<Runner> {
             Runner::Seq(model, input(client, &[batch, 28, 28, 1])?)
         }
         "block_b8x128x768" => Runner::Flax(
-            FlaxLayer::builder(block()).seed(0).build()?,
+            FlaxLayer::builder(block(12)).seed(0).build()?,
             input(client, &[8, 128, 768])?,
         ),
         "matmul_1024" => {
@@ -303,13 +207,7 @@ fn build(client: &Client, entry: &str) -> Result<Runner> {
             let b = input(client, &[1024, 1024])?;
             Runner::Exe(exe, vec![a, b])
         }
-        "train_mlp" => trainer(
-            client,
-            JaxLayer::builder(mlp_train)
-                .init_fn(|RngArg(k): RngArg, Inputs(_x): Inputs| init_from(mlp_shapes(), &k))
-                .seed(0)
-                .build()?,
-        )?,
+        "train_mlp" => trainer(client, mlp_train_layer()?)?,
         "train_cnn" => trainer(
             client,
             JaxLayer::builder(cnn_train)

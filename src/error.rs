@@ -817,10 +817,10 @@ pub enum Error {
 
     /// An axis out of range for the rank of an input: not in
     /// `-rank..rank` (see [`crate::builder::normalize_axis`]).
-    #[error("{what}: axis {axis} is out of range for rank {rank}{}", input.as_ref().map(|i| format!(" (input {i})")).unwrap_or_default())]
+    #[error("{op}: axis {axis} is out of range for rank {rank}{}", input.as_ref().map(|i| format!(" (input {i})")).unwrap_or_default())]
     AxisOutOfRange {
-        /// The op, layer or function.
-        what: String,
+        /// The op or function, e.g. `softmax`.
+        op: &'static str,
         /// The axis as given (negative from the end).
         axis: i64,
         /// The number of axes it may address.

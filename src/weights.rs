@@ -7,10 +7,10 @@
 //! every problem in one [`Error::Weights`]), and the result is a fresh tree,
 //! so a failed load leaves the caller's weights as they were.
 //!
-//! Loading streams: tensors are uploaded one at a time straight from the
-//! memory map (converted or transposed ones through one tensor-sized host
-//! buffer), and each tensor's pages are released once it is on the device,
-//! so peak memory stays near the size of the file.
+//! Loading streams: tensors are uploaded a few at a time straight from the
+//! memory map (converted or transposed ones through a tensor-sized host
+//! buffer each), and each tensor's pages are released once it is on the
+//! device, so peak memory stays near the size of the file.
 //!
 //! ```
 //! use xlayer::builder::Tree;
@@ -35,7 +35,6 @@
 //! # Ok::<(), xlayer::Error>(())
 //! ```
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -48,6 +47,7 @@ use crate::host_array::NamedArray;
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 use crate::pjrt::mapped::MappedFile;
+use crate::pjrt::upload::HostBytes;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -384,13 +384,18 @@ struct Planned<'a> {
     transpose: Option<(usize, usize)>,
 }
 
-/// The bytes to upload for one tensor: borrowed from the map when stored as
-/// wanted, else converted and/or transposed in one pass into one
-/// tensor-sized buffer.
-fn stage<'a>(bytes: &'a [u8], p: &Planned<'_>) -> Cow<'a, [u8]> {
+/// The bytes to upload for one tensor: borrowed from the map when stored in
+/// the wanted dtype (transposed ones read with strides by the plugin), else
+/// converted (and transposed) in one pass into one tensor-sized buffer.
+fn stage<'a>(bytes: &'a [u8], p: &Planned<'_>) -> HostBytes<'a> {
     let (from, to) = (p.stored, p.spec.dtype);
-    if from == to && p.transpose.is_none() {
-        return Cow::Borrowed(bytes);
+    if from == to {
+        // Straight from the map; a transposed one read with strides by the
+        // plugin (no host copy).
+        return match p.transpose {
+            None => HostBytes::row_major(bytes),
+            Some(_) => HostBytes::transposed(bytes),
+        };
     }
     let (is, os) = (from.size_in_bytes(), to.size_in_bytes());
     let mut out = vec![0u8; bytes.len() / is * os];
@@ -406,7 +411,7 @@ fn stage<'a>(bytes: &'a [u8], p: &Planned<'_>) -> Cow<'a, [u8]> {
             write_float(dst, read_float(src, from), to);
         }
     }
-    Cow::Owned(out)
+    HostBytes::row_major(out)
 }
 
 /// Checks one wanted tensor against the file: every problem it has, in one
@@ -472,13 +477,19 @@ fn check<'a>(
     })
 }
 
+/// How many tensors [`load_tree`] has on their way to the device at once:
+/// the plugin copies them side by side, and at most this many staged
+/// (converted or transposed) host copies are held.
+const UPLOADS_IN_FLIGHT: usize = 8;
+
 /// Loads, for every leaf of `wanted` (its path and expected spec), the
 /// checkpoint tensor `map.key_for(path)` from `file`, uploads them to the
 /// client's default device and returns them in the same tree.
 ///
 /// Every tensor is checked before anything is uploaded; then they are
-/// uploaded one at a time, each tensor's pages of the map released once it
-/// is on the device (see the module documentation).
+/// uploaded a few at a time ([`Client::upload_streamed`]), each tensor's
+/// pages of the map released once it is on the device (see the module
+/// documentation).
 ///
 /// Errors (all before anything is uploaded): one [`Error::Weights`] naming
 /// the file and listing every problem, each naming its tensor: missing
@@ -525,15 +536,19 @@ pub fn load_tree(
             more: problems.collect(),
         });
     }
-    let device = client.default_device();
-    let mut buffers = Vec::with_capacity(plan.len());
-    for p in &plan {
-        let bytes = file.bytes(&p.key).unwrap_or_default();
-        let data = stage(bytes, p);
-        buffers.push(client.buffer_from_bytes(&data, p.spec, device)?);
-        drop(data);
-        file.release(&p.key);
-    }
+    let specs: Vec<&ArraySpec> = plan.iter().map(|p| p.spec).collect();
+    let buffers = client.upload_streamed(
+        &specs,
+        client.default_device(),
+        UPLOADS_IN_FLIGHT,
+        |i| {
+            Ok(stage(
+                file.bytes(&plan[i].key).unwrap_or_default(),
+                &plan[i],
+            ))
+        },
+        |i| file.release(&plan[i].key),
+    )?;
     Ok((wanted.structure().unflatten(buffers)?, report))
 }
 

@@ -1,19 +1,23 @@
-//! All-reduces between matrix products on 2 CPU devices, the pattern of
-//! tensor-parallel attention (`models::bert_tp`): each layer is a
-//! column-parallel product (whole heads per device), per-head batched
-//! products, a row-parallel product and a `psum`.
+//! All-reduces between matrix products on 2 CPU devices, the pattern of a
+//! tensor-parallel transformer (`models::bert_tp`). Each of the 6 layers has
+//! an attention-like block and an MLP block:
+//!
+//! - attention: a column-parallel product (whole heads per device),
+//!   per-head batched products, a row-parallel product, then a `psum`;
+//! - MLP: a column-parallel product to 4× the width, a row-parallel product
+//!   back, then a `psum`.
 //!
 //! With the CPU plugin's XNNPACK fusions on, one device's all-reduce and
 //! the other device's XNNPACK fusion can hold the client's whole thread
 //! pool on a 2-core machine, and XLA aborts the process after 40 s
 //! ("Expected 2 threads to join the rendezvous, but only 1 of them
-//! arrived"). Multi-device compiles on a CPU client turn the fusions off
-//! by default (`xlayer::pjrt::multi_device::MULTI_DEVICE_CPU_FLAG`). These
-//! tests check that default, and run the pattern 20 times from two threads
-//! at once on one client against the same program on one device. (This
-//! small program did not deadlock with the fusions forced on either, in 3
-//! runs; the 6-layer `tests/tp_minilm.rs` deadlocked in every run without
-//! the default, and is the regression test for it.)
+//! arrived"). This program aborted like that in 3 of 3 runs with
+//! `.xla_flag(MULTI_DEVICE_CPU_FLAG, true)` on the 2-core machine.
+//!
+//! Multi-device compiles on a CPU client turn the fusions off by default
+//! (`xlayer::pjrt::multi_device::MULTI_DEVICE_CPU_FLAG`). These tests check
+//! that default. They also run the program 20 times, from two threads at
+//! once on one client, against the same layers on one device.
 
 use anyhow::Result;
 use xlayer::builder::{shard_map, Builder, DotDims, Value};
@@ -21,7 +25,7 @@ use xlayer::pjrt::multi_device::MULTI_DEVICE_CPU_FLAG;
 use xlayer::sharding::{Array, Mesh, NamedSharding};
 use xlayer::{ArraySpec, Client, CompileOptions, DType, Program, P};
 
-const LAYERS: usize = 12;
+const LAYERS: usize = 6;
 /// Tokens (rows of `x`).
 const BATCH: usize = 64;
 const WIDTH: usize = 384;
@@ -66,12 +70,18 @@ fn layer(x: &Value, w: &Value, v: &Value, axis: Option<&str>) -> xlayer::Result<
     }
 }
 
-/// The program's parameters: `x`, then per layer `w` and `v`.
+/// The program's parameters: `x`, then per layer `w`, `v` (attention,
+/// `WIDTH` square) and `a`, `o` (MLP, `WIDTH` to `4 WIDTH` and back).
 fn parameters(b: &Builder) -> xlayer::Result<Vec<Value>> {
     let mut p = vec![b.parameter(ArraySpec::new(DType::F32, vec![BATCH, WIDTH]), "x")?];
     for i in 0..LAYERS {
-        for name in ["w", "v"] {
-            let spec = ArraySpec::new(DType::F32, vec![WIDTH, WIDTH]);
+        for (name, dims) in [
+            ("w", [WIDTH, WIDTH]),
+            ("v", [WIDTH, WIDTH]),
+            ("a", [WIDTH, 4 * WIDTH]),
+            ("o", [4 * WIDTH, WIDTH]),
+        ] {
+            let spec = ArraySpec::new(DType::F32, dims.to_vec());
             p.push(b.parameter(spec, &format!("{name}{i}"))?);
         }
     }
@@ -80,8 +90,14 @@ fn parameters(b: &Builder) -> xlayer::Result<Vec<Value>> {
 
 fn run_layers(x: &Value, params: &[Value], axis: Option<&str>) -> xlayer::Result<Value> {
     let mut x = x.clone();
-    for l in params.chunks(2) {
-        x = layer(&x, &l[0], &l[1], axis)?;
+    for l in params.chunks(4) {
+        x = (layer(&x, &l[0], &l[1], axis)? + &x)?;
+        let h = x.matmul(&l[2])?.tanh()?.matmul(&l[3])?;
+        let h = match axis {
+            Some(a) => h.psum(&[a])?,
+            None => h,
+        };
+        x = ((h + &x)? * 0.5)?;
     }
     Ok(x)
 }
@@ -92,7 +108,7 @@ fn tp_program(mesh: &Mesh) -> Result<Program> {
     let params = parameters(&b)?;
     let mut specs = vec![P![]];
     for _ in 0..LAYERS {
-        specs.extend([P![None, "m"], P!["m", None]]);
+        specs.extend([P![None, "m"], P!["m", None], P![None, "m"], P!["m", None]]);
     }
     let y = shard_map(mesh, &specs, &[P![]], &params, |_, local: &[Value]| {
         Ok(vec![run_layers(&local[0], &local[1..], Some("m"))?])
@@ -110,8 +126,20 @@ fn single_program() -> Result<Program> {
 
 fn host_inputs() -> Vec<(Vec<f32>, Vec<usize>)> {
     let mut v = vec![(values(BATCH * WIDTH, 1, 2.0), vec![BATCH, WIDTH])];
-    for i in 0..2 * LAYERS {
-        v.push((values(WIDTH * WIDTH, 2 + i as u64, 0.2), vec![WIDTH, WIDTH]));
+    for i in 0..LAYERS as u64 {
+        for (k, dims) in [
+            [WIDTH, WIDTH],
+            [WIDTH, WIDTH],
+            [WIDTH, 4 * WIDTH],
+            [4 * WIDTH, WIDTH],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let n = dims[0] * dims[1];
+            let scale = 2.0 / (dims[0] as f32).sqrt();
+            v.push((values(n, 2 + 4 * i + k as u64, scale), dims.to_vec()));
+        }
     }
     v
 }

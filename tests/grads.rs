@@ -790,3 +790,150 @@ fn relu_forward_is_one_max_and_its_gradient_is_zero_at_zero() -> Result<()> {
     assert_eq!(outs[1].to_vec::<f32>()?, vec![0.0, 0.0, 1.0, 0.0, 0.0]);
     Ok(())
 }
+
+/// A convolution of few products per output (3x3 over one feature) runs as
+/// shifted products (no `convolution` in the optimized forward), a tiled
+/// sum pool as a reshape and a reduce (no `reduce-window`), and both keep
+/// their gradients: the values and the kernel's and input's cotangents
+/// match the unlowered convolution's (a 2-feature input of the same
+/// layer is lowered too, a 4-feature one is not: 36 products).
+#[test]
+fn small_convolutions_and_tiled_pools_are_lowered_with_their_gradients() -> Result<()> {
+    let attrs = ConvAttrs::new(ConvDims::nhwc(2)).padding(&[(1, 1), (1, 1)]);
+    let fwd = |x: &Value, k: &Value| -> Result<Value> {
+        nn::relu(&x.conv_general(k, &attrs)?)?.avg_pool(&Pool::new(&[1, 2, 2, 1]))
+    };
+    let x1 = ArraySpec::of::<f32>([2, 6, 6, 1]);
+    let k1 = ArraySpec::of::<f32>([3, 3, 1, 4]);
+    let c = xlayer::builder::trace(
+        "small_conv_fwd",
+        &Tree::List(vec![Tree::leaf(x1.clone()), Tree::leaf(k1.clone())]),
+        |_, t| {
+            let l = t.leaves();
+            Ok(Tree::leaf(fwd(l[0], l[1])?))
+        },
+    )?;
+    let (_, hlo) = client().compile_with_hlo_text(&c.program()?, &xlayer::CompileOptions::new())?;
+    assert!(
+        !hlo.contains("convolution(") && !hlo.contains("reduce-window("),
+        "{hlo}"
+    );
+    // Lowered (1 and 2 features) and not (4 features, 36 products): the
+    // forward and the gradient of sum(fwd * w) against a direct evaluation.
+    for c_in in [1usize, 2, 4] {
+        let xs = ArraySpec::of::<f32>([2, 6, 6, c_in]);
+        let ks = ArraySpec::of::<f32>([3, 3, c_in, 4]);
+        let exe = jit(client(), &[xs.clone(), ks.clone()], |b, a| {
+            let y = fwd(&a[0], &a[1])?;
+            let g = grad(
+                b,
+                &Tree::List(vec![Tree::leaf(a[0].clone()), Tree::leaf(a[1].clone())]),
+                |_, p| {
+                    let l = p.leaves();
+                    let w = b.iota(DType::F32, &[2, 3, 3, 4], 3)?;
+                    (fwd(l[0], l[1])? * w)?.sum(&[0, 1, 2, 3], false)
+                },
+            )?;
+            let mut outs = vec![y];
+            outs.extend(g.leaves().into_iter().cloned());
+            Ok(outs)
+        })?;
+        let xv: Vec<f32> = (0..xs.element_count())
+            .map(|i| ((i * 37) % 23) as f32 / 11.0 - 1.0)
+            .collect();
+        let kv: Vec<f32> = (0..ks.element_count())
+            .map(|i| ((i * 13) % 17) as f32 / 8.0 - 1.0)
+            .collect();
+        let out = exe.execute(&[
+            &client().buffer_from_host(&xv, &xs.dims)?,
+            &client().buffer_from_host(&kv, &ks.dims)?,
+        ])?;
+        let (want_y, want_gx, want_gk) = direct_conv_pool(&xv, &kv, c_in);
+        let close = |got: Vec<f32>, want: &[f32], what: &str| {
+            assert_eq!(got.len(), want.len());
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "c_in {c_in} {what}[{i}]: {g} vs {w}"
+                );
+            }
+        };
+        close(out[0].to_vec::<f32>()?, &want_y, "y");
+        close(out[1].to_vec::<f32>()?, &want_gx, "dx");
+        close(out[2].to_vec::<f32>()?, &want_gk, "dk");
+    }
+    Ok(())
+}
+
+/// `avg_pool2x2(relu(conv3x3 SAME(x, k)))` on f32[2,6,6,c] with 4 output
+/// features, evaluated in f64 loops, and the gradients of
+/// `sum(y * w)` (`w` = the output feature index) for x and k.
+fn direct_conv_pool(x: &[f32], k: &[f32], c: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (n, h, o) = (2usize, 6usize, 4usize);
+    let xi = |b: usize, i: usize, j: usize, f: usize| ((b * h + i) * h + j) * c + f;
+    let ki = |i: usize, j: usize, f: usize, q: usize| ((i * 3 + j) * c + f) * o + q;
+    let mut pre = vec![0f64; n * h * h * o];
+    for b in 0..n {
+        for i in 0..h {
+            for j in 0..h {
+                for q in 0..o {
+                    let mut s = 0f64;
+                    for di in 0..3 {
+                        for dj in 0..3 {
+                            let (ii, jj) = (i + di, j + dj);
+                            if ii < 1 || jj < 1 || ii > h || jj > h {
+                                continue;
+                            }
+                            for f in 0..c {
+                                s +=
+                                    x[xi(b, ii - 1, jj - 1, f)] as f64 * k[ki(di, dj, f, q)] as f64;
+                            }
+                        }
+                    }
+                    pre[((b * h + i) * h + j) * o + q] = s;
+                }
+            }
+        }
+    }
+    let mut y = vec![0f32; n * 3 * 3 * o];
+    // d sum(y * w) / d pre = w[q] / 4 where pre > 0
+    let mut dpre = vec![0f64; pre.len()];
+    for b in 0..n {
+        for i in 0..h {
+            for j in 0..h {
+                for q in 0..o {
+                    let p = pre[((b * h + i) * h + j) * o + q];
+                    y[((b * 3 + i / 2) * 3 + j / 2) * o + q] += (p.max(0.0) / 4.0) as f32;
+                    if p > 0.0 {
+                        dpre[((b * h + i) * h + j) * o + q] = q as f64 / 4.0;
+                    }
+                }
+            }
+        }
+    }
+    let mut gx = vec![0f64; x.len()];
+    let mut gk = vec![0f64; k.len()];
+    for b in 0..n {
+        for i in 0..h {
+            for j in 0..h {
+                for q in 0..o {
+                    let d = dpre[((b * h + i) * h + j) * o + q];
+                    for di in 0..3 {
+                        for dj in 0..3 {
+                            let (ii, jj) = (i + di, j + dj);
+                            if ii < 1 || jj < 1 || ii > h || jj > h {
+                                continue;
+                            }
+                            for f in 0..c {
+                                gx[xi(b, ii - 1, jj - 1, f)] += d * k[ki(di, dj, f, q)] as f64;
+                                gk[ki(di, dj, f, q)] += d * x[xi(b, ii - 1, jj - 1, f)] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect();
+    (y, f(gx), f(gk))
+}

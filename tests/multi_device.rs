@@ -57,6 +57,10 @@ fn cpu_devices_gives_n_devices_and_cpu_keeps_one() -> Result<()> {
     let again = Client::cpu_devices(4)?;
     assert_eq!(format!("{again:?}"), format!("{c:?}"));
     assert_eq!(Client::cpu()?.devices().len(), 1);
+    // The default plugin's client too (unless another plugin is chosen).
+    if std::env::var_os("XLAYER_PJRT_PLUGIN").is_none() {
+        assert_eq!(Client::default_plugin()?.devices().len(), 1);
+    }
     assert!(matches!(
         Client::cpu_devices(0),
         Err(Error::InvalidSetting { field: "n", .. })

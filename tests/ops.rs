@@ -803,9 +803,9 @@ fn misuse<T: std::fmt::Debug>(r: Result<T>, op: &str, shapes: &[&str]) {
             | Error::DuplicateDimension { op: got, .. }
             | Error::ShapeOverflow { op: got, .. }
             | Error::ShapeMismatch { op: got, .. }
-            | Error::DTypeMismatch { op: got, .. },
+            | Error::DTypeMismatch { op: got, .. }
+            | Error::AxisOutOfRange { op: got, .. },
         ) => got.to_string(),
-        Err(Error::AxisOutOfRange { what, .. }) => what.clone(),
         other => panic!("{op}: expected an error of the op, got {other:?}"),
     };
     let text = r.unwrap_err().to_string();

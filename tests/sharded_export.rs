@@ -159,33 +159,35 @@ fn xlayer_run_scatters_runs_and_gathers_into_safetensors() -> Result<()> {
 #[test]
 fn xlayer_devices_and_doctor_show_the_devices() -> Result<()> {
     use std::process::Command;
-    let out = Command::new(env!("CARGO_BIN_EXE_xlayer"))
-        .args(["devices", "--cpu-count", "3"])
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout)?;
+    // Runs `xlayer ARGS` on the default (CPU) plugin; its stdout once it
+    // succeeded.
+    let xlayer = |args: &[&str]| -> Result<String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_xlayer"))
+            .args(args)
+            .env_remove("XLAYER_PJRT_PLUGIN")
+            .output()?;
+        assert!(
+            out.status.success(),
+            "xlayer {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let text = xlayer(&["devices", "--cpu-count", "3"])?;
     assert_eq!(text.lines().count(), 3, "{text}");
     assert!(
         text.lines().nth(2).is_some_and(|l| l.starts_with("2\t")),
         "{text}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_xlayer"))
-        .arg("doctor")
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout)?;
+    // Without --cpu-count: one CPU device, as `Client::cpu()` and JAX.
+    let text = xlayer(&["devices"])?;
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let text = xlayer(&["doctor"])?;
     assert!(
         text.contains("cpu_device_count") && text.contains("Client::cpu_devices(n)"),
         "{text}"
     );
+    assert!(text.contains("devices:      1 "), "{text}");
     let out = Command::new(env!("CARGO_BIN_EXE_xlayer"))
         .args(["devices", "--cpu-count", "0"])
         .output()?;

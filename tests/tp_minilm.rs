@@ -9,7 +9,9 @@
 
 use anyhow::Result;
 use xlayer::models::bert::{checkpoint_names, param_tree, trace_sentence_embedding, BertConfig};
-use xlayer::models::bert_tp::{check_split, param_spec, trace_sentence_embedding_tp};
+use xlayer::models::bert_tp::{
+    check_split, param_spec, trace_sentence_embedding_sharded, trace_sentence_embedding_tp,
+};
 use xlayer::models::minilm::{cosine, MiniLm};
 
 /// Encoder layers run: all of MiniLM's.
@@ -42,6 +44,15 @@ fn specs_split_heads_and_mlp_units() {
     // Per layer: 4 column kernels + 4 biases + 2 row kernels.
     assert_eq!(split, 6 * 10);
     check_split(&cfg, "model", 2).unwrap();
+    let mesh = Mesh::new(&Client::cpu_devices(2).unwrap(), &[2], &["data"]).unwrap();
+    assert!(matches!(
+        trace_sentence_embedding_sharded(&cfg, &mesh, Some("data"), None, 3, 8),
+        Err(Error::IndivisibleDimension { tensor, size: 3, shards: 2, .. }) if tensor == "batch"
+    ));
+    assert!(matches!(
+        trace_sentence_embedding_sharded(&cfg, &mesh, None, Some("model"), 2, 8),
+        Err(Error::UnknownName { name, .. }) if name == "model"
+    ));
     assert!(matches!(
         check_split(&cfg, "model", 8),
         Err(Error::IndivisibleDimension { tensor, size: 12, shards: 8, .. }) if tensor == "num_attention_heads"

@@ -162,60 +162,15 @@ def minilm(model_dir, sentences):
     minilm example's `--bench` times it: tokenize (the shipped
     tokenizer.json, truncated at 256), pad to the longest in the batch,
     embed, mean-pool, normalize, back on the host. Returns the call (ms)."""
-    import json
-    import struct
+    import bert_jax  # the one JAX BERT of the benchmarks (this folder)
 
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(f"{model_dir}/tokenizer.json")
-    tok.enable_truncation(256)
-    raw = open(f"{model_dir}/model.safetensors", "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    P = {}
-    for name, v in header.items():
-        if name != "__metadata__" and v["dtype"] == "F32":
-            a, b = v["data_offsets"]
-            P[name] = jnp.asarray(np.frombuffer(raw[8 + n + a:8 + n + b], np.float32).reshape(v["shape"]))
-
-    def ln(x, g, b):
-        mu = x.mean(-1, keepdims=True)
-        var = ((x - mu) ** 2).mean(-1, keepdims=True)
-        return (x - mu) * jax.lax.rsqrt(var + 1e-12) * g + b
-
-    @jax.jit
-    def embed(P, ids, mask):
-        def dense(x, name):
-            return x @ P[name + ".weight"].T + P[name + ".bias"]
-
-        b, s = ids.shape
-        x = P["embeddings.word_embeddings.weight"][ids] + P["embeddings.position_embeddings.weight"][:s]
-        x = ln(x + P["embeddings.token_type_embeddings.weight"][0],
-               P["embeddings.LayerNorm.weight"], P["embeddings.LayerNorm.bias"])
-        bias = (1.0 - mask)[:, None, None, :] * jnp.finfo(jnp.float32).min
-        for layer in range(6):
-            p = f"encoder.layer.{layer}."
-            q, k, v = (dense(x, p + "attention.self." + t).reshape(b, s, 12, 32) for t in ("query", "key", "value"))
-            sc = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(32.0) + bias
-            ctx = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(sc, -1), v).reshape(b, s, -1)
-            x = ln(dense(ctx, p + "attention.output.dense") + x,
-                   P[p + "attention.output.LayerNorm.weight"], P[p + "attention.output.LayerNorm.bias"])
-            h = jax.nn.gelu(dense(x, p + "intermediate.dense"), approximate=False)
-            x = ln(dense(h, p + "output.dense") + x, P[p + "output.LayerNorm.weight"], P[p + "output.LayerNorm.bias"])
-        m = mask[:, :, None]
-        mean = (x * m).sum(1) / jnp.maximum(m.sum(1), 1e-9)
-        return mean / jnp.maximum(jnp.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+    tok = bert_jax.tokenizer(model_dir)
+    P = bert_jax.load_params(model_dir)
 
     def call():
         t = time.perf_counter()
-        enc = tok.encode_batch(sentences)
-        s = max(len(e.ids) for e in enc)
-        ids = np.zeros((len(enc), s), np.int32)
-        mask = np.zeros((len(enc), s), np.float32)
-        for r, e in enumerate(enc):
-            ids[r, :len(e.ids)] = e.ids
-            mask[r, :len(e.ids)] = 1
-        np.asarray(embed(P, ids, mask))
+        ids, mask = bert_jax.pad(bert_jax.token_ids(tok, sentences))
+        np.asarray(bert_jax.embed(P, ids, mask))
         return (time.perf_counter() - t) * 1e3
 
     call()

@@ -65,8 +65,8 @@ enum Command {
     /// kind, description).
     Devices {
         /// On the CPU plugin: expose this many devices (its
-        /// `cpu_device_count` option; the plugin's default is 4, the
-        /// library's `Client::cpu()` uses 1, `Client::cpu_devices(n)` n).
+        /// `cpu_device_count` option; without it 1, as the library's
+        /// `Client::cpu()` and JAX; `Client::cpu_devices(n)` makes n).
         #[arg(long)]
         cpu_count: Option<usize>,
     },
@@ -242,7 +242,7 @@ fn doctor() -> Result<()> {
     for (k, v) in plugin.attributes() {
         println!("attribute:    {k} = {v}");
     }
-    let client = Client::new(&plugin, &xlayer::ClientOptions::new())?;
+    let client = Client::default_plugin()?;
     println!(
         "platform:     {} ({})",
         client.platform_name(),
@@ -253,7 +253,7 @@ fn doctor() -> Result<()> {
         client.devices().len()
     );
     if client.platform_name() == "cpu" {
-        println!("              CPU device count: the plugin's `cpu_device_count` option (default 4); Client::cpu() uses 1 (as JAX), Client::cpu_devices(n) n; `xlayer devices --cpu-count N` lists N");
+        println!("              CPU device count: the plugin's `cpu_device_count` option; xlayer's clients have 1 (as JAX), Client::cpu_devices(n) n; `xlayer devices --cpu-count N` lists N; `xlayer run` of an artifact exported for N devices makes N");
     }
     for d in client.devices() {
         println!(
@@ -375,15 +375,17 @@ fn preview(b: &Buffer) -> Result<String> {
 }
 
 /// A client of the default plugin with at least `n` devices: on CPU, one
-/// with `n` devices when the default has fewer.
+/// with exactly `n` devices (the default has 1).
 fn client_for(n: usize) -> Result<Client> {
     let client = Client::default_plugin()?;
     if client.devices().len() >= n || client.platform_name() != "cpu" {
         return Ok(client);
     }
+    let plugin = client.plugin().clone();
+    drop(client);
     let count = i64::try_from(n).context("device count")?;
     Ok(Client::new(
-        client.plugin(),
+        &plugin,
         &xlayer::ClientOptions::new().cpu_device_count(count),
     )?)
 }

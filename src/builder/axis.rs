@@ -14,7 +14,7 @@
 //! assert_eq!(x.expand_dims(-1)?.dims(), &[2, 3, 4, 1]);
 //! assert_eq!(normalize_axis("mine", -3, x.rank())?, 0);
 //! match x.sum(&[3], false) {
-//!     Err(Error::AxisOutOfRange { what, axis: 3, rank: 3, .. }) => assert_eq!(what, "sum"),
+//!     Err(Error::AxisOutOfRange { op, axis: 3, rank: 3, .. }) => assert_eq!(op, "sum"),
 //!     other => panic!("{other:?}"),
 //! }
 //! # Ok::<(), xlayer::Error>(())
@@ -75,14 +75,19 @@ impl<A: Axis> Axes for &Vec<A> {
     }
 }
 
-fn resolve(op: &str, axis: i128, rank: usize, operand: Option<&ArraySpec>) -> Result<usize> {
+fn resolve(
+    op: &'static str,
+    axis: i128,
+    rank: usize,
+    operand: Option<&ArraySpec>,
+) -> Result<usize> {
     let r = rank as i128;
     let a = if axis < 0 { axis + r } else { axis };
     if (0..r).contains(&a) {
         return Ok(a as usize);
     }
     Err(Error::AxisOutOfRange {
-        what: op.to_string(),
+        op,
         axis: axis.clamp(i64::MIN as i128, i64::MAX as i128) as i64,
         rank,
         input: operand.cloned(),
@@ -101,7 +106,7 @@ fn resolve(op: &str, axis: i128, rank: usize, operand: Option<&ArraySpec>) -> Re
 /// assert!(normalize_axis("softmax", -4, 3).is_err());
 /// # Ok::<(), xlayer::Error>(())
 /// ```
-pub fn normalize_axis(op: &str, axis: impl Axis, rank: usize) -> Result<usize> {
+pub fn normalize_axis(op: &'static str, axis: impl Axis, rank: usize) -> Result<usize> {
     resolve(op, axis.as_i128(), rank, None)
 }
 
@@ -109,7 +114,7 @@ pub fn normalize_axis(op: &str, axis: impl Axis, rank: usize) -> Result<usize> {
 /// operand's type); `extra` widens the range for ops that address a new
 /// axis (`expand_dims`: `rank + 1` places).
 pub(crate) fn axis_of(
-    op: &str,
+    op: &'static str,
     axis: impl Axis,
     operand: &ArraySpec,
     extra: usize,
@@ -156,12 +161,12 @@ mod tests {
         let x = ArraySpec::of::<f32>([2, 3, 4]);
         match axes_of("mean", &[0, -4], &x) {
             Err(Error::AxisOutOfRange {
-                what,
+                op,
                 axis,
                 rank,
                 input,
             }) => {
-                assert_eq!((what.as_str(), axis, rank), ("mean", -4, 3));
+                assert_eq!((op, axis, rank), ("mean", -4, 3));
                 assert_eq!(input, Some(x.clone()));
             }
             other => panic!("{other:?}"),
@@ -252,8 +257,8 @@ mod tests {
         ];
         for (op, e) in cases {
             match &e {
-                Error::AxisOutOfRange { what, input, .. } => {
-                    assert_eq!(what, op);
+                Error::AxisOutOfRange { op: got, input, .. } => {
+                    assert_eq!(*got, op);
                     assert_eq!(input.as_ref().map(|i| i.dims.clone()), Some(vec![2, 3]));
                     assert!(e.to_string().contains(op), "{e}");
                 }

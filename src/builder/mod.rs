@@ -36,6 +36,7 @@
 pub mod autodiff;
 mod axis;
 pub mod collectives;
+mod conv_taps;
 mod core;
 mod emit;
 pub mod graph;

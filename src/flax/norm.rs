@@ -15,11 +15,17 @@ use super::scope::Scope;
 /// Flax's `_canonicalize_axes`: each axis normalized (negative from the
 /// end), duplicates dropped, sorted.
 ///
-/// Errors: [`crate::Error::AxisOutOfRange`] naming the module's path.
+/// Errors: [`crate::Error::Flax`] naming the module's path, the axis and
+/// the rank (as `DenseGeneral`'s axes).
 fn canon_axes(axes: &[isize], rank: usize, s: &impl ParamSource) -> Result<Vec<usize>> {
     let mut out: Vec<usize> = Vec::new();
     for &a in axes {
-        let n = normalize_axis(&s.path_text(), a, rank)?;
+        let n = normalize_axis("norm", a, rank).map_err(|_| {
+            flax_err(
+                s.path_text(),
+                format!("axis {a} is out of range for rank {rank}"),
+            )
+        })?;
         if !out.contains(&n) {
             out.push(n);
         }

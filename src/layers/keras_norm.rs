@@ -12,7 +12,7 @@ use super::keras::{common_setters, field_setters, float_or_f32, keras_layer, wei
 use super::signature::{InitState, Inputs, OutState, Params, State, Training};
 
 /// `axis` (negative from the end) as an index into `x`'s axes.
-fn resolve_axis(layer: &str, axis: i64, x: &Value) -> Result<usize> {
+fn resolve_axis(layer: &'static str, axis: i64, x: &Value) -> Result<usize> {
     axis_of(layer, axis, x.spec(), 0)
 }
 

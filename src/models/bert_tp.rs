@@ -8,7 +8,9 @@
 //! MLP output kernel by rows. Each row-parallel projection gives a partial
 //! sum, added up over the axis with one `psum` before its bias: two
 //! all-reduces per layer. Embeddings, LayerNorms and the output biases are
-//! replicated. See `docs/sharding.md`.
+//! replicated. [`trace_sentence_embedding_sharded`] also splits the batch
+//! over a `data` axis (data parallel, alone or with `model`). See
+//! `docs/sharding.md`.
 
 use crate::builder::{shard_map, Builder, Computation, Tree, Value, VarBuilder};
 use crate::dtype::{ArraySpec, DType};
@@ -72,7 +74,7 @@ pub fn check_split(cfg: &BertConfig, axis: &str, n: usize) -> Result<()> {
 /// result `f32[batch, hidden]` is replicated. Compile it with
 /// `CompileOptions::new().spmd(mesh.size())`.
 ///
-/// Errors: [`Error::UnknownMeshAxis`] for an axis `mesh` lacks; those of
+/// Errors: [`Error::UnknownName`] for an axis `mesh` lacks; those of
 /// [`check_split`]; those of the model's tracing.
 pub fn trace_sentence_embedding_tp(
     cfg: &BertConfig,
@@ -81,39 +83,85 @@ pub fn trace_sentence_embedding_tp(
     batch: usize,
     seq_len: usize,
 ) -> Result<Computation> {
-    let n = mesh.axis_size(axis)?;
-    check_split(cfg, axis, n)?;
+    trace_sentence_embedding_sharded(cfg, mesh, None, Some(axis), batch, seq_len)
+}
+
+/// Traces the sentence-embedding program over `mesh` with the batch split
+/// over axis `data` (data parallel) and/or heads and MLP units split over
+/// axis `model` (tensor parallel, as [`trace_sentence_embedding_tp`]), in
+/// one `shard_map`. With `data`, `ids`, `mask` and the result are
+/// `P(data)`; without, replicated. Parameters are sharded as
+/// [`param_spec`] says over `model`, replicated without it. Compile it
+/// with `CompileOptions::new().spmd(mesh.size())`.
+///
+/// Errors: [`Error::UnknownName`] for an axis `mesh` lacks;
+/// [`Error::IndivisibleDimension`] naming `batch` when the `data` axis
+/// does not divide it; those of [`check_split`]; those of the model's
+/// tracing.
+///
+/// ```no_run
+/// use xlayer::models::{bert::BertConfig, bert_tp::trace_sentence_embedding_sharded};
+/// use xlayer::sharding::Mesh;
+/// let mesh = Mesh::new(&xlayer::Client::cpu_devices(4)?, &[2, 2], &["data", "model"])?;
+/// let cfg = BertConfig::minilm_l6();
+/// let program = trace_sentence_embedding_sharded(&cfg, &mesh, Some("data"), Some("model"), 32, 16)?;
+/// # Ok::<(), xlayer::Error>(())
+/// ```
+pub fn trace_sentence_embedding_sharded(
+    cfg: &BertConfig,
+    mesh: &Mesh,
+    data: Option<&str>,
+    model: Option<&str>,
+    batch: usize,
+    seq_len: usize,
+) -> Result<Computation> {
+    let tp = match model {
+        Some(axis) => {
+            let n = mesh.axis_size(axis)?;
+            check_split(cfg, axis, n)?;
+            Some((axis, n))
+        }
+        None => None,
+    };
+    let rows = match data {
+        Some(axis) => {
+            let n = mesh.axis_size(axis)?;
+            if n == 0 || !batch.is_multiple_of(n) {
+                return Err(Error::IndivisibleDimension {
+                    tensor: "batch".into(),
+                    dim: 0,
+                    size: batch,
+                    axes: vec![axis.into()],
+                    shards: n,
+                });
+            }
+            PartitionSpec::new(vec![DimSpec::axes(&[axis])])
+        }
+        None => PartitionSpec::replicated(),
+    };
     let specs = param_tree(cfg)?;
     let b = Builder::new();
     let mut inputs = Vec::new();
     let mut in_specs = Vec::new();
     for (path, spec) in specs.entries() {
         inputs.push(b.parameter(spec.clone(), &path)?);
-        in_specs.push(param_spec(&path, axis));
+        in_specs.push(model.map_or_else(PartitionSpec::replicated, |a| param_spec(&path, a)));
     }
     let count = inputs.len();
     inputs.push(b.parameter(ArraySpec::new(DType::I32, vec![batch, seq_len]), "ids")?);
     inputs.push(b.parameter(ArraySpec::new(DType::F32, vec![batch, seq_len]), "mask")?);
-    in_specs.extend([PartitionSpec::replicated(), PartitionSpec::replicated()]);
+    in_specs.extend([rows.clone(), rows.clone()]);
     let structure = specs.structure();
-    let out = shard_map(
-        mesh,
-        &in_specs,
-        &[PartitionSpec::replicated()],
-        &inputs,
-        |_, local: &[Value]| {
-            let params: Tree<Value> = structure.unflatten(local[..count].to_vec())?;
-            let (ids, mask) = (&local[count], &local[count + 1]);
-            let y = sentence_embedding_with(
-                cfg,
-                &VarBuilder::new(&params),
-                ids,
-                mask,
-                Some((axis, n)),
-            )?;
-            Ok(vec![y])
-        },
-    )?;
-    Ok(b.build(&out)?
-        .with_name(&format!("bert_embed_tp{n}_b{batch}_s{seq_len}")))
+    let out = shard_map(mesh, &in_specs, &[rows], &inputs, |_, local: &[Value]| {
+        let params: Tree<Value> = structure.unflatten(local[..count].to_vec())?;
+        let (ids, mask) = (&local[count], &local[count + 1]);
+        let y = sentence_embedding_with(cfg, &VarBuilder::new(&params), ids, mask, tp)?;
+        Ok(vec![y])
+    })?;
+    let name = format!(
+        "bert_embed_dp{}_tp{}_b{batch}_s{seq_len}",
+        data.map_or(Ok(1), |a| mesh.axis_size(a))?,
+        tp.map_or(1, |(_, n)| n)
+    );
+    Ok(b.build(&out)?.with_name(&name))
 }

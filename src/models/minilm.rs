@@ -73,6 +73,9 @@ pub struct LoadInfo {
     /// Wall time of reading `config.json` and `tokenizer.json` (the latter
     /// while the weights upload).
     pub tokenizer_time: Duration,
+    /// With [`MiniLm::load_for`]: each program loaded (or compiled) while
+    /// the weights uploaded, as `(batch, seq, wall time)`, in load order.
+    pub programs: Vec<(usize, usize, Duration)>,
 }
 
 /// The loaded model: tokenizer, weights on the device, compiled buckets.
@@ -99,8 +102,20 @@ impl MiniLm {
     /// Loads the pinned model (fetching it on first use, like the plugin)
     /// with the compilation cache of the environment (`XLAYER_CACHE_DIR`).
     pub fn load(client: &Client) -> Result<MiniLm> {
+        MiniLm::load_for(client, &[])
+    }
+
+    /// [`MiniLm::load`], ready to embed `texts`: as `load` then
+    /// [`MiniLm::prepare`] of their token counts, but the tokenizer is read,
+    /// the texts tokenized and the programs they need loaded from the
+    /// compilation cache (or compiled) while the weights upload, so a warm
+    /// start takes about the longer of the two rather than their sum. The
+    /// time of each program is in [`LoadInfo::programs`].
+    ///
+    /// Errors: those of [`MiniLm::load_from_dir`] and of compiling.
+    pub fn load_for(client: &Client, texts: &[&str]) -> Result<MiniLm> {
         let dir = xla_build::ensure_asset(&xla_build::MINILM)?;
-        MiniLm::load_from_dir(client, &dir, CompileCache::from_env()?)
+        MiniLm::load_from_dir_for(client, &dir, CompileCache::from_env()?, texts)
     }
 
     /// Loads a model folder holding `config.json`, `tokenizer.json` and
@@ -116,6 +131,19 @@ impl MiniLm {
     /// checkpoint that does not fit (nothing is uploaded then),
     /// [`Error::Tokenizer`].
     pub fn load_from_dir(client: &Client, dir: &Path, cache: CompileCache) -> Result<MiniLm> {
+        MiniLm::load_from_dir_for(client, dir, cache, &[])
+    }
+
+    /// [`MiniLm::load_from_dir`], with the programs that embedding `texts`
+    /// needs loaded while the weights upload (see [`MiniLm::load_for`]).
+    ///
+    /// Errors: those of [`MiniLm::load_from_dir`] and of compiling.
+    pub fn load_from_dir_for(
+        client: &Client,
+        dir: &Path,
+        cache: CompileCache,
+        texts: &[&str],
+    ) -> Result<MiniLm> {
         let start = Instant::now();
         let config_path = dir.join("config.json");
         let cfg = BertConfig::from_json_file(&config_path)?;
@@ -127,11 +155,20 @@ impl MiniLm {
         let open_time = start.elapsed();
         let tokenizer_path = dir.join("tokenizer.json");
         let max_length = MAX_SEQ_LEN.min(cfg.max_position_embeddings);
-        // The tokenizer is read while the weights upload.
+        let jit = JitCache::new(cache);
+        let cost = CostModel::MINILM_CPU;
+        // The tokenizer is read, and the programs for `texts` loaded, while
+        // the weights upload.
         let (tokenizer, loaded) = std::thread::scope(|s| {
             let tok = s.spawn(|| {
                 let start = Instant::now();
-                load_tokenizer(&tokenizer_path, max_length).map(|t| (t, start.elapsed()))
+                let tokenizer = load_tokenizer(&tokenizer_path, max_length)?;
+                let tokenizer_time = start.elapsed();
+                let tokens = tokenize_with(&tokenizer, &tokenizer_path, texts)?;
+                let lens: Vec<usize> = tokens.iter().map(|t| t.ids.len()).collect();
+                let plan = plan_of(&cost, cfg.max_position_embeddings, &lens);
+                let programs = load_programs(&jit, client, &cfg, &bucket_shapes(&plan))?;
+                Ok::<_, Error>((tokenizer, tokenizer_time, programs))
             });
             let start = Instant::now();
             let loaded = bert::param_tree(&cfg).and_then(|wanted| {
@@ -143,7 +180,7 @@ impl MiniLm {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             (tok, loaded)
         });
-        let (tokenizer, tokenizer_time) = tokenizer?;
+        let (tokenizer, tokenizer_time, programs) = tokenizer?;
         let tokenizer_time = config_time + tokenizer_time;
         let (wanted, tree, report, upload_time) = loaded?;
         // The program takes the weights in the tree's flatten order.
@@ -155,8 +192,8 @@ impl MiniLm {
             tokenizer,
             tokenizer_path,
             weights,
-            jit: JitCache::new(cache),
-            cost: CostModel::MINILM_CPU,
+            jit,
+            cost,
             info: LoadInfo {
                 dir: dir.to_path_buf(),
                 file_bytes: file.file_size(),
@@ -164,6 +201,7 @@ impl MiniLm {
                 unused: report.unused,
                 weights_time,
                 tokenizer_time,
+                programs,
             },
         })
     }
@@ -191,22 +229,7 @@ impl MiniLm {
     /// Tokenizes as sentence-transformers does (special tokens, truncation
     /// at 256, no padding).
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Tokens>> {
-        texts
-            .iter()
-            .map(|t| {
-                let enc = self
-                    .tokenizer
-                    .encode(*t, true)
-                    .map_err(|e| Error::Tokenizer {
-                        path: self.tokenizer_path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                Ok(Tokens {
-                    ids: enc.get_ids().to_vec(),
-                    truncated: !enc.get_overflowing().is_empty(),
-                })
-            })
-            .collect()
+        tokenize_with(&self.tokenizer, &self.tokenizer_path, texts)
     }
 
     /// Unit-length sentence embeddings, one per text, in order. Inputs cut
@@ -284,14 +307,7 @@ impl MiniLm {
     /// token counts: groups of positions into `lens` and their padded
     /// `batch × seq` shapes, cheapest first by the cost model.
     pub fn plan(&self, lens: &[usize]) -> Vec<(Vec<usize>, usize, usize)> {
-        let mut order: Vec<usize> = (0..lens.len()).collect();
-        order.sort_by_key(|&i| lens[i]);
-        let sorted: Vec<usize> = order.iter().map(|&i| lens[i]).collect();
-        let limit = self.cfg.max_position_embeddings;
-        batching::plan(&sorted, &self.cost, MAX_BATCH, limit)
-            .into_iter()
-            .map(|g| (order[g.rows].to_vec(), g.batch, g.seq))
-            .collect()
+        plan_of(&self.cost, self.cfg.max_position_embeddings, lens)
     }
 
     /// Replaces the cost model that chooses the executions (default
@@ -309,42 +325,15 @@ impl MiniLm {
     /// Errors: those of compiling.
     pub fn prepare(&self, lens: &[usize]) -> Result<usize> {
         let plan = self.plan(lens);
-        let mut shapes: Vec<(usize, usize)> = plan.iter().map(|(_, b, s)| (*b, *s)).collect();
-        shapes.sort_unstable();
-        shapes.dedup();
-        // Loaded (or compiled) side by side, a thread per core.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        for chunk in shapes.chunks(threads.max(1)) {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = chunk
-                    .iter()
-                    .map(|&(b, q)| s.spawn(move || self.program(b, q)))
-                    .collect();
-                handles.into_iter().try_for_each(|h| {
-                    h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                        .map(drop)
-                })
-            })?;
-        }
+        let shapes = bucket_shapes(&plan);
+        load_programs(&self.jit, &self.client, &self.cfg, &shapes)?;
         Ok(plan.len())
     }
 
     /// The executable of one (batch, length) bucket, compiled (or loaded
     /// from the cache) on first use.
     pub fn program(&self, batch: usize, seq: usize) -> Result<Arc<Executable>> {
-        let inputs = Tree::tuple([
-            Tree::Leaf(ArraySpec::of::<i32>([batch, seq])),
-            Tree::Leaf(ArraySpec::of::<f32>([batch, seq])),
-        ]);
-        let key = JitKey::new("sentence_embedding", &self.client, inputs, Training::No);
-        let jitted = self.jit.get_or_compile(&self.client, key, || {
-            Ok((
-                bert::trace_sentence_embedding(&self.cfg, batch, seq)?,
-                Vec::new(),
-            ))
-        })?;
-        Ok(jitted.exe.clone())
+        bucket_program(&self.jit, &self.client, &self.cfg, batch, seq)
     }
 
     /// Runs one padded bucket: `ids`/`mask` are `batch × seq`, row-major.
@@ -370,6 +359,99 @@ impl MiniLm {
             })?
             .to_vec::<f32>()
     }
+}
+
+/// The executable of one (batch, length) bucket from `jit`, compiled (or
+/// loaded from the compilation cache) on first use.
+fn bucket_program(
+    jit: &JitCache,
+    client: &Client,
+    cfg: &BertConfig,
+    batch: usize,
+    seq: usize,
+) -> Result<Arc<Executable>> {
+    let inputs = Tree::tuple([
+        Tree::Leaf(ArraySpec::of::<i32>([batch, seq])),
+        Tree::Leaf(ArraySpec::of::<f32>([batch, seq])),
+    ]);
+    let key = JitKey::new("sentence_embedding", client, inputs, Training::No);
+    let jitted = jit.get_or_compile(client, key, || {
+        Ok((bert::trace_sentence_embedding(cfg, batch, seq)?, Vec::new()))
+    })?;
+    Ok(jitted.exe.clone())
+}
+
+/// Loads (or compiles) the programs of `shapes` side by side, a thread per
+/// core; returns each one's `(batch, seq, wall time)`, in `shapes` order.
+fn load_programs(
+    jit: &JitCache,
+    client: &Client,
+    cfg: &BertConfig,
+    shapes: &[(usize, usize)],
+) -> Result<Vec<(usize, usize, Duration)>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut times = Vec::with_capacity(shapes.len());
+    for chunk in shapes.chunks(threads.max(1)) {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|&(b, q)| {
+                    s.spawn(move || {
+                        let start = Instant::now();
+                        bucket_program(jit, client, cfg, b, q).map(|_| (b, q, start.elapsed()))
+                    })
+                })
+                .collect();
+            for h in handles {
+                times.push(
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
+                );
+            }
+            Ok::<_, Error>(())
+        })?;
+    }
+    Ok(times)
+}
+
+/// [`MiniLm::plan`] with the cost model and position limit given.
+fn plan_of(cost: &CostModel, limit: usize, lens: &[usize]) -> Vec<(Vec<usize>, usize, usize)> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| lens[i]);
+    let sorted: Vec<usize> = order.iter().map(|&i| lens[i]).collect();
+    batching::plan(&sorted, cost, MAX_BATCH, limit)
+        .into_iter()
+        .map(|g| (order[g.rows].to_vec(), g.batch, g.seq))
+        .collect()
+}
+
+/// The distinct `(batch, seq)` shapes of a plan, sorted.
+fn bucket_shapes(plan: &[(Vec<usize>, usize, usize)]) -> Vec<(usize, usize)> {
+    let mut shapes: Vec<(usize, usize)> = plan.iter().map(|(_, b, s)| (*b, *s)).collect();
+    shapes.sort_unstable();
+    shapes.dedup();
+    shapes
+}
+
+/// [`MiniLm::tokenize`] with `tokenizer` (read from `path`, named in errors).
+fn tokenize_with(
+    tokenizer: &tokenizers::Tokenizer,
+    path: &Path,
+    texts: &[&str],
+) -> Result<Vec<Tokens>> {
+    texts
+        .iter()
+        .map(|t| {
+            let enc = tokenizer.encode(*t, true).map_err(|e| Error::Tokenizer {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            Ok(Tokens {
+                ids: enc.get_ids().to_vec(),
+                truncated: !enc.get_overflowing().is_empty(),
+            })
+        })
+        .collect()
 }
 
 /// The WordPiece tokenizer of `path`, without padding, truncating at

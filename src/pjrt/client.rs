@@ -226,9 +226,28 @@ impl Client {
         }
     }
 
-    /// A client of the default plugin (`XLAYER_PJRT_PLUGIN`, else CPU).
+    /// A new (not shared) client of the default plugin
+    /// (`XLAYER_PJRT_PLUGIN`, else the CPU plugin), with one device on CPU
+    /// as [`Client::cpu`] and JAX have (the CPU plugin's own default is
+    /// four); other platforms keep the plugin's defaults. For N CPU devices
+    /// use [`Client::cpu_devices`].
+    ///
+    /// Errors: those of provisioning or loading the plugin and of
+    /// [`Client::new`].
     pub fn default_plugin() -> Result<Client> {
-        Client::new(&Plugin::default_plugin()?, &ClientOptions::new())
+        let one_cpu = ClientOptions::new().cpu_device_count(1);
+        if std::env::var_os("XLAYER_PJRT_PLUGIN").is_none_or(|v| v.is_empty()) {
+            return Client::new(&Plugin::cpu()?, &one_cpu);
+        }
+        let plugin = Plugin::default_plugin()?;
+        let client = Client::new(&plugin, &ClientOptions::new())?;
+        // Only a CPU plugin knows `cpu_device_count`, and which platform a
+        // plugin file is becomes known once a client exists.
+        if client.platform_name() == "cpu" && client.devices().len() != 1 {
+            drop(client);
+            return Client::new(&plugin, &one_cpu);
+        }
+        Ok(client)
     }
 
     /// Creates a client of `plugin` with `options`.
@@ -415,22 +434,7 @@ impl Client {
         spec: &ArraySpec,
         device: &Device,
     ) -> Result<Buffer> {
-        let expected = spec.check_size(|| "upload".into())?;
-        if bytes.len() != expected {
-            return Err(Error::HostDataSize {
-                spec: spec.clone(),
-                expected: spec.element_count(),
-                actual: bytes.len() / spec.dtype.size_in_bytes(),
-            });
-        }
-        if spec.dtype == crate::DType::Bool && bytes.iter().any(|&b| b > 1) {
-            return Err(Error::OutOfRange {
-                function: "Client::buffer_from_bytes",
-                what: format!("a byte of the bool data for {spec}"),
-                value: bytes.iter().find(|&&b| b > 1).map_or(0, |&b| b).to_string(),
-                expected: "0 or 1".into(),
-            });
-        }
+        check_host_bytes("Client::buffer_from_bytes", bytes, spec)?;
         self.upload(bytes, spec.clone(), device)
     }
 
@@ -440,6 +444,31 @@ impl Client {
     }
 
     fn upload(&self, bytes: &[u8], spec: ArraySpec, device: &Device) -> Result<Buffer> {
+        // SAFETY: `bytes` is borrowed for this whole call, and the call
+        // waits below until the plugin is done reading it.
+        let (buffer, done) = unsafe { self.start_upload(bytes, None, spec, device)? };
+        if let Some(done) = done {
+            done.wait()?;
+        }
+        Ok(buffer)
+    }
+
+    /// Starts an upload of `bytes` (already checked against `spec`; laid
+    /// out row-major, or by `byte_strides`, one per dimension, that keep
+    /// every element within `bytes`) and returns the buffer with the event
+    /// that fires once the plugin is done reading `bytes` (`None`: it
+    /// already is).
+    ///
+    /// # Safety
+    /// `bytes` must stay alive and unchanged until that event has fired
+    /// (waited for); dropping the event does not stop the plugin reading.
+    pub(super) unsafe fn start_upload(
+        &self,
+        bytes: &[u8],
+        byte_strides: Option<&[i64]>,
+        spec: ArraySpec,
+        device: &Device,
+    ) -> Result<(Buffer, Option<super::event::Event>)> {
         self.check_device(device, "the target device of an upload")?;
         spec.check_size(|| "upload".into())?;
         // Every dimension fits in i64: checked just above.
@@ -450,16 +479,50 @@ impl Client {
         a.type_ = super::buffer::to_pjrt_type(spec.dtype);
         a.dims = dims.as_ptr();
         a.num_dims = dims.len();
+        if let Some(strides) = byte_strides {
+            a.byte_strides = strides.as_ptr();
+            a.num_byte_strides = strides.len();
+        }
         a.host_buffer_semantics =
             sys::PJRT_HostBufferSemantics::PJRT_HostBufferSemantics_kImmutableUntilTransferCompletes;
         a.device = device.raw;
         pjrt_call!(&self.inner.plugin, PJRT_Client_BufferFromHostBuffer, &mut a)?;
         let buffer = Buffer::from_raw(self.clone(), a.buffer, spec, device.clone());
-        // The host slice is borrowed only for this call: wait until the plugin
-        // is done reading it.
-        event::wait_opt(&self.inner.plugin, a.done_with_host_buffer)?;
-        Ok(buffer)
+        Ok((
+            buffer,
+            event::Event::from_raw(&self.inner.plugin, a.done_with_host_buffer),
+        ))
     }
+}
+
+/// Checks host bytes against the array type they are to fill: the byte
+/// count, and for `bool` that every byte is 0 or 1 (`function` names the
+/// caller in the error).
+///
+/// Errors: [`Error::ShapeTooLarge`], [`Error::HostDataSize`],
+/// [`Error::OutOfRange`].
+pub(super) fn check_host_bytes(
+    function: &'static str,
+    bytes: &[u8],
+    spec: &ArraySpec,
+) -> Result<()> {
+    let expected = spec.check_size(|| "upload".into())?;
+    if bytes.len() != expected {
+        return Err(Error::HostDataSize {
+            spec: spec.clone(),
+            expected: spec.element_count(),
+            actual: bytes.len() / spec.dtype.size_in_bytes(),
+        });
+    }
+    if spec.dtype == crate::DType::Bool && bytes.iter().any(|&b| b > 1) {
+        return Err(Error::OutOfRange {
+            function,
+            what: format!("a byte of the bool data for {spec}"),
+            value: bytes.iter().find(|&&b| b > 1).map_or(0, |&b| b).to_string(),
+            expected: "0 or 1".into(),
+        });
+    }
+    Ok(())
 }
 
 fn describe_device(

@@ -17,6 +17,16 @@
 //!
 //! The variable stays set, so child processes inherit it.
 //!
+//! The other CPU builds (`cpu-zml`, and likewise `cpu-lammps`) log
+//! E-level `cpu_aot_loader` lines ("Target machine feature
+//! +prefer-no-gather is not supported on the host machine") for every
+//! executable they load from the compilation cache: their compiles record
+//! LLVM's AMD Zen tuning flags `+prefer-no-gather`/`+prefer-no-scatter`
+//! among the target features, which their loader does not find among the
+//! host's. A false alarm (the executable loads and runs); with those
+//! builds, `TF_CPP_MIN_LOG_LEVEL=3` hides it (and every other non-fatal
+//! plugin line).
+//!
 //! **Soundness.** Changing the environment races with foreign code that
 //! reads it at the same moment on another thread (Rust's own `std::env`
 //! calls are serialized by the standard library). xlayer changes it at most

@@ -213,11 +213,8 @@ impl Executable {
         per_device: &[L],
     ) -> Result<DeviceOutputs> {
         self.validate_sharded(per_device)?;
-        let arg_lists: Vec<Vec<*mut sys::PJRT_Buffer>> = per_device
-            .iter()
-            .map(|l| l.as_ref().iter().map(|b| b.raw()).collect())
-            .collect();
-        self.launch_sharded(&arg_lists, &self.donor_indices)
+        let handles = flat_handles(per_device.iter().map(|l| l.as_ref().iter().copied()));
+        self.launch_sharded(&handles, &self.donor_indices)
     }
 
     /// [`Executable::execute_sharded`] on a mix of borrowed and donated
@@ -234,10 +231,7 @@ impl Executable {
             .map(|l| l.iter().map(Arg::buffer).collect())
             .collect();
         self.validate_sharded(&refs)?;
-        let arg_lists: Vec<Vec<*mut sys::PJRT_Buffer>> = refs
-            .iter()
-            .map(|l| l.iter().map(|b| b.raw()).collect())
-            .collect();
+        let handles = flat_handles(refs.iter().map(|l| l.iter().copied()));
         drop(refs);
         let keep: Vec<i64> = self
             .donor_indices
@@ -249,28 +243,30 @@ impl Executable {
                     .any(|l| matches!(l[i as usize], Arg::Borrowed(_)))
             })
             .collect();
-        let out = self.launch_sharded(&arg_lists, &keep);
+        let out = self.launch_sharded(&handles, &keep);
         drop(per_device);
         out
     }
 
-    /// Runs on every device with the raw argument lists (already checked);
-    /// `non_donatable` lists the donor parameters to keep.
+    /// Runs on every device with the raw argument handles (already
+    /// checked), `handles[d * n_args + i]` being argument `i` on device `d`;
+    /// `non_donatable` lists the donor parameters to keep. Four allocations
+    /// of handles and pointers whatever the device count (the outputs'
+    /// lists aside).
     fn launch_sharded(
         &self,
-        arg_lists: &[Vec<*mut sys::PJRT_Buffer>],
+        handles: &[*mut sys::PJRT_Buffer],
         non_donatable: &[i64],
     ) -> Result<DeviceOutputs> {
         let n_dev = self.devices.len();
         let n_args = self.signature.inputs.len();
         let n_out = self.signature.outputs.len();
         let arg_ptrs: Vec<*const *mut sys::PJRT_Buffer> =
-            arg_lists.iter().map(|l| l.as_ptr()).collect();
-        let mut out_lists: Vec<Vec<*mut sys::PJRT_Buffer>> = (0..n_dev)
-            .map(|_| vec![std::ptr::null_mut(); n_out])
-            .collect();
+            (0..n_dev).map(|d| handles[d * n_args..].as_ptr()).collect();
+        let mut outs: Vec<*mut sys::PJRT_Buffer> = vec![std::ptr::null_mut(); n_dev * n_out];
+        let base = outs.as_mut_ptr();
         let out_ptrs: Vec<*mut *mut sys::PJRT_Buffer> =
-            out_lists.iter_mut().map(|l| l.as_mut_ptr()).collect();
+            (0..n_dev).map(|d| base.wrapping_add(d * n_out)).collect();
         let mut options = sys::PJRT_ExecuteOptions::new();
         options.non_donatable_input_indices = non_donatable.as_ptr();
         options.num_non_donatable_input_indices = non_donatable.len();
@@ -289,13 +285,15 @@ impl Executable {
             PJRT_LoadedExecutable_Execute,
             &mut a
         )?;
-        let per_device = out_lists
-            .into_iter()
-            .zip(&self.devices)
-            .map(|(list, device)| {
-                list.into_iter()
+        let per_device = self
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(d, device)| {
+                outs[d * n_out..(d + 1) * n_out]
+                    .iter()
                     .zip(&self.signature.outputs)
-                    .map(|(raw, spec)| {
+                    .map(|(&raw, spec)| {
                         Buffer::from_raw(self.client.clone(), raw, spec.clone(), device.clone())
                     })
                     .collect()
@@ -358,4 +356,16 @@ impl Executable {
         }
         Ok(())
     }
+}
+
+/// The raw handles of per-device argument lists, device after device, in
+/// one allocation.
+fn flat_handles<'b, L: Iterator<Item = &'b Buffer>>(
+    lists: impl Iterator<Item = L>,
+) -> Vec<*mut sys::PJRT_Buffer> {
+    let mut out = Vec::new();
+    for list in lists {
+        out.extend(list.map(|b| b.raw()));
+    }
+    out
 }
