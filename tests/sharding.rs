@@ -174,6 +174,20 @@ fn sharding_errors_name_the_tensor_and_the_axis() -> Result<()> {
         ),
         "{e}"
     );
+    // bool bytes other than 0 and 1, as a single-device upload refuses them.
+    let spec = xlayer::ArraySpec::new(xlayer::DType::Bool, [4]);
+    let e = Array::from_bytes(&[0, 1, 2, 1], &spec, &NamedSharding::new(&mesh, P!["data"]))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::OutOfRange {
+                function: "Array::from_bytes",
+                ..
+            }
+        ),
+        "{e}"
+    );
     Ok(())
 }
 

@@ -501,7 +501,7 @@ impl Client {
 ///
 /// Errors: [`Error::ShapeTooLarge`], [`Error::HostDataSize`],
 /// [`Error::OutOfRange`].
-pub(super) fn check_host_bytes(
+pub(crate) fn check_host_bytes(
     function: &'static str,
     bytes: &[u8],
     spec: &ArraySpec,

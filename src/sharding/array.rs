@@ -50,16 +50,11 @@ impl Array {
     /// [`Array::from_host`] from raw little-endian bytes of type `spec`.
     ///
     /// Errors: [`Error::HostDataSize`] for a byte count other than the
-    /// type's; the sharding's errors; upload errors.
+    /// type's, [`Error::OutOfRange`] for `bool` bytes other than 0 and 1
+    /// (the checks of [`crate::Client::buffer_from_bytes`]); the
+    /// sharding's errors; upload errors.
     pub fn from_bytes(bytes: &[u8], spec: &ArraySpec, sharding: &NamedSharding) -> Result<Array> {
-        let size = spec.check_size(|| "a sharded upload".into())?;
-        if bytes.len() != size {
-            return Err(Error::HostDataSize {
-                spec: spec.clone(),
-                expected: spec.element_count(),
-                actual: bytes.len() / spec.dtype.size_in_bytes(),
-            });
-        }
+        crate::pjrt::client::check_host_bytes("Array::from_bytes", bytes, spec)?;
         let name = spec.to_string();
         Array::scatter(bytes, spec.clone(), sharding, &name)
     }
