@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::builder::{Builder, Computation, VarBuilder};
+use crate::builder::{Builder, Computation, Value, VarBuilder};
 use crate::cache::CompileCache;
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, Result};
@@ -326,9 +326,13 @@ impl Llm {
         for d in &mut donors[n_weights + 3..n_weights + 4 + 2 * l] {
             *d = true;
         }
-        let mut outs = vec![next, logits];
-        outs.extend(cache.into_iter().flat_map(|(k, v)| [k, v]));
-        outs.push(seen);
+        // The donated arrays come back first, in parameter order: XLA pairs
+        // each donor with an output of the same byte size, first come first
+        // served, so with the logits first (f32[vocab], the size of a
+        // 256-token key cache of SmolLM2) every cache was paired one layer
+        // off and copied at every step.
+        let mut outs: Vec<Value> = cache.into_iter().flat_map(|(k, v)| [k, v]).collect();
+        outs.extend([seen, next, logits]);
         b.build(&outs)?
             .with_name(&format!("llama_step_s{s}_c{c}"))
             .with_donors(&donors)
@@ -492,13 +496,8 @@ impl Llm {
                     found: out.len(),
                 });
             }
-            let seen = out.pop().ok_or(Error::Misuse {
-                what: "generate".into(),
-                reason: "the step program returned no results",
-            })?;
-            let mut out = out.into_iter();
-            let (tok, logits) = match (out.next(), out.next()) {
-                (Some(t), Some(l)) => (t.to_scalar::<i32>()?, l),
+            let (logits, tok, seen) = match (out.pop(), out.pop(), out.pop()) {
+                (Some(l), Some(t), Some(seen)) => (l, t.to_scalar::<i32>()?, seen),
                 _ => {
                     return Err(Error::Misuse {
                         what: "generate".into(),
@@ -506,7 +505,7 @@ impl Llm {
                     })
                 }
             };
-            state = Some((out.collect(), seen));
+            state = Some((out, seen));
             let logits = if keep_logits {
                 Some(logits.to_vec::<f32>()?)
             } else {
