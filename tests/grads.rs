@@ -793,7 +793,7 @@ fn relu_forward_is_one_max_and_its_gradient_is_zero_at_zero() -> Result<()> {
 
 /// A convolution of few products per output (3x3 over one feature) runs as
 /// shifted products (no `convolution` in the optimized forward), a tiled
-/// sum pool as a reshape and a reduce (no `reduce-window`), and both keep
+/// 2x2 sum pool as a sum of strided slices (no `reduce-window`), and both keep
 /// their gradients: the values and the kernel's and input's cotangents
 /// match the unlowered convolution's (a 2-feature input of the same
 /// layer is lowered too, a 4-feature one is not: 36 products).

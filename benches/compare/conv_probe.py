@@ -53,6 +53,10 @@ def pool_rs(x):
     return x.reshape(n, h // 2, 2, w // 2, 2, c).sum(axis=(2, 4)) / 4.0
 
 
+def pool_sl(x):
+    return (x[:, 0::2, 0::2, :] + x[:, 0::2, 1::2, :] + x[:, 1::2, 0::2, :] + x[:, 1::2, 1::2, :]) / 4.0
+
+
 # name: (batch, size, input features, kernel size, output features)
 CONVS = {"1x3x3->32 b32": (32, 28, 1, 3, 32), "1x3x3->32 b256": (256, 28, 1, 3, 32),
          "3x3x3->32 b32": (32, 28, 3, 3, 32), "3x3x3->32 b256": (256, 28, 3, 3, 32),
@@ -102,8 +106,16 @@ def main():
         }, host, args.rounds * (1 if b == 256 else 3))
     for b in (32, 256):
         host = (rng.standard_normal((b, 28, 28, 32), np.float32),)
-        run(f"2x2 avg pool f32[{b},28,28,32]", {"reduce_window": pool_rw, "reshape_sum": pool_rs}, host,
-            args.rounds * (1 if b == 256 else 3))
+        run(f"2x2 avg pool f32[{b},28,28,32]", {"reduce_window": pool_rw, "reshape_sum": pool_rs, "slices": pool_sl},
+            host, args.rounds * (1 if b == 256 else 3))
+        host = (rng.standard_normal((b, 28, 28, 1), np.float32), rng.standard_normal((3, 3, 1, 32), np.float32),
+                rng.standard_normal((32,), np.float32))
+        run(f"conv 1x3x3->32 + relu + 2x2 avg pool b{b}", {
+            "conv+reduce_window": lambda x, w, bb: pool_rw(jax.nn.relu(conv(x, w, 1) + bb)),
+            "shifted+reduce_window": lambda x, w, bb: pool_rw(jax.nn.relu(shifted(x, w, 1) + bb)),
+            "shifted+reshape_sum": lambda x, w, bb: pool_rs(jax.nn.relu(shifted(x, w, 1) + bb)),
+            "shifted+slices": lambda x, w, bb: pool_sl(jax.nn.relu(shifted(x, w, 1) + bb)),
+        }, host, args.rounds * (1 if b == 256 else 3))
 
 
 if __name__ == "__main__":
