@@ -137,8 +137,10 @@ impl Llm {
         )
     }
 
-    /// Loads a llama GGUF file with a KV cache of `capacity` tokens (at most
-    /// the model's context length).
+    /// Loads a llama GGUF file whose generations may use a KV cache of up
+    /// to `capacity` tokens (at most the model's context length; each
+    /// request gets the next power of two of its prompt + `max_tokens`,
+    /// from [`MIN_CACHE`], up to that).
     ///
     /// Errors: [`Error::Io`]/[`Error::Gguf`] for an unreadable, corrupt or
     /// non-llama file; [`Error::Weights`] listing missing or misshaped
@@ -204,7 +206,8 @@ impl Llm {
         self.weights.device_bytes()
     }
 
-    /// Tokens the KV cache holds (the context limit of a generation).
+    /// The largest KV cache a generation gets, in tokens (the context limit
+    /// of a generation).
     pub fn capacity(&self) -> usize {
         self.capacity
     }
