@@ -68,7 +68,7 @@ static FRAMEWORK_VERSION: AtomicI64 = AtomicI64::new(-1);
 /// the kernels (read from its metadata query), if one did.
 pub fn framework_api_version() -> Option<(i32, i32)> {
     let v = FRAMEWORK_VERSION.load(Ordering::Relaxed);
-    (v >= 0).then(|| ((v >> 32) as i32, (v & 0xffff_ffff) as i32))
+    (v >= 0).then_some(((v >> 32) as i32, (v & 0xffff_ffff) as i32))
 }
 
 extern "C" fn q4_0_handler(frame: *mut abi::CallFrame) -> *mut abi::FfiError {
