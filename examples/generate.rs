@@ -135,10 +135,10 @@ fn main() -> Result<()> {
                 g.ids.len().saturating_sub(1) as f64 / decode.max(1e-9)
             );
             eprintln!("generate: memory after generating: {}", memory());
-            for (s, c, exe) in llm.programs() {
+            for (s, c, attend, exe) in llm.programs() {
                 let m = exe.compiled_memory_stats()?;
                 eprintln!(
-                    "generate: program of {s} token(s), KV cache {c}: temp {:.1} MiB, code {:.1} MiB",
+                    "generate: program of {s} token(s), KV cache {c}: temp {:.1} MiB, code {:.1} MiB, attends over {attend:?}",
                     m.temp_size_in_bytes as f64 / 1048576.0,
                     m.generated_code_size_in_bytes as f64 / 1048576.0
                 );

@@ -194,3 +194,40 @@ fn xlayer_devices_and_doctor_show_the_devices() -> Result<()> {
     assert!(!out.status.success());
     Ok(())
 }
+
+// Runs the `xlayer` binary, built with the `cli` feature.
+#[cfg(feature = "cli")]
+#[test]
+fn xlayer_hlo_compiles_for_the_artifacts_devices_and_bench_refuses_clearly() -> Result<()> {
+    let xlayer = |cmd: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_xlayer"))
+            .arg(cmd)
+            .arg(fixture("mesh2x2.jaxexport"))
+            .output()
+    };
+    // `hlo`: the per-device program of the 4-device artifact (SPMD
+    // partitioned: a collective or a shard-sized parameter).
+    let out = xlayer("hlo")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "xlayer hlo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("HloModule"), "not an HLO module: {text}");
+    assert!(
+        text.contains("num_partitions=4"),
+        "not partitioned for 4 devices: {}",
+        text.lines().next().unwrap_or("")
+    );
+    // `bench`: refused before compiling, naming the program and its
+    // device count.
+    let out = xlayer("bench")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("`mesh2x2` is partitioned over 4 devices") && err.contains("xlayer run"),
+        "{err}"
+    );
+    Ok(())
+}

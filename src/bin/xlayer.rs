@@ -497,6 +497,14 @@ fn bench_cmd(
     json: bool,
 ) -> Result<()> {
     let program = load_program(args)?;
+    if program.device_count() > 1 {
+        bail!(
+            "`{}` is partitioned over {} devices; `xlayer bench` times single-device programs \
+             (run it with `xlayer run`, print its partitioned program with `xlayer hlo`)",
+            program.name(),
+            program.device_count()
+        );
+    }
     if inputs.is_none() {
         // Refuse inputs too large for the host before compiling.
         xlayer::bench::check_host_memory(
@@ -532,8 +540,15 @@ fn bench_cmd(
 
 fn hlo(args: &ProgramArgs, cost: bool, proto: Option<&Path>) -> Result<()> {
     let program = load_program(args)?;
-    let client = Client::default_plugin()?;
-    let (exe, text) = client.compile_with_hlo_text(&program, &args.compile_options())?;
+    // A program partitioned over N devices is compiled for N (on CPU, a
+    // client with N devices), as `run` does; its text is one device's.
+    let n = program.device_count();
+    let (client, options) = if n > 1 {
+        (client_for(n)?, args.compile_options().spmd(n))
+    } else {
+        (Client::default_plugin()?, args.compile_options())
+    };
+    let (exe, text) = client.compile_with_hlo_text(&program, &options)?;
     print!("{text}");
     if cost {
         println!("\n// cost analysis");

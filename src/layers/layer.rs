@@ -227,17 +227,23 @@ pub trait Layer: Send + Sync + sealed::Sealed {
     /// function and its compile.
     fn call(&self, inputs: &Tree<&Buffer>, training: Training) -> Result<Tree<Buffer>> {
         let hooks = sealed::hooks(self);
+        // A layer has a client once it is built (weights and client are set
+        // together), so a built layer's call skips `build` and its input
+        // specs tree.
         let client = match hooks.client() {
             Some(c) => c,
-            None => inputs
-                .leaves()
-                .first()
-                .map(|b| b.client().clone())
-                .ok_or_else(|| Error::NotBuilt {
-                    layer: self.name().to_string(),
-                })?,
+            None => {
+                let client = inputs
+                    .leaves()
+                    .first()
+                    .map(|b| b.client().clone())
+                    .ok_or_else(|| Error::NotBuilt {
+                        layer: self.name().to_string(),
+                    })?;
+                self.build(&client, &inputs.map_leaves(&mut |b| b.spec().clone()))?;
+                client
+            }
         };
-        self.build(&client, &inputs.map_leaves(&mut |b| b.spec().clone()))?;
         let me = hooks.as_dyn();
         hooks.runner().run(
             &client,

@@ -10,7 +10,9 @@
 //! takes `S` token ids at positions `start .. start + S` (of which the first
 //! `n` are real), writes their keys and values into the cache at `start`,
 //! attends causally over the cache, and returns the logits at position
-//! `start + n - 1`. Decode is the `S = 1` case.
+//! `start + n - 1`. Decode is the `S = 1` case. The first chunk of a prompt
+//! ([`Attention::Chunk`]) attends over its own `S` keys only, not over the
+//! whole (still empty) cache.
 //!
 //! GGUF stores `attn_q`/`attn_k` for GGML's rotation of adjacent pairs
 //! (`x[2i]`, `x[2i+1]`), which is what [`rope`] applies.
@@ -191,6 +193,20 @@ pub fn cache_specs(cfg: &LlamaConfig, capacity: usize) -> (ArraySpec, ArraySpec)
     )
 }
 
+/// What the queries of one [`forward`] call attend over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Attention {
+    /// The whole KV cache (masked causally by position): any `start`, the
+    /// decode step and later prefill chunks.
+    Cache,
+    /// Only the call's own `S` keys and values (causally): the tokens are
+    /// positions `0 .. S` of a new sequence, so `start` is taken as 0 (the
+    /// parameter is ignored) and the cache, empty before, is written but not
+    /// read. The same result as [`Attention::Cache`] at `start = 0`, with
+    /// scores of `S x S` instead of `S x capacity` per head.
+    Chunk,
+}
+
 /// The decoder over `ids: i32[S]` at positions `start + 0 .. S` (`start`:
 /// `i32[]`), the first `n` (`i32[]`) real, with its weights bound by their
 /// GGUF names under `vb` (`token_embd.weight`, `blk.{i}.attn_q.weight`, ...;
@@ -202,9 +218,11 @@ pub fn cache_specs(cfg: &LlamaConfig, capacity: usize) -> (ArraySpec, ArraySpec)
 /// whole cache at every layer's update, which made a decode step grow with
 /// the capacity), each laid out as the attention's batched products read
 /// it (with `[capacity, kv_heads, head_dim]` for both, XLA transposed both
-/// whole caches into new arrays at every step). Returns the logits at position `start + n - 1`
-/// (`f32[vocab]`) and the updated caches. The caller keeps `start + S <=
-/// capacity`.
+/// whole caches into new arrays at every step). `attend` says whether the
+/// queries read the whole cache or only this call's keys (the first chunk of
+/// a prompt, `start` taken as 0; see [`Attention`]). Returns the logits at
+/// position `start + n - 1` (`f32[vocab]`) and the updated caches. The
+/// caller keeps `start + S <= capacity`.
 ///
 /// Errors: [`Error::OutOfRange`] when `cache` does not hold one pair per
 /// layer; weight binding and op errors.
@@ -215,6 +233,7 @@ pub fn forward(
     start: &Value,
     n: &Value,
     cache: &[(Value, Value)],
+    attend: Attention,
 ) -> Result<(Value, Vec<(Value, Value)>)> {
     if cache.len() != cfg.layers {
         return Err(Error::OutOfRange {
@@ -229,6 +248,11 @@ pub fn forward(
     let (h, nh, nkv, dh) = (cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim);
     let cap = cache[0].1.dims()[1];
     let rep = nh / nkv;
+    let start = match attend {
+        Attention::Cache => start.clone(),
+        Attention::Chunk => b.scalar(0i32)?,
+    };
+    let start = &start;
     let pos = (b.iota(DType::I32, &[s], 0)? + start)?;
     // Rotary angles: pos * theta^(-2i/d), as f32.
     let inv: Vec<f32> = (0..dh / 2)
@@ -237,13 +261,18 @@ pub fn forward(
     let inv = b.constant(&inv, &[1, 1, dh / 2])?;
     let ang = (pos.convert(DType::F32)?.reshape(&[s, 1, 1])? * inv)?;
     let (cos, sin) = (ang.cos()?, ang.sin()?);
-    // Causal mask over the whole cache: key slot c is visible from query s
-    // when c <= pos[s] (later slots hold nothing yet, or padding).
-    let slots = b.iota(DType::I32, &[1, s, cap], 2)?;
+    // Causal mask over the keys read: key slot c (of the cache, or of this
+    // chunk, whose slot c is position c) is visible from query s when c <=
+    // pos[s] (later slots hold nothing yet, or padding).
+    let keys = match attend {
+        Attention::Cache => cap,
+        Attention::Chunk => s,
+    };
+    let slots = b.iota(DType::I32, &[1, s, keys], 2)?;
     let visible = slots.le(&pos.reshape(&[1, s, 1])?)?;
-    let neg = b.full(-1e30, DType::F32, &[1, s, cap])?;
-    let zero = b.zeros(DType::F32, &[1, s, cap])?;
-    let mask_bias = visible.select(&zero, &neg)?.reshape(&[1, 1, s, cap])?;
+    let neg = b.full(-1e30, DType::F32, &[1, s, keys])?;
+    let zero = b.zeros(DType::F32, &[1, s, keys])?;
+    let mask_bias = visible.select(&zero, &neg)?.reshape(&[1, 1, s, keys])?;
     let scale = 1.0 / (dh as f64).sqrt();
     let zero_i = b.scalar(0i32)?;
 
@@ -259,18 +288,19 @@ pub fn forward(
         let v = qweight::linear(&wl.pp("attn_v"), &xn, nkv * dh)?.reshape(&[s, nkv, dh])?;
         let q = (rope(&q, &cos, &sin)? * scale)?;
         let k = rope(&k, &cos, &sin)?;
-        let kl = k_cache.dynamic_update_slice(
-            &k.transpose(&[1, 2, 0])?,
-            &[zero_i.clone(), zero_i.clone(), start.clone()],
-        )?;
-        let vl = v_cache.dynamic_update_slice(
-            &v.transpose(&[1, 0, 2])?,
-            &[zero_i.clone(), start.clone(), zero_i.clone()],
-        )?;
+        let (kt, vt) = (k.transpose(&[1, 2, 0])?, v.transpose(&[1, 0, 2])?);
+        let kl =
+            k_cache.dynamic_update_slice(&kt, &[zero_i.clone(), zero_i.clone(), start.clone()])?;
+        let vl =
+            v_cache.dynamic_update_slice(&vt, &[zero_i.clone(), start.clone(), zero_i.clone()])?;
+        let (kr, vr) = match attend {
+            Attention::Cache => (&kl, &vl),
+            Attention::Chunk => (&kt, &vt),
+        };
         let qg = q.reshape(&[s, nkv, rep, dh])?;
-        let scores = Value::einsum("sgrd,gdc->grsc", &qg, &kl)?;
+        let scores = Value::einsum("sgrd,gdc->grsc", &qg, kr)?;
         let probs = nn::softmax(&(scores + &mask_bias)?, 3)?;
-        let ctx = Value::einsum("grsc,gcd->sgrd", &probs, &vl)?.reshape(&[s, h])?;
+        let ctx = Value::einsum("grsc,gcd->sgrd", &probs, vr)?.reshape(&[s, h])?;
         updated.push((kl, vl));
         x = (x + qweight::linear(&wl.pp("attn_output"), &ctx, h)?)?;
         let xn = rms_norm(&wl.pp("ffn_norm"), &x, cfg.eps)?;

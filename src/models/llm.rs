@@ -31,7 +31,7 @@ use crate::gguf::GgufFile;
 use crate::pjrt::client::Client;
 use crate::pjrt::executable::{Arg, Executable};
 
-use super::llama::{self, LlamaConfig};
+use super::llama::{self, Attention, LlamaConfig};
 use super::qweight::DeviceWeights;
 use super::sampling::{self, Sampling, SamplingInputs};
 
@@ -112,7 +112,7 @@ pub struct Llm {
     capacity: usize,
     default_stops: Vec<u32>,
     cache: CompileCache,
-    programs: Mutex<HashMap<(usize, usize), Arc<Executable>>>,
+    programs: Mutex<HashMap<(usize, usize, Attention), Arc<Executable>>>,
 }
 
 impl std::fmt::Debug for Llm {
@@ -281,7 +281,7 @@ impl Llm {
             .min(self.capacity)
     }
 
-    fn trace(&self, s: usize, c: usize) -> Result<Computation> {
+    fn trace(&self, s: usize, c: usize, attend: Attention) -> Result<Computation> {
         let b = Builder::new();
         let params = self.weights.declare(&b)?;
         let vb = VarBuilder::new(&params);
@@ -310,7 +310,7 @@ impl Llm {
             top_p: b.parameter(scalar(DType::F32), "top_p")?,
             penalty: b.parameter(scalar(DType::F32), "repetition_penalty")?,
         };
-        let (logits, cache) = llama::forward(&self.cfg, &vb, &ids, &start, &n, &cache)?;
+        let (logits, cache) = llama::forward(&self.cfg, &vb, &ids, &start, &n, &cache, attend)?;
         // Mark the real prompt tokens as seen, then choose.
         let valid = b
             .iota(DType::I32, &[s], 0)?
@@ -336,36 +336,45 @@ impl Llm {
         // off and copied at every step.
         let mut outs: Vec<Value> = cache.into_iter().flat_map(|(k, v)| [k, v]).collect();
         outs.extend([seen, next, logits]);
+        let chunk = match attend {
+            Attention::Cache => "",
+            Attention::Chunk => "_first",
+        };
         b.build(&outs)?
-            .with_name(&format!("llama_step_s{s}_c{c}"))
+            .with_name(&format!("llama_step_s{s}_c{c}{chunk}"))
             .with_donors(&donors)
     }
 
     /// The step program for `s` tokens at a time over a KV cache of `c`
-    /// tokens (compiled, or loaded from the compilation cache, on first
-    /// use).
+    /// tokens, attending over the whole cache or, for the first chunk of a
+    /// prompt, over its own tokens only ([`Attention`]); compiled, or loaded
+    /// from the compilation cache, on first use.
     ///
     /// Errors: tracing or compilation errors.
-    pub fn program(&self, s: usize, c: usize) -> Result<Arc<Executable>> {
+    pub fn program(&self, s: usize, c: usize, attend: Attention) -> Result<Arc<Executable>> {
         let mut p = self.programs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = p.get(&(s, c)) {
+        if let Some(e) = p.get(&(s, c, attend)) {
             return Ok(e.clone());
         }
         let exe = Arc::new(
-            self.trace(s, c)?
+            self.trace(s, c, attend)?
                 .compile_cached(&self.client, &self.cache)?,
         );
-        p.insert((s, c), exe.clone());
+        p.insert((s, c, attend), exe.clone());
         Ok(exe)
     }
 
     /// The step programs compiled so far, as (tokens per step, KV-cache
-    /// tokens, program): prefill buckets, and 1 for the decode step;
+    /// tokens, what they attend over, program): prefill buckets (a prompt's
+    /// first chunk with [`Attention::Chunk`]), and 1 for the decode step;
     /// smallest first.
-    pub fn programs(&self) -> Vec<(usize, usize, Arc<Executable>)> {
+    pub fn programs(&self) -> Vec<(usize, usize, Attention, Arc<Executable>)> {
         let p = self.programs.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<_> = p.iter().map(|(&(s, c), e)| (s, c, e.clone())).collect();
-        v.sort_by_key(|(s, c, _)| (*s, *c));
+        let mut v: Vec<_> = p
+            .iter()
+            .map(|(&(s, c, a), e)| (s, c, a, e.clone()))
+            .collect();
+        v.sort_by_key(|(s, c, a, _)| (*s, *c, *a == Attention::Chunk));
         v
     }
 
@@ -464,7 +473,13 @@ impl Llm {
         let stops = opts.stop.as_deref().unwrap_or(&self.default_stops);
 
         let mut step = |ids: &[u32], start: usize, s: usize| -> Result<(u32, Option<Vec<f32>>)> {
-            let exe = self.program(s, cap)?;
+            // The first chunk (start 0) attends over its own tokens only.
+            let attend = if start == 0 {
+                Attention::Chunk
+            } else {
+                Attention::Cache
+            };
+            let exe = self.program(s, cap, attend)?;
             let mut padded: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
             padded.resize(s, 0);
             let ids_b = c.buffer_from_host(&padded, &[s])?;
