@@ -164,6 +164,56 @@ fn kv_cache_decode_equals_full_recompute() {
     assert!(worst < 1e-3, "{worst}");
 }
 
+/// A prompt longer than one prefill chunk: its first 256 tokens attend over
+/// themselves only (`Attention::Chunk`), the rest is a second chunk that
+/// reads the cache (`Attention::Cache` with 64 tokens at a time). The logits
+/// that chunk gives for a position equal the decode step's for the same
+/// position.
+#[test]
+fn chunked_prefill_equals_decode() {
+    let dir = xla_build::ensure_asset(&xla_build::SMOLLM2).unwrap();
+    let client = Client::cpu().unwrap();
+    let m = Llm::load_file(
+        &client,
+        &dir.join(xla_build::SMOLLM2_GGUF),
+        512,
+        CompileCache::from_env().unwrap(),
+    )
+    .unwrap();
+    let mut prompt = Vec::new();
+    while prompt.len() < 299 {
+        let text = "Rivers carry water from the hills to the sea, and towns grow along them. ";
+        prompt.extend(m.encode(text).unwrap());
+    }
+    prompt.truncate(299);
+    let run = |ids: &[u32], n: usize| {
+        m.generate_with_logits(
+            ids,
+            &GenerateOptions {
+                stop: Some(vec![]),
+                ..GenerateOptions::new(n)
+            },
+            &mut |_, _| true,
+        )
+        .unwrap()
+    };
+    // 299 tokens: chunks of 256 and 43 (a 64-token program), then one
+    // decode step at position 299.
+    let g = run(&prompt, 2);
+    let mut longer = prompt.clone();
+    longer.push(g.ids[0]);
+    // 300 tokens: position 299 computed by the second prefill chunk.
+    let full = run(&longer, 1);
+    let d = full.logits[0]
+        .iter()
+        .zip(&g.logits[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!("chunked prefill vs decode at position 299: max |logit diff| {d:.2e}");
+    assert!(d < 1e-3, "{d}");
+    assert_eq!(argmax(&full.logits[0]), argmax(&g.logits[1]));
+}
+
 #[test]
 fn seeded_sampling_is_reproducible() {
     let m = model();
