@@ -8,7 +8,8 @@
 //! returned); one call is an execute plus reading the result. Reported:
 //! median µs per call, GB/s of weight bytes read, and the median per-round
 //! ratio HLO / kernel (how many times faster the kernel is). The kernel
-//! uses `XLAYER_CPU_KERNEL_THREADS` threads (default 1).
+//! uses `XLAYER_CPU_KERNEL_THREADS` threads (default: the available parallelism,
+//! at most 8).
 //!
 //! Environment: `QBENCH_ROUNDS` (default 9), `QBENCH_CALLS` (calls per
 //! round, default 50; 5 for the 49152-row head).

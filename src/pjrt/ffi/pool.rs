@@ -56,16 +56,22 @@ struct Pool {
 }
 
 /// Helper threads: `XLAYER_CPU_KERNEL_THREADS - 1` if set (at most 63),
-/// else none. On the 2-core machine of the measurements (load 6-7, shared)
-/// SmolLM2 decoding ran at 28-37 tok/s with one helper against 45-60 with
-/// none: the helper's spinning takes the core the rest of the step and
-/// the other processes need, so the kernels run on the calling thread
-/// unless asked.
+/// else one fewer than the CPU's available parallelism, at most 7. On the
+/// shared 2-core machine of the measurements one helper made SmolLM2's
+/// decoding faster at load 2 (85-99 vs 69-79 tok/s) and slower at load 6-7
+/// (28-37 vs 45-60): its spinning takes the core other processes need.
 fn helpers() -> usize {
-    std::env::var("XLAYER_CPU_KERNEL_THREADS")
+    if let Some(n) = std::env::var("XLAYER_CPU_KERNEL_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .map_or(0, |n| n.saturating_sub(1).min(63))
+    {
+        return n.saturating_sub(1).min(63);
+    }
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
+        - 1
 }
 
 fn pool() -> &'static Pool {
