@@ -17,7 +17,7 @@ plugin (the programs are then identical; only the compiler differs).
 --variant adds runs of that HLO compiled with the XLA flags FLAGS
 (`name=value;name=value`) on every plugin. --minilm BIN adds the MiniLM entries
 (batch 1, 8, 24) when the minilm example BIN supports `--bench N`
-(see MINILM_HOOK below).
+(see the MiniLM entries below), on every plugin.
 """
 import argparse
 import json
@@ -74,8 +74,8 @@ class Server:
 
 # MiniLM entries: xlayer's side is the minilm example's `--bench N` (one
 # JSON object {"sentences": k, "median_ms": m, "runs_ms": [...]}, a fresh
-# process per round, so its own warm-up and persistent cache apply); JAX's
-# side is suite_jax.minilm (same weights and tokenizer, padded to the
+# process per plugin and round, so its own warm-up and persistent cache
+# apply); JAX's side is suite_jax.minilm (same weights and tokenizer, padded to the
 # longest). Batch 24 is one ~140-token paragraph among 23 short sentences.
 MINILM_LONG = ("A long paragraph sentence " * 35).strip()
 MINILM_BATCHES = {
@@ -198,16 +198,25 @@ def main():
                         ratios[(col_name(c), e)].append(t / j)
         for e in minilm:
             n = max(3, round(10 * args.calls))
-            try:
-                x = minilm_time(args.minilm, servers[0].plugin, MINILM_BATCHES[e], n)["median_ms"]
-            except (RuntimeError, ValueError, subprocess.TimeoutExpired) as err:
-                print(f"round {r + 1} {e}: {err}", file=sys.stderr)
-                continue
-            times[(col_name(columns[1]), e)].append(x)
+            # every plugin, in an order that rotates per round, then JAX once:
+            # each plugin's ratio is against that one JAX time of the round
+            k = r % len(servers)
+            got = {}
+            for s in servers[k:] + servers[:k]:
+                try:
+                    got[s.name] = minilm_time(args.minilm, s.plugin, MINILM_BATCHES[e], n)["median_ms"]
+                except (RuntimeError, ValueError, subprocess.TimeoutExpired) as err:
+                    print(f"round {r + 1} {e} [{s.name}]: {err}", file=sys.stderr)
+            j = None
             if e in minilm_jax:
                 j = statistics.median(minilm_jax[e]() for _ in range(n))
                 times[(col_name(columns[0]), e)].append(j)
-                ratios[(col_name(columns[1]), e)].append(x / j)
+            for c in columns[1:1 + len(servers)]:
+                x = got.get(c[1].name)
+                if x is not None:
+                    times[(col_name(c), e)].append(x)
+                    if j:
+                        ratios[(col_name(c), e)].append(x / j)
         print(f"round {r + 1}/{args.rounds} done (load {loads[-1]:.2f})", file=sys.stderr)
     loads.append(loadavg())
     for s in servers:

@@ -12,7 +12,7 @@
 # SUITE_PLUGINS: comma-separated xla-build recipe names (cpu, cpu-zml,
 # cpu-lammps; each fetched on first use) or NAME=/path/plugin.so.
 # SUITE_MINILM=1: also the MiniLM entries (batch 1, 8, 24; builds the minilm
-# example, fetches the model; xlayer on the first plugin of SUITE_PLUGINS only).
+# example, fetches the model; xlayer on every plugin of SUITE_PLUGINS).
 # Further arguments go to suite.py (--rounds, --calls, --entries, --jax-hlo,
 # --variant NAME=FLAGS, --minilm BIN, --json OUT).
 set -euo pipefail
