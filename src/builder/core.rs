@@ -16,6 +16,9 @@ pub(crate) struct State {
     pub(crate) graph: Graph,
     /// The region ops are currently recorded into (`None`: the entry function).
     pub(crate) scope: Option<RegionId>,
+    /// Whether ops may call the CPU kernels registered by
+    /// `crate::pjrt::ffi` ([`Builder::set_cpu_kernels`]).
+    pub(crate) cpu_kernels: bool,
 }
 
 /// Records ops into a graph. Cheap to clone (shared); single-threaded.
@@ -220,6 +223,7 @@ impl Builder {
             state: Rc::new(RefCell::new(State {
                 graph: Graph::default(),
                 scope: None,
+                cpu_kernels: false,
             })),
         }
     }

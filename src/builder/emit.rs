@@ -55,7 +55,8 @@ fn vref(g: &Graph, v: ValueId) -> String {
         | Op::ReduceScatter { .. }
         | Op::AllToAll { .. }
         | Op::CollectivePermute { .. }
-        | Op::PartitionId => {
+        | Op::PartitionId
+        | Op::CustomCall { .. } => {
             if n.outputs.len() == 1 {
                 format!("%v{}", v.node)
             } else {
@@ -310,6 +311,13 @@ fn attributes(g: &Graph, node: NodeId) -> String {
             "sharding = #sdy.sharding{}",
             sdy_sharding(&mesh_symbol(g, mesh), mesh, spec, n.outputs[0].rank())
         ),
+        Op::CustomCall { target, attrs } => {
+            let config: Vec<String> = attrs.iter().map(|(k, v)| format!("{k} = {v} : i64")).collect();
+            format!(
+                "api_version = 4 : i32, backend_config = {{{}}}, call_target_name = \"{target}\"",
+                config.join(", ")
+            )
+        }
         Op::PartitionId
         | Op::Parameter { .. }
         | Op::RegionArgs
@@ -369,6 +377,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::AllToAll { .. } => "stablehlo.all_to_all",
         Op::CollectivePermute { .. } => "stablehlo.collective_permute",
         Op::PartitionId => "stablehlo.partition_id",
+        Op::CustomCall { .. } => "stablehlo.custom_call",
     }
 }
 

@@ -46,6 +46,7 @@ pub mod op;
 mod ops_compare;
 mod ops_control;
 mod ops_convert;
+mod ops_custom;
 mod ops_elementwise;
 mod ops_index;
 mod ops_linalg;

@@ -646,6 +646,15 @@ pub enum Op {
     },
     /// This device's logical id (`ui32` scalar), inside a manual region.
     PartitionId,
+    /// A call of a kernel registered with the runtime under `target`
+    /// (`stablehlo.custom_call`, typed FFI: `api_version = 4`), its result
+    /// types given by the caller; see [`crate::builder::Builder::custom_call`].
+    CustomCall {
+        /// The registered name.
+        target: String,
+        /// Integer attributes passed to the kernel (`backend_config`).
+        attrs: Vec<(String, i64)>,
+    },
 }
 
 impl Op {
@@ -667,6 +676,7 @@ impl Op {
             | Op::AllToAll { .. }
             | Op::CollectivePermute { .. }
             | Op::PartitionId
+            | Op::CustomCall { .. }
             | Op::Parameter { .. }
             | Op::RegionArgs
             | Op::Constant { .. }
@@ -741,6 +751,7 @@ impl Op {
             Op::AllToAll { .. } => "all_to_all",
             Op::CollectivePermute { .. } => "ppermute",
             Op::PartitionId => "partition_id",
+            Op::CustomCall { .. } => "custom_call",
             Op::GradientOf => "gradient_of",
         }
     }

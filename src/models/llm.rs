@@ -283,6 +283,7 @@ impl Llm {
 
     fn trace(&self, s: usize, c: usize, attend: Attention) -> Result<Computation> {
         let b = Builder::new();
+        b.set_cpu_kernels(self.client.cpu_kernels());
         let params = self.weights.declare(&b)?;
         let vb = VarBuilder::new(&params);
         let l = self.cfg.layers;

@@ -7,6 +7,8 @@
 //!   (provisioning, tokenizer, bucketing, compilation cache).
 //! - [`llama`]: the llama decoder over GGUF weights bound by name;
 //!   [`qweight`]: those weights on the device, still quantized;
+//!   [`qmatvec`]: their matrix-vector product as a call of xlayer's CPU
+//!   kernel;
 //!   [`sampling`]: choosing the next token inside the program;
 //!   [`llm`]: text generation with SmolLM2-135M-Instruct end to end.
 //!
@@ -25,5 +27,6 @@ pub mod llm;
 #[cfg(feature = "tokenizers")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokenizers")))]
 pub mod minilm;
+pub mod qmatvec;
 pub mod qweight;
 pub mod sampling;

@@ -308,8 +308,11 @@ impl QWeight {
     /// parts: `sum_b d[o,b] * sum_j q[o,b,j] x[b,j] (+ m[o,b] * sum_j
     /// x[b,j])`, an elementwise product and two reductions that XLA fuses
     /// into loops reading the 4- or 8-bit data, so the f32 weight is never
-    /// written to memory. Otherwise the weight is dequantized and multiplied
-    /// with `dot_general`.
+    /// written to memory; when the builder may use the CPU kernels
+    /// ([`Builder::set_cpu_kernels`]) it is a call of the kernel instead
+    /// ([`super::qmatvec::quantized_matvec`]), which streams the quantized
+    /// data at memory speed. Otherwise the weight is dequantized and
+    /// multiplied with `dot_general`.
     ///
     /// Errors: op errors for an `x` whose last axis is not the weight's
     /// `in`, or a weight that is not 2-D.
@@ -321,7 +324,18 @@ impl QWeight {
             if let Some(last) = out_dims.last_mut() {
                 *last = self.shape[0];
             }
-            return block_matvec(self.ty, &self.shape, &self.parts, x)?.reshape(&out_dims);
+            let y = if x.builder().cpu_kernels() {
+                super::qmatvec::quantized_matvec(
+                    self.ty,
+                    self.shape[0],
+                    self.shape[1],
+                    x,
+                    &self.parts,
+                )?
+            } else {
+                block_matvec(self.ty, &self.shape, &self.parts, x)?
+            };
+            return y.reshape(&out_dims);
         }
         let w = dequant_after(self.ty, &self.parts, Some(x))?.reshape(&self.shape)?;
         x.dot_general(

@@ -312,9 +312,25 @@ impl Client {
                 inner.platform_name
             )));
         }
-        Ok(Client {
+        let client = Client {
             inner: Arc::new(inner),
-        })
+        };
+        // Registered before this client compiles or loads anything, so a
+        // cached program that calls a kernel finds it.
+        client.cpu_kernels();
+        Ok(client)
+    }
+
+    /// Whether programs compiled by this client may call xlayer's CPU
+    /// kernels (`crate::pjrt::ffi`; see
+    /// [`crate::builder::Builder::set_cpu_kernels`]): a CPU client whose
+    /// plugin took their registration ([`Plugin::cpu_kernels`] tells why
+    /// not), unless the environment variable `XLAYER_CPU_KERNELS` is `0`
+    /// (then programs keep their plain-HLO formulations, e.g. to compare).
+    pub fn cpu_kernels(&self) -> bool {
+        self.platform_name() == "cpu"
+            && std::env::var_os("XLAYER_CPU_KERNELS").is_none_or(|v| v != "0")
+            && self.inner.plugin.cpu_kernels().is_ok()
     }
 
     /// The plugin this client runs on.

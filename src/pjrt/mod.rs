@@ -14,6 +14,9 @@
 //! - [`distributed`]: more than one process (node id and count, the
 //!   C API's key-value store callbacks); [`kv_store`]: the store they reach
 //!   (`FileKvStore`, a folder shared by the processes).
+//! - [`ffi`]: xlayer's own CPU kernels (a quantized matrix-vector
+//!   product), registered with the CPU plugin as XLA FFI handlers and
+//!   called from programs as custom calls.
 //! - [`logging`]: the plugin's own log lines, quiet unless `XLAYER_LOG`.
 //! - [`mapped`]: read-only memory-mapped files, the zero-copy source of
 //!   weights (`crate::weights`), with pages released after upload.
@@ -45,6 +48,7 @@ pub mod distributed;
 mod event;
 pub mod executable;
 mod execute;
+pub mod ffi;
 pub mod isolate;
 pub mod kv_store;
 pub mod logging;

@@ -315,6 +315,9 @@ pub struct Plugin {
     api: &'static sys::PJRT_Api,
     version: (i32, i32),
     attributes: Vec<(String, NamedValue)>,
+    /// Whether xlayer's CPU kernels are registered with it (or why not),
+    /// once tried ([`Plugin::cpu_kernels`]).
+    kernels: OnceLock<std::result::Result<(), String>>,
 }
 
 // SAFETY: the PJRT_Api table is immutable static data of the plugin, and the
@@ -438,6 +441,7 @@ impl Plugin {
             api,
             version,
             attributes: Vec::new(),
+            kernels: OnceLock::new(),
         };
         pjrt_call!(
             &plugin,
@@ -480,6 +484,20 @@ impl Plugin {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v)
+    }
+
+    /// Registers xlayer's CPU kernels (`crate::pjrt::ffi`) with this plugin
+    /// on the first call; returns whether they are registered, or why not
+    /// (no FFI extension, one without `register_handler`, or the plugin's
+    /// refusal, in words). Registering also on a non-CPU plugin is
+    /// harmless (the kernels are registered for the `Host` platform only);
+    /// [`crate::Client::cpu_kernels`] asks only for CPU clients.
+    pub fn cpu_kernels(&self) -> std::result::Result<(), &str> {
+        self.kernels
+            .get_or_init(|| super::ffi::register(self))
+            .as_ref()
+            .map(|_| ())
+            .map_err(String::as_str)
     }
 
     pub(crate) fn api(&self) -> &'static sys::PJRT_Api {

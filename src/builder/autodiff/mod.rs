@@ -607,5 +607,6 @@ fn rule(
         } => rules_collectives::all_to_all(&at, over, *split_dim, *concat_dim),
         Op::CollectivePermute { over, perm } => rules_collectives::ppermute(&at, over, perm),
         Op::PartitionId => Ok(Vec::new()),
+        Op::CustomCall { .. } => Err(at.no_rule("a custom call's kernel has no derivative")),
     }
 }

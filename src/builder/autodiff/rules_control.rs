@@ -151,6 +151,7 @@ fn replay_node(b: &Builder, g: &Graph, n: NodeId, env: &mut HashMap<ValueId, Val
         | Op::AllToAll { .. }
         | Op::CollectivePermute { .. }
         | Op::PartitionId
+        | Op::CustomCall { .. }
         | Op::GradientOf) => op.clone(),
     };
     let refs: Vec<&Value> = operands.iter().collect();
