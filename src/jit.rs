@@ -45,6 +45,13 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// The specs the layout was made from.
+    pub(crate) fn specs(&self) -> &Tree<ArraySpec> {
+        &self.specs
+    }
+}
+
 impl PartialEq for Layout {
     fn eq(&self, other: &Layout) -> bool {
         self.hash == other.hash

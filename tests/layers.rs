@@ -674,3 +674,34 @@ fn forwards_are_jit_cached_per_mode_and_loaded_from_the_compile_cache() -> Resul
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+#[test]
+fn alternating_input_shapes_and_modes_each_run_their_own_program() -> Result<()> {
+    // A call like the last one reuses its program without building a key;
+    // any other shape or mode must not: each call's output has its own
+    // input's shape and values, and each (shape, mode) compiled once.
+    let c = client();
+    let layer = JaxLayer::new(|Inputs(x): Inputs| {
+        let x = x.into_leaf()?;
+        Ok(Out::from((&x * &x)?))
+    })?;
+    let a = c.buffer_from_host(&[1f32, 2., 3., 4., 5., 6.], &[2, 3])?;
+    let b = c.buffer_from_host(&[1f32, -2., 3., -4.], &[4])?;
+    let a2 = c.buffer_from_host(&[2f32, 2., 2., 2., 2., 2.], &[3, 2])?;
+    for _ in 0..2 {
+        for (x, want, dims) in [
+            (&a, vec![1f32, 4., 9., 16., 25., 36.], vec![2, 3]),
+            (&a, vec![1f32, 4., 9., 16., 25., 36.], vec![2, 3]),
+            (&b, vec![1f32, 4., 9., 16.], vec![4]),
+            (&a2, vec![4f32; 6], vec![3, 2]),
+        ] {
+            let y = layer.call1(x, Training::No)?;
+            assert_eq!(y.dims(), dims.as_slice());
+            assert_eq!(y.to_vec::<f32>()?, want);
+        }
+        let y = layer.call1(&b, Training::Yes)?;
+        assert_eq!(y.to_vec::<f32>()?, vec![1f32, 4., 9., 16.]);
+    }
+    assert_eq!(layer.compile_count(), 4, "[2,3], [4], [3,2], [4] training");
+    Ok(())
+}
