@@ -3,7 +3,7 @@
 //!
 //! The CPU plugin holds XLA's FFI handler registry; PJRT's FFI extension
 //! (`PJRT_Extension_Type_FFI`, version 2) exposes `register_handler`, which
-//! [`register`] calls once per plugin for each kernel (platform `Host`,
+//! `register` calls once per plugin for each kernel (platform `Host`,
 //! where XLA:CPU looks handlers up). Registering asks the handler for its
 //! FFI API version first (a call whose frame carries the metadata
 //! extension); the handlers answer with the version of the framework that
