@@ -43,21 +43,13 @@ pub fn quantized_matvec(
             "{ty} weight [{rows}, {cols}]: columns must be a positive multiple of 32"
         )));
     }
-    let nb = cols / 32;
     if x.dtype() != DType::F32 || x.element_count() != cols {
         return Err(op_err(format!(
             "x is {}, expected f32 with {cols} elements (the weight's columns)",
             x.spec()
         )));
     }
-    let mut want = vec![("d", ArraySpec::new(DType::F16, vec![rows, nb]))];
-    if ty == GgmlType::Q4_1 {
-        want.push(("m", ArraySpec::new(DType::F16, vec![rows, nb])));
-    }
-    want.push(match ty {
-        GgmlType::Q8_0 => ("qs", ArraySpec::new(DType::I8, vec![rows, nb, 32])),
-        _ => ("qs", ArraySpec::new(DType::U8, vec![rows, nb, 16])),
-    });
+    let want = super::qweight::block_parts(ty, &[rows, cols]);
     if parts.len() != want.len() {
         return Err(op_err(format!(
             "a {ty} weight has {} parts ({}), got {}",

@@ -73,7 +73,9 @@ pub fn layout(t: &TensorInfo) -> QuantLayout {
 
 /// The parts of a `Q4_0`/`Q4_1`/`Q8_0` tensor of logical `shape` (see the
 /// module documentation); empty for other types.
-fn block_parts(ty: GgmlType, shape: &[usize]) -> Vec<(&'static str, ArraySpec)> {
+/// The device parts of a block-quantized (`Q4_0`, `Q4_1`, `Q8_0`) tensor of
+/// logical `shape`, in upload order; empty for other types.
+pub(crate) fn block_parts(ty: GgmlType, shape: &[usize]) -> Vec<(&'static str, ArraySpec)> {
     let cols = *shape.last().unwrap_or(&1);
     let rows = shape.iter().product::<usize>() / cols.max(1);
     let nb = cols / 32;
