@@ -132,9 +132,9 @@ fn key_depends_on_program_and_options() {
     );
 }
 
-/// A client of the second CPU plugin build (`cpu-zml`), fetched if absent.
-fn zml_client() -> Client {
-    let path = xla_build::ensure_recipe(&xla_build::CPU_ZML).unwrap();
+/// A one-device client of the CPU plugin build `recipe`, fetched if absent.
+fn client_of(recipe: &'static xla_build::Recipe) -> Client {
+    let path = xla_build::ensure_recipe(recipe).unwrap();
     let plugin = Plugin::load(path).unwrap();
     Client::new(&plugin, &ClientOptions::new().cpu_device_count(1)).unwrap()
 }
@@ -142,16 +142,17 @@ fn zml_client() -> Client {
 /// Set in the child process that runs the two-builds test.
 const CHILD: &str = "XLAYER_CACHE_TEST_TWO_BUILDS_CHILD";
 
-/// Runs in a child process of this test binary whose plugins log only
-/// FATAL lines (`TF_CPP_MIN_LOG_LEVEL=3`, read by each plugin before its
-/// first log line): `cpu-zml` logs two E-level `cpu_aot_loader` lines (of
-/// ~2 KB each) on every executable it loads from the cache, because its
-/// compiles record LLVM's tuning flags `+prefer-no-gather` and
-/// `+prefer-no-scatter` (AMD Zen) among the target features, and its
-/// loader does not find those among the host's CPU features. A false
-/// alarm (the entry loads and runs), and not a cache problem: the entry was
-/// compiled by the same plugin on the same machine. The pinned plugin logs
-/// nothing there.
+/// The pinned build (`xla_build::CPU`, loaded by name, so the test keeps
+/// two builds whichever one `Client::cpu()` picks) and `cpu-zml`. Runs in
+/// a child process at xlayer's default log level (no `XLAYER_LOG`, no
+/// `TF_CPP_MIN_LOG_LEVEL`): `cpu-zml` logs two E-level `cpu_aot_loader`
+/// lines (~2 KB each) on every executable it loads from the cache, because
+/// its compiles record LLVM's tuning flags `+prefer-no-gather` and
+/// `+prefer-no-scatter` among the target features and its loader does not
+/// find those among the host's CPU features. A false alarm (the entry loads
+/// and runs, compiled by the same plugin on the same machine), which xlayer
+/// keeps off stderr while the plugin is quiet: the child's stderr must not
+/// show it. The pinned plugin logs nothing there.
 #[test]
 fn two_plugin_builds_never_load_each_others_entries() {
     if std::env::var_os(CHILD).is_none() {
@@ -159,7 +160,8 @@ fn two_plugin_builds_never_load_each_others_entries() {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", name, "--test-threads=1"])
             .env(CHILD, "1")
-            .env("TF_CPP_MIN_LOG_LEVEL", "3")
+            .env_remove("TF_CPP_MIN_LOG_LEVEL")
+            .env_remove("XLAYER_LOG")
             .output()
             .unwrap();
         let (stdout, stderr) = (
@@ -169,10 +171,11 @@ fn two_plugin_builds_never_load_each_others_entries() {
         assert!(out.status.success(), "{stdout}\n{stderr}");
         assert!(stdout.contains("1 passed"), "{stdout}");
         assert!(!stderr.contains("cpu_aot_loader"), "{stderr}");
+        assert!(!stderr.contains("absl::InitializeLog"), "{stderr}");
         return;
     }
-    let a = Client::cpu().unwrap();
-    let b = zml_client();
+    let a = client_of(&xla_build::CPU);
+    let b = client_of(&xla_build::CPU_ZML);
     assert_ne!(a.plugin().path(), b.plugin().path());
     // The premise: both builds call themselves the same XLA version.
     assert_eq!(

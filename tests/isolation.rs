@@ -46,6 +46,24 @@ fn corrupted_bytecode(at: usize) -> Program {
 /// exception through the C API: the process aborts.
 const ABORTING_BYTE: usize = 46;
 
+/// The signals a CPU plugin build's compiler dies of on the corrupted
+/// programs here: SIGABRT (6) or SIGSEGV (11). Both builds throw an
+/// uncaught C++ exception through the C API (`cpu-zml`: `std::length_error`
+/// from an LLVM `SmallVector`); the pinned build then always aborts, while
+/// `cpu-zml` aborts or, more often in the CLI's own process (9 of 12 runs
+/// of `xlayer hlo --no-isolate`), dies of SIGSEGV on the way. Which one is
+/// the build's incidental behaviour; the point of these tests is that the
+/// crash is contained and typed.
+const CRASH_SIGNALS: [i32; 2] = [6, 11];
+
+/// Asserts that `signal` is one of [`CRASH_SIGNALS`].
+fn assert_crash_signal(signal: Option<i32>, what: &str) {
+    assert!(
+        signal.is_some_and(|s| CRASH_SIGNALS.contains(&s)),
+        "{what}: expected SIGABRT or SIGSEGV, got {signal:?}"
+    );
+}
+
 #[test]
 fn corrupted_bytecode_crashes_only_the_child() {
     let client = Client::cpu().unwrap();
@@ -54,7 +72,7 @@ fn corrupted_bytecode_crashes_only_the_child() {
             program, signal, ..
         }) => {
             assert_eq!(program, "main");
-            assert_eq!(signal, Some(6), "SIGABRT");
+            assert_crash_signal(signal, "isolated compile");
         }
         other => panic!("expected Error::PluginCrashed, got {other:?}"),
     }
@@ -80,9 +98,9 @@ fn the_same_corruption_kills_a_plain_compile() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "the plain compile must crash");
-    assert_eq!(
+    assert_crash_signal(
         std::os::unix::process::ExitStatusExt::signal(&out.status),
-        Some(6)
+        "plain compile",
     );
 }
 
@@ -106,7 +124,7 @@ fn corrupted_export_artifact_crashes_only_the_child() {
     std::fs::remove_dir_all(&dir).unwrap();
     let client = Client::cpu().unwrap();
     match client.compile_with(&program, &isolated()) {
-        Err(Error::PluginCrashed { signal, .. }) => assert_eq!(signal, Some(6), "SIGABRT"),
+        Err(Error::PluginCrashed { signal, .. }) => assert_crash_signal(signal, "export artifact"),
         other => panic!("expected Error::PluginCrashed, got {other:?}"),
     }
 }
@@ -256,14 +274,15 @@ fn the_cli_isolates_by_default() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("crashed compiling `main`") && stderr.contains("SIGABRT"),
+        stderr.contains("crashed compiling `main`")
+            && (stderr.contains("SIGABRT") || stderr.contains("SIGSEGV")),
         "{stderr}"
     );
+    // --no-isolate compiles in the CLI's own process, which dies.
     let out = run(&["--no-isolate"]);
-    assert_eq!(
+    assert_crash_signal(
         std::os::unix::process::ExitStatusExt::signal(&out.status),
-        Some(6),
-        "--no-isolate compiles in the CLI's own process"
+        "xlayer hlo --no-isolate",
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

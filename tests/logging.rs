@@ -124,3 +124,85 @@ fn library_is_quiet_unless_xlayer_log() {
         "cpu_device_count set via create_options",
     );
 }
+
+/// Set in the child process of `cpu_zml_loads_hide_only_the_false_alarm`.
+const ZML_CHILD: &str = "XLAYER_LOGGING_ZML_CHILD";
+
+/// The feature `cpu-zml` records on an AVX-512 host that its loader then
+/// reports as missing (a false alarm), and a made-up feature of the same
+/// length put in its place: a real missing feature, which must still be
+/// reported.
+const TUNING_FLAG: &[u8] = b"+prefer-no-gather";
+const MADE_UP_FEATURE: &[u8] = b"+xlayer-test-feat";
+
+/// The child half of `cpu_zml_loads_hide_only_the_false_alarm` (does
+/// nothing in a plain test run): on `cpu-zml`, compiles a program, loads its
+/// serialized executable back as the compilation cache does, then loads a
+/// copy whose recorded target features name [`MADE_UP_FEATURE`]; both run.
+#[test]
+fn child_loads_executables_on_cpu_zml() {
+    if std::env::var_os(ZML_CHILD).is_none() {
+        return;
+    }
+    use xlayer::{Client, ClientOptions, Plugin, Program};
+    let path = xla_build::ensure_recipe(&xla_build::CPU_ZML).expect("cpu-zml");
+    let plugin = Plugin::load(path).expect("load cpu-zml");
+    let client = Client::new(&plugin, &ClientOptions::new().cpu_device_count(1)).unwrap();
+    let program = Program::mlir_text(
+        "func.func public @main(%a: tensor<3xf32>) -> tensor<3xf32> {\n  %0 = stablehlo.add %a, %a : tensor<3xf32>\n  return %0 : tensor<3xf32>\n}",
+    )
+    .unwrap();
+    let bytes = client.compile(&program).unwrap().serialize().unwrap();
+    let x = client.buffer_from_host(&[1f32, 2.0, 3.0], &[3]).unwrap();
+    let load_and_run = |bytes: &[u8]| {
+        let exe = client
+            .deserialize_executable(bytes, "main", program.signature().clone())
+            .unwrap();
+        let y = exe.execute(&[&x]).unwrap()[0].to_vec::<f32>().unwrap();
+        assert_eq!(y, vec![2.0, 4.0, 6.0]);
+    };
+    load_and_run(&bytes);
+    let at = bytes
+        .windows(TUNING_FLAG.len())
+        .position(|w| w == TUNING_FLAG)
+        .expect("cpu-zml records +prefer-no-gather on this (AVX-512) host");
+    let mut tampered = bytes.clone();
+    tampered[at..at + TUNING_FLAG.len()].copy_from_slice(MADE_UP_FEATURE);
+    load_and_run(&tampered);
+}
+
+#[test]
+fn cpu_zml_loads_hide_only_the_false_alarm() {
+    let child = || {
+        let mut c = Command::new(std::env::current_exe().expect("test binary"));
+        c.args([
+            "--exact",
+            "child_loads_executables_on_cpu_zml",
+            "--test-threads=1",
+        ])
+        .env(ZML_CHILD, "1");
+        c
+    };
+    let missing = |feature: &[u8]| {
+        format!(
+            "Target machine feature {} is not",
+            String::from_utf8_lossy(feature)
+        )
+    };
+    // Verbose: the plugin's own lines, false alarms included, all print.
+    let verbose = stderr(&run(child(), &[("XLAYER_LOG", "1")]));
+    for feature in [TUNING_FLAG, b"+prefer-no-scatter", MADE_UP_FEATURE] {
+        assert!(verbose.contains(&missing(feature)), "{verbose}");
+    }
+    // Quiet (the default): the false alarms and absl's preamble are gone,
+    // the report of a really missing feature is kept.
+    let quiet = stderr(&run(child(), &[]));
+    assert!(quiet.contains(&missing(MADE_UP_FEATURE)), "{quiet}");
+    for gone in [
+        missing(TUNING_FLAG),
+        missing(b"+prefer-no-scatter"),
+        "absl::InitializeLog".to_string(),
+    ] {
+        assert!(!quiet.contains(&gone), "stderr has `{gone}`:\n{quiet}");
+    }
+}

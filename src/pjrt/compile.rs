@@ -195,11 +195,15 @@ impl Client {
         a.client = self.inner.raw;
         a.serialized_executable = bytes.as_ptr().cast();
         a.serialized_executable_size = bytes.len();
-        pjrt_call!(
-            &self.inner.plugin,
-            PJRT_Executable_DeserializeAndLoad,
-            &mut a
-        )?;
+        // Some CPU builds log a false alarm on every load (see
+        // `stderr_filter`); it is kept off stderr while the plugin is quiet.
+        super::stderr_filter::without_false_alarms(|| {
+            pjrt_call!(
+                &self.inner.plugin,
+                PJRT_Executable_DeserializeAndLoad,
+                &mut a
+            )
+        })?;
         let mut exe = Executable {
             raw: a.loaded_executable,
             client: self.clone(),

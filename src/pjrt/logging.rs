@@ -17,15 +17,17 @@
 //!
 //! The variable stays set, so child processes inherit it.
 //!
-//! The other CPU builds (`cpu-zml`, and likewise `cpu-lammps`) log
+//! The other CPU builds (`cpu-zml`, and likewise `cpu-lammps`) log two
 //! E-level `cpu_aot_loader` lines ("Target machine feature
-//! +prefer-no-gather is not supported on the host machine") for every
-//! executable they load from the compilation cache: their compiles record
-//! LLVM's AMD Zen tuning flags `+prefer-no-gather`/`+prefer-no-scatter`
-//! among the target features, which their loader does not find among the
-//! host's. A false alarm (the executable loads and runs); with those
-//! builds, `TF_CPP_MIN_LOG_LEVEL=3` hides it (and every other non-fatal
-//! plugin line).
+//! +prefer-no-gather is not supported on the host machine", ~2 KB each)
+//! for every executable they load (from the compilation cache, or from an
+//! isolated compile): their compiles record LLVM's tuning flags
+//! `+prefer-no-gather`/`+prefer-no-scatter` among the target features,
+//! which their loader does not find among the host's. A false alarm (the
+//! executable loads and runs). While the plugin is quiet (the level is 1
+//! or 2, set by xlayer or by the user), xlayer filters those lines (and
+//! absl's preamble) out of the stderr of each load; see
+//! `stderr_filter` for how, and its trade-offs.
 //!
 //! **Soundness.** Changing the environment races with foreign code that
 //! reads it at the same moment on another thread (Rust's own `std::env`
@@ -37,7 +39,7 @@
 //! `XLAYER_LOG=1`) before starting threads; the CLI decides in `main`,
 //! before any thread starts.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Once;
 
 /// The variable the plugin's logging reads.
@@ -49,6 +51,10 @@ const QUIET_LEVEL: &str = "1";
 /// 0: not chosen (read `XLAYER_LOG`), 1: quiet, 2: verbose.
 static CHOICE: AtomicU8 = AtomicU8::new(0);
 static APPLIED: Once = Once::new();
+/// Whether the plugin logs at a quiet level (1 or 2) in this process, where
+/// loads filter the known false alarms; decided with the level, at the
+/// first plugin load.
+static FILTER: AtomicBool = AtomicBool::new(false);
 
 /// Chooses whether the PJRT plugin's own log lines (absl/XLA INFO lines such
 /// as `cpu_device_count set via create_options: 1`) reach stderr, overriding
@@ -85,7 +91,14 @@ fn verbose() -> bool {
 /// holds the registry lock.
 pub(crate) fn before_first_plugin_load() {
     APPLIED.call_once(|| {
-        if verbose() || std::env::var_os(LEVEL_VAR).is_some() {
+        if verbose() {
+            return;
+        }
+        if let Some(level) = std::env::var_os(LEVEL_VAR) {
+            // The user's level stands; filter only where it is quiet but
+            // still lets E-level lines through.
+            let quiet = matches!(level.to_str().map(str::trim), Some("1" | "2"));
+            FILTER.store(quiet, Ordering::SeqCst);
             return;
         }
         // SAFETY: see the module docs. This runs once, before the first
@@ -99,5 +112,13 @@ pub(crate) fn before_first_plugin_load() {
         unsafe {
             std::env::set_var(LEVEL_VAR, QUIET_LEVEL)
         };
+        FILTER.store(true, Ordering::SeqCst);
     });
+}
+
+/// Whether plugin loads filter the known false-alarm lines out of stderr
+/// (`stderr_filter`): the plugin logs at level 1 or 2. False before the
+/// first plugin load.
+pub(crate) fn filters_false_alarms() -> bool {
+    FILTER.load(Ordering::SeqCst)
 }

@@ -17,7 +17,8 @@
 //! - [`ffi`]: xlayer's own CPU kernels (a quantized matrix-vector
 //!   product), registered with the CPU plugin as XLA FFI handlers and
 //!   called from programs as custom calls.
-//! - [`logging`]: the plugin's own log lines, quiet unless `XLAYER_LOG`.
+//! - [`logging`]: the plugin's own log lines, quiet unless `XLAYER_LOG`;
+//!   `stderr_filter`: one known false alarm kept off stderr on loads.
 //! - [`mapped`]: read-only memory-mapped files, the zero-copy source of
 //!   weights (`crate::weights`), with pages released after upload.
 //! - `bench_support` (hidden): the dispatch floor for `benches/`, one
@@ -56,4 +57,5 @@ pub mod mapped;
 pub mod multi_device;
 pub mod plugin;
 pub mod precheck;
+mod stderr_filter;
 pub mod upload;

@@ -243,7 +243,11 @@ impl Recipe {
     }
 }
 
-const CPU: Recipe = Recipe {
+/// The pinned XLA CPU plugin build, `xla-cpu-pjrt` (C API 0.81): the
+/// `cpu` recipe. Named here so that code which needs this build in
+/// particular (tests comparing two builds) gets it whichever CPU build
+/// `XLAYER_CPU_RECIPE` selects. Fetch it with [`ensure_recipe`].
+pub const CPU: Recipe = Recipe {
     name: "cpu",
     env: "XLAYER_PJRT_PLUGIN_CPU",
     target: Target::Cpu,
