@@ -36,7 +36,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::dtype::{ArraySpec, DType};
 use crate::error::{Error, ErrorCode, Result};
-use crate::pjrt::analysis::CostAnalysis;
+use crate::pjrt::analysis::{CostAnalysis, CostSource};
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 use crate::pjrt::executable::Executable;
@@ -250,6 +250,10 @@ pub struct BenchReport {
     pub bytes_accessed: Option<f64>,
     /// The roofline compared against.
     pub roofline: Option<Roofline>,
+    /// Who counted `flops` and `bytes_accessed`: the compiler, or xlayer
+    /// from the optimized program where the plugin has no cost analysis.
+    /// `None` when neither could.
+    pub cost_source: Option<CostSource>,
     /// Why the plugin gave no cost analysis (it lacks
     /// `PJRT_Executable_GetCostAnalysis`, or answers `Unimplemented`):
     /// then `flops` and `bytes_accessed` are `None`, and GFLOP/s, GB/s and
@@ -311,6 +315,10 @@ impl BenchReport {
             "times_s": self.times.iter().map(|d| s(*d)).collect::<Vec<_>>(),
             "flops": self.flops,
             "bytes_accessed": self.bytes_accessed,
+            "cost_source": self.cost_source.map(|s| match s {
+                CostSource::Compiler => "compiler",
+                CostSource::Counted => "counted",
+            }),
             "cost_analysis_unavailable": self.cost_unavailable,
             "gflops_per_s": self.gflops(),
             "gbytes_per_s": self.gbps(),
@@ -349,7 +357,13 @@ impl fmt::Display for BenchReport {
             self.spread * 100.0
         )?;
         if let (Some(fl), Some(g)) = (self.flops, self.gflops()) {
-            writeln!(f, "  compute  {fl:.4e} flop/run  {g:.3} GFLOP/s")?;
+            let by = match self.cost_source {
+                Some(CostSource::Counted) => {
+                    "  (flops and bytes counted by xlayer: the plugin has no cost analysis)"
+                }
+                _ => "",
+            };
+            writeln!(f, "  compute  {fl:.4e} flop/run  {g:.3} GFLOP/s{by}")?;
         }
         if let (Some(b), Some(g)) = (self.bytes_accessed, self.gbps()) {
             writeln!(f, "  memory   {b:.4e} B/run  {g:.3} GB/s")?;
@@ -426,7 +440,7 @@ pub fn bench(exe: &Executable, args: &[&Buffer], options: &BenchOptions) -> Resu
     };
     let mean = sorted.iter().sum::<Duration>() / sorted.len() as u32;
     let spread = (max - min).as_secs_f64() / median.as_secs_f64().max(1e-12);
-    let (flops, bytes_accessed, cost_unavailable) = costs(exe.cost_analysis())?;
+    let (flops, bytes_accessed, cost_source, cost_unavailable) = costs(exe.cost_analysis())?;
     Ok(BenchReport {
         name: exe.name().to_string(),
         times,
@@ -438,24 +452,26 @@ pub fn bench(exe: &Executable, args: &[&Buffer], options: &BenchOptions) -> Resu
         flops,
         bytes_accessed,
         roofline: options.roofline.clone(),
+        cost_source,
         cost_unavailable,
     })
 }
 
-/// Flops, bytes and why they are missing, from a cost analysis: a plugin
-/// without one (the function absent, or `Unimplemented`, as jaxlib 0.11's
-/// CPU plugin answers) leaves the counts unknown; any other error is
-/// returned.
-fn costs(c: Result<CostAnalysis>) -> Result<(Option<f64>, Option<f64>, Option<String>)> {
+/// Flops, bytes, who counted them and why they are missing, from a cost
+/// analysis: a plugin without one whose optimized program xlayer cannot
+/// count either leaves the counts unknown; any other error is returned.
+type Costs = (Option<f64>, Option<f64>, Option<CostSource>, Option<String>);
+
+fn costs(c: Result<CostAnalysis>) -> Result<Costs> {
     match c {
-        Ok(c) => Ok((c.flops(), c.bytes_accessed(), None)),
+        Ok(c) => Ok((c.flops(), c.bytes_accessed(), Some(c.source), None)),
         Err(
             e @ (Error::Unsupported { .. }
             | Error::Pjrt {
                 code: ErrorCode::Unimplemented,
                 ..
             }),
-        ) => Ok((None, None, Some(e.to_string()))),
+        ) => Ok((None, None, None, Some(e.to_string()))),
         Err(e) => Err(e),
     }
 }
@@ -566,20 +582,22 @@ mod tests {
             flops,
             bytes_accessed: bytes,
             roofline,
+            cost_source: flops.map(|_| CostSource::Compiler),
             cost_unavailable: None,
         }
     }
 
     #[test]
     fn a_plugin_without_cost_analysis_still_times() {
-        // What jaxlib 0.11.2's CPU plugin (`cpu-lammps`) answers.
+        // What jaxlib 0.11.2's CPU plugin (`cpu-lammps`) answers, when
+        // xlayer cannot count the optimized program either.
         let missing = Err(Error::Pjrt {
             function: "PJRT_Executable_GetCostAnalysis",
             code: ErrorCode::Unimplemented,
             message: "not implemented".into(),
         });
-        let (flops, bytes, why) = costs(missing).unwrap();
-        assert_eq!((flops, bytes), (None, None));
+        let (flops, bytes, source, why) = costs(missing).unwrap();
+        assert_eq!((flops, bytes, source), (None, None, None));
         let why = why.unwrap();
         assert!(why.contains("PJRT_Executable_GetCostAnalysis"), "{why}");
         let mut r = report(

@@ -74,7 +74,7 @@ pub use dtype::{ArraySpec, DType, NativeType};
 pub use error::{Error, ErrorCode, Result};
 pub use host_array::{HostArray, NamedArray};
 pub use mode::Training;
-pub use pjrt::analysis::{CompiledMemoryStats, CostAnalysis, OptimizedProgram};
+pub use pjrt::analysis::{CompiledMemoryStats, CostAnalysis, CostSource, OptimizedProgram};
 pub use pjrt::buffer::Buffer;
 pub use pjrt::client::{Client, ClientOptions, Device};
 pub use pjrt::compile_options::{CompileOptions, XlaFlag};

@@ -124,3 +124,113 @@ fn parameter_specs_come_from_the_hlo_proto() {
         p.signature().inputs
     );
 }
+
+/// Programs whose optimized HLO holds every kind of instruction xlayer's
+/// own count prices: dots (plain and batched), convolutions (SAME padding,
+/// stride 2, feature groups, input dilation), reduces, a reduce-window,
+/// transcendentals inside fusions.
+fn cost_programs() -> Vec<(&'static str, Program)> {
+    use xlayer::builder::{nn, trace, ConvAttrs, ConvDims, Pool, Tree};
+    use xlayer::ArraySpec;
+    let program =
+        |name: &'static str,
+         specs: Vec<ArraySpec>,
+         f: fn(&[xlayer::builder::Value]) -> xlayer::Result<xlayer::builder::Value>| {
+            let inputs = Tree::List(specs.into_iter().map(Tree::Leaf).collect());
+            let c = trace(name, &inputs, |_b, t| Ok(Tree::leaf(f(&t.into_leaves())?))).unwrap();
+            (name, c.program().unwrap())
+        };
+    let f32s = |dims: &[usize]| ArraySpec::of::<f32>(dims.to_vec());
+    vec![
+        program(
+            "mlp_tanh_softmax",
+            vec![f32s(&[32, 64]), f32s(&[64, 48]), f32s(&[48, 10])],
+            |x| {
+                let h = x[0].matmul(&x[1])?.tanh()?;
+                nn::softmax(&h.matmul(&x[2])?, -1)
+            },
+        ),
+        program(
+            "batched_attention_scores",
+            vec![f32s(&[4, 16, 32]), f32s(&[4, 32, 24])],
+            |x| (x[0].matmul(&x[1])?.exp()? * 0.5)?.sum(&[-1], false),
+        ),
+        program(
+            "conv_same_stride2",
+            vec![f32s(&[2, 15, 15, 16]), f32s(&[3, 3, 16, 8])],
+            |x| {
+                let attrs = ConvAttrs::new(ConvDims::nhwc(2))
+                    .strides(&[2, 2])
+                    .padding(&[(1, 1), (1, 1)]);
+                nn::relu(&x[0].conv_general(&x[1], &attrs)?)
+            },
+        ),
+        program(
+            "conv_grouped_dilated_then_pool",
+            vec![f32s(&[1, 9, 9, 16]), f32s(&[3, 3, 4, 16])],
+            |x| {
+                let attrs = ConvAttrs::new(ConvDims::nhwc(2))
+                    .padding(&[(2, 2), (2, 2)])
+                    .lhs_dilation(&[2, 2])
+                    .feature_group_count(4);
+                x[0].conv_general(&x[1], &attrs)?
+                    .max_pool(&Pool::new(&[1, 2, 2, 1]).strides(&[1, 2, 2, 1]))
+            },
+        ),
+        program("layer_norm", vec![f32s(&[8, 128, 96])], |x| {
+            nn::standardize(&x[0], -1, 1e-5)
+        }),
+    ]
+}
+
+/// The pinned CPU plugin build, whatever `XLAYER_CPU_RECIPE` chooses.
+fn pinned_client() -> Client {
+    let path = xla_build::ensure_recipe(xla_build::recipe(xla_build::Target::Cpu)).unwrap();
+    let plugin = xlayer::Plugin::load(path).unwrap();
+    Client::new(&plugin, &xlayer::ClientOptions::new().cpu_device_count(1)).unwrap()
+}
+
+/// xlayer's own count (what `cost_analysis` falls back to on plugins
+/// without one) gives the flops, transcendentals and bytes of the
+/// compiler's cost analysis on the pinned plugin, for the same optimized
+/// program; and on the build `XLAYER_CPU_RECIPE` chooses, if another, the
+/// same transcendentals and flops within 0.1% of the pinned compiler's
+/// (the builds simplify elementwise code differently: `cpu-lammps` counts
+/// 32 more flops of 228 544 in the softmax program).
+#[test]
+fn counted_cost_matches_the_compilers() {
+    let pinned = pinned_client();
+    let chosen = Client::cpu().unwrap();
+    for (name, program) in cost_programs() {
+        let exe = pinned.compile(&program).unwrap();
+        let counted = exe.optimized_hlo().unwrap().counted_cost().unwrap();
+        let compiler = exe.compiler_cost_analysis().unwrap();
+        assert_eq!(counted.source, xlayer::CostSource::Counted);
+        assert_eq!(compiler.source, xlayer::CostSource::Compiler);
+        let both = format!("{name}\ncounted:\n{counted}\ncompiler:\n{compiler}");
+        assert_eq!(counted.flops(), compiler.flops(), "{both}");
+        assert_eq!(
+            counted.transcendentals().unwrap_or(0.0),
+            compiler.transcendentals().unwrap_or(0.0),
+            "{both}"
+        );
+        // Equal on these programs; a fusion that reads part of an operand
+        // would make the count higher (see `CostSource::Counted`).
+        assert_eq!(
+            counted.bytes_accessed(),
+            compiler.bytes_accessed(),
+            "{both}"
+        );
+
+        if chosen.plugin().path() != pinned.plugin().path() {
+            let other = chosen.compile(&program).unwrap().cost_analysis().unwrap();
+            let (f, reference) = (other.flops().unwrap(), compiler.flops().unwrap());
+            assert!((f - reference).abs() <= reference * 1e-3, "{name}: {other}");
+            assert_eq!(
+                other.transcendentals().unwrap_or(0.0),
+                compiler.transcendentals().unwrap_or(0.0),
+                "{name}: {other}"
+            );
+        }
+    }
+}

@@ -554,6 +554,7 @@ fn hlo(args: &ProgramArgs, cost: bool, proto: Option<&Path>) -> Result<()> {
         println!("\n// cost analysis");
         match exe.cost_analysis() {
             Ok(c) => {
+                println!("//   ({})", c.source);
                 for line in c.to_string().lines() {
                     println!("//   {line}");
                 }

@@ -8,6 +8,9 @@
 //!   `bytes accessedout{}`, `utilization{i}{}`, and `transcendentals` only
 //!   when nonzero (absent means 0). For a `M×K · K×N` matmul it reports
 //!   `2·M·N·K` flops; adding a bias adds `M·N` more (one per added element).
+//!   Other builds (`cpu-zml`, `cpu-lammps`) answer `Unimplemented`; there
+//!   [`Executable::cost_analysis`] counts flops, transcendentals and bytes
+//!   from the optimized program itself ([`CostSource::Counted`]).
 //! - `PJRT_Executable_OptimizedProgram` returns format `hlo_with_config`: a
 //!   serialized `xla.HloModuleProtoWithConfig` (binary protobuf), never
 //!   text. See [`OptimizedProgram`] and [`crate::Client::compile_with_hlo_text`].
@@ -26,12 +29,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::client::Client;
 use super::compile_options::CompileOptions;
 use super::executable::Executable;
+use super::hlo_cost::count_module;
+use super::hlo_proto::{decode_module, dtype_from_primitive};
 use super::plugin::{pjrt_call, read_named_values, Args, NamedValue};
 use super::sys;
 use crate::error::{Error, Result};
 use crate::program::Program;
 
-/// The compiler's cost estimate of one execution, as named properties.
+/// The cost of one execution, as named properties: the compiler's
+/// estimate, or xlayer's own count where the plugin gives none (see
+/// [`CostAnalysis::source`]).
 ///
 /// ```no_run
 /// # use xlayer::{Client, Program};
@@ -46,8 +53,36 @@ use crate::program::Program;
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CostAnalysis {
-    /// Every property the plugin reported, by name.
+    /// Every property the plugin reported, by name (or the three xlayer
+    /// counted: `flops`, `transcendentals`, `bytes accessed`).
     pub properties: BTreeMap<String, NamedValue>,
+    /// Who computed the properties.
+    pub source: CostSource,
+}
+
+/// Who computed a [`CostAnalysis`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CostSource {
+    /// The plugin's compiler (`PJRT_Executable_GetCostAnalysis`).
+    #[default]
+    Compiler,
+    /// xlayer, from the optimized HLO module the plugin returned, because
+    /// the plugin implements no cost analysis. Flops and transcendentals
+    /// follow XLA's `HloCostAnalysis` rules; bytes accessed count each
+    /// top-level instruction's operands and result once, so they can exceed
+    /// the compiler's figure for fusions that read part of an operand.
+    Counted,
+}
+
+impl fmt::Display for CostSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CostSource::Compiler => "the compiler's cost analysis",
+            CostSource::Counted => {
+                "counted by xlayer from the optimized HLO (the plugin has no cost analysis)"
+            }
+        })
+    }
 }
 
 impl CostAnalysis {
@@ -146,11 +181,33 @@ pub struct CompiledMemoryStats {
 }
 
 impl Executable {
-    /// The compiler's cost analysis (`PJRT_Executable_GetCostAnalysis`).
+    /// The cost of one execution: the compiler's cost analysis
+    /// (`PJRT_Executable_GetCostAnalysis`), or, where the plugin lacks it or
+    /// answers `Unimplemented`, xlayer's count from the optimized program
+    /// ([`OptimizedProgram::counted_cost`]; `source` says which).
+    ///
+    /// Errors: the plugin's own error; where it has no cost analysis, the
+    /// error of [`Executable::optimized_hlo`], or that error again when the
+    /// optimized program is not an HLO module xlayer can read.
+    pub fn cost_analysis(&self) -> Result<CostAnalysis> {
+        match self.compiler_cost_analysis() {
+            Err(
+                e @ (Error::Unsupported { .. }
+                | Error::Pjrt {
+                    code: crate::ErrorCode::Unimplemented,
+                    ..
+                }),
+            ) => self.optimized_hlo()?.counted_cost().ok_or(e),
+            other => other,
+        }
+    }
+
+    /// The compiler's cost analysis alone (`PJRT_Executable_GetCostAnalysis`).
     ///
     /// Errors: [`Error::Unsupported`] if the plugin lacks the function, or
-    /// the plugin's own error.
-    pub fn cost_analysis(&self) -> Result<CostAnalysis> {
+    /// the plugin's own error (`Unimplemented` on the `cpu-zml` and
+    /// `cpu-lammps` builds).
+    pub fn compiler_cost_analysis(&self) -> Result<CostAnalysis> {
         let plugin = &self.client().inner.plugin;
         self.with_unloaded(|raw| {
             let mut a = sys::PJRT_Executable_GetCostAnalysis_Args::new();
@@ -162,6 +219,7 @@ impl Executable {
             let values = unsafe { read_named_values(a.properties, a.num_properties) };
             Ok(CostAnalysis {
                 properties: values.into_iter().collect(),
+                source: CostSource::Compiler,
             })
         })
     }
@@ -346,75 +404,39 @@ fn read_after_optimizations(dir: &Path) -> Result<String> {
     })
 }
 
-/// The few fields of `xla.HloModuleProtoWithConfig` xlayer reads: the entry
-/// computation's parameter and result shapes (`host_program_shape`).
-mod hlo_proto {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct HloModuleProtoWithConfig {
-        #[prost(message, optional, tag = "1")]
-        pub hlo_module: Option<HloModuleProto>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct HloModuleProto {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(message, optional, tag = "4")]
-        pub host_program_shape: Option<ProgramShapeProto>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ProgramShapeProto {
-        #[prost(message, repeated, tag = "1")]
-        pub parameters: Vec<ShapeProto>,
-        #[prost(message, optional, tag = "2")]
-        pub result: Option<ShapeProto>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ShapeProto {
-        #[prost(int32, tag = "2")]
-        pub element_type: i32,
-        #[prost(int64, repeated, tag = "3")]
-        pub dimensions: Vec<i64>,
-        #[prost(message, repeated, tag = "4")]
-        pub tuple_shapes: Vec<ShapeProto>,
-    }
-}
-
-/// XLA's `PrimitiveType` numbering (xla_data.proto), for the dtypes xlayer holds.
-fn dtype_from_primitive(t: i32) -> Option<crate::DType> {
-    use crate::DType::*;
-    Some(match t {
-        1 => Bool,
-        2 => I8,
-        3 => I16,
-        4 => I32,
-        5 => I64,
-        6 => U8,
-        7 => U16,
-        8 => U32,
-        9 => U64,
-        10 => F16,
-        11 => F32,
-        12 => F64,
-        16 => BF16,
-        _ => return None,
-    })
-}
-
 impl OptimizedProgram {
+    /// xlayer's count of the program's `flops`, `transcendentals` and
+    /// `bytes accessed` ([`CostSource::Counted`]); `None` when the format is
+    /// not an HLO proto xlayer can decode.
+    pub fn counted_cost(&self) -> Option<CostAnalysis> {
+        let counts = count_module(&decode_module(&self.format, &self.bytes)?)?;
+        let properties = [
+            ("flops", counts.flops),
+            ("transcendentals", counts.transcendentals),
+            ("bytes accessed", counts.bytes_accessed),
+        ]
+        .into_iter()
+        .map(|(k, v)| {
+            // Whole counts stay exact as integers (an f32 rounds above 2^24).
+            let value = if v.fract() == 0.0 && v.abs() < 9.0e18 {
+                NamedValue::Int64(v as i64)
+            } else {
+                NamedValue::Float(v as f32)
+            };
+            (k.to_string(), value)
+        })
+        .collect();
+        Some(CostAnalysis {
+            properties,
+            source: CostSource::Counted,
+        })
+    }
+
     /// The entry computation's parameter types, read from the HLO proto
     /// (`host_program_shape`); `None` when the format is not an HLO proto or
     /// a parameter has a type xlayer cannot hold.
     pub fn parameter_specs(&self) -> Option<Vec<crate::ArraySpec>> {
-        use prost::Message;
-        let module = match self.format.as_str() {
-            "hlo_with_config" => {
-                hlo_proto::HloModuleProtoWithConfig::decode(self.bytes.as_slice())
-                    .ok()?
-                    .hlo_module?
-            }
-            "hlo" => hlo_proto::HloModuleProto::decode(self.bytes.as_slice()).ok()?,
-            _ => return None,
-        };
+        let module = decode_module(&self.format, &self.bytes)?;
         module
             .host_program_shape?
             .parameters

@@ -6,7 +6,10 @@
 //! - [`plugin`]: `dlopen`, `GetPjrtApi`, version check, error conversion.
 //! - [`client`], [`buffer`], [`executable`], `event`: owned handles that
 //!   free their resources on drop and keep their client alive.
-//! - [`analysis`]: cost analysis, optimized program, fingerprint, memory stats.
+//! - [`analysis`]: cost analysis, optimized program, fingerprint, memory stats;
+//!   `hlo_proto` and `hlo_cost`: the optimized HLO module's fields and
+//!   xlayer's own flop and byte count of it, for plugins without a cost
+//!   analysis.
 //! - [`compile_options`]: the serialized options every compile needs
 //!   (replicas, SPMD partitions, device assignment).
 //! - [`multi_device`]: N-device CPU clients and running one executable over
@@ -50,6 +53,8 @@ mod event;
 pub mod executable;
 mod execute;
 pub mod ffi;
+mod hlo_cost;
+mod hlo_proto;
 pub mod isolate;
 pub mod kv_store;
 pub mod logging;
