@@ -17,13 +17,13 @@
 //!
 //! The variable stays set, so child processes inherit it.
 //!
-//! The other CPU builds (`cpu-zml`, and likewise `cpu-lammps`) log two
+//! Another CPU build (`cpu-zml`; `cpu-lammps` too in earlier runs) logs two
 //! E-level `cpu_aot_loader` lines ("Target machine feature
 //! +prefer-no-gather is not supported on the host machine", ~2 KB each)
-//! for every executable they load (from the compilation cache, or from an
-//! isolated compile): their compiles record LLVM's tuning flags
+//! for every executable it loads (from the compilation cache, or from an
+//! isolated compile): its compiles record LLVM's tuning flags
 //! `+prefer-no-gather`/`+prefer-no-scatter` among the target features,
-//! which their loader does not find among the host's. A false alarm (the
+//! which its loader does not find among the host's. A false alarm (the
 //! executable loads and runs). While the plugin is quiet (the level is 1
 //! or 2, set by xlayer or by the user), xlayer filters those lines (and
 //! absl's preamble) out of the stderr of each load; see

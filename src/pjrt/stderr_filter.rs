@@ -1,10 +1,10 @@
 //! One known false alarm kept off stderr: the `cpu_aot_loader` lines that
 //! some CPU plugin builds log on every executable they load.
 //!
-//! `cpu-zml` (and `cpu-lammps`) record LLVM's tuning flags
+//! `cpu-zml` (and, in earlier runs, `cpu-lammps`) records LLVM's tuning flags
 //! `+prefer-no-gather`/`+prefer-no-scatter` among the target features of
 //! every compile on an AVX-512 host (XLA adds them whenever an `avx512`
-//! feature is enabled). Their loader compares the recorded features with
+//! feature is enabled). Its loader compares the recorded features with
 //! the host's CPUID features, where tuning flags never appear, and logs an
 //! E-level line of ~2 KB per flag ("Target machine feature
 //! +prefer-no-gather is not supported on the host machine ... This could
