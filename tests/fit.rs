@@ -419,3 +419,50 @@ fn flax_layer_batchnorm_dropout_trains() -> Result<()> {
     }
     Ok(())
 }
+
+/// A train step returns each layer's new weights to that layer, whatever
+/// the order of the layers' names: `z_first` sorts after `a_second` (as
+/// Keras's automatic `dense_10` sorts before `dense_9`), and with a zero
+/// learning rate every weight must come back to its own layer unchanged.
+/// (It used to come back in name order: the layers swapped weights, an
+/// error where their shapes differ and silently wrong where they agree.)
+#[test]
+fn each_layer_gets_its_own_weights_back_whatever_their_names_sort_to() -> Result<()> {
+    use xlayer::layers::{Activation, Dense};
+    use xlayer::train::Sgd;
+    let client = client();
+    let x = Input::new(&client, &[6], DType::F32);
+    let first = Dense::config(6)
+        .activation(Activation::Tanh)
+        .name("z_first")
+        .seed(1)
+        .build()?;
+    let second = Dense::config(6).name("a_second").seed(2).build()?;
+    let y = second.apply(&first.apply(&x)?)?;
+    let model = Model::new(x, y)?;
+    let before = (
+        leaf_bytes(&first.weights()?.params)?,
+        leaf_bytes(&second.weights()?.params)?,
+    );
+    assert_ne!(before.0, before.1, "differently seeded");
+    let trainer = Trainer::new(model, Sgd::new(0.0), Loss::MeanSquaredError, &[]);
+    // Three steps: an odd number, so that swapped weights stay swapped.
+    let rows: Vec<f32> = (0..48 * 6).map(|i| (i % 7) as f32 / 7.0).collect();
+    let data = HostArray::from_slice(&rows, &[48, 6])?;
+    trainer.fit(
+        &data,
+        &data,
+        &FitOptions {
+            batch_size: 16,
+            epochs: 1,
+            verbose: false,
+            ..Default::default()
+        },
+    )?;
+    let after = (
+        leaf_bytes(&first.weights()?.params)?,
+        leaf_bytes(&second.weights()?.params)?,
+    );
+    assert_eq!(before, after);
+    Ok(())
+}

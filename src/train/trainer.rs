@@ -271,7 +271,14 @@ impl Trainer {
                         value_and_grad_with_aux(b, &params, |_b, p| forward(&p))?;
                     let (new_params, new_opt) =
                         self.optimizer.update(&params, &grads, &opt_state)?;
-                    results.extend(new_params.leaves().into_iter().cloned());
+                    // In layer order, as the inputs were taken and the
+                    // outputs are read back (`outputs` below), not in the
+                    // map's order of names (`dense_10` sorts before
+                    // `dense_9`).
+                    for name in &names {
+                        let layer = new_params.get_subtree(name);
+                        results.extend(layer.leaves().into_iter().cloned());
+                    }
                     if let Tree::List(items) = &aux {
                         for s in &items[1..] {
                             results.extend(s.leaves().into_iter().cloned());
