@@ -183,26 +183,28 @@ fn cost_programs() -> Vec<(&'static str, Program)> {
     ]
 }
 
-/// The pinned CPU plugin build, whatever `XLAYER_CPU_RECIPE` chooses.
-fn pinned_client() -> Client {
-    let path = xla_build::ensure_recipe(xla_build::recipe(xla_build::Target::Cpu)).unwrap();
+/// The CPU plugin build whose compiler gives a cost analysis
+/// (`cpu-xla-pjrt`, the default until 2026-12-03), whatever
+/// `XLAYER_CPU_RECIPE` chooses.
+fn cost_reference_client() -> Client {
+    let path = xla_build::ensure_recipe(&xla_build::CPU_XLA_PJRT).unwrap();
     let plugin = xlayer::Plugin::load(path).unwrap();
     Client::new(&plugin, &xlayer::ClientOptions::new().cpu_device_count(1)).unwrap()
 }
 
 /// xlayer's own count (what `cost_analysis` falls back to on plugins
 /// without one) gives the flops, transcendentals and bytes of the
-/// compiler's cost analysis on the pinned plugin, for the same optimized
+/// compiler's cost analysis on `cpu-xla-pjrt`, for the same optimized
 /// program; and on the build `XLAYER_CPU_RECIPE` chooses, if another, the
-/// same transcendentals and flops within 0.1% of the pinned compiler's
+/// same transcendentals and flops within 0.1% of that compiler's
 /// (the builds simplify elementwise code differently: `cpu-lammps` counts
 /// 32 more flops of 228 544 in the softmax program).
 #[test]
 fn counted_cost_matches_the_compilers() {
-    let pinned = pinned_client();
+    let reference = cost_reference_client();
     let chosen = Client::cpu().unwrap();
     for (name, program) in cost_programs() {
-        let exe = pinned.compile(&program).unwrap();
+        let exe = reference.compile(&program).unwrap();
         let counted = exe.optimized_hlo().unwrap().counted_cost().unwrap();
         let compiler = exe.compiler_cost_analysis().unwrap();
         assert_eq!(counted.source, xlayer::CostSource::Counted);
@@ -222,7 +224,7 @@ fn counted_cost_matches_the_compilers() {
             "{both}"
         );
 
-        if chosen.plugin().path() != pinned.plugin().path() {
+        if chosen.plugin().path() != reference.plugin().path() {
             let other = chosen.compile(&program).unwrap().cost_analysis().unwrap();
             let (f, reference) = (other.flops().unwrap(), compiler.flops().unwrap());
             assert!((f - reference).abs() <= reference * 1e-3, "{name}: {other}");

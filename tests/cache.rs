@@ -2,7 +2,7 @@
 //! compile writes an entry, a fresh cache over the same folder (as a second
 //! process would) loads it without compiling, and a truncated or corrupted
 //! entry is detected, recompiled and replaced. Two different builds of the
-//! CPU plugin (the pinned one and `cpu-zml`, fetched here when absent,
+//! CPU plugin (the default and `cpu-xla-pjrt`, fetched here when absent,
 //! sha256-pinned) never load each other's entries, and the folder is
 //! private: created 0700, refused when others can write it.
 
@@ -142,8 +142,9 @@ fn client_of(recipe: &'static xla_build::Recipe) -> Client {
 /// Set in the child process that runs the two-builds test.
 const CHILD: &str = "XLAYER_CACHE_TEST_TWO_BUILDS_CHILD";
 
-/// The pinned build (`xla_build::CPU`, loaded by name, so the test keeps
-/// two builds whichever one `Client::cpu()` picks) and `cpu-zml`. Runs in
+/// The former default build (`xla_build::CPU_XLA_PJRT`) and the default
+/// one (`xla_build::CPU`, ZML's), each loaded by name, so the test keeps
+/// two builds whichever one `Client::cpu()` picks. Runs in
 /// a child process at xlayer's default log level (no `XLAYER_LOG`, no
 /// `TF_CPP_MIN_LOG_LEVEL`): `cpu-zml` logs two E-level `cpu_aot_loader`
 /// lines (~2 KB each) on every executable it loads from the cache, because
@@ -152,7 +153,7 @@ const CHILD: &str = "XLAYER_CACHE_TEST_TWO_BUILDS_CHILD";
 /// find those among the host's CPU features. A false alarm (the entry loads
 /// and runs, compiled by the same plugin on the same machine), which xlayer
 /// keeps off stderr while the plugin is quiet: the child's stderr must not
-/// show it. The pinned plugin logs nothing there.
+/// show it. `cpu-xla-pjrt` logs nothing there.
 #[test]
 fn two_plugin_builds_never_load_each_others_entries() {
     if std::env::var_os(CHILD).is_none() {
@@ -174,8 +175,8 @@ fn two_plugin_builds_never_load_each_others_entries() {
         assert!(!stderr.contains("absl::InitializeLog"), "{stderr}");
         return;
     }
-    let a = client_of(&xla_build::CPU);
-    let b = client_of(&xla_build::CPU_ZML);
+    let a = client_of(&xla_build::CPU_XLA_PJRT);
+    let b = client_of(&xla_build::CPU);
     assert_ne!(a.plugin().path(), b.plugin().path());
     // The premise: both builds call themselves the same XLA version.
     assert_eq!(

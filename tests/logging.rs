@@ -145,7 +145,7 @@ fn child_loads_executables_on_cpu_zml() {
         return;
     }
     use xlayer::{Client, ClientOptions, Plugin, Program};
-    let path = xla_build::ensure_recipe(&xla_build::CPU_ZML).expect("cpu-zml");
+    let path = xla_build::ensure_recipe(&xla_build::CPU).expect("cpu-zml, the default CPU build");
     let plugin = Plugin::load(path).expect("load cpu-zml");
     let client = Client::new(&plugin, &ClientOptions::new().cpu_device_count(1)).unwrap();
     let program = Program::mlir_text(

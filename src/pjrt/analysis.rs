@@ -1,14 +1,15 @@
 //! What the compiler says about an [`Executable`]: cost analysis, the
 //! optimized program, a fingerprint, and compiled memory statistics.
 //!
-//! Facts about the pinned CPU plugin (`xla-cpu-pjrt` 0.0.1, C API 0.81),
+//! Facts about the `cpu-xla-pjrt` build (`xla-cpu-pjrt` 0.0.1, C API 0.81),
 //! checked by the tests of this crate:
 //! - `PJRT_Executable_GetCostAnalysis` returns float properties `flops`,
 //!   `bytes accessed`, `bytes accessed{i}{}` per operand and
 //!   `bytes accessedout{}`, `utilization{i}{}`, and `transcendentals` only
 //!   when nonzero (absent means 0). For a `M×K · K×N` matmul it reports
 //!   `2·M·N·K` flops; adding a bias adds `M·N` more (one per added element).
-//!   Other builds (`cpu-zml`, `cpu-lammps`) answer `Unimplemented`; there
+//!   Other builds (the default ZML build, `cpu-lammps`) answer
+//!   `Unimplemented`; there
 //!   [`Executable::cost_analysis`] counts flops, transcendentals and bytes
 //!   from the optimized program itself ([`CostSource::Counted`]).
 //! - `PJRT_Executable_OptimizedProgram` returns format `hlo_with_config`: a

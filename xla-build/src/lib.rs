@@ -48,7 +48,7 @@ pub enum Error {
     #[error("unknown PJRT target `{0}` (known: cpu, cuda12, tpu)")]
     UnknownTarget(String),
     /// `XLAYER_CPU_RECIPE` names no CPU plugin recipe.
-    #[error("XLAYER_CPU_RECIPE is `{0}`, which is not a CPU plugin recipe (known: cpu, cpu-zml, cpu-lammps)")]
+    #[error("XLAYER_CPU_RECIPE is `{0}`, which is not a CPU plugin recipe (known: cpu (also called cpu-zml), cpu-xla-pjrt, cpu-lammps)")]
     UnknownCpuRecipe(String),
     /// The recipe has no wheel for this operating system or processor.
     #[error("no {target} plugin is published for {os}/{arch}; set {env} to a plugin built for this machine")]
@@ -161,7 +161,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> E
 /// A kind of accelerator a PJRT plugin drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
-    /// The XLA CPU backend (`xla-cpu-pjrt`).
+    /// The XLA CPU backend (by default ZML's build, `fastatomstruct-xla-cpu`).
     Cpu,
     /// NVIDIA GPUs with CUDA 12 (`jax-cuda12-pjrt`).
     Cuda12,
@@ -213,7 +213,7 @@ impl FromStr for Target {
 pub struct Recipe {
     /// What `xla-build fetch NAME` calls it, and the start of its cache
     /// folder's name: the target's name for the default recipes (`cpu`),
-    /// a longer one for an alternative build (`cpu-zml`).
+    /// a longer one for an alternative build (`cpu-lammps`).
     pub name: &'static str,
     /// The environment variable naming an existing copy of this plugin
     /// (skips the cache and the download).
@@ -243,20 +243,23 @@ impl Recipe {
     }
 }
 
-/// The pinned XLA CPU plugin build, `xla-cpu-pjrt` (C API 0.81): the
-/// `cpu` recipe. Named here so that code which needs this build in
-/// particular (tests comparing two builds) gets it whichever CPU build
-/// `XLAYER_CPU_RECIPE` selects. Fetch it with [`ensure_recipe`].
+/// The default CPU plugin: ZML's build of XLA's `pjrt-cpu` (C API 0.106,
+/// XLA of 2026-06), as packaged on PyPI by `fastatomstruct-xla-cpu` (a 63
+/// MB wheel). Chosen over the other builds by the speed suite against JAX
+/// 0.12 (see "CPU plugin choice" in `docs/benchmarks.md`). Its compiler
+/// gives no cost analysis (`Unimplemented`); xlayer counts flops and bytes
+/// from the optimized program instead. `cpu-zml` is another name for it.
+/// Fetch it with `xla-build fetch cpu` or [`ensure_recipe`].
 pub const CPU: Recipe = Recipe {
     name: "cpu",
     env: "XLAYER_PJRT_PLUGIN_CPU",
     target: Target::Cpu,
-    package: "xla-cpu-pjrt",
-    version: "0.0.1",
-    wheel: "xla_cpu_pjrt-0.0.1-py3-none-manylinux_2_27_x86_64.whl",
-    sha256: "55837b6b7b47daa717f2d9a5a03563ea0ceaa338d06a81a1e2d3f060d960decc",
+    package: "fastatomstruct-xla-cpu",
+    version: "2026.6.23",
+    wheel: "fastatomstruct_xla_cpu-2026.6.23-py3-none-manylinux_2_27_x86_64.whl",
+    sha256: "88b1c430b341b4bea40a37420311c9c75db6e22b46d2ff95b6986577bee6afe9",
     pip_args: &["--platform", "manylinux_2_27_x86_64"],
-    member: "xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so",
+    member: "fastatomstruct_xla_cpu/libpjrt_cpu.so",
     runtime_note: "none: the CPU plugin is self-contained",
 };
 
@@ -296,25 +299,25 @@ const TPU: Recipe = Recipe {
     runtime_note: "a Cloud TPU VM (the plugin finds its chips through /dev/accel* or /dev/vfio)",
 };
 
-/// A second, independent build of the XLA CPU plugin: ZML's `pjrt-cpu`
-/// (C API 0.106), as packaged on PyPI by `fastatomstruct-xla-cpu` (a 63 MB
-/// wheel). It reports the same `xla_version` attribute (2) as [`recipe`]`(Cpu)`
-/// (C API 0.81) although its code differs; the compilation cache's tests use
-/// the two to check that one build never loads the other's executables.
-/// Fetch it with `xla-build fetch cpu-zml` or [`ensure_recipe`].
-pub const CPU_ZML: Recipe = Recipe {
-    name: "cpu-zml",
-    env: "XLAYER_PJRT_PLUGIN_CPU_ZML",
+/// The CPU plugin build that was the default until 2026-12-03:
+/// `xla-cpu-pjrt` 0.0.1 (C API 0.81). Its compiler gives a cost analysis
+/// (the reference xlayer's own flop count is tested against) and its
+/// binding header is the one `src/pjrt/sys.rs` was generated from; the
+/// compilation cache's tests use it as a second build beside the default
+/// (both report `xla_version` 2 although their code differs). Fetch it
+/// with `xla-build fetch cpu-xla-pjrt` or [`ensure_recipe`].
+pub const CPU_XLA_PJRT: Recipe = Recipe {
+    name: "cpu-xla-pjrt",
+    env: "XLAYER_PJRT_PLUGIN_CPU_XLA_PJRT",
     target: Target::Cpu,
-    package: "fastatomstruct-xla-cpu",
-    version: "2026.6.23",
-    wheel: "fastatomstruct_xla_cpu-2026.6.23-py3-none-manylinux_2_27_x86_64.whl",
-    sha256: "88b1c430b341b4bea40a37420311c9c75db6e22b46d2ff95b6986577bee6afe9",
+    package: "xla-cpu-pjrt",
+    version: "0.0.1",
+    wheel: "xla_cpu_pjrt-0.0.1-py3-none-manylinux_2_27_x86_64.whl",
+    sha256: "55837b6b7b47daa717f2d9a5a03563ea0ceaa338d06a81a1e2d3f060d960decc",
     pip_args: &["--platform", "manylinux_2_27_x86_64"],
-    member: "fastatomstruct_xla_cpu/libpjrt_cpu.so",
+    member: "xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so",
     runtime_note: "none: the CPU plugin is self-contained",
 };
-
 /// A third CPU plugin build: the unmodified XLA CPU plugin of jaxlib
 /// 0.11.2 (PJRT C API 0.115; Apache-2.0), as packaged on PyPI by
 /// `lammps-jax-pjrt-cpu` (a 63 MB wheel, 201 MB unpacked). It fuses with
@@ -336,8 +339,8 @@ pub const CPU_LAMMPS: Recipe = Recipe {
 };
 
 /// Every recipe: the default one of each [`Target`], then the alternative
-/// builds ([`CPU_ZML`], [`CPU_LAMMPS`]).
-pub const RECIPES: [&Recipe; 5] = [&CPU, &CUDA12, &TPU, &CPU_ZML, &CPU_LAMMPS];
+/// builds ([`CPU_XLA_PJRT`], [`CPU_LAMMPS`]).
+pub const RECIPES: [&Recipe; 5] = [&CPU, &CUDA12, &TPU, &CPU_XLA_PJRT, &CPU_LAMMPS];
 
 /// The pinned recipe for a target.
 pub fn recipe(target: Target) -> &'static Recipe {
@@ -348,9 +351,13 @@ pub fn recipe(target: Target) -> &'static Recipe {
     }
 }
 
-/// The recipe called `name` (`cpu`, `cuda12`, `tpu`, `cpu-zml`,
-/// `cpu-lammps`), if any.
+/// The recipe called `name` (`cpu`, `cuda12`, `tpu`, `cpu-xla-pjrt`,
+/// `cpu-lammps`; `cpu-zml` is another name of `cpu`, the ZML build), if
+/// any.
 pub fn recipe_named(name: &str) -> Option<&'static Recipe> {
+    if name.eq_ignore_ascii_case("cpu-zml") {
+        return Some(&CPU);
+    }
     RECIPES
         .into_iter()
         .find(|r| r.name.eq_ignore_ascii_case(name))
@@ -405,7 +412,7 @@ fn override_path(var: &'static str) -> Result<Option<PathBuf>> {
 }
 
 /// The recipe `ensure` and `find` use for `target`: the pinned one, except
-/// that `XLAYER_CPU_RECIPE` (`cpu`, `cpu-zml`, `cpu-lammps`) chooses
+/// that `XLAYER_CPU_RECIPE` (`cpu`, `cpu-xla-pjrt`, `cpu-lammps`) chooses
 /// another CPU plugin build for [`Target::Cpu`] (see "CPU plugin choice"
 /// in `docs/benchmarks.md`).
 ///
@@ -721,7 +728,11 @@ mod tests {
         }
         assert_eq!(
             recipe_named("CPU-ZML").map(|r| r.package),
-            Some(CPU_ZML.package)
+            Some(CPU.package)
+        );
+        assert_eq!(
+            recipe_named("cpu-xla-pjrt").map(|r| r.package),
+            Some("xla-cpu-pjrt")
         );
         assert!(recipe_named("rocm").is_none());
     }
@@ -773,7 +784,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("xla_cpu_pjrt.so") && err.contains("empty.whl"),
+            err.contains("libpjrt_cpu.so") && err.contains("empty.whl"),
             "{err}"
         );
         fs::remove_dir_all(&dir).unwrap();

@@ -1,8 +1,8 @@
 //! `xla-build`: fetch and locate PJRT plugins from the command line.
 //!
 //! ```text
-//! cargo run -p xla-build -- fetch cpu      # download, verify, unpack (idempotent)
-//! cargo run -p xla-build -- fetch cpu-zml  # a second CPU plugin build (ZML's)
+//! cargo run -p xla-build -- fetch cpu      # download, verify, unpack (idempotent): ZML's build
+//! cargo run -p xla-build -- fetch cpu-xla-pjrt  # the former default CPU build (xla-cpu-pjrt 0.0.1)
 //! cargo run -p xla-build -- fetch cpu-lammps  # a third: jaxlib 0.11.2's XLA CPU plugin
 //! cargo run -p xla-build -- path cpu       # print the plugin path, fetching if needed
 //! cargo run -p xla-build -- fetch minilm   # a pinned data asset (model weights)
@@ -26,11 +26,12 @@ commands:
   path [TARGET|ASSET]   print its path (a file, or an asset's folder), fetching it first if needed
   status                show the cache folder, each recipe, and what is cached
 
-targets: cpu, cuda12, tpu; cpu-zml, cpu-lammps (other CPU plugin builds: ZML's, jaxlib 0.11.2's)
+targets: cpu (ZML's XLA CPU build; also called cpu-zml), cuda12, tpu;
+         cpu-xla-pjrt, cpu-lammps (other CPU plugin builds: xla-cpu-pjrt 0.0.1, jaxlib 0.11.2's)
 assets: minilm (all-MiniLM-L6-v2: safetensors weights, tokenizer.json, configs)
         smollm2 (SmolLM2-135M-Instruct: one Q4_1 GGUF file, 98 MB)
-environment: XLAYER_HOME (cache), XLAYER_PJRT_PLUGIN[_CPU|_CUDA12|_TPU|_CPU_ZML|_CPU_LAMMPS] (overrides),
-             XLAYER_CPU_RECIPE=cpu-zml|cpu-lammps (another CPU plugin build for every CPU client),
+environment: XLAYER_HOME (cache), XLAYER_PJRT_PLUGIN[_CPU|_CUDA12|_TPU|_CPU_XLA_PJRT|_CPU_LAMMPS] (overrides),
+             XLAYER_CPU_RECIPE=cpu-xla-pjrt|cpu-lammps (another CPU plugin build for every CPU client),
              XLAYER_MINILM_DIR, XLAYER_SMOLLM2_DIR (asset overrides), XLAYER_PYTHON";
 
 fn main() -> ExitCode {
