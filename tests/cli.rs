@@ -111,7 +111,7 @@ fn bench_reports_json() {
     // 2·2·4·3 (matmul) + 8 (bias) + 6 (2x) + 6 (sum) flops, as XLA counts them
     assert!(v["flops"].as_f64().unwrap() > 48.0);
     assert!(v["roofline"]["fraction"].as_f64().unwrap() > 0.0);
-    // The pinned plugin's compiler counts; other builds have xlayer count.
+    // cpu-xla-pjrt's compiler counts; the default (ZML's) build has xlayer count.
     let source = v["cost_source"].as_str().unwrap();
     assert!(source == "compiler" || source == "counted", "{source}");
 }

@@ -83,7 +83,7 @@ fn client() -> Client {
 }
 
 #[test]
-fn kernels_register_with_the_pinned_plugin() {
+fn kernels_register_with_the_cpu_plugin() {
     let c = client();
     assert!(c.cpu_kernels() || std::env::var_os("XLAYER_CPU_KERNELS").is_some_and(|v| v == "0"));
     let (major, minor) = ffi::framework_api_version().expect("the plugin asked for metadata");

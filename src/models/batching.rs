@@ -62,13 +62,15 @@ pub struct CostModel {
 }
 
 impl CostModel {
-    /// all-MiniLM-L6-v2 on the pinned CPU plugin, fitted by least squares
-    /// to the times `cargo bench --bench minilm_cost` measured for 20
-    /// `batch × seq` shapes (see docs/benchmarks.md, MiniLM).
+    /// all-MiniLM-L6-v2 on the default CPU plugin (ZML's build), fitted by
+    /// least squares to the times `cargo bench --bench minilm_cost`
+    /// measured for 20 `batch × seq` shapes on a quiet 2-core AMD EPYC
+    /// (2026-12-03, load 1.0–1.5; see docs/benchmarks.md, MiniLM). Only the
+    /// ratios matter to [`plan`]: one call costs as much as ~27 tokens.
     pub const MINILM_CPU: CostModel = CostModel {
-        per_call_us: 4900.0,
-        per_token_us: 290.0,
-        per_token_pos_us: 1.5,
+        per_call_us: 1825.0,
+        per_token_us: 66.8,
+        per_token_pos_us: 0.088,
     };
 
     /// The modelled time of one `batch × seq` execution (µs).
