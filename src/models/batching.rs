@@ -31,14 +31,18 @@ pub fn batch_bucket(n: usize) -> usize {
 }
 
 /// The padded length for an input of `n` tokens, at most `limit` (the
-/// model's position count): multiples of 4 up to 64, of 8 up to 128, of 16
-/// up to 256, of 32 above (at least 8). Up to 512 tokens that is 39
-/// lengths; the waste is at most 3, 7, 15 or 31 tokens, under 25% of the
-/// input from 12 tokens on (139 tokens pad to 144, 17 to 20).
+/// model's position count): the length itself from 8 to 32 tokens (most
+/// sentences; padding 17 tokens to 20 made a batch of 8 short sentences
+/// 12% slower, docs/benchmarks.md, MiniLM), multiples of 4 up to 64, of 8
+/// up to 128, of 16 up to 256, of 32 above. Up to 512 tokens that is 57
+/// lengths, each compiled once (and kept in the persistent cache); the
+/// waste is at most 3, 7, 15 or 31 tokens above 32, under 25% of the input
+/// (139 tokens pad to 144).
 pub fn seq_bucket(n: usize, limit: usize) -> usize {
     let n = n.max(8);
     let step = match n {
-        0..=64 => 4,
+        0..=32 => 1,
+        33..=64 => 4,
         65..=128 => 8,
         129..=256 => 16,
         _ => 32,
@@ -144,8 +148,10 @@ mod tests {
     #[test]
     fn buckets() {
         assert_eq!(seq_bucket(1, 512), 8);
-        assert_eq!(seq_bucket(9, 512), 12);
-        assert_eq!(seq_bucket(25, 512), 28);
+        assert_eq!(seq_bucket(9, 512), 9);
+        assert_eq!(seq_bucket(25, 512), 25);
+        assert_eq!(seq_bucket(32, 512), 32);
+        assert_eq!(seq_bucket(33, 512), 36);
         assert_eq!(seq_bucket(64, 512), 64);
         assert_eq!(seq_bucket(65, 512), 72);
         assert_eq!(seq_bucket(129, 512), 144);
@@ -155,7 +161,7 @@ mod tests {
         assert_eq!(seq_bucket(20, 16), 16, "capped at the limit");
         let distinct: std::collections::BTreeSet<usize> =
             (1..=512).map(|n| seq_bucket(n, 512)).collect();
-        assert_eq!(distinct.len(), 39);
+        assert_eq!(distinct.len(), 57);
         assert_eq!(batch_bucket(1), 1);
         assert_eq!(batch_bucket(5), 6);
         assert_eq!(batch_bucket(23), 24);
@@ -202,7 +208,7 @@ mod tests {
             [Group {
                 rows: 0..8,
                 batch: 8,
-                seq: 12
+                seq: 10
             }]
         );
         // Exhaustive check on small inputs: no partition into runs is cheaper.
