@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 
 use crate::dtype::{ArraySpec, DType};
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, Result};
 use crate::pjrt::analysis::{CostAnalysis, CostSource};
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
@@ -465,13 +465,7 @@ type Costs = (Option<f64>, Option<f64>, Option<CostSource>, Option<String>);
 fn costs(c: Result<CostAnalysis>) -> Result<Costs> {
     match c {
         Ok(c) => Ok((c.flops(), c.bytes_accessed(), Some(c.source), None)),
-        Err(
-            e @ (Error::Unsupported { .. }
-            | Error::Pjrt {
-                code: ErrorCode::Unimplemented,
-                ..
-            }),
-        ) => Ok((None, None, None, Some(e.to_string()))),
+        Err(e) if e.is_unimplemented() => Ok((None, None, None, Some(e.to_string()))),
         Err(e) => Err(e),
     }
 }
@@ -561,6 +555,7 @@ pub fn random_inputs(client: &Client, specs: &[ArraySpec], seed: u64) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorCode;
 
     fn report(
         ms: &[u64],

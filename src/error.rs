@@ -1150,6 +1150,23 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether the plugin lacks the operation: the C API function is absent
+    /// ([`Error::Unsupported`]) or answers `Unimplemented` (e.g. the cost
+    /// analysis of the default CPU build). Callers fall back or report the
+    /// result unknown instead of failing.
+    pub fn is_unimplemented(&self) -> bool {
+        matches!(
+            self,
+            Error::Unsupported { .. }
+                | Error::Pjrt {
+                    code: ErrorCode::Unimplemented,
+                    ..
+                }
+        )
+    }
+}
+
 /// `; known: a, b` for [`Error::UnknownName`] messages.
 fn known_list(known: &[String]) -> String {
     if known.is_empty() {

@@ -559,13 +559,7 @@ fn hlo(args: &ProgramArgs, cost: bool, proto: Option<&Path>) -> Result<()> {
                     println!("//   {line}");
                 }
             }
-            Err(
-                e @ (xlayer::Error::Unsupported { .. }
-                | xlayer::Error::Pjrt {
-                    code: xlayer::ErrorCode::Unimplemented,
-                    ..
-                }),
-            ) => println!("//   unknown: the plugin gives none ({e})"),
+            Err(e) if e.is_unimplemented() => println!("//   unknown: the plugin gives none ({e})"),
             Err(e) => return Err(e.into()),
         }
         match exe.compiled_memory_stats() {

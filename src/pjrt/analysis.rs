@@ -192,13 +192,7 @@ impl Executable {
     /// optimized program is not an HLO module xlayer can read.
     pub fn cost_analysis(&self) -> Result<CostAnalysis> {
         match self.compiler_cost_analysis() {
-            Err(
-                e @ (Error::Unsupported { .. }
-                | Error::Pjrt {
-                    code: crate::ErrorCode::Unimplemented,
-                    ..
-                }),
-            ) => self.optimized_hlo()?.counted_cost().ok_or(e),
+            Err(e) if e.is_unimplemented() => self.optimized_hlo()?.counted_cost().ok_or(e),
             other => other,
         }
     }
@@ -284,11 +278,7 @@ impl Executable {
             })
         });
         match from_unloaded {
-            Err(Error::Unsupported { .. })
-            | Err(Error::Pjrt {
-                code: crate::ErrorCode::Unimplemented,
-                ..
-            }) => {
+            Err(e) if e.is_unimplemented() => {
                 let mut a = sys::PJRT_LoadedExecutable_Fingerprint_Args::new();
                 a.executable = self.raw_loaded();
                 pjrt_call!(plugin, PJRT_LoadedExecutable_Fingerprint, &mut a)?;

@@ -54,11 +54,11 @@ const MAX_DEPTH: usize = 64;
 /// The entry computation's cost, or `None` when the module names no entry
 /// computation it holds.
 pub(crate) fn count_module(module: &HloModuleProto) -> Option<Counts> {
-    let by_id: HashMap<i64, &HloComputationProto> =
+    let computations: HashMap<i64, &HloComputationProto> =
         module.computations.iter().map(|c| (c.id, c)).collect();
-    let entry = by_id.get(&module.entry_computation_id)?;
+    let entry = *computations.get(&module.entry_computation_id)?;
     let mut counter = Counter {
-        computations: by_id.clone(),
+        computations,
         memo: HashMap::new(),
     };
     Some(counter.computation(entry, true, 0))
