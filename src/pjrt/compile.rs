@@ -4,7 +4,7 @@
 //! and the count of compiles this process made ([`compile_count`]).
 
 use super::client::{Client, Device};
-use super::compile_options::CompileOptions;
+use super::compile_options::{refuses_flag, CompileOptions, CPU_LIBRARY_FUSION_FLAG};
 use super::executable::Executable;
 use super::plugin::{pjrt_call, Args};
 use super::sys;
@@ -56,6 +56,25 @@ impl Client {
     }
 
     fn compile_unmapped(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
+        // `CompileOptions::new`'s YNNPACK fusion types, on a build that does
+        // not know them: compile as the plugin's defaults would.
+        match self.compile_on_devices(program, options) {
+            Err(e)
+                if options.has_default_library_fusion()
+                    && refuses_flag(&e, CPU_LIBRARY_FUSION_FLAG) =>
+            {
+                let without = options.clone().without_xla_flag(CPU_LIBRARY_FUSION_FLAG);
+                self.compile_on_devices(program, &without)
+            }
+            done => done,
+        }
+    }
+
+    fn compile_on_devices(
+        &self,
+        program: &Program,
+        options: &CompileOptions,
+    ) -> Result<Executable> {
         let devices = options.resolve_devices(self)?;
         // Several CPU devices: without XNNPACK fusions, which deadlock
         // against a blocked all-reduce (`multi_device`); a plugin that does

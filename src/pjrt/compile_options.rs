@@ -103,12 +103,43 @@ impl std::fmt::Display for XlaFlag {
     }
 }
 
+/// The CPU compiler's flag choosing which operations become YNNPACK
+/// library calls ("YNN fusions"); a repeated enum, set per compile as the
+/// enum's full names joined by commas.
+pub const CPU_LIBRARY_FUSION_FLAG: &str = "xla_cpu_experimental_ynn_fusion_type";
+
+/// [`CompileOptions::new`]'s value of [`CPU_LIBRARY_FUSION_FLAG`]: dots
+/// (with the reshapes around them) and reductions go to YNNPACK,
+/// convolutions to XLA's own kernels. Measured on the default CPU build
+/// against its own default (docs/benchmarks.md, "YNNPACK fusion types"):
+/// the Keras-test CNN forward 0.85–0.95× the time, its train step
+/// 0.58–0.84×, the other suite entries level. A build that does not know
+/// these values compiles without the flag (see [`CompileOptions::new`]).
+pub const CPU_LIBRARY_FUSION_DEFAULT: &str = "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE";
+
+/// XLA's answer to a compile option it does not know.
+fn is_unknown_flag_message(message: &str, name: &str) -> bool {
+    message.contains(&format!("No such compile option: '{name}'"))
+}
+
+/// XLA's answer to a compile option whose value it cannot take.
+fn is_refused_value_message(message: &str, name: &str) -> bool {
+    message.contains(&format!("While setting option {name},"))
+}
+
+/// Whether `e` is the compiler refusing the XLA flag `name`: a name it does
+/// not know, or a value it cannot take.
+pub(crate) fn refuses_flag(e: &Error, name: &str) -> bool {
+    matches!(e, Error::Pjrt { code: ErrorCode::InvalidArgument, message, .. }
+        if is_unknown_flag_message(message, name) || is_refused_value_message(message, name))
+}
+
 /// Options of one compile: the device(s) to compile for, and XLA flags.
 ///
 /// ```
 /// use xlayer::CompileOptions;
 /// let opts = CompileOptions::new().xla_flag("xla_cpu_enable_fast_math", false);
-/// assert_eq!(opts.flags().len(), 3); // with the two fast-min-max defaults
+/// assert_eq!(opts.flags().len(), 4); // with the three defaults of `new`
 /// // One program partitioned over 4 devices (SPMD, Shardy partitioner):
 /// let spmd = CompileOptions::new().spmd(4);
 /// assert_eq!((spmd.replica_count(), spmd.partition_count()), (1, 4));
@@ -145,13 +176,40 @@ impl Default for CompileOptions {
 
 impl CompileOptions {
     /// Defaults: the client's default device, and XLA's default flags
-    /// except min/max NaN semantics: `xla_cpu_enable_fast_min_max` and
-    /// `xla_gpu_enable_fast_min_max` are off, as in JAX, so `max(x, NaN)` is
-    /// NaN (the CPU plugin's own default is the fast, NaN-dropping form).
+    /// except two:
+    ///
+    /// - min/max NaN semantics: `xla_cpu_enable_fast_min_max` and
+    ///   `xla_gpu_enable_fast_min_max` are off, as in JAX, so `max(x, NaN)`
+    ///   is NaN (the CPU plugin's own default is the fast, NaN-dropping
+    ///   form);
+    /// - on CPU, which operations go to YNNPACK:
+    ///   [`CPU_LIBRARY_FUSION_FLAG`] = [`CPU_LIBRARY_FUSION_DEFAULT`]
+    ///   (measured faster; other platforms ignore `xla_cpu_` flags). A
+    ///   plugin that does not know the flag or its values compiles as if
+    ///   it were not set, without an error; a value set with
+    ///   [`CompileOptions::xla_flag`] replaces it and is never dropped, and
+    ///   [`CompileOptions::without_xla_flag`] removes it.
+    ///
+    /// ```
+    /// use xlayer::{CompileOptions, CPU_LIBRARY_FUSION_DEFAULT, CPU_LIBRARY_FUSION_FLAG};
+    /// let opts = CompileOptions::new();
+    /// assert_eq!(opts.flags()[CPU_LIBRARY_FUSION_FLAG], CPU_LIBRARY_FUSION_DEFAULT.into());
+    /// // The plugin's own choice instead:
+    /// let theirs = CompileOptions::new().without_xla_flag(CPU_LIBRARY_FUSION_FLAG);
+    /// assert!(!theirs.flags().contains_key(CPU_LIBRARY_FUSION_FLAG));
+    /// ```
     pub fn new() -> Self {
         Self::default()
             .xla_flag("xla_cpu_enable_fast_min_max", false)
             .xla_flag("xla_gpu_enable_fast_min_max", false)
+            .xla_flag(CPU_LIBRARY_FUSION_FLAG, CPU_LIBRARY_FUSION_DEFAULT)
+    }
+
+    /// Whether [`CPU_LIBRARY_FUSION_FLAG`] holds [`CompileOptions::new`]'s
+    /// value (not one the caller chose), so a plugin refusing it may
+    /// compile without it.
+    pub(crate) fn has_default_library_fusion(&self) -> bool {
+        self.flags.get(CPU_LIBRARY_FUSION_FLAG) == Some(&CPU_LIBRARY_FUSION_DEFAULT.into())
     }
 
     /// No flags at all: exactly the plugin's defaults.
@@ -256,6 +314,13 @@ impl CompileOptions {
         self
     }
 
+    /// The same options without the XLA flag `name` (the plugin's own
+    /// default then applies); unchanged when `name` is not set.
+    pub fn without_xla_flag(mut self, name: &str) -> Self {
+        self.flags.remove(name);
+        self
+    }
+
     /// Compiles in a child process, so that a crash of the plugin's
     /// compiler on an untrusted program (corrupt bytecode or `jax.export`
     /// artifact, pathological text) becomes [`crate::Error::PluginCrashed`]
@@ -305,13 +370,13 @@ impl CompileOptions {
             return e;
         };
         for (name, value) in &self.flags {
-            if message.contains(&format!("No such compile option: '{name}'")) {
+            if is_unknown_flag_message(message, name) {
                 return Error::UnknownXlaFlag {
                     name: name.clone(),
                     plugin: plugin.to_path_buf(),
                 };
             }
-            if message.contains(&format!("While setting option {name},")) {
+            if is_refused_value_message(message, name) {
                 return Error::InvalidXlaFlag {
                     name: name.clone(),
                     value: value.clone(),
@@ -518,6 +583,41 @@ mod tests {
             opts.flags().get("xla_gpu_enable_fast_min_max"),
             Some(&XlaFlag::Bool(false))
         );
+    }
+
+    #[test]
+    fn refused_flags_are_recognised_by_name() {
+        let pjrt = |message: &str| Error::Pjrt {
+            function: "PJRT_Client_Compile",
+            code: ErrorCode::InvalidArgument,
+            message: message.into(),
+        };
+        let unknown = pjrt("No such compile option: 'xla_cpu_experimental_ynn_fusion_type'");
+        let value = pjrt("While setting option xla_cpu_experimental_ynn_fusion_type, 'X' is not a valid enum value");
+        assert!(refuses_flag(&unknown, CPU_LIBRARY_FUSION_FLAG));
+        assert!(refuses_flag(&value, CPU_LIBRARY_FUSION_FLAG));
+        assert!(!refuses_flag(&unknown, "xla_cpu_use_xnnpack"));
+        assert!(!refuses_flag(
+            &pjrt("error: unexpected token"),
+            CPU_LIBRARY_FUSION_FLAG
+        ));
+    }
+
+    #[test]
+    fn defaults_choose_the_measured_library_fusions_and_can_drop_them() {
+        let opts = CompileOptions::new();
+        assert!(opts.has_default_library_fusion());
+        assert_eq!(
+            opts.flags().get(CPU_LIBRARY_FUSION_FLAG),
+            Some(&XlaFlag::String(CPU_LIBRARY_FUSION_DEFAULT.into()))
+        );
+        let chosen =
+            CompileOptions::new().xla_flag(CPU_LIBRARY_FUSION_FLAG, "LIBRARY_FUSION_TYPE_DOT");
+        assert!(!chosen.has_default_library_fusion());
+        let dropped = CompileOptions::new().without_xla_flag(CPU_LIBRARY_FUSION_FLAG);
+        assert!(!dropped.has_default_library_fusion());
+        assert_eq!(dropped.flags().len(), 2);
+        assert!(!CompileOptions::plugin_defaults().has_default_library_fusion());
     }
 
     #[test]

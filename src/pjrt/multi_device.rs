@@ -133,8 +133,7 @@ impl Client {
 /// unknown option (a CPU plugin older than the flag, which has no XNNPACK
 /// fusions to turn off).
 pub(crate) fn is_unknown_multi_device_flag(e: &Error) -> bool {
-    matches!(e, Error::Pjrt { message, .. }
-        if message.contains(&format!("No such compile option: '{MULTI_DEVICE_CPU_FLAG}'")))
+    super::compile_options::refuses_flag(e, MULTI_DEVICE_CPU_FLAG)
 }
 
 /// The outputs of one multi-device run: for each device (in
