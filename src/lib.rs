@@ -77,9 +77,7 @@ pub use mode::Training;
 pub use pjrt::analysis::{CompiledMemoryStats, CostAnalysis, CostSource, OptimizedProgram};
 pub use pjrt::buffer::Buffer;
 pub use pjrt::client::{Client, ClientOptions, Device};
-pub use pjrt::compile_options::{
-    CompileOptions, XlaFlag, CPU_LIBRARY_FUSION_DEFAULT, CPU_LIBRARY_FUSION_FLAG,
-};
+pub use pjrt::compile_options::{CompileOptions, XlaFlag};
 pub use pjrt::executable::{compile_count, Arg, Executable};
 pub use pjrt::logging::set_plugin_logging;
 pub use pjrt::multi_device::DeviceOutputs;

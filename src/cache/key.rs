@@ -91,7 +91,16 @@ impl CacheKey {
             platform: client.platform_name().to_string(),
             platform_version: client.platform_version().to_string(),
             program_sha256: Sha256::digest(&p).into(),
-            options_sha256: Sha256::digest(options.to_bytes()).into(),
+            // The options the compile runs with (`Client::compile_with` adds
+            // xlayer's library fusion types to some programs).
+            options_sha256: Sha256::digest(
+                options
+                    .for_program(client, program)
+                    .as_ref()
+                    .unwrap_or(options)
+                    .to_bytes(),
+            )
+            .into(),
         }
     }
 

@@ -4,8 +4,9 @@
 //! and the count of compiles this process made ([`compile_count`]).
 
 use super::client::{Client, Device};
-use super::compile_options::{refuses_flag, CompileOptions, CPU_LIBRARY_FUSION_FLAG};
+use super::compile_options::{refuses_flag, CompileOptions};
 use super::executable::Executable;
+use super::library_fusion::CPU_LIBRARY_FUSION_FLAG;
 use super::plugin::{pjrt_call, Args};
 use super::sys;
 use crate::error::{Error, Result};
@@ -38,7 +39,9 @@ impl Client {
     /// whether to compile in a child process: [`CompileOptions::isolated`]).
     ///
     /// Text programs are first checked in Rust for inputs known to crash
-    /// the plugin's compiler (`crate::pjrt::precheck`).
+    /// the plugin's compiler (`crate::pjrt::precheck`). On CPU, options of
+    /// [`CompileOptions::new`] get xlayer's YNNPACK fusion types for a
+    /// program with a convolution ([`crate::pjrt::library_fusion`]).
     ///
     /// Errors: [`Error::DeviceCount`] for a program partitioned for N > 1
     /// devices ([`Program::device_count`]) compiled for another count;
@@ -51,13 +54,15 @@ impl Client {
     /// [`Error::PluginCrashed`] if the compiler crashed the child and
     /// [`Error::Isolation`] if the child could not be run.
     pub fn compile_with(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
+        let chosen = options.for_program(self, program);
+        let options = chosen.as_ref().unwrap_or(options);
         self.compile_unmapped(program, options)
             .map_err(|e| options.flag_error(e, self.plugin().path()))
     }
 
     fn compile_unmapped(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
-        // `CompileOptions::new`'s YNNPACK fusion types, on a build that does
-        // not know them: compile as the plugin's defaults would.
+        // xlayer's YNNPACK fusion types (`library_fusion`) on a build that
+        // does not know them: compile as the plugin's defaults would.
         match self.compile_on_devices(program, options) {
             Err(e)
                 if options.has_default_library_fusion()

@@ -103,20 +103,6 @@ impl std::fmt::Display for XlaFlag {
     }
 }
 
-/// The CPU compiler's flag choosing which operations become YNNPACK
-/// library calls ("YNN fusions"); a repeated enum, set per compile as the
-/// enum's full names joined by commas.
-pub const CPU_LIBRARY_FUSION_FLAG: &str = "xla_cpu_experimental_ynn_fusion_type";
-
-/// [`CompileOptions::new`]'s value of [`CPU_LIBRARY_FUSION_FLAG`]: dots
-/// (with the reshapes around them) and reductions go to YNNPACK,
-/// convolutions to XLA's own kernels. Measured on the default CPU build
-/// against its own default (docs/benchmarks.md, "YNNPACK fusion types"):
-/// the Keras-test CNN forward 0.85–0.95× the time, its train step
-/// 0.58–0.84×, the other suite entries level. A build that does not know
-/// these values compiles without the flag (see [`CompileOptions::new`]).
-pub const CPU_LIBRARY_FUSION_DEFAULT: &str = "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE";
-
 /// XLA's answer to a compile option it does not know.
 fn is_unknown_flag_message(message: &str, name: &str) -> bool {
     message.contains(&format!("No such compile option: '{name}'"))
@@ -139,7 +125,7 @@ pub(crate) fn refuses_flag(e: &Error, name: &str) -> bool {
 /// ```
 /// use xlayer::CompileOptions;
 /// let opts = CompileOptions::new().xla_flag("xla_cpu_enable_fast_math", false);
-/// assert_eq!(opts.flags().len(), 4); // with the three defaults of `new`
+/// assert_eq!(opts.flags().len(), 3); // with the two fast-min-max defaults
 /// // One program partitioned over 4 devices (SPMD, Shardy partitioner):
 /// let spmd = CompileOptions::new().spmd(4);
 /// assert_eq!((spmd.replica_count(), spmd.partition_count()), (1, 4));
@@ -153,10 +139,14 @@ pub struct CompileOptions {
     use_shardy_partitioner: bool,
     /// Devices, `[replica][partition]` row-major, when set.
     pub(crate) assignment: Option<Vec<Device>>,
-    flags: BTreeMap<String, XlaFlag>,
+    pub(crate) flags: BTreeMap<String, XlaFlag>,
     /// Compile in a child process: `Some(None)` finds the child,
     /// `Some(Some(path))` runs that one (see [`crate::pjrt::isolate`]).
     pub(crate) isolation: Option<Option<std::path::PathBuf>>,
+    /// Whether compiles may add xlayer's YNNPACK fusion types
+    /// ([`crate::pjrt::library_fusion`]); set by `new`, cleared by setting
+    /// the flag.
+    pub(crate) library_fusion_defaults: bool,
 }
 
 impl Default for CompileOptions {
@@ -170,49 +160,29 @@ impl Default for CompileOptions {
             assignment: None,
             flags: BTreeMap::new(),
             isolation: None,
+            library_fusion_defaults: false,
         }
     }
 }
 
 impl CompileOptions {
     /// Defaults: the client's default device, and XLA's default flags
-    /// except two:
-    ///
-    /// - min/max NaN semantics: `xla_cpu_enable_fast_min_max` and
-    ///   `xla_gpu_enable_fast_min_max` are off, as in JAX, so `max(x, NaN)`
-    ///   is NaN (the CPU plugin's own default is the fast, NaN-dropping
-    ///   form);
-    /// - on CPU, which operations go to YNNPACK:
-    ///   [`CPU_LIBRARY_FUSION_FLAG`] = [`CPU_LIBRARY_FUSION_DEFAULT`]
-    ///   (measured faster; other platforms ignore `xla_cpu_` flags). A
-    ///   plugin that does not know the flag or its values compiles as if
-    ///   it were not set, without an error; a value set with
-    ///   [`CompileOptions::xla_flag`] replaces it and is never dropped, and
-    ///   [`CompileOptions::without_xla_flag`] removes it.
-    ///
-    /// ```
-    /// use xlayer::{CompileOptions, CPU_LIBRARY_FUSION_DEFAULT, CPU_LIBRARY_FUSION_FLAG};
-    /// let opts = CompileOptions::new();
-    /// assert_eq!(opts.flags()[CPU_LIBRARY_FUSION_FLAG], CPU_LIBRARY_FUSION_DEFAULT.into());
-    /// // The plugin's own choice instead:
-    /// let theirs = CompileOptions::new().without_xla_flag(CPU_LIBRARY_FUSION_FLAG);
-    /// assert!(!theirs.flags().contains_key(CPU_LIBRARY_FUSION_FLAG));
-    /// ```
+    /// except min/max NaN semantics: `xla_cpu_enable_fast_min_max` and
+    /// `xla_gpu_enable_fast_min_max` are off, as in JAX, so `max(x, NaN)` is
+    /// NaN (the CPU plugin's own default is the fast, NaN-dropping form).
+    /// On CPU, a program with a convolution also gets xlayer's measured
+    /// YNNPACK fusion types ([`crate::pjrt::library_fusion`]); turn that
+    /// off with [`CompileOptions::library_fusion_defaults`].
     pub fn new() -> Self {
-        Self::default()
+        let mut o = Self::default()
             .xla_flag("xla_cpu_enable_fast_min_max", false)
-            .xla_flag("xla_gpu_enable_fast_min_max", false)
-            .xla_flag(CPU_LIBRARY_FUSION_FLAG, CPU_LIBRARY_FUSION_DEFAULT)
+            .xla_flag("xla_gpu_enable_fast_min_max", false);
+        o.library_fusion_defaults = true;
+        o
     }
 
-    /// Whether [`CPU_LIBRARY_FUSION_FLAG`] holds [`CompileOptions::new`]'s
-    /// value (not one the caller chose), so a plugin refusing it may
-    /// compile without it.
-    pub(crate) fn has_default_library_fusion(&self) -> bool {
-        self.flags.get(CPU_LIBRARY_FUSION_FLAG) == Some(&CPU_LIBRARY_FUSION_DEFAULT.into())
-    }
-
-    /// No flags at all: exactly the plugin's defaults.
+    /// No flags at all: exactly the plugin's defaults (no YNNPACK fusion
+    /// types of xlayer's either).
     pub fn plugin_defaults() -> Self {
         Self::default()
     }
@@ -310,7 +280,20 @@ impl CompileOptions {
     /// as `xla_cpu_experimental_ynn_fusion_type` take the enum's full name,
     /// e.g. `LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION`).
     pub fn xla_flag(mut self, name: impl Into<String>, value: impl Into<XlaFlag>) -> Self {
-        self.flags.insert(name.into(), value.into());
+        let name = name.into();
+        if name == super::library_fusion::CPU_LIBRARY_FUSION_FLAG {
+            self.library_fusion_defaults = false;
+        }
+        self.flags.insert(name, value.into());
+        self
+    }
+
+    /// Whether a compile on CPU may add xlayer's YNNPACK fusion types to a
+    /// program with a convolution (on in [`CompileOptions::new`], off in
+    /// [`CompileOptions::plugin_defaults`] and once the flag is set with
+    /// [`CompileOptions::xla_flag`]); see [`crate::pjrt::library_fusion`].
+    pub fn library_fusion_defaults(mut self, on: bool) -> Self {
+        self.library_fusion_defaults = on;
         self
     }
 
@@ -594,30 +577,16 @@ mod tests {
         };
         let unknown = pjrt("No such compile option: 'xla_cpu_experimental_ynn_fusion_type'");
         let value = pjrt("While setting option xla_cpu_experimental_ynn_fusion_type, 'X' is not a valid enum value");
-        assert!(refuses_flag(&unknown, CPU_LIBRARY_FUSION_FLAG));
-        assert!(refuses_flag(&value, CPU_LIBRARY_FUSION_FLAG));
+        assert!(refuses_flag(
+            &unknown,
+            "xla_cpu_experimental_ynn_fusion_type"
+        ));
+        assert!(refuses_flag(&value, "xla_cpu_experimental_ynn_fusion_type"));
         assert!(!refuses_flag(&unknown, "xla_cpu_use_xnnpack"));
         assert!(!refuses_flag(
             &pjrt("error: unexpected token"),
-            CPU_LIBRARY_FUSION_FLAG
+            "xla_cpu_experimental_ynn_fusion_type"
         ));
-    }
-
-    #[test]
-    fn defaults_choose_the_measured_library_fusions_and_can_drop_them() {
-        let opts = CompileOptions::new();
-        assert!(opts.has_default_library_fusion());
-        assert_eq!(
-            opts.flags().get(CPU_LIBRARY_FUSION_FLAG),
-            Some(&XlaFlag::String(CPU_LIBRARY_FUSION_DEFAULT.into()))
-        );
-        let chosen =
-            CompileOptions::new().xla_flag(CPU_LIBRARY_FUSION_FLAG, "LIBRARY_FUSION_TYPE_DOT");
-        assert!(!chosen.has_default_library_fusion());
-        let dropped = CompileOptions::new().without_xla_flag(CPU_LIBRARY_FUSION_FLAG);
-        assert!(!dropped.has_default_library_fusion());
-        assert_eq!(dropped.flags().len(), 2);
-        assert!(!CompileOptions::plugin_defaults().has_default_library_fusion());
     }
 
     #[test]
