@@ -4,9 +4,8 @@
 //! and the count of compiles this process made ([`compile_count`]).
 
 use super::client::{Client, Device};
-use super::compile_options::{refuses_flag, CompileOptions};
+use super::compile_options::CompileOptions;
 use super::executable::Executable;
-use super::library_fusion::CPU_LIBRARY_FUSION_FLAG;
 use super::plugin::{pjrt_call, Args};
 use super::sys;
 use crate::error::{Error, Result};
@@ -40,8 +39,8 @@ impl Client {
     ///
     /// Text programs are first checked in Rust for inputs known to crash
     /// the plugin's compiler (`crate::pjrt::precheck`). On CPU, options of
-    /// [`CompileOptions::new`] get xlayer's YNNPACK fusion types for a
-    /// program with a convolution ([`crate::pjrt::library_fusion`]).
+    /// [`CompileOptions::new`] get xlayer's measured flags where they apply
+    /// ([`crate::pjrt::cpu_tuning`]).
     ///
     /// Errors: [`Error::DeviceCount`] for a program partitioned for N > 1
     /// devices ([`Program::device_count`]) compiled for another count;
@@ -61,16 +60,13 @@ impl Client {
     }
 
     fn compile_unmapped(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
-        // xlayer's YNNPACK fusion types (`library_fusion`) on a build that
-        // does not know them: compile as the plugin's defaults would.
+        // A flag of xlayer's (`cpu_tuning`) that this build does not know
+        // or refuses: compile without it, as the plugin's defaults would.
         match self.compile_on_devices(program, options) {
-            Err(e)
-                if options.has_default_library_fusion()
-                    && refuses_flag(&e, CPU_LIBRARY_FUSION_FLAG) =>
-            {
-                let without = options.clone().without_xla_flag(CPU_LIBRARY_FUSION_FLAG);
-                self.compile_on_devices(program, &without)
-            }
+            Err(e) => match options.refused_tuning(&e) {
+                Some(name) => self.compile_unmapped(program, &options.without_tuning(name)),
+                None => Err(e),
+            },
             done => done,
         }
     }

@@ -143,10 +143,12 @@ pub struct CompileOptions {
     /// Compile in a child process: `Some(None)` finds the child,
     /// `Some(Some(path))` runs that one (see [`crate::pjrt::isolate`]).
     pub(crate) isolation: Option<Option<std::path::PathBuf>>,
-    /// Whether compiles may add xlayer's YNNPACK fusion types
-    /// ([`crate::pjrt::library_fusion`]); set by `new`, cleared by setting
-    /// the flag.
-    pub(crate) library_fusion_defaults: bool,
+    /// Whether a compile on CPU may add xlayer's measured flags
+    /// ([`crate::pjrt::cpu_tuning`]); set by `new`.
+    pub(crate) cpu_tuning: bool,
+    /// The flags a compile added ([`crate::pjrt::cpu_tuning`]), which a
+    /// build refusing them compiles without.
+    pub(crate) tuned: Vec<&'static str>,
 }
 
 impl Default for CompileOptions {
@@ -160,7 +162,8 @@ impl Default for CompileOptions {
             assignment: None,
             flags: BTreeMap::new(),
             isolation: None,
-            library_fusion_defaults: false,
+            cpu_tuning: false,
+            tuned: Vec::new(),
         }
     }
 }
@@ -170,19 +173,19 @@ impl CompileOptions {
     /// except min/max NaN semantics: `xla_cpu_enable_fast_min_max` and
     /// `xla_gpu_enable_fast_min_max` are off, as in JAX, so `max(x, NaN)` is
     /// NaN (the CPU plugin's own default is the fast, NaN-dropping form).
-    /// On CPU, a program with a convolution also gets xlayer's measured
-    /// YNNPACK fusion types ([`crate::pjrt::library_fusion`]); turn that
-    /// off with [`CompileOptions::library_fusion_defaults`].
+    /// On CPU, compiles also get xlayer's measured flags where they apply
+    /// ([`crate::pjrt::cpu_tuning`]: YNNPACK fusion types for a program
+    /// with a convolution); turn that off with [`CompileOptions::cpu_tuning`].
     pub fn new() -> Self {
         let mut o = Self::default()
             .xla_flag("xla_cpu_enable_fast_min_max", false)
             .xla_flag("xla_gpu_enable_fast_min_max", false);
-        o.library_fusion_defaults = true;
+        o.cpu_tuning = true;
         o
     }
 
-    /// No flags at all: exactly the plugin's defaults (no YNNPACK fusion
-    /// types of xlayer's either).
+    /// No flags at all: exactly the plugin's defaults (nor any of
+    /// [`crate::pjrt::cpu_tuning`]).
     pub fn plugin_defaults() -> Self {
         Self::default()
     }
@@ -280,20 +283,23 @@ impl CompileOptions {
     /// as `xla_cpu_experimental_ynn_fusion_type` take the enum's full name,
     /// e.g. `LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION`).
     pub fn xla_flag(mut self, name: impl Into<String>, value: impl Into<XlaFlag>) -> Self {
-        let name = name.into();
-        if name == super::library_fusion::CPU_LIBRARY_FUSION_FLAG {
-            self.library_fusion_defaults = false;
-        }
-        self.flags.insert(name, value.into());
+        self.flags.insert(name.into(), value.into());
         self
     }
 
-    /// Whether a compile on CPU may add xlayer's YNNPACK fusion types to a
-    /// program with a convolution (on in [`CompileOptions::new`], off in
-    /// [`CompileOptions::plugin_defaults`] and once the flag is set with
-    /// [`CompileOptions::xla_flag`]); see [`crate::pjrt::library_fusion`].
-    pub fn library_fusion_defaults(mut self, on: bool) -> Self {
-        self.library_fusion_defaults = on;
+    /// Whether a compile on CPU may add xlayer's measured flags where they
+    /// apply and the caller has not set them (on in
+    /// [`CompileOptions::new`], off in [`CompileOptions::plugin_defaults`]);
+    /// see [`crate::pjrt::cpu_tuning`].
+    ///
+    /// ```
+    /// use xlayer::CompileOptions;
+    /// // XLA's own defaults but for the min/max NaN semantics:
+    /// let opts = CompileOptions::new().cpu_tuning(false);
+    /// # let _ = opts;
+    /// ```
+    pub fn cpu_tuning(mut self, on: bool) -> Self {
+        self.cpu_tuning = on;
         self
     }
 

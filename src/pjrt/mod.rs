@@ -13,9 +13,9 @@
 //!   analysis.
 //! - [`compile_options`]: the serialized options every compile needs
 //!   (replicas, SPMD partitions, device assignment).
-//! - [`library_fusion`]: which operations the CPU compiler hands to
-//!   YNNPACK when the caller has not chosen (dots and reductions, for
-//!   programs with a convolution).
+//! - [`cpu_tuning`]: xlayer's measured flags for CPU compiles whose
+//!   caller has not set them (YNNPACK fusion types for programs with a
+//!   convolution).
 //! - [`multi_device`]: N-device CPU clients and running one executable over
 //!   several devices (per-device argument and output lists).
 //! - [`distributed`]: more than one process (node id and count, the
@@ -52,6 +52,7 @@ pub mod buffer;
 pub mod client;
 mod compile;
 pub mod compile_options;
+pub mod cpu_tuning;
 pub mod distributed;
 mod event;
 pub mod executable;
@@ -61,7 +62,6 @@ mod hlo_cost;
 mod hlo_proto;
 pub mod isolate;
 pub mod kv_store;
-pub mod library_fusion;
 pub mod logging;
 pub mod mapped;
 pub mod multi_device;

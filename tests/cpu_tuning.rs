@@ -1,10 +1,10 @@
-//! xlayer's default YNNPACK fusion types on CPU (`pjrt::library_fusion`):
-//! chosen for a program with a convolution only, part of the compile
-//! cache's key, and without effect on the results.
+//! xlayer's measured CPU compile flags (`pjrt::cpu_tuning`): YNNPACK
+//! fusion types chosen for a program with a convolution only, part of the
+//! compile cache's key, and not changing the results beyond rounding.
 
 use anyhow::Result;
 use xlayer::cache::CompileCache;
-use xlayer::pjrt::library_fusion::{has_convolution, CPU_LIBRARY_FUSION_FLAG};
+use xlayer::pjrt::cpu_tuning::{has_convolution, CPU_CONV_LIBRARY_FUSION, CPU_LIBRARY_FUSION_FLAG};
 use xlayer::{Client, CompileOptions, Program};
 
 /// A valid 3x3 convolution of f32[2,6,6,2] to 4 features, flattened and
@@ -60,41 +60,52 @@ fn conv_dense_reference(x: &[f32], k: &[f32], w: &[f32]) -> Vec<f64> {
 }
 
 #[test]
-fn only_programs_with_a_convolution_get_the_default_and_the_cache_keys_it() -> Result<()> {
+fn the_added_flags_follow_the_program_and_the_cache_keys_them() -> Result<()> {
     let client = Client::cpu()?;
-    let dir = std::env::temp_dir().join(format!("xlayer-library-fusion-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("xlayer-cpu-tuning-{}", std::process::id()));
     let cache = CompileCache::at(&dir);
     let conv = Program::mlir_text(CONV_DENSE)?;
     let dense = Program::mlir_text(DENSE)?;
     assert!(has_convolution(&conv));
     assert!(!has_convolution(&dense));
     let ours = CompileOptions::new();
-    let theirs = CompileOptions::new().library_fusion_defaults(false);
+    let theirs = CompileOptions::new().cpu_tuning(false);
     // The convolution compiles with xlayer's fusion types: another entry.
     assert_ne!(
         cache.key(&client, &conv, &ours)?,
         cache.key(&client, &conv, &theirs)?
     );
-    // The same entry as the flag set by hand to xlayer's value.
-    let by_hand = CompileOptions::new().xla_flag(
-        CPU_LIBRARY_FUSION_FLAG,
-        xlayer::pjrt::library_fusion::CPU_CONV_LIBRARY_FUSION,
-    );
+    // The same entry as the flag set by hand to xlayer's value, which the
+    // build takes as it is (set by hand, a refusal would be an error, not
+    // a silent compile without it).
+    let by_hand = CompileOptions::new()
+        .cpu_tuning(false)
+        .xla_flag(CPU_LIBRARY_FUSION_FLAG, CPU_CONV_LIBRARY_FUSION);
     assert_eq!(
         cache.key(&client, &conv, &ours)?.options_sha256,
         cache.key(&client, &conv, &by_hand)?.options_sha256
     );
+    client.compile_with(&conv, &by_hand)?;
     // A program without one compiles as before.
     assert_eq!(
         cache.key(&client, &dense, &ours)?,
         cache.key(&client, &dense, &theirs)?
+    );
+    // A flag the caller set is kept as set.
+    let own = CompileOptions::new().xla_flag(
+        CPU_LIBRARY_FUSION_FLAG,
+        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+    );
+    assert_eq!(
+        cache.key(&client, &conv, &own)?,
+        cache.key(&client, &conv, &own.clone().cpu_tuning(false))?
     );
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }
 
 #[test]
-fn the_default_changes_kernels_not_results() -> Result<()> {
+fn the_added_flags_change_kernels_not_results() -> Result<()> {
     let client = Client::cpu()?;
     let conv = Program::mlir_text(CONV_DENSE)?;
     let (x, k, w) = (
@@ -111,7 +122,7 @@ fn the_default_changes_kernels_not_results() -> Result<()> {
     let want = conv_dense_reference(&x, &k, &w);
     for options in [
         CompileOptions::new(),
-        CompileOptions::new().library_fusion_defaults(false),
+        CompileOptions::new().cpu_tuning(false),
     ] {
         let exe = client.compile_with(&conv, &options)?;
         let got = exe.execute(&args)?[0].to_vec::<f32>()?;
