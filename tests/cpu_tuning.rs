@@ -91,6 +91,15 @@ fn the_added_flags_follow_the_program_and_the_cache_keys_them() -> Result<()> {
         cache.key(&client, &dense, &ours)?,
         cache.key(&client, &dense, &theirs)?
     );
+    // Nor does a compile for several devices.
+    assert_eq!(
+        cache
+            .key(&client, &conv, &ours.clone().spmd(2))?
+            .options_sha256,
+        cache
+            .key(&client, &conv, &theirs.clone().spmd(2))?
+            .options_sha256
+    );
     // A flag the caller set is kept as set.
     let own = CompileOptions::new().xla_flag(
         CPU_LIBRARY_FUSION_FLAG,

@@ -22,7 +22,10 @@
 //! too and are not set: 5–12% faster in some A/Bs on an AMD EPYC, level
 //! in others.)
 //!
-//! A flag the caller set is never replaced, and a build that does not
+//! Only single-device compiles get them (they were measured there, and a
+//! multi-device program's library calls share the thread pool its
+//! all-reduces block: [`crate::pjrt::multi_device`]). A flag the caller
+//! set is never replaced, and a build that does not
 //! know a flag or refuses its value compiles without it, without an error.
 //! The compile cache keys the flags a compile runs with.
 //!
@@ -63,11 +66,17 @@ pub fn has_convolution(program: &Program) -> bool {
 
 impl CompileOptions {
     /// The options a compile of `program` on `client` runs with, when
-    /// xlayer adds flags to them (a CPU client, [`CompileOptions::cpu_tuning`]
-    /// on, and a flag that applies and the caller has not set); else
-    /// `None`.
+    /// xlayer adds flags to them (a CPU client, one device,
+    /// [`CompileOptions::cpu_tuning`] on, and a flag that applies and the
+    /// caller has not set); else `None`.
     pub(crate) fn for_program(&self, client: &Client, program: &Program) -> Option<CompileOptions> {
-        if !self.cpu_tuning || !client.platform_name().eq_ignore_ascii_case("cpu") {
+        // Single-device compiles only: a multi-device CPU program's library
+        // calls share the thread pool its all-reduces block
+        // (`multi_device`), and these flags were measured on one device.
+        if !self.cpu_tuning
+            || self.device_count() > 1
+            || !client.platform_name().eq_ignore_ascii_case("cpu")
+        {
             return None;
         }
         let mut added: Vec<(&'static str, XlaFlag)> = Vec::new();
