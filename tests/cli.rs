@@ -218,3 +218,41 @@ fn errors_exit_nonzero_with_a_message() {
     let o = xlayer(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn a_bad_kernel_setting_in_the_environment_is_named_not_ignored() {
+    let run = |var: &str, value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_xlayer"))
+            .args([
+                "bench",
+                &fixture("mlp.jaxexport"),
+                "--random",
+                "--iters",
+                "1",
+            ])
+            .env(var, value)
+            .output()
+            .expect("run xlayer")
+    };
+    for (var, value) in [
+        ("XLAYER_CPU_KERNEL_THREADS", "four"),
+        ("XLAYER_CPU_KERNEL_THREADS", "0"),
+        ("XLAYER_CPU_KERNEL_THREADS", "65"),
+        ("XLAYER_CPU_KERNEL_ISA", "avx512"),
+    ] {
+        let o = run(var, value);
+        let (_, err) = text(&o);
+        assert!(!o.status.success(), "{var}={value} was accepted");
+        assert!(
+            err.contains(var) && err.contains(value),
+            "{var}={value}: {err}"
+        );
+    }
+    for (var, value) in [
+        ("XLAYER_CPU_KERNEL_THREADS", "2"),
+        ("XLAYER_CPU_KERNEL_ISA", "portable"),
+    ] {
+        let o = run(var, value);
+        assert!(o.status.success(), "{var}={value}: {}", text(&o).1);
+    }
+}

@@ -252,7 +252,11 @@ impl Client {
 
     /// Creates a client of `plugin` with `options`.
     ///
-    /// Errors: the plugin's own error (unknown option, no device found...).
+    /// Errors: the plugin's own error (unknown option, no device found...);
+    /// for a CPU client, [`Error::InvalidSetting`] when
+    /// `XLAYER_CPU_KERNEL_THREADS` or `XLAYER_CPU_KERNEL_ISA` holds a value
+    /// xlayer's CPU kernels cannot use (checked here, as a kernel cannot
+    /// report it).
     pub fn new(plugin: &Arc<Plugin>, options: &ClientOptions) -> Result<Client> {
         Client::create(plugin, options, None)
     }
@@ -311,6 +315,9 @@ impl Client {
                 "the {} client has no addressable device",
                 inner.platform_name
             )));
+        }
+        if inner.platform_name == "cpu" {
+            super::ffi::check_environment()?;
         }
         let client = Client {
             inner: Arc::new(inner),

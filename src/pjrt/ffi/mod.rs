@@ -97,6 +97,52 @@ fn target(kind: Kind) -> &'static str {
     }
 }
 
+/// Most threads a kernel call may run on ([`KERNEL_THREADS_VAR`]).
+pub(crate) const MAX_KERNEL_THREADS: usize = 64;
+
+/// The environment variable naming how many threads a kernel call runs on.
+pub(crate) const KERNEL_THREADS_VAR: &str = "XLAYER_CPU_KERNEL_THREADS";
+
+/// The environment variable naming a lesser implementation of the kernels.
+pub(crate) const KERNEL_ISA_VAR: &str = "XLAYER_CPU_KERNEL_ISA";
+
+/// The kernel thread count `value` of [`KERNEL_THREADS_VAR`] names, or why
+/// it names none.
+pub(crate) fn parse_kernel_threads(value: &str) -> std::result::Result<usize, &'static str> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_KERNEL_THREADS).contains(&n) => Ok(n),
+        _ => Err("a whole number of threads from 1 to 64"),
+    }
+}
+
+/// Checks the kernels' environment variables before any kernel runs (a
+/// kernel cannot return such an error): [`KERNEL_THREADS_VAR`] a whole
+/// number from 1 to 64, [`KERNEL_ISA_VAR`] `portable` or `avx2`; unset or
+/// empty is the default.
+///
+/// Errors: [`crate::Error::InvalidSetting`] naming the variable and its
+/// value.
+pub(crate) fn check_environment() -> crate::Result<()> {
+    let invalid =
+        |field: &'static str, value: String, reason: &'static str| crate::Error::InvalidSetting {
+            what: "the environment".into(),
+            field,
+            value,
+            reason,
+        };
+    if let Some(v) = std::env::var_os(KERNEL_THREADS_VAR).filter(|v| !v.is_empty()) {
+        let text = v.to_string_lossy().into_owned();
+        parse_kernel_threads(&text).map_err(|reason| invalid(KERNEL_THREADS_VAR, text, reason))?;
+    }
+    if let Some(v) = std::env::var_os(KERNEL_ISA_VAR).filter(|v| !v.is_empty()) {
+        let text = v.to_string_lossy().into_owned();
+        if !matches!(text.as_str(), "portable" | "avx2") {
+            return Err(invalid(KERNEL_ISA_VAR, text, "`portable` or `avx2`"));
+        }
+    }
+    Ok(())
+}
+
 /// Registers every kernel with `plugin` (call once per plugin).
 ///
 /// Errors (as text, kept by the plugin for messages): the plugin has no FFI

@@ -55,17 +55,18 @@ struct Pool {
     busy: Mutex<()>,
 }
 
-/// Helper threads: `XLAYER_CPU_KERNEL_THREADS - 1` if set (at most 63),
-/// else one fewer than the CPU's available parallelism, at most 7. On the
+/// Helper threads: `XLAYER_CPU_KERNEL_THREADS - 1` if set (1 to 64,
+/// checked when a CPU client is made: `super::check_environment`), else
+/// one fewer than the CPU's available parallelism, at most 7. On the
 /// shared 2-core machine of the measurements one helper made SmolLM2's
 /// decoding faster at load 2 (85-99 vs 69-79 tok/s) and slower at load 6-7
 /// (28-37 vs 45-60): its spinning takes the core other processes need.
 fn helpers() -> usize {
-    if let Some(n) = std::env::var("XLAYER_CPU_KERNEL_THREADS")
+    if let Some(n) = std::env::var(super::KERNEL_THREADS_VAR)
         .ok()
-        .and_then(|v| v.parse::<usize>().ok())
+        .and_then(|v| super::parse_kernel_threads(&v).ok())
     {
-        return n.saturating_sub(1).min(63);
+        return n - 1;
     }
     std::thread::available_parallelism()
         .map(|n| n.get())

@@ -118,7 +118,7 @@ fn chosen_isa() -> Isa {
     static CHOSEN: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *CHOSEN.get_or_init(|| {
         let best = cpu_isa();
-        match std::env::var("XLAYER_CPU_KERNEL_ISA").as_deref() {
+        match std::env::var(super::KERNEL_ISA_VAR).as_deref() {
             Ok("portable") => Isa::Portable,
             Ok("avx2") => best.min(Isa::Avx2),
             _ => best,
