@@ -44,7 +44,7 @@
 //! ```
 
 use super::client::Client;
-use super::compile_options::{CompileOptions, XlaFlag};
+use super::compile_options::CompileOptions;
 use crate::error::Error;
 use crate::program::Program;
 
@@ -73,26 +73,22 @@ impl CompileOptions {
         // Single-device compiles only: a multi-device CPU program's library
         // calls share the thread pool its all-reduces block
         // (`multi_device`), and these flags were measured on one device.
-        if !self.cpu_tuning
-            || self.device_count() > 1
-            || !client.platform_name().eq_ignore_ascii_case("cpu")
-        {
-            return None;
-        }
-        let mut added: Vec<(&'static str, XlaFlag)> = Vec::new();
-        if has_convolution(program) {
-            added.push((CPU_LIBRARY_FUSION_FLAG, CPU_CONV_LIBRARY_FUSION.into()));
-        }
-        added.retain(|(name, _)| !self.flags.contains_key(*name));
-        if added.is_empty() {
-            return None;
-        }
-        let mut o = self.clone();
-        for (name, value) in added {
-            o.flags.insert(name.into(), value);
-            o.tuned.push(name);
-        }
-        Some(o)
+        // The program is scanned last: options that already carry the flag
+        // (the caller's, or resolved before) are answered without it.
+        let applies = self.cpu_tuning
+            && self.device_count() <= 1
+            && client.platform_name().eq_ignore_ascii_case("cpu")
+            && !self.flags.contains_key(CPU_LIBRARY_FUSION_FLAG)
+            && has_convolution(program);
+        applies.then(|| {
+            let mut o = self.clone();
+            o.flags.insert(
+                CPU_LIBRARY_FUSION_FLAG.into(),
+                CPU_CONV_LIBRARY_FUSION.into(),
+            );
+            o.tuned.push(CPU_LIBRARY_FUSION_FLAG);
+            o
+        })
     }
 
     /// The flag xlayer added ([`CompileOptions::for_program`]) that the
@@ -116,6 +112,7 @@ impl CompileOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pjrt::compile_options::XlaFlag;
 
     #[test]
     fn only_new_lets_xlayer_add_flags() {
