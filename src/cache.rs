@@ -244,10 +244,10 @@ impl CompileCache {
         // those devices. It is also keyed with the options it compiles with
         // (`Client::effective_compile_options`: XNNPACK off on several CPU
         // devices), so no entry compiled otherwise is loaded.
-        // xlayer's CPU flags for this program (`cpu_tuning`), chosen once:
-        // the key and the compile below then find them already set.
-        let tuned = options.for_program(client, program);
-        let options = tuned.as_ref().unwrap_or(options);
+        // xlayer's CPU flags for this program (`cpu_tuning`), decided once
+        // for the key and the compile below.
+        let tuned = options.tuned_for(client, program);
+        let options = &tuned;
         let assigned;
         let options = if options.device_count() > 1 {
             let mut o = client.effective_compile_options(options)?;

@@ -53,8 +53,8 @@ impl Client {
     /// [`Error::PluginCrashed`] if the compiler crashed the child and
     /// [`Error::Isolation`] if the child could not be run.
     pub fn compile_with(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
-        let chosen = options.for_program(self, program);
-        let options = chosen.as_ref().unwrap_or(options);
+        let tuned = options.tuned_for(self, program);
+        let options = &tuned;
         self.compile_unmapped(program, options)
             .map_err(|e| options.flag_error(e, self.plugin().path()))
     }

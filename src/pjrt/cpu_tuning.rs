@@ -91,6 +91,18 @@ impl CompileOptions {
         })
     }
 
+    /// These options with xlayer's flags for `program` on `client` decided
+    /// once: added where they apply ([`CompileOptions::for_program`]), and
+    /// `cpu_tuning` off, so that the cache key and the compile that follow
+    /// take them as they are instead of scanning the program again.
+    pub(crate) fn tuned_for(&self, client: &Client, program: &Program) -> CompileOptions {
+        let mut o = self
+            .for_program(client, program)
+            .unwrap_or_else(|| self.clone());
+        o.cpu_tuning = false;
+        o
+    }
+
     /// The flag xlayer added ([`CompileOptions::for_program`]) that the
     /// compile error `e` refuses, if any: a build that does not know it
     /// or its value compiles without it.
