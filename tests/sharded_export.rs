@@ -9,7 +9,7 @@ use anyhow::Result;
 use xlayer::io::{bind_inputs, read_safetensors};
 use xlayer::sharding::ExportPlan;
 use xlayer::NamedArray;
-use xlayer::{Client, CompileOptions, Error, Program};
+use xlayer::{Client, CompileOptions, Error, NamedValue, Program};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -40,7 +40,13 @@ fn assert_close(name: &str, got: &[f32], want: &[f32]) {
 
 /// Runs artifact `name` through the library; returns the gathered outputs.
 fn run_library(name: &str) -> Result<Vec<Vec<f32>>> {
-    let program = Program::from_file(fixture(&format!("{name}.jaxexport")))?;
+    run_artifact(&format!("{name}.jaxexport"), name)
+}
+
+/// Runs the artifact file `artifact` on the inputs of fixture `io`.
+fn run_artifact(artifact: &str, io: &str) -> Result<Vec<Vec<f32>>> {
+    let name = io;
+    let program = Program::from_file(fixture(artifact))?;
     assert_eq!(program.device_count(), 4);
     let client = Client::cpu_devices(4)?;
     let plan = ExportPlan::new(&client, &program)?;
@@ -93,6 +99,49 @@ fn a_shard_map_psum_artifact_equals_jax() -> Result<()> {
     assert_close("psum", &got[0], &want[0]);
     // x * axis_index: exact.
     assert_eq!(got[1], want[1]);
+    Ok(())
+}
+
+/// The StableHLO version a plugin says it writes and reads
+/// (`stablehlo_current_version`), when it says.
+fn plugin_stablehlo(client: &Client) -> Option<Vec<i64>> {
+    match client.plugin().attribute("stablehlo_current_version")? {
+        NamedValue::Int64List(v) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+/// The psum program as JAX 0.12 serializes it by itself (StableHLO newer
+/// than the other fixtures' 1.13.3): the default plugin (StableHLO 1.16.1)
+/// reads and runs it and equals JAX; a plugin on an older StableHLO
+/// (`xla-cpu-pjrt` 0.0.1: 1.13.3) refuses it with an error, not an abort.
+#[test]
+fn jax_012s_own_serialization_of_a_shard_map_psum_equals_jax() -> Result<()> {
+    let client = Client::cpu_devices(4)?;
+    let version = plugin_stablehlo(&client).unwrap_or_default();
+    match run_artifact("psum.jax012.jaxexport", "psum") {
+        Ok(got) => {
+            let want = jax_outputs("psum")?;
+            assert_close("psum", &got[0], &want[0]);
+            assert_eq!(got[1], want[1]);
+        }
+        Err(e) => {
+            assert!(
+                version < vec![1, 16],
+                "a plugin on StableHLO {version:?} must read JAX 0.12's serialization: {e:#}"
+            );
+            assert!(
+                matches!(
+                    e.downcast_ref::<Error>(),
+                    Some(Error::Pjrt {
+                        function: "PJRT_Client_Compile",
+                        ..
+                    })
+                ),
+                "{e:#}"
+            );
+        }
+    }
     Ok(())
 }
 
