@@ -128,10 +128,10 @@ fn library_is_quiet_unless_xlayer_log() {
 /// Set in the child process of `cpu_zml_loads_hide_only_the_false_alarm`.
 const ZML_CHILD: &str = "XLAYER_LOGGING_ZML_CHILD";
 
-/// The feature `cpu-zml` records on an AVX-512 host (seen on AMD Zen 5)
-/// that its loader then reports as missing (a false alarm). Hosts without
-/// AVX-512, or whose CPU model LLVM tunes otherwise, record no such
-/// feature and have no false alarm.
+/// The feature `cpu-zml` records on an AVX-512 host (XLA adds it whenever
+/// an `avx512` feature is enabled) that its loader then reports as missing
+/// (a false alarm). Hosts without AVX-512 record no such feature and have
+/// no false alarm.
 const TUNING_FLAG: &[u8] = b"+prefer-no-gather";
 
 /// A recorded feature every x86-64 host this plugin runs on has (`+avx2`),
