@@ -711,6 +711,19 @@ pub enum Error {
         /// The op, e.g. `stablehlo.remainder`.
         op: String,
     },
+    /// The plugin could not compile a program that calls one of jaxlib's
+    /// own CPU kernels: its LAPACK wrappers, what `jax.numpy.linalg` and
+    /// `jax.scipy.linalg` lower to on CPU inside a `jax.export` artifact.
+    /// They live in jaxlib, not in XLA, so no PJRT plugin provides them.
+    #[error("program `{program}` calls {}, jaxlib's own CPU LAPACK kernels (what jax.numpy.linalg lowers to on CPU); they are part of jaxlib, not of XLA, so no PJRT plugin provides them: compute that part outside the program and pass its result in as an input (the plugin said: {message})", quoted_list(targets))]
+    JaxlibKernel {
+        /// The program's name.
+        program: String,
+        /// The custom calls' targets, e.g. `lapack_sgetrf_ffi`.
+        targets: Vec<String>,
+        /// The plugin's own message.
+        message: String,
+    },
     // --- typed-errors ---
     /// A setting of a layer, model or function (`what`) has a value it does
     /// not accept: `field` is the setting, `value` its value as written,
@@ -1199,6 +1212,15 @@ fn list_specs(specs: &[ArraySpec]) -> String {
     specs
         .iter()
         .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `` `a`, `b` ``: names in backquotes, for [`Error::JaxlibKernel`].
+fn quoted_list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -166,6 +166,33 @@ fn refuses_what_it_cannot_honour() {
     let _ = JaxExport::parse(&flipped); // must not panic
 }
 
+/// `jnp.linalg.solve` exported for CPU calls jaxlib's `lapack_sgetrf_ffi`,
+/// which no plugin provides (tests/fixtures/gen_jaxlib_kernels.py): the
+/// compile error names that kernel, in JAX 0.12's own serialization (where
+/// the plugin's parser fails first) and in one for StableHLO 1.13.3
+/// (where the plugin finds no handler).
+#[test]
+fn linalg_artifacts_name_jaxlibs_kernel() {
+    let client = Client::cpu().unwrap();
+    for file in ["linalg_solve.jaxexport", "linalg_solve_1_13_3.jaxexport"] {
+        let p = Program::from_file(fixture(file)).unwrap();
+        match client.compile(&p) {
+            Err(Error::JaxlibKernel {
+                ref targets,
+                ref message,
+                ..
+            }) => {
+                assert!(
+                    targets.contains(&"lapack_sgetrf_ffi".to_string()),
+                    "{file}: {targets:?}"
+                );
+                assert!(!message.is_empty(), "{file}: the plugin's message is kept");
+            }
+            other => panic!("{file}: {:?}", other.map(|_| "compiled")),
+        }
+    }
+}
+
 #[test]
 fn input_binding_errors_name_the_tensor() {
     let p = Program::from_file(fixture("unused.mlir")).unwrap();

@@ -286,3 +286,22 @@ fn the_cli_isolates_by_default() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The child's explained compile error comes back typed: an artifact that
+/// calls jaxlib's LAPACK kernel (tests/fixtures/gen_jaxlib_kernels.py) is
+/// `Error::JaxlibKernel` through an isolated compile too, without a second
+/// compile in this process.
+#[test]
+fn an_isolated_compile_names_jaxlibs_kernel() {
+    let client = Client::cpu().unwrap();
+    let p = Program::from_file(fixture("linalg_solve.jaxexport")).unwrap();
+    match client.compile_with(&p, &isolated()) {
+        Err(Error::JaxlibKernel { targets, .. }) => {
+            assert!(
+                targets.contains(&"lapack_sgetrf_ffi".to_string()),
+                "{targets:?}"
+            )
+        }
+        other => panic!("{:?}", other.map(|_| "compiled")),
+    }
+}

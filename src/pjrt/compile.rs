@@ -51,12 +51,16 @@ impl Client {
     /// for an XLA flag of `options` the plugin does not know or refuses; the
     /// compiler's own message ([`Error::Pjrt`]); when isolated,
     /// [`Error::PluginCrashed`] if the compiler crashed the child and
-    /// [`Error::Isolation`] if the child could not be run.
+    /// [`Error::Isolation`] if the child could not be run;
+    /// [`Error::JaxlibKernel`] instead of the compiler's message when the
+    /// program calls one of jaxlib's LAPACK kernels (`jax.numpy.linalg` in
+    /// a CPU export), which no plugin provides.
     pub fn compile_with(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
         let tuned = options.tuned_for(self, program);
         let options = &tuned;
         self.compile_unmapped(program, options)
             .map_err(|e| options.flag_error(e, self.plugin().path()))
+            .map_err(|e| super::jaxlib_kernels::explain(program, e))
     }
 
     fn compile_unmapped(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {

@@ -272,20 +272,41 @@ fn error_json(e: &Error) -> Value {
             let raw = (0..=64).find(|&c| ErrorCode::from_raw(c) == *code);
             json!({"kind": "pjrt", "function": function, "code": raw, "message": message})
         }
+        Error::JaxlibKernel {
+            program,
+            targets,
+            message,
+        } => {
+            json!({"kind": "jaxlib_kernel", "program": program, "targets": targets, "message": message})
+        }
         other => json!({"kind": "other", "message": other.to_string()}),
     }
 }
 
-/// The plugin's error the child reported, or `None` for another error
-/// (an xlayer check after a successful compile).
+/// The compile error the child reported (the plugin's, or the plugin's
+/// explained as [`Error::JaxlibKernel`]), or `None` for another error (an
+/// xlayer check after a successful compile).
 fn error_from(bytes: &[u8]) -> Option<Error> {
     let v: Value = serde_json::from_slice(bytes).unwrap_or_default();
-    let message = v["message"].as_str().unwrap_or_default().to_string();
-    (v["kind"].as_str() == Some("pjrt")).then(|| Error::Pjrt {
-        function: "PJRT_Client_Compile",
-        code: ErrorCode::from_raw(v["code"].as_u64().unwrap_or(2) as u32),
-        message,
-    })
+    let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    match v["kind"].as_str() {
+        Some("pjrt") => Some(Error::Pjrt {
+            function: "PJRT_Client_Compile",
+            code: ErrorCode::from_raw(v["code"].as_u64().unwrap_or(2) as u32),
+            message: text("message"),
+        }),
+        Some("jaxlib_kernel") => Some(Error::JaxlibKernel {
+            program: text("program"),
+            targets: v["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect(),
+            message: text("message"),
+        }),
+        _ => None,
+    }
 }
 
 /// Compiles the request read from `input` (the child side, run by
@@ -422,6 +443,13 @@ mod tests {
         };
         let back = error_from(error_json(&e).to_string().as_bytes()).unwrap();
         assert_eq!(back.to_string(), e.to_string());
+        let kernel = Error::JaxlibKernel {
+            program: "p".into(),
+            targets: vec!["lapack_strsm_ffi".into(), "lapack_sgetrf_ffi".into()],
+            message: "No FFI handler".into(),
+        };
+        let back = error_from(error_json(&kernel).to_string().as_bytes()).unwrap();
+        assert_eq!(back.to_string(), kernel.to_string());
         let other = Error::NotBuilt { layer: "x".into() };
         assert!(error_from(error_json(&other).to_string().as_bytes()).is_none());
         assert!(serve(b"garbage").is_err());

@@ -32,7 +32,9 @@
 //!   execute straight through the C function table.
 //! - [`isolate`]: compiling untrusted programs in a child process, so that
 //!   a crash of the plugin's compiler becomes an error; `precheck`: Rust
-//!   checks of text programs for inputs known to crash it.
+//!   checks of text programs for inputs known to crash it;
+//!   `jaxlib_kernels`: a compile error of an artifact that calls jaxlib's
+//!   own LAPACK kernels, explained.
 
 #[allow(
     non_upper_case_globals,
@@ -61,6 +63,7 @@ pub mod ffi;
 mod hlo_cost;
 mod hlo_proto;
 pub mod isolate;
+mod jaxlib_kernels;
 pub mod kv_store;
 pub mod logging;
 pub mod mapped;
