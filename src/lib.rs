@@ -10,7 +10,7 @@
 //! - [`export`]: serialized `jax.export` artifacts.
 //! - [`io`]: safetensors files as program inputs and outputs.
 //! - [`dtype`]: element types and array specs shared by every layer.
-//! - [`bench`]: timing executables against a roofline.
+//! - [`bench`](mod@bench): timing executables against a roofline.
 //! - [`cache`]: the persistent compilation cache.
 //! - [`gguf`]: GGUF model files (llama.cpp's format), validated, with host dequantization.
 //! - [`models`]: pretrained models (BERT / all-MiniLM-L6-v2) from safetensors.

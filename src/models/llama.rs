@@ -15,7 +15,7 @@
 //! whole (still empty) cache.
 //!
 //! GGUF stores `attn_q`/`attn_k` for GGML's rotation of adjacent pairs
-//! (`x[2i]`, `x[2i+1]`), which is what [`rope`] applies.
+//! (`x[2i]`, `x[2i+1]`), which is what `rope` applies.
 
 use crate::builder::{nn, Value, VarBuilder};
 use crate::dtype::{ArraySpec, DType};

@@ -2,7 +2,7 @@
 //!
 //! A plugin is a shared library exporting `GetPjrtApi`. It is opened once per
 //! path (`dlopen`, never closed: buffers and clients may outlive any handle
-//! we hold) and initialised once. Every call goes through [`pjrt_call!`],
+//! we hold) and initialised once. Every call goes through `pjrt_call!`,
 //! which checks that the plugin's table is long enough to hold the function,
 //! and turns a returned `PJRT_Error` into [`Error::Pjrt`], freeing it.
 

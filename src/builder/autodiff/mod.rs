@@ -10,7 +10,7 @@
 //! Only values that depend on `wrt` (and are floats) are visited; `wrt`
 //! values are independent leaves (cotangents stop there, as for JAX's
 //! primal inputs). Integer and bool values never carry cotangents. Every op
-//! has an arm in one exhaustive `match` ([`rule`]) that hands over to its
+//! has an arm in one exhaustive `match` (`rule`) that hands over to its
 //! family's rules (`rules_elementwise`, `rules_shape`, `rules_linalg`,
 //! `rules_reduce`, `rules_index`, `rules_control`); an op without a rule is
 //! an [`Error::Op`] naming it. While loops are differentiated when their trip

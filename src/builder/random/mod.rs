@@ -1,7 +1,7 @@
-//! `jax.random`: the threefry2x32 PRNG over builder [`Value`]s, with JAX's
+//! `jax.random`: the threefry2x32 PRNG over builder [`Value`](crate::builder::Value)s, with JAX's
 //! keys and bits bit for bit and its samples computed by JAX's algorithms.
 //!
-//! A key is a `u32[2]` [`Value`] holding JAX's raw (legacy `PRNGKey`) key
+//! A key is a `u32[2]` [`Value`](crate::builder::Value) holding JAX's raw (legacy `PRNGKey`) key
 //! data. Every sampler here computes exactly what `jax.random` computes with
 //! its default PRNG implementation, `threefry2x32`, and JAX's default
 //! `jax_threefry_partitionable=True` (the default since JAX 0.5; checked
