@@ -176,19 +176,30 @@ fn linalg_artifacts_name_jaxlibs_kernel() {
     let client = Client::cpu().unwrap();
     for file in ["linalg_solve.jaxexport", "linalg_solve_1_13_3.jaxexport"] {
         let p = Program::from_file(fixture(file)).unwrap();
-        match client.compile(&p) {
-            Err(Error::JaxlibKernel {
-                ref targets,
-                ref message,
-                ..
-            }) => {
-                assert!(
-                    targets.contains(&"lapack_sgetrf_ffi".to_string()),
-                    "{file}: {targets:?}"
-                );
-                assert!(!message.is_empty(), "{file}: the plugin's message is kept");
-            }
-            other => panic!("{file}: {:?}", other.map(|_| "compiled")),
+        let e = match client.compile(&p) {
+            Err(e) => e,
+            Ok(_) => panic!("{file} compiled"),
+        };
+        let Error::JaxlibKernel {
+            targets, message, ..
+        } = &e
+        else {
+            panic!("{file}: {e:?}");
+        };
+        assert!(
+            targets.contains(&"lapack_sgetrf_ffi".to_string()),
+            "{file}: {targets:?}"
+        );
+        assert!(!message.is_empty(), "{file}: the plugin's message is kept");
+        // The message names the program, the kernel and whose it is.
+        let text = e.to_string();
+        for part in [
+            "`solve`",
+            "`lapack_sgetrf_ffi`",
+            "jaxlib",
+            "jax.numpy.linalg",
+        ] {
+            assert!(text.contains(part), "{file}: no {part} in: {text}");
         }
     }
 }
